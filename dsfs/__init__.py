@@ -1,0 +1,3 @@
+"""dsfs: mount versions of datasets as ordinary folders."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Change-sets: the manifest format, packing files into zip chunks and reading them back."""

@@ -1,0 +1,337 @@
+"""Records in the store: dataset records, version manifests and change-set files.
+
+Store layout (docs/FORMAT.md has the full description)::
+
+    datasets/<name>.json                      dataset record (mutable, compare-and-swap)
+    versions/<id>/draft.json                  draft manifest (mutable, compare-and-swap)
+    versions/<id>/published.json              published manifest (created once, never changed)
+    versions/<id>/changesets/<cs>.jsonl.gz    one change-set: a header line, then one line per entry
+    versions/<id>/chunks/<cs>-<n>.zip         the bytes, as standard zip files
+
+Everything read from the store is validated here: schema version, field types, and every path
+through ``check_path``, so a hostile or corrupt manifest cannot name ``../`` or an absolute path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import gzip
+import io
+import json
+import re
+import secrets
+import zlib
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from ..errors import Corrupt, InvalidInput
+from ..paths import check_path
+
+SCHEMA = 1
+STORED = 0
+DEFLATED = 8
+
+FILE = "file"
+SYMLINK = "symlink"
+DIR = "dir"
+TYPES = (FILE, SYMLINK, DIR)
+
+DRAFT = "draft"
+PUBLISHING = "publishing"
+PUBLISHED = "published"
+
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ +-]{0,127}")
+_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def new_id() -> str:
+    return secrets.token_hex(16)
+
+
+def check_dataset_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name.endswith(" "):
+        raise InvalidInput(
+            f"invalid dataset name: {name!r} (letters, digits, '.', '_', '-', '+', space; "
+            "must start with a letter or digit)"
+        )
+    return name
+
+
+def check_version_name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip() or "\x00" in name or "\n" in name or len(name) > 200:
+        raise InvalidInput(f"invalid version name: {name!r}")
+    if name.lower() == "draft":
+        raise InvalidInput("version name 'draft' is reserved (DATASET@draft names the draft)")
+    return name
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+
+def dataset_key(name: str) -> str:
+    return f"datasets/{name}.json"
+
+
+def draft_key(version_id: str) -> str:
+    return f"versions/{version_id}/draft.json"
+
+
+def published_key(version_id: str) -> str:
+    return f"versions/{version_id}/published.json"
+
+
+def changeset_key(version_id: str, changeset_id: str) -> str:
+    return f"versions/{version_id}/changesets/{changeset_id}.jsonl.gz"
+
+
+def chunk_key(version_id: str, changeset_id: str, n: int) -> str:
+    return f"versions/{version_id}/chunks/{changeset_id}-{n:04d}.zip"
+
+
+# -- entries --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class Entry:
+    """One added or modified path. ``chunk`` is None when there are no bytes to fetch
+    (directories, symlinks, empty files)."""
+
+    path: str
+    type: str = FILE
+    size: int = 0
+    sha256: str = EMPTY_SHA256
+    mode: int = 0o644
+    mtime_ns: int = 0
+    target: str | None = None
+    chunk: str | None = None
+    offset: int = 0
+    csize: int = 0
+    method: int = STORED
+
+    def to_json(self) -> dict:
+        d = {"op": "add", "path": self.path, "type": self.type, "mode": self.mode,
+             "mtime_ns": self.mtime_ns}
+        if self.type == FILE:
+            d.update(size=self.size, sha256=self.sha256)
+            if self.chunk is not None:
+                d.update(chunk=self.chunk, offset=self.offset, csize=self.csize, method=self.method)
+        elif self.type == SYMLINK:
+            d.update(target=self.target, size=len(self.target.encode("utf-8", "surrogateescape")))
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Entry":
+        try:
+            kind = d["type"]
+            if kind not in TYPES:
+                raise Corrupt(f"manifest entry has unknown type: {kind!r}")
+            path = check_path(d["path"], what="manifest path")
+            entry = cls(path=path, type=kind, mode=int(d["mode"]) & 0o7777,
+                        mtime_ns=int(d["mtime_ns"]))
+            if kind == FILE:
+                entry.size = int(d["size"])
+                entry.sha256 = str(d["sha256"])
+                if len(entry.sha256) != 64 or entry.size < 0:
+                    raise Corrupt(f"manifest entry has a bad size or sha256: {path!r}")
+                if "chunk" in d:
+                    entry.chunk = str(d["chunk"])
+                    entry.offset, entry.csize = int(d["offset"]), int(d["csize"])
+                    entry.method = int(d["method"])
+                    if entry.method not in (STORED, DEFLATED) or entry.offset < 0 or entry.csize < 0:
+                        raise Corrupt(f"manifest entry has a bad byte location: {path!r}")
+                elif entry.size:
+                    raise Corrupt(f"manifest entry has bytes but no chunk: {path!r}")
+            elif kind == SYMLINK:
+                entry.target = str(d["target"])
+                entry.size = len(entry.target.encode("utf-8", "surrogateescape"))
+            return entry
+        except InvalidInput as exc:
+            raise Corrupt(f"corrupt manifest: {exc}") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Corrupt(f"corrupt manifest entry {d.get('path')!r}: bad field {exc}") from None
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class Removal:
+    """A tombstone. ``is_dir`` removes the whole subtree below ``path`` too."""
+
+    path: str
+    is_dir: bool = False
+
+    def to_json(self) -> dict:
+        return {"op": "remove", "path": self.path, "type": DIR if self.is_dir else FILE}
+
+
+@dataclasses.dataclass
+class ChangeSet:
+    """A change-set file: removals apply first, then entries, so an add always wins."""
+
+    version_id: str
+    id: str
+    created: str
+    entries: list[Entry]
+    removals: list[Removal]
+
+    def dumps(self) -> bytes:
+        """gzip'd JSON lines: removals first, then entries (``zcat`` shows them)."""
+        buf = io.BytesIO()
+        with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=3, mtime=0) as gz:
+            header = {"schema": SCHEMA, "kind": "dsfs-changeset", "version": self.version_id,
+                      "id": self.id, "created": self.created}
+            gz.write(_line(header))
+            for item in self.removals:
+                gz.write(_line(item.to_json()))
+            for item in self.entries:
+                gz.write(_line(item.to_json()))
+        return buf.getvalue()
+
+
+def _line(d: dict) -> bytes:
+    return (json.dumps(d, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
+
+
+def iter_changeset(stream: BinaryIO, key: str) -> Iterator[Entry | Removal]:
+    """Parse a gzip'd change-set file lazily from a binary stream, validating each line.
+
+    Removals must come before entries (that is what makes "an add wins" hold inside one file).
+    """
+    try:
+        lines = iter(gzip.GzipFile(fileobj=stream, mode="rb"))
+        header = json.loads(next(lines))
+    except (StopIteration, ValueError, OSError, EOFError):
+        raise Corrupt(f"corrupt change-set (no header): {key!r}") from None
+    _check_schema(header, "dsfs-changeset", key)
+    seen_add = False
+    n = 1
+    try:
+        for n, raw in enumerate(lines, start=2):
+            if not raw.strip():
+                continue
+            try:
+                d = json.loads(raw)
+                op = d["op"]
+            except (ValueError, KeyError, TypeError):
+                raise Corrupt(f"corrupt change-set line {n}: {key!r}") from None
+            if op == "add":
+                seen_add = True
+                yield Entry.from_json(d)
+            elif op == "remove":
+                if seen_add:
+                    raise Corrupt(f"corrupt change-set line {n} (removal after an add): {key!r}")
+                try:
+                    path = check_path(d["path"], what="manifest path")
+                except InvalidInput as exc:
+                    raise Corrupt(f"corrupt manifest: {exc}") from None
+                yield Removal(path, d.get("type") == DIR)
+            else:
+                raise Corrupt(f"corrupt change-set line {n} (unknown op {op!r}): {key!r}")
+    except (OSError, EOFError, zlib.error):
+        raise Corrupt(f"corrupt change-set (truncated after line {n}): {key!r}") from None
+
+
+def _check_schema(d: dict, kind: str, key: str) -> None:
+    if not isinstance(d, dict) or d.get("kind") != kind:
+        raise Corrupt(f"not a {kind} record: {key!r}")
+    if d.get("schema") != SCHEMA:
+        raise Corrupt(f"unsupported schema version {d.get('schema')!r} in {key!r} (this dsfs reads {SCHEMA})")
+
+
+# -- records --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ChangeSetRef:
+    id: str
+    key: str
+    entries: int
+    removals: int
+    bytes_new: int
+    bytes_dedup: int
+    chunks: list[str]
+
+
+@dataclasses.dataclass
+class VersionManifest:
+    id: str
+    dataset: str
+    name: str
+    parents: list[str]
+    state: str = DRAFT
+    created: str = ""
+    published: str | None = None
+    comment: str = ""
+    metadata: dict = dataclasses.field(default_factory=dict)
+    changesets: list[ChangeSetRef] = dataclasses.field(default_factory=list)
+
+    @property
+    def is_published(self) -> bool:
+        return self.state == PUBLISHED
+
+    def dumps(self) -> bytes:
+        d = {"schema": SCHEMA, "kind": "dsfs-version", **dataclasses.asdict(self)}
+        return json.dumps(d, indent=1, ensure_ascii=False).encode()
+
+    @classmethod
+    def loads(cls, data: bytes, key: str) -> "VersionManifest":
+        d = _load_json(data, key)
+        _check_schema(d, "dsfs-version", key)
+        try:
+            refs = [ChangeSetRef(**c) for c in d["changesets"]]
+            m = cls(id=d["id"], dataset=d["dataset"], name=d["name"], parents=list(d["parents"]),
+                    state=d["state"], created=d["created"], published=d.get("published"),
+                    comment=d.get("comment", ""), metadata=dict(d.get("metadata") or {}),
+                    changesets=refs)
+        except (KeyError, TypeError) as exc:
+            raise Corrupt(f"corrupt version manifest {key!r}: bad field {exc}") from None
+        if not _ID_RE.fullmatch(m.id) or any(not _ID_RE.fullmatch(p) for p in m.parents):
+            raise Corrupt(f"corrupt version manifest {key!r}: bad version id")
+        if m.state not in (DRAFT, PUBLISHING, PUBLISHED):
+            raise Corrupt(f"corrupt version manifest {key!r}: unknown state {m.state!r}")
+        prefix = f"versions/{m.id}/"
+        for ref in m.changesets:
+            if not ref.key.startswith(prefix):
+                raise Corrupt(f"corrupt version manifest {key!r}: foreign change-set {ref.key!r}")
+        return m
+
+
+@dataclasses.dataclass
+class DatasetRecord:
+    name: str
+    project: str = ""
+    tags: list[str] = dataclasses.field(default_factory=list)
+    description: str = ""
+    created: str = ""
+    versions: list[str] = dataclasses.field(default_factory=list)
+
+    def dumps(self) -> bytes:
+        d = {"schema": SCHEMA, "kind": "dsfs-dataset", **dataclasses.asdict(self)}
+        return json.dumps(d, indent=1, ensure_ascii=False).encode()
+
+    @classmethod
+    def loads(cls, data: bytes, key: str) -> "DatasetRecord":
+        d = _load_json(data, key)
+        _check_schema(d, "dsfs-dataset", key)
+        try:
+            return cls(name=d["name"], project=d.get("project", ""), tags=list(d.get("tags", [])),
+                       description=d.get("description", ""), created=d.get("created", ""),
+                       versions=list(d["versions"]))
+        except (KeyError, TypeError) as exc:
+            raise Corrupt(f"corrupt dataset record {key!r}: bad field {exc}") from None
+
+
+def _load_json(data: bytes, key: str):
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise Corrupt(f"corrupt record (not json): {key!r}") from None
+
+
+def is_version_id(text: str) -> bool:
+    return bool(_ID_RE.fullmatch(text))

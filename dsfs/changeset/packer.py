@@ -1,0 +1,255 @@
+"""Packing local files into zip chunks: hash, deduplicate, compress, upload.
+
+A file is never split across chunks; a chunk is closed when the next file would take it past
+the chunk size. Content whose sha256 is already stored (in the lineage, or earlier in this same
+change-set) becomes an entry pointing at the existing bytes, so renames and copies upload nothing.
+Chunks are uploaded before the caller records the change-set, so an interrupted pack leaves at
+worst orphaned chunks, which ``dsfs gc`` removes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import os
+import struct
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Callable, Sequence
+
+from ..config import Settings
+from ..errors import InvalidInput, NoSpace
+from ..store.base import ObjectStore
+from .manifest import DEFLATED, DIR, EMPTY_SHA256, FILE, STORED, SYMLINK, Entry, chunk_key
+
+Progress = Callable[[int], None]
+BlobLookup = Callable[[str], Entry | None]
+
+_READ_BLOCK = 1 << 20
+_PROBE_BYTES = 64 << 10
+# Types whose bytes are already compressed: deflating them again costs CPU and saves nothing.
+ALREADY_COMPRESSED = frozenset(
+    ".jpg .jpeg .png .gif .webp .avif .heic .mp4 .mkv .mov .avi .webm .mp3 .aac .ogg .opus .flac "
+    ".gz .tgz .bz2 .xz .zst .lz4 .zip .7z .rar .npz .parquet .arrow .feather .tfrecord .pt .pth "
+    ".safetensors .h5 .hdf5 .jxl .jp2 .tif .tiff .pdf .br .snappy".split()
+)
+
+
+@dataclasses.dataclass(slots=True)
+class Source:
+    """Something to add: a local file, a symlink, or a directory, at a dataset path."""
+
+    path: str
+    type: str
+    local: str | None = None
+    mode: int = 0o644
+    mtime_ns: int = 0
+    target: str | None = None
+    size: int = 0
+    sha256: str = EMPTY_SHA256
+    compressible: bool = True
+
+    @classmethod
+    def from_local(cls, path: str, local: str) -> "Source":
+        st = os.lstat(local)
+        if os.path.islink(local):
+            return cls(path, SYMLINK, local, st.st_mode & 0o7777, st.st_mtime_ns,
+                       target=os.readlink(local))
+        if os.path.isdir(local):
+            return cls(path, DIR, local, st.st_mode & 0o7777, st.st_mtime_ns)
+        if not os.path.isfile(local):
+            raise InvalidInput(f"not a regular file, folder or symlink: {local!r}")
+        return cls(path, FILE, local, st.st_mode & 0o7777, st.st_mtime_ns, size=st.st_size)
+
+
+@dataclasses.dataclass
+class PackStats:
+    bytes_new: int = 0
+    bytes_dedup: int = 0
+    chunks: list[str] = dataclasses.field(default_factory=list)
+
+
+def hash_file(local: str) -> tuple[str, int, bool]:
+    """(sha256, size, compressible) of a local file, in one read."""
+    digest = hashlib.sha256()
+    size = 0
+    probe = b""
+    with open(local, "rb") as f:
+        while block := f.read(_READ_BLOCK):
+            if not probe:
+                probe = block[:_PROBE_BYTES]
+            digest.update(block)
+            size += len(block)
+    compressible = len(zlib.compress(probe, 1)) < 0.9 * len(probe) if probe else False
+    return digest.hexdigest(), size, compressible
+
+
+def hash_sources(sources: Sequence[Source], progress: Progress | None = None, threads: int = 4) -> None:
+    """Fill in sha256/size/compressible of every file source (hashlib releases the GIL)."""
+    files = [s for s in sources if s.type == FILE]
+
+    def work(src: Source) -> None:
+        try:
+            src.sha256, src.size, src.compressible = hash_file(src.local)
+        except FileNotFoundError:
+            raise InvalidInput(f"file vanished while being added: {src.local!r}") from None
+        except PermissionError:
+            raise InvalidInput(f"cannot read file: {src.local!r}") from None
+        if progress:
+            progress(src.size)
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for fut in [pool.submit(work, s) for s in files]:
+            fut.result()
+
+
+def choose_method(src: Source, settings: Settings) -> int:
+    if settings.compression == "store":
+        return STORED
+    if os.path.splitext(src.path)[1].lower() in ALREADY_COMPRESSED:
+        return STORED
+    if settings.compression == "deflate":
+        return DEFLATED
+    return DEFLATED if src.compressible else STORED
+
+
+class _ChunkWriter:
+    """One zip chunk being written to a temp file, then uploaded as a whole."""
+
+    def __init__(self, store: ObjectStore, key: str, tmp_dir: str, level: int) -> None:
+        self.store, self.key = store, key
+        fd, self.tmp = tempfile.mkstemp(dir=tmp_dir, prefix="chunk-", suffix=".zip")
+        os.close(fd)
+        self.zip = zipfile.ZipFile(self.tmp, "w", allowZip64=True, compresslevel=level)
+        self.members: list[tuple[zipfile.ZipInfo, Entry]] = []
+        self.size = 0
+
+    def add(self, src: Source, method: int) -> Entry:
+        info = zipfile.ZipInfo(src.path, date_time=_zip_time(src.mtime_ns))
+        info.compress_type = zipfile.ZIP_DEFLATED if method == DEFLATED else zipfile.ZIP_STORED
+        info.external_attr = (0o100000 | src.mode) << 16
+        info.file_size = src.size  # lets zipfile choose zip64 headers for big files up front
+        digest = hashlib.sha256()
+        with open(src.local, "rb") as f, self.zip.open(info, "w", force_zip64=src.size > (1 << 31) - 1) as out:
+            while block := f.read(_READ_BLOCK):
+                digest.update(block)
+                out.write(block)
+        if digest.hexdigest() != src.sha256:
+            raise InvalidInput(f"file changed while being added: {src.local!r}")
+        entry = Entry(src.path, FILE, src.size, src.sha256, src.mode, src.mtime_ns,
+                      chunk=self.key, csize=info.compress_size, method=method)
+        self.members.append((info, entry))
+        self.size += info.compress_size + 100 + len(info.filename)
+        return entry
+
+    def finish(self, progress: Progress | None) -> None:
+        self.zip.close()
+        with open(self.tmp, "rb") as f:
+            for info, entry in self.members:
+                entry.offset = _data_offset(f, info.header_offset)
+        try:
+            self.store.put_file(self.key, self.tmp, progress)
+        finally:
+            os.unlink(self.tmp)
+
+    def abort(self) -> None:
+        try:
+            self.zip.close()
+        except Exception:  # closing a half-written zip may fail; the file goes anyway
+            pass
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+
+def _data_offset(f, header_offset: int) -> int:
+    f.seek(header_offset)
+    header = f.read(30)
+    sig, name_len, extra_len = struct.unpack("<I22xHH", header)
+    if sig != 0x04034B50:
+        raise AssertionError(f"bad local header at {header_offset}")
+    return header_offset + 30 + name_len + extra_len
+
+
+def _zip_time(mtime_ns: int) -> tuple[int, ...]:
+    import time
+
+    t = time.gmtime(max(mtime_ns // 1_000_000_000, 315532800))  # zip cannot say before 1980
+    return (min(t.tm_year, 2107), t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec & ~1)
+
+
+def _alias(known: Entry, src: Source) -> Entry:
+    return dataclasses.replace(known, path=src.path, mode=src.mode, mtime_ns=src.mtime_ns)
+
+
+def pack(
+    store: ObjectStore,
+    version_id: str,
+    changeset_id: str,
+    sources: Sequence[Source],
+    lookup_blob: BlobLookup,
+    settings: Settings,
+    tmp_dir: str,
+    progress: Progress | None = None,
+) -> tuple[list[Entry], PackStats]:
+    """Turn hashed sources into manifest entries, uploading new bytes as zip chunks."""
+    stats = PackStats()
+    entries: list[Entry] = []
+    packed: dict[str, Entry] = {}
+    # Copies of bytes packed in this run: their offsets are known only once the chunk closes.
+    aliases: list[tuple[int, Source, Entry]] = []
+    writer: _ChunkWriter | None = None
+    os.makedirs(tmp_dir, exist_ok=True)
+
+    def close_writer() -> None:
+        nonlocal writer
+        if writer is not None:
+            writer.finish(None)
+            stats.chunks.append(writer.key)
+            writer = None
+
+    try:
+        for src in sources:
+            if src.type != FILE:
+                entries.append(Entry(src.path, src.type, mode=src.mode, mtime_ns=src.mtime_ns,
+                                     target=src.target))
+                continue
+            if src.size == 0:
+                entries.append(Entry(src.path, FILE, 0, EMPTY_SHA256, src.mode, src.mtime_ns))
+                continue
+            in_run = packed.get(src.sha256)
+            known = in_run or lookup_blob(src.sha256)
+            if known is not None and known.size == src.size:
+                if in_run is not None:
+                    aliases.append((len(entries), src, in_run))
+                entries.append(_alias(known, src))
+                stats.bytes_dedup += src.size
+                if progress:
+                    progress(src.size)
+                continue
+            if writer is not None and writer.size and writer.size + src.size > settings.chunk_size:
+                close_writer()
+            if writer is None:
+                key = chunk_key(version_id, changeset_id, len(stats.chunks))
+                writer = _ChunkWriter(store, key, tmp_dir, settings.compress_level)
+            entry = writer.add(src, choose_method(src, settings))
+            packed[src.sha256] = entry
+            entries.append(entry)
+            stats.bytes_new += src.size
+            if progress:
+                progress(src.size)
+        close_writer()
+        for index, src, original in aliases:
+            entries[index] = _alias(original, src)
+    except OSError as exc:
+        if writer is not None:
+            writer.abort()
+        if exc.errno == 28:
+            raise NoSpace(f"no space left in {tmp_dir!r} while packing a chunk") from None
+        raise
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return entries, stats

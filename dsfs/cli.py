@@ -1,0 +1,427 @@
+"""The ``dsfs`` command line.
+
+Global options come before the command. Errors print one line on stderr and exit 1; usage
+errors exit 2; nothing a user does wrong prints a traceback (``-v`` shows one for bugs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import stat
+import sys
+import time
+
+from . import __version__
+from .config import load_settings
+from .errors import DsfsError, InvalidInput
+from .progress import human_size
+
+log = logging.getLogger("dsfs")
+
+
+def _meta(values: list[str] | None) -> dict:
+    result = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"metadata must be KEY=VALUE: {item!r}")
+        result[key] = value
+    return result
+
+
+def _print_json(doc) -> None:
+    json.dump(doc, sys.stdout, indent=1, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def _node_json(node) -> dict:
+    return {"path": node.path, "type": node.type, "size": node.size, "sha256": node.sha256,
+            "mode": f"{node.mode:04o}", "mtime_ns": node.mtime_ns, "target": node.target,
+            "version": node.version}
+
+
+def _version_json(v) -> dict:
+    return {"id": v.id, "dataset": v.dataset, "name": v.name, "state": v.state, "parents": v.parents,
+            "created": v.created, "published": v.published, "comment": v.comment,
+            "metadata": v.metadata, "changesets": len(v.changesets)}
+
+
+def _summary_line(s) -> str:
+    return (f"{s.added} added, {s.modified} modified, {s.removed} removed; "
+            f"{human_size(s.bytes_uploaded)} uploaded, {human_size(s.bytes_dedup)} deduplicated")
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_create(repo, args):
+    v = repo.create(args.dataset, parents=args.parent, root=args.root, name=args.name,
+                    project=args.project or "", tags=args.tag, description=args.description or "",
+                    comment=args.comment or "", metadata=_meta(args.meta))
+    print(v.id)
+
+
+def cmd_add(repo, args):
+    s = repo.add(args.ref, args.paths, dest=args.dest, wildcard=args.wildcard,
+                 recursive=not args.non_recursive)
+    _report(args, s)
+
+
+def cmd_remove(repo, args):
+    _report(args, repo.remove(args.ref, args.patterns, recursive=not args.non_recursive))
+
+
+def cmd_sync(repo, args):
+    _report(args, repo.sync(args.ref, args.folder, dest=args.dest))
+
+
+def _report(args, summary):
+    if args.json:
+        _print_json({"version": summary.version_id, "changeset": summary.changeset,
+                     "added": summary.added, "modified": summary.modified, "removed": summary.removed,
+                     "bytes_uploaded": summary.bytes_uploaded, "bytes_dedup": summary.bytes_dedup})
+    elif summary.empty:
+        print("no changes")
+    else:
+        print(_summary_line(summary))
+
+
+def cmd_publish(repo, args):
+    v = repo.publish(args.ref, args.name)
+    print(v.id)
+
+
+def cmd_snapshot(repo, args):
+    snap, child = repo.snapshot(args.dataset, name=args.name, child_name=args.child_name,
+                                child_comment=args.child_comment or "", child_metadata=_meta(args.child_meta))
+    if args.json:
+        _print_json({"snapshot": _version_json(snap), "current": _version_json(child)})
+    else:
+        print(f"snapshot {snap.id} ({snap.name}); current draft {child.id} ({child.name})")
+
+
+def cmd_datasets(repo, args):
+    records = [r for r in repo.catalog.datasets()
+               if (args.project is None or r.project == args.project)
+               and all(t in r.tags for t in args.tag or [])]
+    if args.json:
+        _print_json([{"name": r.name, "project": r.project, "tags": r.tags,
+                      "description": r.description, "created": r.created,
+                      "versions": len(r.versions)} for r in records])
+        return
+    for r in records:
+        tags = f" [{', '.join(r.tags)}]" if r.tags else ""
+        project = f" ({r.project})" if r.project else ""
+        print(f"{r.name}{project}{tags}  {len(r.versions)} versions")
+
+
+def cmd_versions(repo, args):
+    versions = sorted(repo.catalog.versions(args.dataset), key=lambda v: v.created)
+    if args.published:
+        versions = [v for v in versions if v.is_published]
+    if args.drafts:
+        versions = [v for v in versions if not v.is_published]
+    if args.json:
+        _print_json([_version_json(v) for v in versions])
+        return
+    for v in versions:
+        print(f"{v.id[:12]}  {v.state:<9}  {v.created[:19]}  {v.name}")
+
+
+def cmd_show(repo, args):
+    v = repo.resolve(args.ref)
+    index = repo.index(v)
+    doc = _version_json(v) | {"files": index.files, "bytes": index.total_size,
+                              "changeset_list": [c.__dict__ for c in v.changesets]}
+    if args.json:
+        _print_json(doc)
+        return
+    print(f"version   {v.id}\ndataset   {v.dataset}\nname      {v.name}\nstate     {v.state}")
+    print(f"parents   {', '.join(v.parents) or '(none)'}\ncreated   {v.created}")
+    if v.published:
+        print(f"published {v.published}")
+    if v.comment:
+        print(f"comment   {v.comment}")
+    for k, val in v.metadata.items():
+        print(f"meta      {k}={val}")
+    print(f"content   {index.files} files, {human_size(index.total_size)}")
+    for c in v.changesets:
+        print(f"changeset {c.id}: {c.entries} entries, {c.removals} removals, "
+              f"{human_size(c.bytes_new)} new, {human_size(c.bytes_dedup)} deduplicated")
+
+
+def cmd_log(repo, args):
+    root = repo.resolve(args.ref)
+    seen: dict[str, object] = {}
+    lines: list[str] = []
+    nodes: list[dict] = []
+
+    def draw(v, prefix: str, last: bool, top: bool) -> None:
+        connector = "" if top else ("└── " if last else "├── ")
+        label = f"{v.id[:12]} {v.dataset}@{v.name} [{v.state}]"
+        if v.id in seen:
+            lines.append(f"{prefix}{connector}{label} (shown above)")
+            return
+        seen[v.id] = v
+        nodes.append(_version_json(v))
+        lines.append(f"{prefix}{connector}{label}" + (f"  {v.comment}" if v.comment else ""))
+        child_prefix = prefix + ("" if top else ("    " if last else "│   "))
+        for i, pid in enumerate(v.parents):
+            draw(repo.catalog.version(pid), child_prefix, i == len(v.parents) - 1, False)
+
+    draw(root, "", True, True)
+    if args.json:
+        _print_json(nodes)
+    else:
+        print("\n".join(lines))
+
+
+def cmd_tag(repo, args):
+    def change(record):
+        for t in args.add or []:
+            if t not in record.tags:
+                record.tags.append(t)
+        for t in args.remove or []:
+            if t in record.tags:
+                record.tags.remove(t)
+
+    record = repo.catalog.update_dataset(args.dataset, change)
+    if args.json:
+        _print_json(record.tags)
+    else:
+        print(", ".join(record.tags))
+
+
+def _mode_string(node) -> str:
+    kind = {"dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}.get(node.type, stat.S_IFREG)
+    return stat.filemode(kind | node.mode)
+
+
+def cmd_ls(repo, args):
+    nodes = repo.ls(args.ref, args.path or "", recursive=args.recursive)
+    if args.json:
+        _print_json([_node_json(n) for n in nodes])
+        return
+    for n in nodes:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(n.mtime_ns / 1e9))
+        name = n.path + ("/" if n.is_dir else "") + (f" -> {n.target}" if n.target else "")
+        print(f"{_mode_string(n)} {n.size:>12} {when} {n.version[:8]} {name}")
+
+
+def cmd_diff(repo, args):
+    result = repo.diff(args.ref_a, args.ref_b)
+    if args.json:
+        _print_json({k: [_node_json(n) for n in v] for k, v in result.items()})
+        return
+    marks = {"added": "+", "modified": "M", "removed": "-"}
+    rows = sorted((n.path, marks[k]) for k, v in result.items() for n in v)
+    for path, mark in rows:
+        print(f"{mark} {path}")
+    print(f"{len(result['added'])} added, {len(result['modified'])} modified, "
+          f"{len(result['removed'])} removed", file=sys.stderr)
+
+
+def cmd_get(repo, args):
+    n = repo.get(args.ref, args.dest, overwrite=args.overwrite)
+    if not args.quiet:
+        print(f"{n} files in {args.dest}", file=sys.stderr)
+
+
+def cmd_verify(repo, args):
+    problems = repo.verify(args.ref, hash_files=args.hash)
+    if args.json:
+        _print_json({"ok": not problems, "problems": problems})
+    else:
+        for p in problems:
+            print(p)
+        print("ok" if not problems else f"{len(problems)} problems", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def cmd_squash(repo, args):
+    v = repo.squash(args.refs, args.dataset, name=args.name)
+    print(v.id)
+
+
+def cmd_delete(repo, args):
+    if args.dataset:
+        if args.ref:
+            raise InvalidInput("give a REF or --dataset NAME, not both")
+        n = repo.delete_dataset(args.dataset, all_versions=args.all_versions, force=args.force)
+        print(f"deleted dataset {args.dataset!r} and {n} versions", file=sys.stderr)
+    elif args.ref:
+        v = repo.delete_version(args.ref, force=args.force)
+        print(f"deleted version {v.id} ({v.dataset}@{v.name})", file=sys.stderr)
+    else:
+        raise InvalidInput("delete needs a REF or --dataset NAME")
+
+
+def cmd_gc(repo, args):
+    doomed = repo.gc(grace_seconds=args.grace, dry_run=args.dry_run)
+    if args.json:
+        _print_json(doomed)
+    else:
+        for key in doomed:
+            print(key)
+        print(f"{'would remove' if args.dry_run else 'removed'} {len(doomed)} objects", file=sys.stderr)
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dsfs", description="Mount versions of datasets as folders.")
+    p.add_argument("--store", help="store: a folder or s3://bucket/prefix (env DSFS_STORE)")
+    p.add_argument("--cache-dir", help="local cache and index folder (env DSFS_CACHE_DIR)")
+    p.add_argument("--config", help="config file (yaml; env DSFS_CONFIG)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notices")
+    p.add_argument("--version", action="version", version=f"dsfs {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name, func, help_text, *, json_flag=False):
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.set_defaults(func=func)
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="one JSON document on stdout")
+        return sp
+
+    sp = command("create", cmd_create, "create a draft version (and the dataset if new)")
+    sp.add_argument("dataset")
+    sp.add_argument("--parent", action="append", metavar="REF", help="a published parent (repeat, in merge order)")
+    sp.add_argument("--root", action="store_true", help="no parents")
+    sp.add_argument("--name")
+    sp.add_argument("--project")
+    sp.add_argument("--tag", action="append")
+    sp.add_argument("--description")
+    sp.add_argument("--comment")
+    sp.add_argument("--meta", action="append", metavar="K=V")
+
+    sp = command("add", cmd_add, "add files or folders to a draft", json_flag=True)
+    sp.add_argument("ref")
+    sp.add_argument("paths", nargs="+", metavar="PATH")
+    sp.add_argument("--dest", help="folder inside the dataset")
+    sp.add_argument("--wildcard", metavar="GLOB", help="only files whose name matches")
+    sp.add_argument("--non-recursive", action="store_true")
+
+    sp = command("remove", cmd_remove, "remove paths or glob matches from a draft", json_flag=True)
+    sp.add_argument("ref")
+    sp.add_argument("patterns", nargs="+", metavar="PATTERN")
+    sp.add_argument("--non-recursive", action="store_true")
+
+    sp = command("sync", cmd_sync, "make a draft's subtree equal to a local folder", json_flag=True)
+    sp.add_argument("ref")
+    sp.add_argument("folder")
+    sp.add_argument("--dest")
+
+    sp = command("publish", cmd_publish, "publish a draft (read-only forever)")
+    sp.add_argument("ref")
+    sp.add_argument("--name", help="rename while publishing")
+
+    sp = command("snapshot", cmd_snapshot, "publish the current draft and start a new one", json_flag=True)
+    sp.add_argument("dataset")
+    sp.add_argument("--name")
+    sp.add_argument("--child-name")
+    sp.add_argument("--child-comment")
+    sp.add_argument("--child-meta", action="append", metavar="K=V")
+
+    sp = command("datasets", cmd_datasets, "list datasets", json_flag=True)
+    sp.add_argument("--project")
+    sp.add_argument("--tag", action="append")
+
+    sp = command("versions", cmd_versions, "list a dataset's versions", json_flag=True)
+    sp.add_argument("dataset")
+    group = sp.add_mutually_exclusive_group()
+    group.add_argument("--published", action="store_true")
+    group.add_argument("--drafts", action="store_true")
+
+    sp = command("show", cmd_show, "show one version", json_flag=True)
+    sp.add_argument("ref")
+
+    sp = command("log", cmd_log, "draw a version's lineage", json_flag=True)
+    sp.add_argument("ref")
+
+    sp = command("tag", cmd_tag, "add or remove dataset tags", json_flag=True)
+    sp.add_argument("dataset")
+    sp.add_argument("--add", action="append", metavar="TAG")
+    sp.add_argument("--remove", action="append", metavar="TAG")
+
+    sp = command("ls", cmd_ls, "list a version's files", json_flag=True)
+    sp.add_argument("ref")
+    sp.add_argument("path", nargs="?")
+    sp.add_argument("-r", "--recursive", action="store_true")
+
+    sp = command("diff", cmd_diff, "files added, modified and removed from A to B", json_flag=True)
+    sp.add_argument("ref_a")
+    sp.add_argument("ref_b")
+
+    sp = command("get", cmd_get, "a writable local copy of a version")
+    sp.add_argument("ref")
+    sp.add_argument("dest")
+    sp.add_argument("--overwrite", action="store_true", help="allow a non-empty destination")
+
+    sp = command("verify", cmd_verify, "check chunks (and with --hash every file's sha256)", json_flag=True)
+    sp.add_argument("ref")
+    sp.add_argument("--hash", action="store_true")
+
+    sp = command("squash", cmd_squash, "a new parentless version merging versions in order")
+    sp.add_argument("refs", nargs="+", metavar="REF")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--name")
+
+    sp = command("delete", cmd_delete, "delete a version, or a dataset")
+    sp.add_argument("ref", nargs="?")
+    sp.add_argument("--dataset")
+    sp.add_argument("--all-versions", action="store_true")
+    sp.add_argument("--force", action="store_true", help="also published versions")
+
+    sp = command("gc", cmd_gc, "remove chunks and change-sets no version references", json_flag=True)
+    sp.add_argument("--grace", type=float, default=3600, help="keep objects younger than this (s)")
+    sp.add_argument("--dry-run", action="store_true")
+
+    try:
+        from .mountd import cli as mount_cli
+    except ImportError:  # the mount daemon is optional for the data-model commands
+        mount_cli = None
+    if mount_cli is not None:
+        mount_cli.add_commands(sub, command)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="dsfs: %(levelname)s: %(message)s")
+    if not hasattr(args, "json"):
+        args.json = False
+    try:
+        from .repo import Repository
+
+        settings = load_settings(store=args.store, cache_dir=args.cache_dir, config=args.config)
+        needs_repo = getattr(args.func, "needs_repo", True)
+        repo = Repository(settings) if needs_repo else settings
+        if args.quiet and needs_repo:
+            from .progress import Progress
+
+            repo.progress = lambda label, total: Progress(label, total, enabled=False)
+        code = args.func(repo, args)
+        return code or 0
+    except DsfsError as exc:
+        if args.verbose:
+            log.exception("failed")
+        print(f"dsfs: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("dsfs: interrupted; nothing was recorded", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Settings: where the store and the cache are, and the tunables, from flags, env and a file.
+
+Precedence, highest first: command-line flag, environment variable, config file
+(``--config``, ``DSFS_CONFIG`` or ``~/.config/dsfs/config.yaml``), built-in default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+import yaml
+
+from .errors import InvalidInput
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def _home() -> Path:
+    return Path(os.path.expanduser("~"))
+
+
+@dataclasses.dataclass
+class Settings:
+    store: str = ""
+    cache_dir: str = ""
+    chunk_size: int = 512 * MiB
+    compression: str = "auto"  # auto | store | deflate
+    compress_level: int = 6
+    block_size: int = 4 * MiB
+    cache_size: int | None = None  # None: min(10 GiB, 80% of free space)
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_max_attempts: int = 5
+    s3_connect_timeout: float = 5.0
+    s3_read_timeout: float = 30.0
+
+    @property
+    def state_dir(self) -> Path:
+        """Per-user state that must survive cache clears (journals, mount records)."""
+        return Path(self.cache_dir) / "state"
+
+
+def parse_size(text: str | int, *, what: str = "size") -> int:
+    """'512M', '10GiB', '4096' -> bytes."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(text))
+    if not m:
+        raise InvalidInput(f"{what} is not a size: {text!r}")
+    scale = {"": 1, "k": 1 << 10, "m": MiB, "g": GiB, "t": 1 << 40}[m.group(2).lower()]
+    return int(float(m.group(1)) * scale)
+
+
+_FILE_KEYS = {f.name for f in dataclasses.fields(Settings)}
+
+
+def load_settings(
+    *, store: str | None = None, cache_dir: str | None = None, config: str | None = None
+) -> Settings:
+    settings = Settings()
+    config_path = config or os.environ.get("DSFS_CONFIG")
+    if config_path is None:
+        default = _home() / ".config" / "dsfs" / "config.yaml"
+        config_path = str(default) if default.exists() else None
+    if config_path is not None:
+        _apply_file(settings, Path(config_path))
+    env_store = os.environ.get("DSFS_STORE")
+    env_cache = os.environ.get("DSFS_CACHE_DIR")
+    settings.store = store or env_store or settings.store or str(
+        _home() / ".local" / "share" / "dsfs" / "store"
+    )
+    settings.cache_dir = cache_dir or env_cache or settings.cache_dir or str(
+        _home() / ".cache" / "dsfs"
+    )
+    if settings.compression not in ("auto", "store", "deflate"):
+        raise InvalidInput(f"compression must be auto, store or deflate: {settings.compression!r}")
+    if settings.chunk_size < 1:
+        raise InvalidInput(f"chunk_size must be > 0: {settings.chunk_size}")
+    return settings
+
+
+def _apply_file(settings: Settings, path: Path) -> None:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise InvalidInput(f"config file not found: {str(path)!r}") from None
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"config file is not valid yaml: {str(path)!r}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"config file must hold a mapping: {str(path)!r}")
+    for key, value in data.items():
+        attr = key.replace("-", "_")
+        if attr not in _FILE_KEYS:
+            raise InvalidInput(f"unknown config key {key!r} in {str(path)!r}")
+        if attr in ("chunk_size", "block_size", "cache_size") and value is not None:
+            value = parse_size(value, what=key)
+        setattr(settings, attr, value)

@@ -1,0 +1,471 @@
+"""Dataset operations: what the CLI (and the mount daemon's commit) do to datasets and versions.
+
+A ``Repository`` ties a store, its catalog and the local index cache together. Every change to a
+draft goes through ``commit_changes``: hash, check against the current view, pack new bytes into
+chunks, upload them, write the change-set file, and only then append it to the draft's manifest
+with a compare-and-swap. An interruption before that last step leaves the draft as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+from collections.abc import Callable, Iterable, Iterator
+
+from .catalog import Catalog
+from .changeset.manifest import (
+    DIR,
+    FILE,
+    SYMLINK,
+    ChangeSet,
+    Entry,
+    Removal,
+    VersionManifest,
+    check_dataset_name,
+    check_version_name,
+    new_id,
+    now_iso,
+)
+from .changeset.packer import Source, hash_sources, pack
+from .config import Settings
+from .errors import AlreadyExists, Conflict, InvalidInput, NotFound, ReadOnly
+from .paths import check_path, join, normalize_dest
+from .progress import Progress
+from .resolver import Node, VersionIndex, ViewBuilder, check_against_view, latest_published, resolve_ref
+from .store import ObjectStore, open_store
+
+ProgressFactory = Callable[[str, int], Progress]
+
+
+@dataclasses.dataclass
+class CommitSummary:
+    version_id: str
+    added: int = 0
+    modified: int = 0
+    removed: int = 0
+    bytes_uploaded: int = 0
+    bytes_dedup: int = 0
+    changeset: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.modified or self.removed)
+
+
+class Repository:
+    def __init__(self, settings: Settings, store: ObjectStore | None = None) -> None:
+        self.settings = settings
+        self.store = store or open_store(settings.store, settings)
+        self.catalog = Catalog(self.store)
+        self.tmp_dir = os.path.join(settings.cache_dir, "tmp")
+        self.views = ViewBuilder(self.catalog, os.path.join(settings.cache_dir, "index"))
+        self.progress: ProgressFactory = lambda label, total: Progress(label, total)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> VersionManifest:
+        return resolve_ref(self.catalog, ref)
+
+    def index(self, manifest: VersionManifest) -> VersionIndex:
+        return self.views.index_for(manifest)
+
+    def resolve_draft(self, ref: str) -> VersionManifest:
+        manifest = self.resolve(ref)
+        if manifest.is_published:
+            raise ReadOnly(f"version is published and cannot change: {ref!r} ({manifest.name!r})")
+        return manifest
+
+    # -- creating ---------------------------------------------------------------------------
+
+    def create(self, dataset: str, *, parents: list[str] | None = None, root: bool = False,
+               name: str | None = None, project: str = "", tags: list[str] | None = None,
+               description: str = "", comment: str = "", metadata: dict | None = None) -> VersionManifest:
+        check_dataset_name(dataset)
+        if root and parents:
+            raise InvalidInput("--root and --parent exclude each other")
+        parent_ids = [self.resolve(p).id for p in parents or []]
+        record = self.catalog.ensure_dataset(dataset, project=project, tags=tags, description=description)
+        versions = self.catalog.versions(dataset)
+        if not parents and not root:
+            published = [v for v in versions if v.is_published]
+            if published:
+                parent_ids = [latest_published(dataset, published).id]
+        if name is None:
+            taken = {v.name for v in versions}
+            n = len(record.versions) + 1
+            while f"v{n}" in taken:
+                n += 1
+            name = f"v{n}"
+        check_version_name(name)
+        return self.catalog.create_version(dataset, name, parent_ids, comment=comment, metadata=metadata)
+
+    def publish(self, ref: str, name: str | None = None) -> VersionManifest:
+        manifest = self.resolve(ref)
+        if manifest.is_published:
+            raise InvalidInput(f"version is already published: {ref!r} ({manifest.name!r})")
+        return self.catalog.publish(manifest.id, name)
+
+    def snapshot(self, dataset: str, *, name: str | None = None, child_name: str | None = None,
+                 child_comment: str = "", child_metadata: dict | None = None) -> tuple[VersionManifest, VersionManifest]:
+        """The seed's simple structure: the current draft becomes a published snapshot (same id),
+        and a new draft child of it becomes current."""
+        drafts = [v for v in self.catalog.versions(dataset) if not v.is_published]
+        if len(drafts) != 1:
+            raise InvalidInput(f"snapshot needs exactly one draft in dataset {dataset!r}, found {len(drafts)}")
+        name = name or f"snapshot {now_iso()[:-6]}"
+        check_version_name(name)
+        published = self.catalog.publish(drafts[0].id, name)
+        child = self.catalog.create_version(dataset, check_version_name(child_name or "Current"),
+                                            [published.id], comment=child_comment,
+                                            metadata=child_metadata)
+        return published, child
+
+    # -- changing a draft ---------------------------------------------------------------------
+
+    def commit_changes(self, manifest: VersionManifest, sources: list[Source],
+                       removals: list[Removal]) -> CommitSummary:
+        """Record one change-set on a draft. Unchanged sources are dropped first."""
+        summary = CommitSummary(manifest.id)
+        index = self.index(manifest)
+        total = sum(s.size for s in sources if s.type == FILE)
+        with self.progress("hashing", total) as bar:
+            hash_sources(sources, bar)
+        changed = []
+        for src in sources:
+            node = index.by_path(src.path)
+            removed_first = any(src.path == r.path or src.path.startswith(r.path + "/") for r in removals)
+            if node is not None and not removed_first and _same(node, src):
+                continue
+            changed.append(src)
+            if node is None or removed_first:
+                summary.added += 1
+            else:
+                summary.modified += 1
+        summary.removed = len(removals)
+        if summary.empty:
+            return summary
+        check_against_view(index, [r.path for r in removals], [(s.path, s.type == DIR) for s in changed])
+        changeset_id = f"{now_iso()[:19].replace(':', '').replace('-', '')}-{new_id()[:8]}"
+        with self.progress("uploading", sum(s.size for s in changed if s.type == FILE)) as bar:
+            entries, stats = pack(self.store, manifest.id, changeset_id, changed, index.find_blob,
+                                  self.settings, self.tmp_dir, bar)
+        changeset = ChangeSet(manifest.id, changeset_id, now_iso(), entries, removals)
+        ref = self.catalog.write_changeset(changeset, len(entries), stats.bytes_new, stats.bytes_dedup,
+                                           stats.chunks)
+        self.catalog.record_changeset(manifest.id, ref)
+        summary.bytes_uploaded, summary.bytes_dedup = stats.bytes_new, stats.bytes_dedup
+        summary.changeset = changeset_id
+        return summary
+
+    def add(self, ref: str, paths: list[str], *, dest: str | None = None, wildcard: str | None = None,
+            recursive: bool = True) -> CommitSummary:
+        manifest = self.resolve_draft(ref)
+        base = normalize_dest(dest)
+        sources: dict[str, Source] = {}
+        for local in paths:
+            for src in collect_sources(local, base, wildcard=wildcard, recursive=recursive):
+                sources[src.path] = src
+        if not sources:
+            raise NotFound(f"nothing to add: no files match in {', '.join(map(repr, paths))}")
+        return self.commit_changes(manifest, sorted(sources.values(), key=lambda s: s.path), [])
+
+    def remove(self, ref: str, patterns: list[str], *, recursive: bool = True) -> CommitSummary:
+        manifest = self.resolve_draft(ref)
+        index = self.index(manifest)
+        removals: dict[str, Removal] = {}
+        for pattern in patterns:
+            matched = list(match_paths(index, pattern, recursive=recursive))
+            if not matched:
+                raise NotFound(f"no files match in {manifest.name!r}: {pattern!r}")
+            for node in matched:
+                removals[node.path] = Removal(node.path, node.is_dir)
+        return self.commit_changes(manifest, [], _outermost(removals.values()))
+
+    def sync(self, ref: str, folder: str, *, dest: str | None = None) -> CommitSummary:
+        """Make the subtree DEST of a draft equal to a local folder (the source of truth)."""
+        manifest = self.resolve_draft(ref)
+        if not os.path.isdir(folder):
+            raise InvalidInput(f"not a folder: {folder!r}")
+        base = normalize_dest(dest)
+        index = self.index(manifest)
+        sources = sorted(collect_sources(folder, base), key=lambda s: s.path)
+        local_paths = {s.path for s in sources}
+        removals = []
+        for node in index.walk(base):
+            if node.path != base and node.path not in local_paths:
+                removals.append(Removal(node.path, node.is_dir))
+        # A path whose type changed (file <-> folder) is removed first, then re-added.
+        for src in sources:
+            node = index.by_path(src.path)
+            if node is not None and (node.type == DIR) != (src.type == DIR):
+                removals.append(Removal(node.path, node.is_dir))
+        return self.commit_changes(manifest, sources, _outermost(removals))
+
+    # -- listing ------------------------------------------------------------------------------
+
+    def ls(self, ref: str, path: str = "", *, recursive: bool = False) -> list[Node]:
+        manifest = self.resolve(ref)
+        index = self.index(manifest)
+        path = normalize_dest(path)
+        node = index.by_path(path)
+        if node is None:
+            raise NotFound(f"no such path in {manifest.name!r}: {path!r}")
+        if not node.is_dir:
+            return [node]
+        if recursive:
+            return [n for n in index.walk(path) if n.path != path]
+        return list(_all_children(index, node.ino))
+
+    def diff(self, ref_a: str, ref_b: str) -> dict[str, list[Node]]:
+        a = self.index(self.resolve(ref_a))
+        b = self.index(self.resolve(ref_b))
+        result: dict[str, list[Node]] = {"added": [], "modified": [], "removed": []}
+        for old, new in _merge_join(_leaves(a.walk()), _leaves(b.walk())):
+            if old is None:
+                result["added"].append(new)
+            elif new is None:
+                result["removed"].append(old)
+            elif (old.type, old.sha256, old.target, old.mode) != (new.type, new.sha256, new.target, new.mode):
+                result["modified"].append(new)
+        return result
+
+    def get(self, ref: str, dest: str, *, overwrite: bool = False) -> int:
+        """A writable local copy of the merged view at ``dest``; returns the number of files."""
+        from .transfer import extract_view
+
+        manifest = self.resolve(ref)
+        if os.path.exists(dest) and not os.path.isdir(dest):
+            raise InvalidInput(f"destination exists and is not a folder: {dest!r}")
+        if os.path.isdir(dest) and os.listdir(dest) and not overwrite:
+            raise InvalidInput(f"destination folder is not empty: {dest!r} (use --overwrite)")
+        index = self.index(manifest)
+        with self.progress("downloading", index.total_size) as bar:
+            return extract_view(self.store, index, dest, self.tmp_dir, bar)
+
+    def verify(self, ref: str, *, hash_files: bool = False) -> list[str]:
+        """Problems found: missing or short chunks, and with ``hash_files`` wrong bytes."""
+        from .transfer import verify_view
+
+        manifest = self.resolve(ref)
+        index = self.index(manifest)
+        with self.progress("verifying", index.total_size if hash_files else 0) as bar:
+            return verify_view(self.store, index, hash_files=hash_files, progress=bar)
+
+    # -- deleting -----------------------------------------------------------------------------
+
+    def delete_version(self, ref: str, *, force: bool = False) -> VersionManifest:
+        manifest = self.resolve(ref)
+        self._delete_versions([manifest], force=force)
+        return manifest
+
+    def delete_dataset(self, dataset: str, *, all_versions: bool = False, force: bool = False) -> int:
+        versions = self.catalog.versions(dataset)
+        if versions and not all_versions:
+            raise InvalidInput(f"dataset {dataset!r} has {len(versions)} versions; "
+                               "use --all-versions to delete them too")
+        self._delete_versions(versions, force=force)
+        self.catalog.delete_dataset_record(dataset)
+        return len(versions)
+
+    def _delete_versions(self, doomed: list[VersionManifest], *, force: bool) -> None:
+        published = [v for v in doomed if v.is_published]
+        if published and not force:
+            raise InvalidInput(f"version is published: {published[0].id!r} ({published[0].name!r}); "
+                               "use --force to delete published versions")
+        doomed_ids = {v.id for v in doomed}
+        for other in self.all_versions():
+            if other.id in doomed_ids:
+                continue
+            for parent in other.parents:
+                if parent in doomed_ids:
+                    raise Conflict(f"version {parent!r} is a parent of {other.id!r} ({other.dataset}@"
+                                   f"{other.name}); delete that first")
+        # Children first, so a parent is never left without the child that blocked it.
+        for manifest in sorted(doomed, key=lambda v: v.created, reverse=True):
+            self.catalog.delete_version_records(manifest)
+        self.gc(grace_seconds=None, only_versions=doomed_ids)
+
+    def all_versions(self) -> list[VersionManifest]:
+        ids = self.catalog.find_ids("")
+        found = []
+        for vid in ids:
+            try:
+                found.append(self.catalog.version(vid))
+            except NotFound:
+                continue
+        return found
+
+    def gc(self, *, grace_seconds: float | None = 3600, only_versions: set[str] | None = None,
+           dry_run: bool = False) -> list[str]:
+        """Delete chunks and change-set files no live manifest references.
+
+        Objects younger than ``grace_seconds`` are kept: they may belong to an add in flight
+        whose manifest update has not happened yet.
+        """
+        import time
+
+        live_changesets = set()
+        live_chunks = set()
+        for manifest in self.all_versions():
+            for ref in manifest.changesets:
+                live_changesets.add(ref.key)
+                for item in self.catalog.changeset_items(ref, self.tmp_dir):
+                    if isinstance(item, Entry) and item.chunk:
+                        live_chunks.add(item.chunk)
+        now = time.time()
+        doomed = []
+        for info in self.store.list("versions/"):
+            parts = info.key.split("/")
+            if len(parts) != 4 or parts[2] not in ("chunks", "changesets"):
+                continue
+            if only_versions is not None and parts[1] not in only_versions:
+                continue
+            if info.key in live_chunks or info.key in live_changesets:
+                continue
+            if grace_seconds is not None and info.mtime and now - info.mtime < grace_seconds:
+                continue
+            doomed.append(info.key)
+        if not dry_run:
+            for key in doomed:
+                self.store.delete(key)
+        return doomed
+
+    def squash(self, refs: list[str], dataset: str, *, name: str | None = None) -> VersionManifest:
+        """A new parentless, published version holding the merged content of ``refs`` in order.
+        Its entries point at the existing bytes: squashing uploads nothing."""
+        manifests = [self.resolve(r) for r in refs]
+        for m in manifests:
+            if not m.is_published:
+                raise InvalidInput(f"squash needs published versions, {m.id!r} ({m.name!r}) is a draft")
+        merged: dict[str, Entry] = {}
+        for m in manifests:
+            index = self.index(m)
+            for node in index.walk():
+                if node.is_dir:
+                    for p in list(merged):
+                        if p == node.path and merged[p].type != DIR:
+                            del merged[p]
+                else:
+                    prefix = node.path + "/"
+                    for p in [p for p in merged if p.startswith(prefix)]:
+                        del merged[p]
+                merged[node.path] = node.to_entry()
+        new = self.create(dataset, root=True, name=name or f"squash of {', '.join(m.name for m in manifests)}"[:200])
+        entries = [merged[p] for p in sorted(merged)]
+        changeset = ChangeSet(new.id, f"squash-{new_id()[:8]}", now_iso(), entries, [])
+        ref = self.catalog.write_changeset(changeset, len(entries), 0,
+                                           sum(e.size for e in entries if e.type == FILE), [])
+        self.catalog.record_changeset(new.id, ref)
+        return self.catalog.publish(new.id)
+
+
+def _same(node: Node, src: Source) -> bool:
+    if node.type != src.type or node.mode != src.mode:
+        return False
+    if src.type == FILE:
+        return node.sha256 == src.sha256
+    if src.type == SYMLINK:
+        return node.target == src.target
+    return True
+
+
+def _outermost(removals: Iterable[Removal]) -> list[Removal]:
+    """Drop removals already covered by a removed folder above them."""
+    result: list[Removal] = []
+    for removal in sorted(removals, key=lambda r: r.path):
+        if result and result[-1].is_dir and removal.path.startswith(result[-1].path + "/"):
+            continue
+        if result and result[-1].path == removal.path:
+            continue
+        result.append(removal)
+    return result
+
+
+def _all_children(index: VersionIndex, ino: int) -> Iterator[Node]:
+    after = None
+    while True:
+        batch = index.children(ino, after)
+        yield from batch
+        if len(batch) < 1000:
+            return
+        after = batch[-1].name
+
+
+def _leaves(nodes: Iterable[Node]) -> Iterator[Node]:
+    return (n for n in nodes if not n.is_dir)
+
+
+def _merge_join(a: Iterator[Node], b: Iterator[Node]) -> Iterator[tuple[Node | None, Node | None]]:
+    """Pair up two path-ordered streams by path."""
+    x, y = next(a, None), next(b, None)
+    while x is not None or y is not None:
+        if y is None or (x is not None and x.path < y.path):
+            yield x, None
+            x = next(a, None)
+        elif x is None or y.path < x.path:
+            yield None, y
+            y = next(b, None)
+        else:
+            yield x, y
+            x, y = next(a, None), next(b, None)
+
+
+def collect_sources(local: str, base: str, *, wildcard: str | None = None,
+                    recursive: bool = True) -> Iterator[Source]:
+    """Sources for a local file or folder: a folder's contents land under ``base``."""
+    local = os.path.abspath(local)
+    if not os.path.lexists(local):
+        raise NotFound(f"no such file or folder: {local!r}")
+    if not os.path.isdir(local) or os.path.islink(local):
+        name = os.path.basename(local)
+        if wildcard is None or fnmatch.fnmatch(name, wildcard):
+            yield Source.from_local(check_path(join(base, name)), local)
+        return
+    for dirpath, dirnames, filenames in os.walk(local):
+        rel_dir = os.path.relpath(dirpath, local)
+        rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/")
+        dirnames.sort()
+        if not recursive:
+            # Symlinks to folders are listed in dirnames; keep them as symlinks.
+            for d in dirnames:
+                full = os.path.join(dirpath, d)
+                if os.path.islink(full) and (wildcard is None or fnmatch.fnmatch(d, wildcard)):
+                    yield Source.from_local(check_path(join(base, d)), full)
+            dirnames[:] = []
+        for d in list(dirnames):
+            full = os.path.join(dirpath, d)
+            rel = join(rel_dir, d)
+            if os.path.islink(full):
+                dirnames.remove(d)
+                if wildcard is None or fnmatch.fnmatch(d, wildcard):
+                    yield Source.from_local(check_path(join(base, rel)), full)
+            elif wildcard is None:
+                yield Source.from_local(check_path(join(base, rel)), full)
+        for f in sorted(filenames):
+            if wildcard is not None and not fnmatch.fnmatch(f, wildcard):
+                continue
+            full = os.path.join(dirpath, f)
+            yield Source.from_local(check_path(join(base, join(rel_dir, f))), full)
+
+
+def match_paths(index: VersionIndex, pattern: str, *, recursive: bool) -> Iterator[Node]:
+    """Nodes a remove pattern names: an exact path, or a glob (a bare name glob matches at any
+    depth when recursive)."""
+    pattern = pattern.strip("/")
+    if not any(c in pattern for c in "*?["):
+        node = index.by_path(check_path(pattern, what="pattern"))
+        if node is not None:
+            if node.is_dir and not recursive:
+                raise InvalidInput(f"is a folder (drop --non-recursive to remove it): {pattern!r}")
+            yield node
+        return
+    depth = pattern.count("/")
+    for node in index.walk():
+        if node.is_dir:
+            continue
+        if "/" in pattern or not recursive:
+            if node.path.count("/") == depth and fnmatch.fnmatchcase(node.path, pattern):
+                yield node
+        elif fnmatch.fnmatchcase(node.name, pattern):
+            yield node

@@ -1,0 +1,300 @@
+"""Building a version's merged view into an index file.
+
+The merge, for a version V::
+
+    view(V) = apply(change-sets of V, overlay(view(P1), view(P2), ...))
+
+where a later parent wins on the same path (a file replacing a folder drops the folder's
+subtree), and inside a change-set removals apply first (a folder tombstone takes its subtree),
+then adds. A change-set that would make a path both a file and a folder is rejected.
+
+The work happens in a scratch SQLite table keyed by path, so memory stays bounded by the number
+of folders, not files: a single-parent chain is replayed change-set by change-set into one
+table, and a cached index of a published ancestor is bulk-copied instead of replayed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import logging
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterable
+
+from ..catalog import Catalog
+from ..changeset.manifest import DIR, Entry, Removal, VersionManifest
+from ..errors import Corrupt, InvalidInput
+from ..paths import ancestors, name_of, parent_of
+from .index import INDEX_SQL, ROOT_INO, SCHEMA_SQL, TYPE_CODES, VersionIndex
+
+log = logging.getLogger(__name__)
+
+_DIR = TYPE_CODES[DIR]
+_BATCH = 20000
+_WORK_COLUMNS = "path, type, size, mode, mtime_ns, sha256, target, chunk, offset, csize, method, provider"
+_COPY_SELECT = (
+    "SELECT n.path, n.type, n.size, n.mode, n.mtime_ns, n.sha256, n.target, c.key, n.offset, "
+    "n.csize, n.method, p.version FROM src.nodes n LEFT JOIN src.chunks c ON c.id = n.chunk_id "
+    "JOIN src.providers p ON p.id = n.provider_id WHERE n.ino != 1"
+)
+
+
+class PathConflict(Exception):
+    """A path would be both a file and a folder; callers turn it into their error type."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
+class _Work:
+    """The view under construction: a path-keyed table plus the set of its folders."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        conn.execute(f"CREATE TABLE scratch.work({_WORK_COLUMNS.replace('path', 'path TEXT PRIMARY KEY', 1)}) WITHOUT ROWID")
+        self.dirs: set[str] = set()
+        self.pending: list[tuple] = []
+
+    def flush(self) -> None:
+        if self.pending:
+            self.conn.executemany(f"INSERT OR REPLACE INTO scratch.work VALUES ({','.join('?' * 12)})",
+                                  self.pending)
+            self.pending.clear()
+
+    def _type_at(self, path: str) -> int | None:
+        self.flush()
+        row = self.conn.execute("SELECT type FROM scratch.work WHERE path = ?", (path,)).fetchone()
+        return row[0] if row else None
+
+    def remove(self, path: str) -> None:
+        self.flush()
+        lo, hi = path + "/", path + "0"
+        if path in self.dirs:
+            self.dirs.difference_update(
+                r[0] for r in self.conn.execute(
+                    "SELECT path FROM scratch.work WHERE type = ? AND path >= ? AND path < ?", (_DIR, lo, hi)))
+            self.dirs.discard(path)
+            self.conn.execute("DELETE FROM scratch.work WHERE path >= ? AND path < ?", (lo, hi))
+        self.conn.execute("DELETE FROM scratch.work WHERE path = ?", (path,))
+
+    def add(self, e: Entry, provider: str) -> None:
+        path = e.path
+        parent = parent_of(path)
+        if parent and parent not in self.dirs:
+            for folder in ancestors(path):
+                if folder in self.dirs:
+                    continue
+                kind = self._type_at(folder)
+                if kind is not None and kind != _DIR:
+                    raise PathConflict(folder)
+                if kind is None:
+                    self.pending.append((folder, _DIR, 0, 0o755, e.mtime_ns, None, None, None, None,
+                                         None, None, provider))
+                self.dirs.add(folder)
+        if e.type == DIR:
+            if path not in self.dirs:
+                kind = self._type_at(path)
+                if kind is not None:
+                    raise PathConflict(path)
+                self.dirs.add(path)
+        elif path in self.dirs:
+            raise PathConflict(path)
+        sha = e.sha256 if e.type != DIR else None
+        self.pending.append((path, TYPE_CODES[e.type], e.size if e.type != DIR else 0, e.mode,
+                             e.mtime_ns, sha, e.target, e.chunk, e.offset, e.csize, e.method, provider))
+        if len(self.pending) >= _BATCH:
+            self.flush()
+
+    def apply(self, items: Iterable[Entry | Removal], provider: str) -> None:
+        for item in items:
+            if isinstance(item, Removal):
+                self.remove(item.path)
+            else:
+                self.add(item, provider)
+        self.flush()
+
+    def overlay(self, index_path: str) -> None:
+        """Merge another view on top: its paths win; its files replace our folders whole."""
+        self.flush()
+        self.conn.execute("ATTACH DATABASE ? AS src", (f"file:{index_path}?mode=ro",))
+        try:
+            clashes = [r[0] for r in self.conn.execute(
+                "SELECT w.path FROM scratch.work w JOIN src.nodes n ON n.path = w.path "
+                "WHERE w.type = ? AND n.type != ?", (_DIR, _DIR))]
+            for path in clashes:
+                self.remove(path)
+            self.conn.execute(f"INSERT OR REPLACE INTO scratch.work({_WORK_COLUMNS}) {_COPY_SELECT}")
+            self.dirs.update(r[0] for r in self.conn.execute(
+                "SELECT path FROM src.nodes WHERE type = ? AND ino != 1", (_DIR,)))
+            self.conn.commit()
+        finally:
+            self.conn.execute("DETACH DATABASE src")
+
+
+class ViewBuilder:
+    """Finds or builds the index of a version's merged view under ``index_dir``."""
+
+    def __init__(self, catalog: Catalog, index_dir: str) -> None:
+        self.catalog = catalog
+        self.index_dir = index_dir
+        os.makedirs(index_dir, exist_ok=True)
+
+    def _published_path(self, version_id: str) -> str:
+        return os.path.join(self.index_dir, f"{version_id}.sqlite")
+
+    def index_for(self, manifest: VersionManifest) -> VersionIndex:
+        """The index of ``manifest``'s merged view, built now if there is no current one."""
+        if manifest.is_published:
+            path = self._published_path(manifest.id)
+            if not os.path.exists(path):
+                self._build(manifest, path)
+            return VersionIndex(path, immutable=True)
+        # A draft's index is named after its record's etag: any change-set makes a new one.
+        etag = self.catalog.draft_etag(manifest.id) or ""
+        tag = hashlib.sha256(etag.encode()).hexdigest()[:16]
+        path = os.path.join(self.index_dir, f"{manifest.id}.draft-{tag}.sqlite")
+        if not os.path.exists(path):
+            manifest = self.catalog.version(manifest.id)
+            self._build(manifest, path)
+            for old in os.listdir(self.index_dir):
+                if old.startswith(f"{manifest.id}.draft-") and not path.endswith(old):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.index_dir, old))
+        return VersionIndex(path, immutable=False)
+
+    def _build(self, manifest: VersionManifest, dest: str) -> None:
+        log.debug("building index of %s at %s", manifest.id, dest)
+        fd, tmp = tempfile.mkstemp(dir=self.index_dir, prefix=".build-", suffix=".sqlite")
+        os.close(fd)
+        scratch = tmp + ".scratch"
+        conn = sqlite3.connect(tmp)
+        try:
+            conn.execute("PRAGMA journal_mode=OFF")
+            conn.execute("PRAGMA synchronous=OFF")
+            conn.execute("ATTACH DATABASE ? AS scratch", (scratch,))
+            conn.execute("PRAGMA scratch.journal_mode=OFF")
+            conn.execute("PRAGMA scratch.synchronous=OFF")
+            conn.execute("PRAGMA cache_size=-131072")
+            work = _Work(conn)
+            self._replay(manifest, work, visiting=set())
+            _finalize(conn, manifest)
+            conn.commit()
+            conn.execute("DETACH DATABASE scratch")
+            conn.close()
+            os.replace(tmp, dest)
+        except BaseException:
+            conn.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(scratch)
+
+    def _replay(self, manifest: VersionManifest, work: _Work, visiting: set[str]) -> None:
+        if manifest.id in visiting:
+            raise Corrupt(f"version lineage has a cycle through {manifest.id!r}")
+        visiting.add(manifest.id)
+        for n, parent_id in enumerate(manifest.parents):
+            parent = self.catalog.version(parent_id)
+            if not parent.is_published:
+                raise Corrupt(f"parent {parent_id!r} of {manifest.id!r} is not published")
+            cached = self._published_path(parent_id)
+            if n == 0 and not os.path.exists(cached):
+                self._replay(parent, work, visiting)
+            else:
+                work.overlay(self.index_for(parent).path)
+        for ref in manifest.changesets:
+            try:
+                work.apply(self.catalog.changeset_items(ref, self.index_dir), manifest.id)
+            except PathConflict as exc:
+                raise Corrupt(f"change-set {ref.id!r} of version {manifest.id!r} makes a path both "
+                              f"a file and a folder: {exc.path!r}") from None
+        visiting.discard(manifest.id)
+
+
+def _finalize(conn: sqlite3.Connection, manifest: VersionManifest) -> None:
+    """Number the merged paths into inodes (in path order) and write the served tables."""
+    conn.executescript(SCHEMA_SQL)
+    conn.execute("INSERT INTO chunks(key) SELECT DISTINCT chunk FROM scratch.work "
+                 "WHERE chunk IS NOT NULL ORDER BY chunk")
+    conn.execute("INSERT OR IGNORE INTO providers(version) VALUES (?)", (manifest.id,))
+    conn.execute("INSERT OR IGNORE INTO providers(version) SELECT DISTINCT provider FROM scratch.work")
+    chunk_ids = dict(conn.execute("SELECT key, id FROM chunks"))
+    provider_ids = dict(conn.execute("SELECT version, id FROM providers"))
+    stamp = manifest.published or manifest.created
+    root_mtime = int(_dt.datetime.fromisoformat(stamp).timestamp() * 1e9) if stamp else 0
+    conn.execute("INSERT INTO nodes VALUES (1, 1, '', '', ?, 0, ?, ?, NULL, NULL, NULL, NULL, NULL, "
+                 "NULL, ?, 2)", (_DIR, 0o755, root_mtime, provider_ids[manifest.id]))
+    dir_inos = {"": ROOT_INO}
+    subdirs: dict[int, int] = {}
+    files = total = 0
+    batch: list[tuple] = []
+    ino = ROOT_INO
+    cursor = conn.execute(f"SELECT {_WORK_COLUMNS} FROM scratch.work ORDER BY path")
+    for path, kind, size, mode, mtime, sha, target, chunk, offset, csize, method, provider in cursor:
+        ino += 1
+        parent = dir_inos[parent_of(path)]
+        if kind == _DIR:
+            dir_inos[path] = ino
+            subdirs[parent] = subdirs.get(parent, 0) + 1
+        else:
+            files += 1
+            total += size
+        batch.append((ino, parent, name_of(path), path, kind, size, mode, mtime,
+                      sha, target, chunk_ids.get(chunk), offset, csize, method,
+                      provider_ids[provider], 1 if kind != _DIR else 2))
+        if len(batch) >= _BATCH:
+            _insert_nodes(conn, batch)
+    _insert_nodes(conn, batch)
+    conn.executemany("UPDATE nodes SET nlink = 2 + ? WHERE ino = ?",
+                     [(count, parent) for parent, count in subdirs.items()])
+    conn.executescript(INDEX_SQL)
+    conn.executemany("INSERT INTO meta VALUES (?, ?)", [
+        ("version", manifest.id), ("dataset", manifest.dataset), ("files", str(files)),
+        ("bytes", str(total)), ("format", "1")])
+
+
+def _insert_nodes(conn: sqlite3.Connection, batch: list[tuple]) -> None:
+    conn.executemany(f"INSERT INTO nodes VALUES ({','.join('?' * 16)})", batch)
+    batch.clear()
+
+
+def check_against_view(index: VersionIndex | None, removals: Iterable[str],
+                       adds: Iterable[tuple[str, bool]]) -> None:
+    """Reject a change-set before upload if it would make a path both a file and a folder.
+
+    ``adds`` are (path, is_dir) pairs; ``removals`` are paths removed first by the same change-set.
+    """
+    removed = sorted(removals)
+
+    def is_removed(path: str) -> bool:
+        return any(path == r or path.startswith(r + "/") for r in removed)
+
+    new_dirs: set[str] = set()
+    new_files: set[str] = set()
+    checked: dict[str, str | None] = {}
+
+    def view_type(path: str) -> str | None:
+        if path not in checked:
+            node = index.by_path(path) if index is not None else None
+            checked[path] = None if node is None or is_removed(path) else node.type
+        return checked[path]
+
+    for path, is_dir in adds:
+        for folder in ancestors(path):
+            if folder in new_files or view_type(folder) not in (None, DIR):
+                raise InvalidInput(f"path is both a file and a folder: {folder!r}")
+            new_dirs.add(folder)
+        if is_dir:
+            if path in new_files or view_type(path) not in (None, DIR):
+                raise InvalidInput(f"path is both a file and a folder: {path!r}")
+            new_dirs.add(path)
+        else:
+            if path in new_dirs or view_type(path) == DIR:
+                raise InvalidInput(f"path is both a file and a folder: {path!r}")
+            new_files.add(path)

@@ -1,0 +1,157 @@
+"""The materialized view of one version: a SQLite file the mount daemon serves from.
+
+``nodes`` holds one row per path of the merged view; its rowid is the inode number (the root is
+inode 1) and rows are numbered in path order, so inodes are stable for a version. Lookup is by
+(parent, name), listing is in name order from the same index, and each row keeps its provenance:
+the version whose change-set put it there. Published indexes are opened ``immutable`` (no locking).
+
+Threading: a ``VersionIndex`` may be shared by threads; each thread gets its own connection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+from collections.abc import Iterator
+
+from ..changeset.manifest import DIR, FILE, SYMLINK, Entry
+
+ROOT_INO = 1
+TYPE_CODES = {FILE: 0, DIR: 1, SYMLINK: 2}
+TYPE_NAMES = {v: k for k, v in TYPE_CODES.items()}
+
+SCHEMA_SQL = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+CREATE TABLE chunks(id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
+CREATE TABLE providers(id INTEGER PRIMARY KEY, version TEXT NOT NULL UNIQUE);
+CREATE TABLE nodes(
+    ino INTEGER PRIMARY KEY,
+    parent INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    type INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT,
+    target TEXT,
+    chunk_id INTEGER,
+    offset INTEGER,
+    csize INTEGER,
+    method INTEGER,
+    provider_id INTEGER NOT NULL,
+    nlink INTEGER NOT NULL DEFAULT 1
+);
+"""
+INDEX_SQL = """
+CREATE UNIQUE INDEX nodes_by_parent ON nodes(parent, name);
+CREATE UNIQUE INDEX nodes_by_path ON nodes(path);
+CREATE INDEX nodes_by_sha ON nodes(sha256) WHERE sha256 IS NOT NULL;
+"""
+
+_NODE_SELECT = (
+    "SELECT n.ino, n.parent, n.name, n.path, n.type, n.size, n.mode, n.mtime_ns, n.sha256, "
+    "n.target, c.key, n.offset, n.csize, n.method, p.version, n.nlink "
+    "FROM nodes n LEFT JOIN chunks c ON c.id = n.chunk_id JOIN providers p ON p.id = n.provider_id "
+)
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class Node:
+    ino: int
+    parent: int
+    name: str
+    path: str
+    type: str
+    size: int
+    mode: int
+    mtime_ns: int
+    sha256: str | None
+    target: str | None
+    chunk: str | None
+    offset: int | None
+    csize: int | None
+    method: int | None
+    version: str
+    nlink: int = 1
+
+    @property
+    def is_dir(self) -> bool:
+        return self.type == DIR
+
+    def to_entry(self) -> Entry:
+        return Entry(self.path, self.type, self.size, self.sha256 or "", self.mode, self.mtime_ns,
+                     self.target, self.chunk, self.offset or 0, self.csize or 0, self.method or 0)
+
+
+def _node(row) -> Node:
+    return Node(row[0], row[1], row[2], row[3], TYPE_NAMES[row[4]], *row[5:])
+
+
+class VersionIndex:
+    """Read access to a built index file."""
+
+    def __init__(self, path: str, *, immutable: bool) -> None:
+        self.path = path
+        self.immutable = immutable
+        self._local = threading.local()
+        meta = dict(self._conn().execute("SELECT key, value FROM meta"))
+        self.version_id = meta["version"]
+        self.dataset = meta["dataset"]
+        self.files = int(meta["files"])
+        self.total_size = int(meta["bytes"])
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            flags = "mode=ro&immutable=1" if self.immutable else "mode=ro"
+            conn = sqlite3.connect(f"file:{self.path}?{flags}", uri=True, check_same_thread=False)
+            conn.execute("PRAGMA query_only=1")
+            conn.execute("PRAGMA cache_size=-65536")
+            self._local.conn = conn
+        return conn
+
+    def get(self, ino: int) -> Node | None:
+        row = self._conn().execute(_NODE_SELECT + "WHERE n.ino = ?", (ino,)).fetchone()
+        return _node(row) if row else None
+
+    def lookup(self, parent: int, name: str) -> Node | None:
+        row = self._conn().execute(_NODE_SELECT + "WHERE n.parent = ? AND n.name = ? AND n.ino != 1",
+                                   (parent, name)).fetchone()
+        return _node(row) if row else None
+
+    def by_path(self, path: str) -> Node | None:
+        row = self._conn().execute(_NODE_SELECT + "WHERE n.path = ?", (path,)).fetchone()
+        return _node(row) if row else None
+
+    def children(self, ino: int, after: str | None = None, limit: int = 1000) -> list[Node]:
+        """Children of a directory in name order, starting after the name ``after``."""
+        sql = _NODE_SELECT + "WHERE n.parent = ? AND n.ino != 1 AND n.name > ? ORDER BY n.name LIMIT ?"
+        return [_node(r) for r in self._conn().execute(sql, (ino, after or "", limit))]
+
+    def walk(self, prefix: str = "") -> Iterator[Node]:
+        """Every node at or below ``prefix`` ('' is the whole view), in path order."""
+        conn = self._conn()
+        if prefix:
+            sql = _NODE_SELECT + "WHERE n.path = ? OR (n.path >= ? AND n.path < ?) ORDER BY n.path"
+            rows = conn.execute(sql, (prefix, prefix + "/", prefix + "0"))
+        else:
+            rows = conn.execute(_NODE_SELECT + "WHERE n.ino != 1 ORDER BY n.path")
+        for row in rows:
+            yield _node(row)
+
+    def find_blob(self, sha256: str) -> Entry | None:
+        row = self._conn().execute(
+            _NODE_SELECT + "WHERE n.sha256 = ? AND n.chunk_id IS NOT NULL LIMIT 1", (sha256,)
+        ).fetchone()
+        return _node(row).to_entry() if row else None
+
+    def chunk_keys(self) -> list[str]:
+        return [r[0] for r in self._conn().execute("SELECT key FROM chunks ORDER BY key")]
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

@@ -1,0 +1,177 @@
+"""A store in a local folder: the zero-setup default.
+
+Writes go to a temp file in the same folder, are fsync'd and renamed into place, so a reader sees
+the old object or the new one, never a torn one. Conditional writes hold an flock on the store's
+lock file while they check and swap, which serializes them across processes on this host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import AlreadyExists, Conflict, NoSpace, NotFound, StoreUnavailable
+from .base import ObjectInfo, ObjectStore, Progress, check_key
+
+_COPY_BLOCK = 4 << 20
+
+
+def _etag(st: os.stat_result) -> str:
+    # Every write renames a fresh file into place, so (inode, size, mtime) changes on each write.
+    return f"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
+
+
+class LocalStore(ObjectStore):
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.url = str(self.root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create store folder {self.url!r}: {exc.strerror}") from None
+        if not self.root.is_dir():
+            raise StoreUnavailable(f"store path is not a folder: {self.url!r}")
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    @contextlib.contextmanager
+    def _lock(self):
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _write_atomic(self, key: str, write) -> str:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, path)
+        except BaseException as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise NoSpace(f"no space left in store {self.url!r} writing {key!r}") from None
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return _etag(path.stat())
+
+    def get(self, key: str) -> tuple[bytes, str]:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read(), _etag(os.fstat(f.fileno()))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise NotFound(f"object not found in store: {key!r}") from None
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"object not found in store: {key!r}") from None
+        try:
+            return os.pread(fd, length, start)
+        finally:
+            os.close(fd)
+
+    def put(self, key: str, data: bytes) -> str:
+        return self._write_atomic(key, lambda f: f.write(data))
+
+    def put_file(self, key: str, path: str, progress: Progress | None = None) -> str:
+        def copy(dst) -> None:
+            with open(path, "rb") as src:
+                while block := src.read(_COPY_BLOCK):
+                    dst.write(block)
+                    if progress:
+                        progress(len(block))
+
+        return self._write_atomic(key, copy)
+
+    def put_if_absent(self, key: str, data: bytes) -> str:
+        with self._lock():
+            if self._path(key).exists():
+                raise AlreadyExists(f"object already exists in store: {key!r}")
+            return self.put(key, data)
+
+    def put_if_match(self, key: str, data: bytes, etag: str) -> str:
+        with self._lock():
+            try:
+                current = _etag(self._path(key).stat())
+            except FileNotFoundError:
+                raise Conflict(f"object changed concurrently (now absent): {key!r}") from None
+            if current != etag:
+                raise Conflict(f"object changed concurrently: {key!r}")
+            return self.put(key, data)
+
+    def head(self, key: str) -> ObjectInfo:
+        try:
+            st = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"object not found in store: {key!r}") from None
+        return ObjectInfo(key, st.st_size, _etag(st), st.st_mtime)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Walk only the folder the prefix points into, not the whole store.
+        base_dir, _, _ = prefix.rpartition("/")
+        start = self.root / base_dir if base_dir else self.root
+        if not start.is_dir():
+            return
+        found = []
+        for dirpath, dirnames, filenames in os.walk(start):
+            rel_dir = os.path.relpath(dirpath, self.root)
+            rel_dir = "" if rel_dir == "." else rel_dir + "/"
+            dirnames[:] = [d for d in dirnames if (rel_dir + d + "/").startswith(prefix)
+                           or prefix.startswith(rel_dir + d + "/")]
+            for name in filenames:
+                key = rel_dir + name
+                if name.startswith(".") or not key.startswith(prefix):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    found.append(ObjectInfo(key, *self._stat_info(dirpath, name)))
+        found.sort(key=lambda info: info.key)
+        yield from found
+
+    @staticmethod
+    def _stat_info(dirpath: str, name: str) -> tuple[int, str, float]:
+        st = os.stat(os.path.join(dirpath, name))
+        return st.st_size, _etag(st), st.st_mtime
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        # Drop folders left empty so the store stays tidy to read by hand.
+        parent = path.parent
+        while parent != self.root:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    def download_file(self, key: str, path: str, progress: Progress | None = None) -> None:
+        try:
+            shutil.copyfile(self._path(key), path)
+        except FileNotFoundError:
+            raise NotFound(f"object not found in store: {key!r}") from None
+        if progress:
+            progress(os.path.getsize(path))
+
+    def local_path(self, key: str) -> str | None:
+        return str(self._path(key))
