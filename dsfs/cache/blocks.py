@@ -1,0 +1,588 @@
+"""The local cache of fetched file bytes, shared by every mount and version on the machine.
+
+Bytes are cached per file content, not per chunk: block ``i`` of a file holds its bytes
+``[i*block_size, (i+1)*block_size)`` under the key ``<sha256>:<block_size>:<i>``, so the same bytes
+named by many versions or paths are fetched and stored once. STORED members are fetched block by
+block with ranged GETs; DEFLATED members (and files that fit in one block) are fetched whole,
+inflated with bounded memory, checked against their sha256 and then cut into the same blocks.
+
+Every value on disk carries a header (magic, crc32 of key and payload, payload length) that is
+checked on every read; a bad block is dropped and fetched again. Whole-file sha256 checks happen
+whenever a whole file passes through: whole-fetched members, ``read_all``/``prefetch``, and a
+handle that reads a multi-block STORED file in order from its start (checked at its end).
+
+Threading model: a ``BlockCache`` is shared by any number of threads and processes; diskcache
+(SQLite in WAL mode) serialises processes, and in-process a per-key flight table makes concurrent
+misses of one block wait for a single fetch. Every call blocks; read-ahead runs in a small
+thread pool owned by the cache, and a ``ReadState`` belongs to one open file handle.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import hashlib
+import logging
+import os
+import shutil
+import sqlite3
+import struct
+import tempfile
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import diskcache
+
+from ..changeset.manifest import DEFLATED, EMPTY_SHA256, STORED, Entry
+from ..changeset.reader import _get, read_range
+from ..errors import Corrupt, InvalidInput
+from ..store.base import ObjectStore, Progress
+
+log = logging.getLogger(__name__)
+
+GiB = 1 << 30
+DEFAULT_MAX_SIZE = 10 * GiB
+DEFAULT_FREE_FRACTION = 0.8
+# diskcache keeps values from this size up as files of their own, smaller ones in SQLite.
+FILE_THRESHOLD = 32 << 10
+# Largest ranged GET (and largest inflated piece) when a member is fetched whole.
+GET_SIZE = 8 << 20
+# Whole fetches are staged in memory up to this size, past it in a temp file in the cache dir.
+SPOOL_MEMORY = 64 << 20
+# Reads starting this close to where the previous one ended count as sequential (FUSE may
+# deliver a stream's reads slightly out of order).
+SEQUENTIAL_SLACK = 1 << 20
+
+_HEADER = struct.Struct("<4sIQ")  # magic, crc32(key + payload), payload length
+_MAGIC = b"dsb1"
+
+
+def default_cache_size(cache_dir: str | os.PathLike, used: int = 0) -> int:
+    """min(10 GiB, 80% of the free space of the cache dir's filesystem, plus ``used`` bytes
+    the cache already holds there)."""
+    path = Path(cache_dir).expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    free = shutil.disk_usage(path).free
+    return min(DEFAULT_MAX_SIZE, int((free + used) * DEFAULT_FREE_FRACTION))
+
+
+def _wrap(key: str, payload: bytes) -> bytes:
+    crc = zlib.crc32(payload, zlib.crc32(key.encode()))
+    return _HEADER.pack(_MAGIC, crc, len(payload)) + payload
+
+
+def _unwrap(key: str, value: object, length: int) -> memoryview | None:
+    """The payload of a stored value, or None when it fails its checks."""
+    if not isinstance(value, bytes) or len(value) != _HEADER.size + length:
+        return None
+    magic, crc, size = _HEADER.unpack_from(value)
+    payload = memoryview(value)[_HEADER.size:]
+    if magic != _MAGIC or size != length or zlib.crc32(payload, zlib.crc32(key.encode())) != crc:
+        return None
+    return payload
+
+
+class ReadState:
+    """Per open file handle: where the last read ended (sequential detection and read-ahead)
+    and a running sha256 of the bytes read in order from the start."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.end: int | None = None  # offset just past the previous read
+        self.last_block = -1  # last block the previous read touched
+        self.window = 0  # blocks to read ahead; 0 while access looks random
+        self.ahead = -1  # highest block already queued for read-ahead
+        self.hasher = hashlib.sha256()  # None once reads left the in-order path
+        self.hashed = 0
+
+
+class _Flight:
+    __slots__ = ("done", "value", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value = None
+        self.error: Exception | None = None
+
+
+class _Memory:
+    """A small in-process LRU of verified blocks, so the many small reads FUSE makes inside one
+    block do not each re-read and re-check it from disk."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.items: collections.OrderedDict[str, memoryview] = collections.OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: str) -> memoryview | None:
+        with self.lock:
+            value = self.items.get(key)
+            if value is not None:
+                self.items.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: memoryview) -> None:
+        if len(value) > self.limit:
+            return
+        with self.lock:
+            old = self.items.pop(key, None)
+            if old is not None:
+                self.size -= len(old)
+            self.items[key] = value
+            self.size += len(value)
+            while self.size > self.limit:
+                _, dropped = self.items.popitem(last=False)
+                self.size -= len(dropped)
+
+    def drop(self, key: str) -> None:
+        with self.lock:
+            old = self.items.pop(key, None)
+            if old is not None:
+                self.size -= len(old)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+            self.size = 0
+
+
+class BlockCache:
+    """Verified, content-addressed blocks of file bytes in ``<cache_dir>/blocks``."""
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike,
+        store: ObjectStore | None = None,
+        *,
+        size_limit: int | None = None,
+        block_size: int = 4 << 20,
+        readahead_max: int = 8,
+        readahead_threads: int = 4,
+        memory_limit: int = 64 << 20,
+    ) -> None:
+        if block_size < 1:
+            raise InvalidInput(f"block_size must be > 0: {block_size}")
+        self.cache_dir = Path(cache_dir).expanduser().absolute()
+        self.store = store
+        self.block_size = block_size
+        self.readahead_max = max(0, readahead_max)
+        self._tmp_dir = self.cache_dir / "tmp"
+        self._tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._cache = diskcache.Cache(
+            str(self.cache_dir / "blocks"),
+            eviction_policy="least-recently-used",
+            disk_min_file_size=FILE_THRESHOLD,
+            **({} if size_limit is None else {"size_limit": size_limit}),
+        )
+        if size_limit is None:
+            size_limit = default_cache_size(self.cache_dir, used=self._cache.volume())
+            self._cache.reset("size_limit", size_limit)
+        self._memory = _Memory(memory_limit)
+        self._lock = threading.Lock()
+        self._flights: dict[str, _Flight] = {}
+        self._queued: set[str] = set()
+        self._pending: set[concurrent.futures.Future] = set()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max(1, readahead_threads), thread_name_prefix="dsfs-readahead")
+        self._closed = False
+        self._counts = collections.Counter()
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def read(self, store: ObjectStore | None, entry: Entry, offset: int, length: int,
+             state: ReadState | None = None) -> bytes:
+        """Bytes ``[offset, offset+length)`` of a file, clipped to its size."""
+        store = self._store(store)
+        if offset < 0 or length < 0:
+            raise InvalidInput(f"bad read range: offset {offset}, length {length}")
+        if not self._has_bytes(entry):
+            return b""
+        end = min(entry.size, offset + length)
+        if offset >= end:
+            return b""
+        bs = self.block_size
+        first, last = offset // bs, (end - 1) // bs
+        if state is not None:
+            self._read_ahead(store, entry, state, offset, end, last)
+        parts = []
+        for i in range(first, last + 1):
+            block = self._block(store, entry, i, foreground=True)
+            parts.append(block[max(offset - i * bs, 0):end - i * bs])
+        data = b"".join(parts)
+        if state is not None and not self._whole_fetch(entry):
+            self._hash_along(entry, state, offset, data)
+        return data
+
+    def read_all(self, store: ObjectStore | None, entry: Entry) -> bytes:
+        """The whole file, checked against its sha256."""
+        parts: dict[int, memoryview] = {}
+        self._scan(self._store(store), entry, parts.__setitem__, None)
+        return b"".join(parts[i] for i in range(len(parts)))
+
+    def prefetch(self, store: ObjectStore | None, entry: Entry,
+                 progress: Progress | None = None) -> int:
+        """Cache every block of a file (checking its sha256); returns bytes fetched from the store."""
+        tally = [0]
+
+        def sink(_i: int, data: memoryview) -> None:
+            if progress:
+                progress(len(data))
+
+        self._scan(self._store(store), entry, sink, tally)
+        return tally[0]
+
+    def block_key(self, sha256: str, index: int) -> str:
+        return f"{sha256}:{self.block_size}:{index}"
+
+    def stats(self) -> dict:
+        """Cache-wide size/limit/count; hits, misses and the rest count this instance's work."""
+        with self._lock:
+            counts = dict(self._counts)
+        return {
+            "size": self._cache.volume(),
+            "limit": self._cache.size_limit,
+            "count": len(self._cache),
+            "hits": counts.get("hits", 0),
+            "misses": counts.get("misses", 0),
+            "fetched": counts.get("fetched", 0),
+            "coalesced": counts.get("coalesced", 0),
+            "corrupt": counts.get("corrupt", 0),
+            "readahead": counts.get("readahead", 0),
+        }
+
+    def prune(self) -> int:
+        """Evict least-recently-used blocks until the cache fits its limit; returns how many."""
+        return self._cache.cull(retry=True)
+
+    def clear(self) -> None:
+        self._memory.clear()
+        self._cache.clear(retry=True)
+
+    def drain(self) -> None:
+        """Wait until every queued read-ahead has finished."""
+        while True:
+            with self._lock:
+                pending = list(self._pending)
+            if not pending:
+                return
+            concurrent.futures.wait(pending)
+
+    def close(self) -> None:
+        self._closed = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._memory.clear()
+        self._cache.close()
+
+    def __enter__(self) -> "BlockCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- blocks -------------------------------------------------------------------------------
+
+    def _store(self, store: ObjectStore | None) -> ObjectStore:
+        store = store or self.store
+        if store is None:
+            raise InvalidInput("no store given to the block cache")
+        return store
+
+    @staticmethod
+    def _has_bytes(entry: Entry) -> bool:
+        if entry.size == 0:
+            return False
+        if entry.chunk is None or entry.sha256 == EMPTY_SHA256:
+            raise Corrupt(f"entry has {entry.size} bytes but no chunk: {entry.path!r}")
+        return True
+
+    def _nblocks(self, entry: Entry) -> int:
+        return -(-entry.size // self.block_size)
+
+    def _length(self, entry: Entry, i: int) -> int:
+        return min(self.block_size, entry.size - i * self.block_size)
+
+    def _whole_fetch(self, entry: Entry) -> bool:
+        """Members fetched whole: DEFLATED ones, and files that fit in one block."""
+        return entry.method != STORED or entry.size <= self.block_size
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def _lookup(self, key: str, length: int, remember: bool) -> memoryview | None:
+        """A verified block from memory or disk; a block failing its checks is dropped."""
+        data = self._memory.get(key)
+        if data is not None:
+            return data
+        try:
+            value = self._cache.get(key, retry=True)
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            log.warning("block cache read failed for %s: %s", key, exc)
+            return None
+        if value is None:
+            return None
+        data = _unwrap(key, value, length)
+        if data is None:
+            log.warning("dropping corrupt cached block %s", key)
+            self._count("corrupt")
+            self._delete(key)
+            return None
+        if remember:
+            self._memory.put(key, data)
+        return data
+
+    def _put(self, key: str, payload: bytes | memoryview) -> None:
+        try:
+            self._cache.set(key, _wrap(key, bytes(payload)), retry=True)
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            # The bytes are in hand, so the read still succeeds; they are just not kept.
+            log.warning("block cache write failed for %s: %s", key, exc)
+
+    def _delete(self, key: str) -> None:
+        self._memory.drop(key)
+        try:
+            self._cache.delete(key, retry=True)
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            log.warning("block cache delete failed for %s: %s", key, exc)
+
+    def _drop_file(self, entry: Entry) -> None:
+        for i in range(self._nblocks(entry)):
+            self._delete(self.block_key(entry.sha256, i))
+
+    def _block(self, store: ObjectStore, entry: Entry, i: int, *, foreground: bool = False,
+               tally: list[int] | None = None) -> memoryview:
+        """Block ``i`` of a file: from memory or disk, else fetched (once across threads)."""
+        key = self.block_key(entry.sha256, i)
+        length = self._length(entry, i)
+        data = self._lookup(key, length, remember=foreground)
+        if foreground:
+            self._count("hits" if data is not None else "misses")
+        whole = self._whole_fetch(entry)
+        tries = 0
+        while data is None:
+            tries += 1
+            if whole:
+                flight = f"whole:{entry.sha256}:{self.block_size}"
+                fetch = lambda: self._fill_whole(store, entry, want=i, tally=tally)  # noqa: E731
+            else:
+                flight, fetch = key, lambda: self._fill_block(store, entry, i, tally)  # noqa: E731
+            if tries > 3:  # evicted every time before this thread could take it
+                data = fetch()
+                break
+            leader, value = self._single_flight(flight, fetch)
+            if leader or not whole:
+                data = value
+            else:  # another thread fetched the whole file for some block; take ours from cache
+                data = self._lookup(key, length, remember=foreground)
+        if foreground:
+            self._memory.put(key, data)
+        return data
+
+    def _single_flight(self, key: str, fetch: Callable[[], memoryview]) -> tuple[bool, memoryview]:
+        """(True, fetch()) in the one thread that runs it; (False, its result) in threads that
+        asked for the same key meanwhile; those re-raise its error."""
+        with self._lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if leader:
+                flight = self._flights[key] = _Flight()
+            else:
+                self._counts["coalesced"] += 1
+        if not leader:
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return False, flight.value
+        try:
+            flight.value = fetch()
+            return True, flight.value
+        except Exception as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
+
+    # -- fetching -----------------------------------------------------------------------------
+
+    def _fill_block(self, store: ObjectStore, entry: Entry, i: int,
+                    tally: list[int] | None) -> memoryview:
+        """One block of a multi-block STORED member, by a ranged GET (retried once if short)."""
+        start, length = i * self.block_size, self._length(entry, i)
+        try:
+            data = read_range(store, entry, start, length)
+        except Corrupt as exc:
+            log.warning("refetching block %d of %r: %s", i, entry.path, exc)
+            data = read_range(store, entry, start, length)
+        self._count("fetched", len(data))
+        if tally is not None:
+            tally[0] += len(data)
+        self._put(self.block_key(entry.sha256, i), data)
+        return memoryview(data)
+
+    def _fill_whole(self, store: ObjectStore, entry: Entry, *, want: int | None = None,
+                    sink: Callable[[int, memoryview], None] | None = None,
+                    tally: list[int] | None = None) -> memoryview | None:
+        """Fetch a member whole, check its sha256 (one refetch on a mismatch), cache every block;
+        returns block ``want`` and hands every block to ``sink``."""
+        errors: list[Corrupt] = []
+        for _attempt in range(2):
+            error: Corrupt | None = None
+            digest = hashlib.sha256()
+            with tempfile.SpooledTemporaryFile(SPOOL_MEMORY, dir=self._tmp_dir) as spool:
+                try:
+                    for piece in self._member_pieces(store, entry):
+                        digest.update(piece)
+                        spool.write(piece)
+                except Corrupt as exc:
+                    error = exc
+                finally:
+                    self._count("fetched", entry.csize)
+                    if tally is not None:
+                        tally[0] += entry.csize
+                if error is None and digest.hexdigest() != entry.sha256:
+                    error = Corrupt(f"sha256 mismatch for {entry.path!r} in {entry.chunk!r}: "
+                                    f"expected {entry.sha256}, got {digest.hexdigest()}")
+                if error is None:
+                    spool.seek(0)
+                    result = None
+                    for i in range(self._nblocks(entry)):
+                        data = memoryview(spool.read(self._length(entry, i)))
+                        self._put(self.block_key(entry.sha256, i), data)
+                        if sink is not None:
+                            sink(i, data)
+                        if i == want:
+                            result = data
+                    return result
+            log.warning("fetch of %r failed its checks: %s", entry.path, error)
+            errors.append(error)
+        raise errors[-1]
+
+    def _member_pieces(self, store: ObjectStore, entry: Entry) -> Iterator[bytes]:
+        """The file's bytes in pieces of at most GET_SIZE; DEFLATED members are inflated with
+        bounded output per step, so a highly compressed member cannot balloon in memory."""
+        if entry.method == STORED:
+            for pos in range(0, entry.size, GET_SIZE):
+                yield read_range(store, entry, pos, GET_SIZE)
+            return
+        if entry.method != DEFLATED:
+            raise Corrupt(f"unknown compression method {entry.method} for {entry.path!r}")
+        inflater = zlib.decompressobj(-15)
+        produced = 0
+        for pos in range(0, entry.csize, GET_SIZE):
+            want = min(GET_SIZE, entry.csize - pos)
+            raw = _get(store, entry, entry.offset + pos, want)
+            if len(raw) != want:
+                raise Corrupt(f"chunk is truncated: {entry.chunk!r} (member {entry.path!r})")
+            while raw:
+                try:
+                    out = inflater.decompress(raw, GET_SIZE)
+                except zlib.error as exc:
+                    raise Corrupt(f"cannot inflate {entry.path!r} from {entry.chunk!r}: {exc}") from None
+                raw = inflater.unconsumed_tail
+                produced += len(out)
+                if produced > entry.size:
+                    raise Corrupt(f"size mismatch for {entry.path!r} in {entry.chunk!r}: "
+                                  f"expected {entry.size}, got more")
+                yield out
+        produced += len(tail := inflater.flush())
+        if produced != entry.size:
+            raise Corrupt(f"size mismatch for {entry.path!r} in {entry.chunk!r}: "
+                          f"expected {entry.size}, got {produced}")
+        if tail:
+            yield tail
+
+    def _scan(self, store: ObjectStore, entry: Entry, sink: Callable[[int, memoryview], None],
+              tally: list[int] | None) -> None:
+        """Hand every block of a file to ``sink`` in order and check the file's sha256; on a
+        mismatch drop its blocks and go through it once more before raising Corrupt."""
+        if not self._has_bytes(entry):
+            return
+        whole = self._whole_fetch(entry)
+        for attempt in range(2):
+            digest = hashlib.sha256()
+            for i in range(self._nblocks(entry)):
+                key = self.block_key(entry.sha256, i)
+                data = self._lookup(key, self._length(entry, i), remember=False)
+                if data is None and whole:
+                    self._fill_whole(store, entry, sink=sink, tally=tally)  # checks the sha256
+                    return
+                if data is None:
+                    data = self._block(store, entry, i, tally=tally)
+                digest.update(data)
+                sink(i, data)
+            if digest.hexdigest() == entry.sha256:
+                return
+            log.warning("sha256 mismatch for %r; dropping its cached blocks", entry.path)
+            self._count("corrupt")
+            self._drop_file(entry)
+        raise Corrupt(f"sha256 mismatch for {entry.path!r} in {entry.chunk!r}: "
+                      f"expected {entry.sha256}, got {digest.hexdigest()}")
+
+    # -- sequential reads ---------------------------------------------------------------------
+
+    def _read_ahead(self, store: ObjectStore, entry: Entry, state: ReadState,
+                    offset: int, end: int, last: int) -> None:
+        slack = min(SEQUENTIAL_SLACK, self.block_size)
+        with state.lock:
+            sequential = state.end is not None and abs(offset - state.end) <= slack
+            if not sequential:
+                state.window, state.ahead = 0, -1
+            elif state.window == 0:
+                state.window = 1
+            elif last > state.last_block:
+                state.window = min(state.window * 2, self.readahead_max)
+            state.end, state.last_block = end, last
+            if not state.window or not self.readahead_max:
+                return
+            target = min(last + state.window, self._nblocks(entry) - 1)
+            todo = range(max(state.ahead + 1, last + 1), target + 1)
+            state.ahead = max(state.ahead, target)
+        for i in todo:
+            key = self.block_key(entry.sha256, i)
+            with self._lock:
+                if self._closed or key in self._queued:
+                    continue
+                self._queued.add(key)
+                future = self._pool.submit(self._read_ahead_block, store, entry, i, key)
+                self._pending.add(future)
+            future.add_done_callback(self._done)
+
+    def _read_ahead_block(self, store: ObjectStore, entry: Entry, i: int, key: str) -> None:
+        try:
+            if key not in self._cache:
+                self._block(store, entry, i)
+                self._count("readahead")
+        except Exception as exc:  # the foreground read will meet (and report) it
+            log.debug("read-ahead of block %d of %r failed: %s", i, entry.path, exc)
+        finally:
+            with self._lock:
+                self._queued.discard(key)
+
+    def _done(self, future: concurrent.futures.Future) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+    def _hash_along(self, entry: Entry, state: ReadState, offset: int, data: bytes) -> None:
+        """Keep a running sha256 of a handle that reads a file in order; check it at the end."""
+        with state.lock:
+            if state.hasher is None or offset > state.hashed:
+                state.hasher = None
+                return
+            if offset + len(data) <= state.hashed:
+                return
+            state.hasher.update(memoryview(data)[state.hashed - offset:])
+            state.hashed = offset + len(data)
+            if state.hashed < entry.size:
+                return
+            digest, state.hasher = state.hasher.hexdigest(), None
+        if digest != entry.sha256:
+            self._count("corrupt")
+            self._drop_file(entry)
+            raise Corrupt(f"sha256 mismatch for {entry.path!r} in {entry.chunk!r}: expected "
+                          f"{entry.sha256}, got {digest} (read in order; cached blocks dropped)")
