@@ -1,0 +1,440 @@
+"""The block cache: ranged and whole-member reads, content dedup, single-flight, read-ahead,
+eviction, and integrity checks (corrupt cached blocks, corrupt or missing chunks).
+
+Everything runs against a real LocalStore holding real zip chunks made by the packer; a thin
+LocalStore subclass counts (and can hold) ranged GETs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import threading
+import time
+import zlib
+
+import diskcache
+import pytest
+
+from dsfs.cache import BlockCache, ReadState, default_cache_size
+from dsfs.changeset.manifest import DEFLATED, STORED, Entry, new_id
+from dsfs.changeset.packer import Source, hash_sources, pack
+from dsfs.config import Settings
+from dsfs.errors import Corrupt, StoreUnavailable
+from dsfs.store.local import LocalStore
+
+BS = 1024
+
+
+class CountingStore(LocalStore):
+    """A LocalStore that counts ranged GETs and can hold them until ``gate`` is set."""
+
+    def __init__(self, root) -> None:
+        super().__init__(root)
+        self.gets = 0
+        self.lock = threading.Lock()
+        self.gate: threading.Event | None = None
+        self.fail: Exception | None = None
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        with self.lock:
+            self.gets += 1
+        if self.gate is not None:
+            assert self.gate.wait(30), "test never released the gate"
+        if self.fail is not None:
+            raise self.fail
+        return super().get_range(key, start, length)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = CountingStore(tmp_path / "store")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def cache(cache_dir):
+    c = BlockCache(cache_dir, block_size=BS, size_limit=64 << 20)
+    yield c
+    c.close()
+
+
+def pack_files(store, tmp_path, files: dict[str, bytes], compression: str = "store") -> dict[str, Entry]:
+    """Pack ``files`` into one new change-set's zip chunks; their entries by path."""
+    src_dir = tmp_path / f"src-{new_id()}"
+    sources = []
+    for path, data in files.items():
+        local = src_dir / path
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(data)
+        sources.append(Source.from_local(path, str(local)))
+    hash_sources(sources)
+    settings = Settings(chunk_size=64 << 20, compression=compression)
+    entries, _ = pack(store, new_id(), new_id(), sources, lambda sha: None, settings,
+                      str(tmp_path / "pack-tmp"))
+    return {e.path: e for e in entries}
+
+
+def flip_store_byte(store: LocalStore, entry: Entry, at: int) -> None:
+    with open(store.local_path(entry.chunk), "r+b") as f:
+        f.seek(entry.offset + at)
+        byte = f.read(1)
+        f.seek(entry.offset + at)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def random_bytes(n: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def compressible(n: int) -> bytes:
+    words = [b"alpha ", b"beta ", b"gamma ", b"delta\n"]
+    rnd = random.Random(1)
+    return b"".join(rnd.choice(words) for _ in range(n))[:n]
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    """Poll a condition (not a fixed sleep); fail if it never holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.001)
+
+
+# -- reads ----------------------------------------------------------------------------------
+
+
+def test_stored_member_ranged_reads_at_block_boundaries(store, cache, tmp_path):
+    data = random_bytes(5000)
+    entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]
+    assert entry.method == STORED
+    for offset, length in [(0, BS), (BS - 1, 2), (1000, 48), (BS, BS), (2 * BS - 1, BS + 2),
+                           (4096, 1000), (4999, 100), (0, 10_000), (123, 0)]:
+        assert cache.read(store, entry, offset, length) == data[offset:offset + length]
+    assert cache.read(store, entry, 5000, 10) == b""
+    assert cache.read(store, entry, 6000, 5) == b""
+    assert store.gets == 5  # one ranged GET per block, however often it is read
+    assert cache.stats()["count"] == 5
+    assert cache.read_all(store, entry) == data
+
+
+def test_deflated_member_is_fetched_once_and_served_as_blocks(store, cache, tmp_path):
+    data = compressible(20_000)
+    entry = pack_files(store, tmp_path, {"text.txt": data}, compression="deflate")["text.txt"]
+    assert entry.method == DEFLATED and entry.csize < entry.size
+    for offset, length in [(5000, 3000), (0, 10), (BS - 5, 10), (19_990, 100), (0, 20_000)]:
+        assert cache.read(store, entry, offset, length) == data[offset:offset + length]
+    assert store.gets == 1
+    assert cache.stats()["count"] == -(-len(data) // BS)
+
+
+def test_empty_file_needs_no_fetch(store, cache, tmp_path):
+    entry = pack_files(store, tmp_path, {"empty": b""})["empty"]
+    assert entry.chunk is None
+    assert cache.read(store, entry, 0, 100) == b""
+    assert cache.read_all(store, entry) == b""
+    assert cache.prefetch(store, entry) == 0
+    assert store.gets == 0
+
+
+def test_same_content_in_two_versions_is_fetched_once(store, cache, tmp_path):
+    data = random_bytes(3000, seed=7)
+    first = pack_files(store, tmp_path, {"v1/a.bin": data})["v1/a.bin"]
+    second = pack_files(store, tmp_path, {"v2/renamed.bin": data})["v2/renamed.bin"]
+    assert first.chunk != second.chunk and first.sha256 == second.sha256
+    assert cache.read(store, first, 0, len(data)) == data
+    gets = store.gets
+    assert cache.read(store, second, 0, len(data)) == data
+    assert cache.read(store, second, 2000, 500) == data[2000:2500]
+    assert store.gets == gets
+
+
+def test_two_caches_on_one_dir_share_blocks(store, cache_dir, tmp_path):
+    data = random_bytes(4000, seed=3)
+    entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]
+    with BlockCache(cache_dir, block_size=BS, size_limit=64 << 20) as one, \
+            BlockCache(cache_dir, block_size=BS, size_limit=64 << 20) as two:
+        assert one.read(store, entry, 0, 4000) == data
+        gets = store.gets
+        assert two.read(store, entry, 0, 4000) == data
+        assert store.gets == gets
+        assert two.stats()["hits"] == 4 and two.stats()["misses"] == 0
+
+
+def test_prefetch_and_read_all(store, cache, tmp_path):
+    data = random_bytes(4500, seed=5)
+    entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]
+    seen = []
+    assert cache.prefetch(store, entry, progress=seen.append) == len(data)
+    assert sum(seen) == len(data)
+    assert cache.prefetch(store, entry) == 0
+    gets = store.gets
+    assert cache.read_all(store, entry) == data
+    assert store.gets == gets
+
+
+# -- concurrency ----------------------------------------------------------------------------
+
+
+def test_concurrent_misses_of_one_block_fetch_it_once(store, cache, tmp_path):
+    data = random_bytes(8 * BS, seed=11)
+    entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]
+    store.gate = threading.Event()
+    results = [None] * 16
+
+    def reader(n: int) -> None:
+        results[n] = cache.read(store, entry, 2 * BS + n, 100)
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: cache.stats()["coalesced"] == 15)  # 15 threads wait on the one fetch
+    store.gate.set()
+    for t in threads:
+        t.join()
+    assert store.gets == 1
+    assert results == [data[2 * BS + n:2 * BS + n + 100] for n in range(16)]
+
+
+def test_concurrent_misses_of_a_deflated_member_fetch_it_once(store, cache, tmp_path):
+    data = compressible(10 * BS)
+    entry = pack_files(store, tmp_path, {"t.txt": data}, compression="deflate")["t.txt"]
+    store.gate = threading.Event()
+    results = [None] * 8
+
+    def reader(n: int) -> None:  # each thread wants a different block of the same member
+        results[n] = cache.read(store, entry, n * BS, BS)
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: cache.stats()["coalesced"] == 7)
+    store.gate.set()
+    for t in threads:
+        t.join()
+    assert store.gets == 1
+    assert results == [data[n * BS:(n + 1) * BS] for n in range(8)]
+
+
+def test_a_failed_fetch_fails_every_waiter(store, cache, tmp_path):
+    data = random_bytes(4 * BS)
+    entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]
+    store.gate = threading.Event()
+    store.fail = StoreUnavailable("store down: 'test'")
+    errors = []
+
+    def reader() -> None:
+        try:
+            cache.read(store, entry, BS, 10)
+        except StoreUnavailable as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: cache.stats()["coalesced"] == 3)
+    store.gate.set()
+    for t in threads:
+        t.join()
+    assert len(errors) == 4 and store.gets == 1
+
+
+# -- read-ahead -----------------------------------------------------------------------------
+
+
+def test_sequential_reads_are_served_by_read_ahead(store, cache, tmp_path):
+    data = random_bytes(16 * BS, seed=2)
+    entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]
+    state = ReadState()
+    out = []
+    for offset in range(0, len(data), 256):
+        out.append(cache.read(store, entry, offset, 256, state))
+        cache.drain()
+    assert b"".join(out) == data
+    stats = cache.stats()
+    assert stats["misses"] == 1  # only the first block; every later block was read ahead
+    assert stats["readahead"] == 15
+    assert store.gets == 16
+
+
+def test_random_reads_do_not_read_ahead(store, cache, tmp_path):
+    data = random_bytes(16 * BS, seed=4)
+    entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]
+    state = ReadState()
+    for block in (10, 3, 7, 0, 14, 5):
+        offset = block * BS + 17
+        assert cache.read(store, entry, offset, 100, state) == data[offset:offset + 100]
+        cache.drain()
+    assert store.gets == 6
+    assert cache.stats()["readahead"] == 0
+
+
+# -- eviction -------------------------------------------------------------------------------
+
+
+def test_reading_more_than_fits_evicts_and_stays_correct(store, cache_dir, tmp_path):
+    bs = 64 << 10
+    data = random_bytes(32 * bs, seed=9)
+    entry = pack_files(store, tmp_path, {"big.bin": data})["big.bin"]
+    limit = 512 << 10
+    with BlockCache(cache_dir, block_size=bs, size_limit=limit, memory_limit=0) as cache:
+        state = ReadState()
+        for offset in range(0, len(data), 50_000):
+            assert cache.read(store, entry, offset, 50_000, state) == data[offset:offset + 50_000]
+        cache.drain()
+        stats = cache.stats()
+        assert stats["size"] <= limit
+        assert 0 < stats["count"] < 32
+        rnd = random.Random(0)
+        for _ in range(40):
+            offset = rnd.randrange(len(data))
+            assert cache.read(store, entry, offset, 70_000) == data[offset:offset + 70_000]
+        assert cache.stats()["size"] <= limit
+        assert cache.read_all(store, entry) == data
+
+
+def test_prune_evicts_down_to_a_smaller_limit(store, cache_dir, tmp_path):
+    bs = 64 << 10
+    data = random_bytes(16 * bs, seed=10)
+    entry = pack_files(store, tmp_path, {"big.bin": data})["big.bin"]
+    with BlockCache(cache_dir, block_size=bs, size_limit=64 << 20) as big:
+        big.prefetch(store, entry)
+        assert big.stats()["count"] == 16
+    with BlockCache(cache_dir, block_size=bs, size_limit=300 << 10) as small:
+        assert small.prune() > 0
+        assert small.stats()["size"] <= 300 << 10
+        assert small.read(store, entry, 5 * bs, 10) == data[5 * bs:5 * bs + 10]
+
+
+def test_clear_empties_the_cache(store, cache, tmp_path):
+    data = random_bytes(3000)
+    entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]
+    cache.read_all(store, entry)
+    cache.clear()
+    assert cache.stats()["count"] == 0
+    assert cache.read(store, entry, 0, 3000) == data
+
+
+def test_default_cache_size(tmp_path):
+    size = default_cache_size(tmp_path / "not" / "yet" / "there")
+    assert 0 < size <= 10 << 30
+
+
+# -- integrity ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tamper", ["flip-payload-byte", "garbage"])
+def test_corrupt_cached_block_is_dropped_and_refetched(store, cache_dir, tmp_path, tamper):
+    data = random_bytes(4 * BS, seed=12)
+    entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]
+    with BlockCache(cache_dir, block_size=BS, size_limit=64 << 20) as first:
+        first.read_all(store, entry)
+        key = first.block_key(entry.sha256, 1)
+    raw = diskcache.Cache(str(cache_dir / "blocks"))
+    value = raw[key]
+    if tamper == "garbage":
+        raw[key] = b"not a block"
+    else:
+        raw[key] = value[:-1] + bytes([value[-1] ^ 1])
+    raw.close()
+    gets = store.gets
+    with BlockCache(cache_dir, block_size=BS, size_limit=64 << 20) as second:
+        assert second.read(store, entry, BS, BS) == data[BS:2 * BS]
+        assert second.stats()["corrupt"] == 1
+        assert store.gets == gets + 1
+    with BlockCache(cache_dir, block_size=BS, size_limit=64 << 20) as third:
+        assert third.read(store, entry, BS, BS) == data[BS:2 * BS]  # the refetched copy is good
+        assert store.gets == gets + 1
+
+
+def test_corrupt_cached_block_of_a_deflated_member_is_refetched(store, cache_dir, tmp_path):
+    data = compressible(6 * BS)
+    entry = pack_files(store, tmp_path, {"t.txt": data}, compression="deflate")["t.txt"]
+    with BlockCache(cache_dir, block_size=BS, size_limit=64 << 20) as first:
+        first.read(store, entry, 0, 1)
+        key = first.block_key(entry.sha256, 3)
+    with diskcache.Cache(str(cache_dir / "blocks")) as raw:
+        value = raw[key]
+        raw[key] = value[:20] + bytes([value[20] ^ 1]) + value[21:]
+    with BlockCache(cache_dir, block_size=BS, size_limit=64 << 20) as second:
+        assert second.read(store, entry, 3 * BS, BS) == data[3 * BS:4 * BS]
+        assert second.stats()["corrupt"] == 1
+    assert store.gets == 2
+
+
+def test_corrupt_chunk_raises_after_one_refetch(store, cache, tmp_path):
+    data = random_bytes(900, seed=13)  # fits one block: fetched whole and checked
+    entry = pack_files(store, tmp_path, {"small.bin": data})["small.bin"]
+    flip_store_byte(store, entry, 100)
+    with pytest.raises(Corrupt, match=r"sha256 mismatch for 'small.bin'"):
+        cache.read(store, entry, 0, 10)
+    assert store.gets == 2
+    assert cache.stats()["count"] == 0  # nothing wrong was kept
+
+
+def test_corrupt_deflated_chunk_raises_after_one_refetch(store, cache, tmp_path):
+    data = compressible(8 * BS)
+    entry = pack_files(store, tmp_path, {"t.txt": data}, compression="deflate")["t.txt"]
+    flip_store_byte(store, entry, entry.csize // 2)
+    with pytest.raises(Corrupt, match=r"'t.txt'"):
+        cache.read(store, entry, 0, 10)
+    assert store.gets == 2
+    assert cache.stats()["count"] == 0
+
+
+def test_corrupt_multi_block_file_fails_whole_file_checks(store, cache, tmp_path):
+    data = random_bytes(6 * BS, seed=14)
+    entry = pack_files(store, tmp_path, {"big.bin": data})["big.bin"]
+    flip_store_byte(store, entry, 4 * BS + 3)
+    with pytest.raises(Corrupt, match=r"sha256 mismatch for 'big.bin'"):
+        cache.read_all(store, entry)
+    assert store.gets == 12  # every block fetched twice
+    assert cache.stats()["count"] == 0
+    with pytest.raises(Corrupt, match=r"sha256 mismatch for 'big.bin'"):
+        cache.prefetch(store, entry)
+    # A handle reading the file in order learns at its last read (a ranged block alone
+    # cannot be checked against the file's sha256).
+    state = ReadState()
+    with pytest.raises(Corrupt, match=r"sha256 mismatch for 'big.bin'"):
+        for offset in range(0, len(data), 500):
+            cache.read(store, entry, offset, 500, state)
+    assert offset >= len(data) - 500
+    cache.drain()
+    assert all(cache._lookup(cache.block_key(entry.sha256, i), BS, False) is None
+               for i in range(6))
+
+
+def test_missing_chunk_is_corrupt_naming_the_chunk(store, cache, tmp_path):
+    stored = pack_files(store, tmp_path, {"a.bin": random_bytes(3 * BS)})["a.bin"]
+    deflated = pack_files(store, tmp_path, {"t.txt": compressible(3 * BS)}, "deflate")["t.txt"]
+    for entry in (stored, deflated):
+        store.delete(entry.chunk)
+        with pytest.raises(Corrupt, match=f"chunk missing from store: '{entry.chunk}'"):
+            cache.read(store, entry, BS, 10)
+
+
+def test_store_unavailable_propagates(store, cache, tmp_path):
+    entry = pack_files(store, tmp_path, {"t.txt": compressible(3 * BS)}, "deflate")["t.txt"]
+    store.fail = StoreUnavailable("cannot reach store: 'test'")
+    with pytest.raises(StoreUnavailable):
+        cache.read(store, entry, 0, 10)
+    store.fail = None
+    assert cache.read(store, entry, 0, 10) == compressible(3 * BS)[:10]
+
+
+def test_sha256_of_whole_reads_is_checked(store, cache, tmp_path):
+    data = random_bytes(2500, seed=15)
+    entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]
+    assert hashlib.sha256(cache.read_all(store, entry)).hexdigest() == entry.sha256
+    lying = Entry(**{**{f: getattr(entry, f) for f in entry.__slots__}, "sha256": "0" * 64})
+    with pytest.raises(Corrupt, match="sha256 mismatch for 'a.bin'"):
+        cache.read_all(store, lying)
+    assert zlib.crc32(data) == zlib.crc32(cache.read(store, entry, 0, 2500))
+    assert os.path.isdir(tmp_path / "cache" / "blocks")
