@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import hashlib
 import logging
 import os
@@ -69,7 +70,7 @@ def default_cache_size(cache_dir: str | os.PathLike, used: int = 0) -> int:
     return min(DEFAULT_MAX_SIZE, int((free + used) * DEFAULT_FREE_FRACTION))
 
 
-def _wrap(key: str, payload: bytes) -> bytes:
+def _wrap(key: str, payload: bytes | memoryview) -> bytes:
     crc = zlib.crc32(payload, zlib.crc32(key.encode()))
     return _HEADER.pack(_MAGIC, crc, len(payload)) + payload
 
@@ -272,7 +273,8 @@ class BlockCache:
             concurrent.futures.wait(pending)
 
     def close(self) -> None:
-        self._closed = True
+        with self._lock:
+            self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._memory.clear()
         self._cache.close()
@@ -295,8 +297,10 @@ class BlockCache:
     def _has_bytes(entry: Entry) -> bool:
         if entry.size == 0:
             return False
-        if entry.chunk is None or entry.sha256 == EMPTY_SHA256:
+        if entry.chunk is None:
             raise Corrupt(f"entry has {entry.size} bytes but no chunk: {entry.path!r}")
+        if entry.sha256 == EMPTY_SHA256:
+            raise Corrupt(f"entry has {entry.size} bytes but the empty sha256: {entry.path!r}")
         return True
 
     def _nblocks(self, entry: Entry) -> int:
@@ -337,7 +341,7 @@ class BlockCache:
 
     def _put(self, key: str, payload: bytes | memoryview) -> None:
         try:
-            self._cache.set(key, _wrap(key, bytes(payload)), retry=True)
+            self._cache.set(key, _wrap(key, payload), retry=True)
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             # The bytes are in hand, so the read still succeeds; they are just not kept.
             log.warning("block cache write failed for %s: %s", key, exc)
@@ -367,9 +371,9 @@ class BlockCache:
             tries += 1
             if whole:
                 flight = f"whole:{entry.sha256}:{self.block_size}"
-                fetch = lambda: self._fill_whole(store, entry, want=i, tally=tally)  # noqa: E731
+                fetch = functools.partial(self._fill_whole, store, entry, want=i, tally=tally)
             else:
-                flight, fetch = key, lambda: self._fill_block(store, entry, i, tally)  # noqa: E731
+                flight, fetch = key, functools.partial(self._fill_block, store, entry, i, tally)
             if tries > 3:  # evicted every time before this thread could take it
                 data = fetch()
                 break
@@ -434,6 +438,7 @@ class BlockCache:
         for _attempt in range(2):
             error: Corrupt | None = None
             digest = hashlib.sha256()
+            self._tmp_dir.mkdir(parents=True, exist_ok=True)  # in case someone emptied the dir
             with tempfile.SpooledTemporaryFile(SPOOL_MEMORY, dir=self._tmp_dir) as spool:
                 try:
                     for piece in self._member_pieces(store, entry):
@@ -441,10 +446,9 @@ class BlockCache:
                         spool.write(piece)
                 except Corrupt as exc:
                     error = exc
-                finally:
-                    self._count("fetched", entry.csize)
-                    if tally is not None:
-                        tally[0] += entry.csize
+                self._count("fetched", entry.csize)
+                if tally is not None:
+                    tally[0] += entry.csize
                 if error is None and digest.hexdigest() != entry.sha256:
                     error = Corrupt(f"sha256 mismatch for {entry.path!r} in {entry.chunk!r}: "
                                     f"expected {entry.sha256}, got {digest.hexdigest()}")

@@ -1,0 +1,159 @@
+"""Mount-related commands: mount, umount, status, prefetch, cache."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import sys
+
+from ..config import parse_size
+from ..errors import InvalidInput
+from ..progress import human_size
+
+
+def _settings(obj):
+    return getattr(obj, "settings", obj)
+
+
+def cmd_mount(settings, args):
+    if args.foreground:
+        from .daemon import main as daemon_main
+
+        argv = ["--store", settings.store, "--cache-dir", settings.cache_dir, "--foreground",
+                "--adapter", args.adapter]
+        if args.config:
+            argv += ["--config", args.config]
+        if args.cache_size:
+            argv += ["--cache-size", args.cache_size]
+        if args.allow_other:
+            argv.append("--allow-other")
+        for opt in args.options:
+            argv += ["-o", opt]
+        if args.verbose:
+            argv.append("-v")
+        return daemon_main(argv + ["--", args.ref, args.mountpoint])
+    from .control import spawn
+
+    if args.cache_size:
+        parse_size(args.cache_size, what="cache size")
+    record = spawn(settings, args.ref, args.mountpoint, cache_size=args.cache_size,
+                   allow_other=args.allow_other, options=args.options, adapter=args.adapter,
+                   verbose=args.verbose, config=args.config)
+    if not args.quiet:
+        mode = "read-write" if record.writable else "read-only"
+        print(f"mounted {record.dataset} {record.version[:12]} ({record.state}, {mode}) at "
+              f"{record.mountpoint}", file=sys.stderr)
+
+
+cmd_mount.needs_repo = False
+
+
+def cmd_umount(settings, args):
+    from .control import unmount
+
+    note = unmount(settings, args.mountpoint, lazy=args.lazy)
+    if not args.quiet:
+        print(f"{note}: {os.path.abspath(args.mountpoint)}", file=sys.stderr)
+
+
+cmd_umount.needs_repo = False
+
+
+def cmd_status(settings, args):
+    from .control import status
+
+    mounts = status(settings)
+    if args.json:
+        json.dump(mounts, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return
+    if not mounts:
+        print("no dsfs mounts", file=sys.stderr)
+    for m in mounts:
+        print(f"{m['mountpoint']}  {m['dataset']}@{m['ref']}  {m['version'][:12]}  {m['state']}  "
+              f"pid {m['pid']}  {m['health']}")
+    if mounts:
+        from ..cache import BlockCache
+
+        cache = BlockCache(os.path.join(settings.cache_dir, "blocks"))
+        stats = cache.stats()
+        cache.close()
+        print(f"cache: {human_size(stats['size'])} used of {human_size(stats['limit'])}")
+
+
+cmd_status.needs_repo = False
+
+
+def cmd_prefetch(repo, args):
+    from ..cache import BlockCache
+
+    manifest = repo.resolve(args.ref)
+    index = repo.index(manifest)
+    nodes = []
+    for path in args.paths or [""]:
+        rel = path.strip("/")
+        if rel and index.by_path(rel) is None:
+            raise InvalidInput(f"no such path in {manifest.name!r}: {path!r}")
+        nodes += [n for n in index.walk(rel) if n.chunk is not None]
+    cache = BlockCache(os.path.join(repo.settings.cache_dir, "blocks"), repo.store,
+                       size_limit=repo.settings.cache_size, block_size=repo.settings.block_size)
+    try:
+        with repo.progress("prefetching", sum(n.size for n in nodes)) as bar:
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                futures = [pool.submit(cache.prefetch, repo.store, n.to_entry()) for n in nodes]
+                for fut, node in zip(futures, nodes):
+                    fut.result()
+                    bar(node.size)
+    finally:
+        cache.close()
+    if not args.quiet:
+        print(f"{len(nodes)} files warm in the cache", file=sys.stderr)
+
+
+def cmd_cache(settings, args):
+    from ..cache import BlockCache
+
+    cache = BlockCache(os.path.join(settings.cache_dir, "blocks"), size_limit=settings.cache_size)
+    try:
+        if args.action == "prune":
+            cache.prune()
+        elif args.action == "clear":
+            cache.clear()
+        stats = cache.stats()
+    finally:
+        cache.close()
+    if args.json:
+        json.dump(stats, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(f"{human_size(stats['size'])} used of {human_size(stats['limit'])}, "
+              f"{stats.get('count', 0)} blocks")
+
+
+cmd_cache.needs_repo = False
+
+
+def add_commands(sub, command) -> None:
+    sp = command("mount", cmd_mount, "mount a version as a folder")
+    sp.add_argument("ref")
+    sp.add_argument("mountpoint")
+    sp.add_argument("--foreground", action="store_true", help="serve in this process")
+    sp.add_argument("--cache-size", help="bound of the shared block cache (e.g. 20G)")
+    sp.add_argument("--allow-other", action="store_true", help="let other users see the mount")
+    sp.add_argument("-o", dest="options", action="append", default=[], metavar="FUSE_OPTS")
+    sp.add_argument("--adapter", default="auto", choices=["auto", "hl", "lowlevel"],
+                    help="FUSE adapter (auto: high-level no_open for published, pyfuse3 otherwise)")
+
+    sp = command("umount", cmd_umount, "unmount and wait for the daemon to exit")
+    sp.add_argument("mountpoint")
+    sp.add_argument("--lazy", action="store_true", help="detach now even if files are open")
+
+    command("status", cmd_status, "list live mounts", json_flag=True)
+
+    sp = command("prefetch", cmd_prefetch, "warm the cache with a version's files")
+    sp.add_argument("ref")
+    sp.add_argument("paths", nargs="*", metavar="PATH")
+
+    sp = command("cache", cmd_cache, "cache stats, prune or clear", json_flag=True)
+    sp.add_argument("action", choices=["stats", "prune", "clear"])

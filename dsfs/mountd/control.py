@@ -1,0 +1,111 @@
+"""Starting and stopping mount daemons from the outside (the CLI and the Python API)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from ..config import Settings
+from ..errors import DsfsError, NotFound
+from . import registry
+from .daemon import MountError, log_file
+
+FUSERMOUNT = "fusermount3"
+
+
+def spawn(settings: Settings, ref: str, mountpoint: str, *, cache_size: str | None = None,
+          allow_other: bool = False, options: list[str] | None = None, adapter: str = "auto",
+          verbose: bool = False, config: str | None = None, timeout: float = 600) -> registry.MountRecord:
+    """Start a detached daemon and return once the mount is ready (or raise its error)."""
+    read_fd, write_fd = os.pipe()
+    cmd = [sys.executable, "-m", "dsfs.mountd.daemon", "--store", settings.store,
+           "--cache-dir", settings.cache_dir, "--ready-fd", str(write_fd), "--adapter", adapter]
+    if config:
+        cmd += ["--config", config]
+    if cache_size:
+        cmd += ["--cache-size", cache_size]
+    if allow_other:
+        cmd.append("--allow-other")
+    for opt in options or []:
+        cmd += ["-o", opt]
+    if verbose:
+        cmd.append("-v")
+    cmd += ["--", ref, mountpoint]
+    log_path = log_file(settings, mountpoint)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, pass_fds=(write_fd,), start_new_session=True,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        line = _read_line(pipe, timeout)
+    if line == "ready":
+        record = registry.read_record(settings.state_dir, mountpoint)
+        if record is None:
+            raise MountError(f"daemon reported ready but left no record for {mountpoint!r}")
+        return record
+    if proc.poll() is None and not line:
+        proc.kill()
+    if line.startswith("error: "):
+        raise MountError(line[len("error: "):])
+    proc.wait(timeout=10)
+    raise MountError(f"mount daemon exited ({proc.returncode}) before the mount was ready; "
+                     f"see {log_path}")
+
+
+def _read_line(pipe, timeout: float) -> str:
+    import select
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([pipe], [], [], 0.5)
+        if ready:
+            return pipe.readline().strip()
+    return ""
+
+
+def unmount(settings: Settings, mountpoint: str, *, timeout: float = 60, lazy: bool = False) -> str:
+    """Unmount and wait for the daemon to exit; clean up after a dead daemon. Returns a note."""
+    path = os.path.abspath(mountpoint)
+    record = registry.read_record(settings.state_dir, path)
+    fstype = registry.mount_fstype(path)
+    if fstype is None and record is None:
+        raise NotFound(f"not a dsfs mount: {path!r}")
+    if fstype is not None and fstype != registry.FSTYPE:
+        raise DsfsError(f"not a dsfs mount ({fstype}): {path!r}")
+    note = "unmounted"
+    if fstype is not None:
+        stale = registry.is_stale(path)
+        args = [FUSERMOUNT, "-u"] + (["-z"] if stale or lazy else []) + [path]
+        result = subprocess.run(args, capture_output=True, text=True)
+        if result.returncode != 0:
+            message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"
+            if "busy" in message.lower():
+                raise DsfsError(f"mountpoint is busy: {path!r} (close files using it, or --lazy)")
+            raise DsfsError(f"cannot unmount {path!r}: {message}")
+        if stale:
+            note = "cleaned up a stale mount (its daemon had died)"
+    if record is not None:
+        deadline = time.monotonic() + timeout
+        while registry.pid_alive(record.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if registry.pid_alive(record.pid):
+            os.kill(record.pid, signal.SIGTERM)
+            time.sleep(1)
+            if registry.pid_alive(record.pid):
+                os.kill(record.pid, signal.SIGKILL)
+        registry.remove_record(settings.state_dir, path)
+    return note
+
+
+def status(settings: Settings) -> list[dict]:
+    result = []
+    for record in registry.all_records(settings.state_dir):
+        alive = registry.pid_alive(record.pid)
+        mounted = registry.mount_fstype(record.mountpoint) == registry.FSTYPE
+        doc = record.to_json()
+        doc["health"] = "ok" if alive and mounted and not registry.is_stale(record.mountpoint) else "dead"
+        result.append(doc)
+    return result

@@ -1,0 +1,172 @@
+"""The mount daemon: resolve a ref, check the mountpoint, mount, serve, clean up.
+
+``dsfs mount`` runs this module as a detached child (``python -m dsfs.mountd.daemon``) and waits
+on a pipe for one line: ``ready`` or ``error: <message>``; ``--foreground`` (and systemd) run it
+in the calling process. Readiness also goes to systemd (READY=1 / STOPPING=1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ..config import Settings, load_settings, parse_size
+from ..errors import DsfsError, InvalidInput
+from . import registry
+from .notify import sd_notify
+
+log = logging.getLogger("dsfs.mountd")
+
+ADAPTERS = ("auto", "hl", "lowlevel")
+
+
+class MountError(DsfsError):
+    pass
+
+
+def check_mountpoint(mountpoint: str, *, nonempty: bool = False) -> str:
+    path = os.path.abspath(mountpoint)
+    if registry.is_stale(path):
+        raise MountError(f"mountpoint has a stale mount (transport endpoint is not connected): {path!r}; "
+                         "run 'dsfs umount' on it first")
+    if not os.path.exists(path):
+        raise MountError(f"mountpoint does not exist: {path!r}")
+    if not os.path.isdir(path):
+        raise MountError(f"mountpoint is not a folder: {path!r}")
+    if registry.mount_fstype(path) is not None:
+        raise MountError(f"mountpoint is already a mount: {path!r}")
+    if not nonempty and os.listdir(path):
+        raise MountError(f"mountpoint is not empty: {path!r}")
+    return path
+
+
+def log_file(settings: Settings, mountpoint: str) -> Path:
+    logs = settings.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    name = os.path.abspath(mountpoint).strip("/").replace("/", "-") or "root"
+    return logs / f"mount-{name[-80:]}.log"
+
+
+def setup_logging(path: Path, *, verbose: bool, to_stderr: bool) -> None:
+    handlers: list[logging.Handler] = [logging.FileHandler(path)]
+    if to_stderr:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    fmt = logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | None = None,
+          allow_other: bool = False, fuse_options: list[str] | None = None, adapter: str = "auto",
+          ready=lambda: None, log_path: str = "") -> None:
+    """Resolve, mount and serve until unmounted. Calls ``ready()`` once the mount works."""
+    from ..cache import BlockCache
+    from ..repo import Repository
+    from .view import VersionView
+
+    if adapter not in ADAPTERS:
+        raise InvalidInput(f"unknown adapter: {adapter!r} (auto, hl or lowlevel)")
+    mountpoint = check_mountpoint(mountpoint, nonempty="nonempty" in (fuse_options or []))
+    repo = Repository(settings)
+    manifest = repo.resolve(ref)
+    index = repo.index(manifest)
+    cache = BlockCache(os.path.join(settings.cache_dir, "blocks"), repo.store,
+                       size_limit=cache_size or settings.cache_size, block_size=settings.block_size)
+    view = VersionView(manifest, index, repo.store, cache)
+    if adapter == "auto":
+        adapter = "hl" if manifest.is_published else "lowlevel"
+    if not manifest.is_published:
+        log.warning("notice: %s is a draft; this build mounts drafts read-only", manifest.id)
+    record = registry.MountRecord(
+        mountpoint=mountpoint, ref=ref, version=manifest.id, dataset=manifest.dataset,
+        state=manifest.state, writable=False, pid=os.getpid(),
+        started=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), adapter=adapter,
+        log=log_path, cache_dir=settings.cache_dir)
+
+    def on_ready() -> None:
+        registry.write_record(settings.state_dir, record)
+        log.info("mounted %s (%s@%s) at %s with the %s adapter", manifest.id, manifest.dataset,
+                 manifest.name, mountpoint, adapter)
+        sd_notify("READY=1")
+        ready()
+
+    options = list(fuse_options or [])
+    if allow_other:
+        options.append("allow_other")
+    try:
+        if adapter == "hl":
+            from . import hl
+
+            hl.serve(view, mountpoint, {o.partition("=")[0]: (o.partition("=")[2] or True) for o in options},
+                     on_ready)
+        else:
+            from . import lowlevel
+
+            lowlevel.serve(view, mountpoint, options, on_ready)
+    finally:
+        sd_notify("STOPPING=1")
+        registry.remove_record(settings.state_dir, mountpoint, os.getpid())
+        cache.close()
+        log.info("unmounted %s", mountpoint)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dsfs-mountd")
+    p.add_argument("--store")
+    p.add_argument("--cache-dir")
+    p.add_argument("--config")
+    p.add_argument("--ready-fd", type=int)
+    p.add_argument("--cache-size")
+    p.add_argument("--allow-other", action="store_true")
+    p.add_argument("-o", dest="options", action="append", default=[])
+    p.add_argument("--adapter", default="auto")
+    p.add_argument("--foreground", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("ref")
+    p.add_argument("mountpoint")
+    args = p.parse_args(argv)
+    ready_pipe = os.fdopen(args.ready_fd, "w") if args.ready_fd is not None else None
+
+    def tell(line: str) -> None:
+        nonlocal ready_pipe
+        if ready_pipe is not None:
+            try:
+                ready_pipe.write(line + "\n")
+                ready_pipe.close()
+            except OSError:
+                pass
+            ready_pipe = None
+
+    try:
+        settings = load_settings(store=args.store, cache_dir=args.cache_dir, config=args.config)
+        path = log_file(settings, args.mountpoint)
+        under_systemd = "INVOCATION_ID" in os.environ or "NOTIFY_SOCKET" in os.environ
+        setup_logging(path, verbose=args.verbose, to_stderr=args.foreground or under_systemd)
+        options = [o for opt in args.options for o in opt.split(",") if o]
+        cache_size = parse_size(args.cache_size, what="cache size") if args.cache_size else None
+        serve(settings, args.ref, args.mountpoint, cache_size=cache_size, allow_other=args.allow_other,
+              fuse_options=options, adapter=args.adapter, ready=lambda: tell("ready"), log_path=str(path))
+        return 0
+    except DsfsError as exc:
+        log.error("mount failed: %s", exc)
+        tell(f"error: {exc}")
+        if args.foreground:
+            print(f"dsfs: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:
+        log.exception("mount failed")
+        tell(f"error: {type(exc).__name__}: {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Live mounts on this machine: one small JSON record per mountpoint under the state folder.
+
+The daemon writes its record when the mount is ready and removes it on exit; ``dsfs status``
+and ``dsfs umount`` read them and check that the pid and the kernel mount are still there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+from pathlib import Path
+
+FSTYPE = "fuse.dsfs"
+
+
+@dataclasses.dataclass
+class MountRecord:
+    mountpoint: str
+    ref: str
+    version: str
+    dataset: str
+    state: str
+    writable: bool
+    pid: int
+    started: str
+    adapter: str
+    log: str
+    cache_dir: str
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def registry_dir(state_dir: str | os.PathLike) -> Path:
+    path = Path(state_dir) / "mounts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def record_path(state_dir, mountpoint: str) -> Path:
+    digest = hashlib.sha256(os.path.abspath(mountpoint).encode()).hexdigest()[:16]
+    return registry_dir(state_dir) / f"{digest}.json"
+
+
+def write_record(state_dir, record: MountRecord) -> None:
+    path = record_path(state_dir, record.mountpoint)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record.to_json(), indent=1))
+    os.replace(tmp, path)
+
+
+def remove_record(state_dir, mountpoint: str, pid: int | None = None) -> None:
+    path = record_path(state_dir, mountpoint)
+    try:
+        if pid is not None and json.loads(path.read_text()).get("pid") != pid:
+            return  # a newer daemon owns this mountpoint now
+        path.unlink()
+    except (FileNotFoundError, ValueError):
+        pass
+
+
+def read_record(state_dir, mountpoint: str) -> MountRecord | None:
+    try:
+        return MountRecord(**json.loads(record_path(state_dir, mountpoint).read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def all_records(state_dir) -> list[MountRecord]:
+    records = []
+    for path in sorted(registry_dir(state_dir).glob("*.json")):
+        try:
+            records.append(MountRecord(**json.loads(path.read_text())))
+        except (FileNotFoundError, ValueError, TypeError):
+            continue
+    return records
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is not alive for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def mount_fstype(mountpoint: str) -> str | None:
+    """The filesystem type mounted exactly at ``mountpoint``, or None."""
+    target = os.path.abspath(mountpoint)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            point = fields[4].encode().decode("unicode_escape")
+            if point == target:
+                return fields[sep + 1]
+    return None
+
+
+def is_stale(mountpoint: str) -> bool:
+    """A FUSE mount whose daemon is gone: stat fails with 'transport endpoint is not connected'."""
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False

@@ -1,0 +1,146 @@
+"""The read-only filesystem view of one version, with no FUSE import.
+
+The adapters (``hl.py`` for libfuse's high-level API through mfusepy, ``lowlevel.py`` for
+pyfuse3) only translate: this module answers lookups from the version's index and reads bytes
+through the shared block cache, raising ``DsfsError`` subclasses that carry their errno.
+Every method is blocking and thread-safe; adapters call it from worker threads.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+
+from ..cache import BlockCache, ReadState
+from ..changeset.manifest import DIR, SYMLINK, VersionManifest
+from ..errors import DsfsError, NotFound
+from ..resolver.index import ROOT_INO, Node, VersionIndex
+from ..store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+XATTR_SHA256 = "user.dsfs.sha256"
+XATTR_VERSION = "user.dsfs.version"
+XATTR_DATASET = "user.dsfs.dataset"
+BLOCK_SIZE = 4096
+
+
+class NotADirectory(DsfsError):
+    errno = errno.ENOTDIR
+
+
+class NoAttribute(DsfsError):
+    errno = errno.ENODATA
+
+
+class VersionView:
+    def __init__(self, manifest: VersionManifest, index: VersionIndex, store: ObjectStore,
+                 cache: BlockCache) -> None:
+        self.manifest = manifest
+        self.index = index
+        self.store = store
+        self.cache = cache
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+
+    @property
+    def immutable(self) -> bool:
+        return self.manifest.is_published
+
+    def getattr(self, ino: int) -> Node:
+        node = self.index.get(ino)
+        if node is None:
+            raise NotFound(f"no inode {ino}")
+        return node
+
+    def lookup(self, parent: int, name: str) -> Node:
+        if name == ".":
+            return self.getattr(parent)
+        if name == "..":
+            return self.getattr(self.getattr(parent).parent)
+        node = self.index.lookup(parent, name)
+        if node is None:
+            raise NotFound(f"no entry {name!r} in inode {parent}")
+        return node
+
+    def by_path(self, path: str) -> Node:
+        """A node by its '/'-rooted path, as the high-level API gives it."""
+        rel = path.strip("/")
+        node = self.index.get(ROOT_INO) if not rel else self.index.by_path(rel)
+        if node is None:
+            raise NotFound(f"no such path: {path!r}")
+        return node
+
+    def children(self, ino: int, after: str | None = None, limit: int = 1000) -> list[Node]:
+        node = self.getattr(ino)
+        if not node.is_dir:
+            raise NotADirectory(f"not a folder: {node.path!r}")
+        return self.index.children(ino, after, limit)
+
+    def readlink(self, node: Node) -> str:
+        if node.type != SYMLINK:
+            raise DsfsError(f"not a symlink: {node.path!r}")
+        return node.target
+
+    def read(self, node: Node, offset: int, size: int, state: ReadState | None = None) -> bytes:
+        if node.is_dir:
+            raise _IsADirectory(f"is a folder: {node.path!r}")
+        if offset >= node.size or size <= 0 or node.chunk is None:
+            return b""
+        return self.cache.read(self.store, node.to_entry(), offset, min(size, node.size - offset), state)
+
+    def xattrs(self, node: Node) -> dict[str, bytes]:
+        attrs = {XATTR_VERSION: node.version.encode(), XATTR_DATASET: self.manifest.dataset.encode()}
+        if not node.is_dir and node.type != SYMLINK:
+            attrs[XATTR_SHA256] = (node.sha256 or "").encode()
+        return attrs
+
+    def getxattr(self, node: Node, name: str) -> bytes:
+        value = self.xattrs(node).get(name)
+        if value is None:
+            raise NoAttribute(f"no attribute {name!r} on {node.path!r}")
+        return value
+
+    def stat_fields(self, node: Node) -> dict:
+        """The stat(2) fields of a node, shared by both adapters."""
+        if node.type == DIR:
+            kind = stat.S_IFDIR
+        elif node.type == SYMLINK:
+            kind = stat.S_IFLNK
+        else:
+            kind = stat.S_IFREG
+        mode = node.mode
+        if self.immutable and node.type != SYMLINK:
+            mode &= ~0o222  # published data is read-only; say so in the permission bits too
+        return {
+            "st_ino": node.ino,
+            "st_mode": kind | mode,
+            "st_nlink": node.nlink,
+            "st_size": node.size,
+            "st_uid": self.uid,
+            "st_gid": self.gid,
+            "st_mtime_ns": node.mtime_ns,
+            "st_ctime_ns": node.mtime_ns,
+            "st_atime_ns": node.mtime_ns,
+            "st_blksize": 1 << 17,
+            "st_blocks": (node.size + 511) // 512,
+        }
+
+    def statfs(self) -> dict:
+        return {
+            "f_bsize": BLOCK_SIZE,
+            "f_frsize": BLOCK_SIZE,
+            "f_blocks": (self.index.total_size + BLOCK_SIZE - 1) // BLOCK_SIZE,
+            "f_bfree": 0,
+            "f_bavail": 0,
+            "f_files": self.index.files,
+            "f_ffree": 0,
+            "f_favail": 0,
+            "f_namemax": 255,
+        }
+
+
+class _IsADirectory(DsfsError):
+    errno = errno.EISDIR
