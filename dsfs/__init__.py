@@ -1,3 +1,42 @@
-"""dsfs: mount versions of datasets as ordinary folders."""
+"""dsfs: mount versions of datasets as ordinary folders.
+
+    import dsfs
+    with dsfs.mounted("pets@v3") as root:        # a temp folder, unmounted on exit
+        train = sorted((root / "images/train").iterdir())
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 __version__ = "0.1.0"
+__all__ = ["mounted", "__version__"]
+
+
+@contextlib.contextmanager
+def mounted(ref: str, path: str | os.PathLike | None = None, *, store: str | None = None,
+            cache_dir: str | None = None, config: str | None = None, cache_size: str | None = None,
+            adapter: str = "auto") -> Iterator[Path]:
+    """Mount ``ref`` at ``path`` (a new temp folder when None) for the duration of the block."""
+    from .config import load_settings
+    from .mountd import control
+
+    settings = load_settings(store=store, cache_dir=cache_dir, config=config)
+    made = None
+    if path is None:
+        made = tempfile.mkdtemp(prefix="dsfs-mount-")
+        path = made
+    record = control.spawn(settings, ref, str(path), cache_size=cache_size, adapter=adapter, config=config)
+    try:
+        yield Path(record.mountpoint)
+    finally:
+        try:
+            control.unmount(settings, str(path))
+        finally:
+            if made is not None:
+                with contextlib.suppress(OSError):
+                    os.rmdir(made)

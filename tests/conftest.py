@@ -112,3 +112,31 @@ def write_tree(root: Path, files: dict[str, bytes | str]) -> Path:
         else:
             path.write_bytes(content if isinstance(content, bytes) else content.encode())
     return root
+
+
+@pytest.fixture
+def mounts(store_url, cache_dir):
+    """Mount helper bound to the test's store; unmounts and kills in cleanup, and fails the test
+    if a daemon logged an unexpected warning, error or traceback."""
+    from mounting import Mounts
+
+    m = Mounts(store_url, cache_dir)
+    try:
+        yield m
+    finally:
+        m.cleanup()
+    bad = m.unexpected_log_lines()
+    assert not bad, "daemon logged unexpected lines:\n" + "\n".join(bad[:20])
+
+
+@pytest.fixture
+def local_mounts(local_store_url, cache_dir):
+    from mounting import Mounts
+
+    m = Mounts(local_store_url, cache_dir)
+    try:
+        yield m
+    finally:
+        m.cleanup()
+    bad = m.unexpected_log_lines()
+    assert not bad, "daemon logged unexpected lines:\n" + "\n".join(bad[:20])

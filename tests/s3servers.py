@@ -33,7 +33,6 @@ import socket
 import subprocess
 import sys
 import time
-import weakref
 from pathlib import Path
 
 import pytest
@@ -146,7 +145,6 @@ class MotoS3Server(S3Server):
     def __init__(self) -> None:
         super().__init__("testing", "testing")
         self._server = None
-        self._connections: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
     def start(self) -> None:
         from moto.server import ThreadedMotoServer
@@ -159,34 +157,15 @@ class MotoS3Server(S3Server):
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         server.start()
         self.port = server.get_host_and_port()[1]
-        self._track_connections(server)
         self._server = server
         self.running = True
-
-    def _track_connections(self, server) -> None:
-        # The werkzeug server keeps serving open keep-alive connections after shutdown(), so a
-        # client with pooled connections would not notice the stop. Remember every accepted
-        # connection so stop() can cut them too.
-        inner = getattr(server, "_server", None)
-        if inner is None:
-            return
-        original = inner.process_request
-        connections = self._connections
-
-        def process_request(request, client_address):
-            connections.add(request)
-            return original(request, client_address)
-
-        inner.process_request = process_request
 
     def stop(self) -> None:
         if not self.running:
             return
+        # werkzeug answers every request with "Connection: close", so once the listening
+        # socket is closed no client has a live connection left: requests are refused.
         self._server.stop()
-        for conn in list(self._connections):
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        self._connections.clear()
         self._server = None
         self.running = False
 
@@ -316,7 +295,7 @@ class SeaweedS3Server(S3Server):
 
     def cleanup(self) -> None:
         self.stop()
-        # The master and volume gRPC sockets always go to /tmp, named by port.
+        # weed puts its gRPC unix sockets in /tmp, named by port.
         for port in self.ports.values():
             for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 with contextlib.suppress(OSError):

@@ -95,7 +95,7 @@ def test_put_file_and_download_file_large(store, tmp_path):
     uploaded = []
     etag = store.put_file("chunks/big", str(src), progress=uploaded.append)
     assert sum(uploaded) == size
-    assert store.head("chunks/big") .size == size
+    assert store.head("chunks/big").size == size
     assert store.head("chunks/big").etag == etag
     if isinstance(store, S3Store):
         assert "-" in etag  # a multipart upload's etag is "<md5 of md5s>-<parts>"
@@ -170,6 +170,29 @@ def test_compare_and_swap_race_loses_no_update(store):
         t.join(timeout=120)
     assert not errors, errors
     assert json.loads(store.get(key)[0])["n"] == 80
+
+
+def test_put_if_absent_race_has_one_winner(store):
+    winners: list[int] = []
+    losers: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def create(i: int) -> None:
+        start.wait()
+        try:
+            store.put_if_absent("once", str(i).encode())
+            winners.append(i)
+        except BaseException as exc:
+            losers.append(exc)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(winners) == 1
+    assert all(isinstance(exc, AlreadyExists) for exc in losers), losers
+    assert store.get("once")[0] == str(winners[0]).encode()
 
 
 def test_list_in_key_order_with_prefixes(store):
@@ -294,27 +317,29 @@ def test_retried_conditional_put_that_had_landed_counts_as_done(s3_server):
 
 
 @pytest.mark.s3
-def test_moto_stopped_is_store_unavailable_then_recovers(moto_server, monkeypatch):
-    moto_server.apply_env(monkeypatch)
+@pytest.mark.parametrize("which", ["moto", pytest.param("seaweed", marks=pytest.mark.slow)])
+def test_stopped_server_is_store_unavailable_then_recovers(which, request, monkeypatch):
+    server = request.getfixturevalue(f"{which}_server")
+    server.apply_env(monkeypatch)
     settings = Settings(s3_max_attempts=2, s3_connect_timeout=1.0, s3_read_timeout=2.0)
-    store = S3Store.from_url(moto_server.new_bucket(), settings)
+    store = S3Store.from_url(server.new_bucket(), settings)
     store.put("k", b"kept")
-    store.get("k")  # leave a pooled connection behind: the stop must break it too
-    moto_server.stop()
+    store.get("k")  # leave a pooled connection behind
+    server.stop()
     try:
         began = time.monotonic()
         with pytest.raises(StoreUnavailable) as info:
             store.get("k")
         assert time.monotonic() - began < 15
         message = str(info.value)
-        assert message.startswith(f"s3 store unreachable at {moto_server.endpoint}")
+        assert message.startswith(f"s3 store unreachable at {server.endpoint}")
         assert "'k'" in message and "\n" not in message
         with pytest.raises(StoreUnavailable):
             store.put_if_absent("new", b"1")
         with pytest.raises(StoreUnavailable):
             list(store.list())
     finally:
-        moto_server.start()
+        server.start()
     assert store.get("k")[0] == b"kept"  # same port, same data
     store.put("after", b"ok")
     assert [i.key for i in store.list()] == ["after", "k"]

@@ -11,10 +11,10 @@ checked on every read; a bad block is dropped and fetched again. Whole-file sha2
 whenever a whole file passes through: whole-fetched members, ``read_all``/``prefetch``, and a
 handle that reads a multi-block STORED file in order from its start (checked at its end).
 
-Threading model: a ``BlockCache`` is shared by any number of threads and processes; diskcache
-(SQLite in WAL mode) serialises processes, and in-process a per-key flight table makes concurrent
-misses of one block wait for a single fetch. Every call blocks; read-ahead runs in a small
-thread pool owned by the cache, and a ``ReadState`` belongs to one open file handle.
+Threading model: one ``BlockCache`` serves every thread of a process and its blocks serve every
+process (diskcache's SQLite serialises them), while concurrent misses of one block in a process
+wait for a single fetch. Every method blocks; read-ahead runs in a small pool owned by the cache,
+and a ``ReadState`` belongs to one open file handle.
 """
 
 from __future__ import annotations

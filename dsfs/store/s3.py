@@ -108,8 +108,8 @@ class S3Store(ObjectStore):
             s3={"addressing_style": "path"} if endpoint else None,
         )
         # A private session: boto3's default session is shared module state and not thread-safe.
-        session = boto3.session.Session(region_name=region)
         try:
+            session = boto3.session.Session(region_name=region)
             self._client = session.client("s3", endpoint_url=endpoint or None, config=config)
         except ValueError as exc:  # a malformed endpoint url
             raise InvalidInput(f"invalid s3 endpoint {endpoint!r}: {exc}") from None
@@ -243,6 +243,8 @@ class S3Store(ObjectStore):
         return self._put("put", key, data)
 
     def put_file(self, key: str, path: str, progress: Progress | None = None) -> str:
+        # Multipart above MULTIPART_THRESHOLD, parts sent in parallel. ``progress`` gets byte
+        # counts as parts go out (negative if s3transfer rewinds a retried part).
         full = self._key(key)
         subscribers = [ProgressCallbackInvoker(progress)] if progress else None
         try:

@@ -1,0 +1,56 @@
+"""Helpers for tests with real FUSE mounts: mount through the real CLI path (a detached daemon),
+always unmount and kill in cleanup, and fail a test whose daemon logged something unexpected."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from dsfs.config import load_settings
+from dsfs.mountd import control, registry
+
+UNEXPECTED = re.compile(r"Traceback|\b(WARNING|ERROR|CRITICAL)\b")
+
+
+class Mounts:
+    def __init__(self, store: str, cache_dir: Path, env: dict | None = None) -> None:
+        self.store, self.cache_dir = store, cache_dir
+        self.settings = load_settings(store=store, cache_dir=str(cache_dir))
+        self.live: list[tuple[str, int]] = []
+        self.allowed: list[str] = []
+
+    def mount(self, ref: str, mountpoint: Path, *, adapter: str = "auto", cache_size: str | None = None,
+              options: list[str] | None = None) -> registry.MountRecord:
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        record = control.spawn(self.settings, ref, str(mountpoint), adapter=adapter,
+                               cache_size=cache_size, options=options, timeout=120)
+        self.live.append((record.mountpoint, record.pid))
+        return record
+
+    def umount(self, mountpoint: Path) -> str:
+        return control.unmount(self.settings, str(mountpoint))
+
+    def allow(self, pattern: str) -> None:
+        """A log line matching ``pattern`` is expected by this test."""
+        self.allowed.append(pattern)
+
+    def cleanup(self) -> None:
+        for mountpoint, pid in self.live:
+            if registry.mount_fstype(mountpoint) is not None:
+                subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True)
+            if registry.pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                time.sleep(0.1)
+
+    def unexpected_log_lines(self) -> list[str]:
+        logs = self.settings.state_dir / "logs"
+        bad = []
+        for path in logs.glob("*.log") if logs.exists() else []:
+            for line in path.read_text(errors="replace").splitlines():
+                if UNEXPECTED.search(line) and not any(re.search(p, line) for p in self.allowed):
+                    bad.append(line)
+        return bad
