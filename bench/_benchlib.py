@@ -1,9 +1,12 @@
 """Small helpers shared by the benchmark scripts (not part of the dsfs package).
 
-Every measured command runs as its own child process; its wall time is taken around the
-child's whole life and its CPU time and peak RSS come from ``os.wait4`` on that one child, so
-each number belongs to that command alone (``getrusage(RUSAGE_CHILDREN)`` would only give a
-running maximum over every child so far).
+Every measured command runs as its own child process, and its wall time is taken around the
+child's whole life. Its CPU time and peak RSS come from GNU ``/usr/bin/time`` when present: a
+process's peak RSS (ru_maxrss) includes the memory of the process it was forked from, up to
+its exec, so a command forked straight from a big benchmark process would be charged with that
+process's size; /usr/bin/time is tiny (~3 MiB) and forks the command itself. Without it we fall
+back to ``os.wait4`` on the child (per child, unlike ``getrusage(RUSAGE_CHILDREN)``, but with
+the caveat above: the figure is at least this script's own RSS).
 """
 
 from __future__ import annotations
@@ -58,12 +61,22 @@ class CommandFailed(RuntimeError):
     pass
 
 
+GNU_TIME = "/usr/bin/time"
+
+
+def rss_method() -> str:
+    return "gnu-time" if os.access(GNU_TIME, os.X_OK) else "wait4"
+
+
 def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | os.PathLike | None = None,
                  check: bool = True) -> dict:
     """Run one command; return wall/user/sys seconds, peak RSS (MiB), exit code and output."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    use_time = rss_method() == "gnu-time"
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".time") as timing:
+        full = [GNU_TIME, "-f", "%U %S %M", "-o", timing.name, *cmd] if use_time else list(cmd)
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd)
+        proc = subprocess.Popen(full, stdout=out, stderr=err, env=env, cwd=cwd)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -71,12 +84,22 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | os.PathL
         err.seek(0)
         stdout = out.read().decode(errors="replace")
         stderr = err.read().decode(errors="replace")
+        user, system, maxrss_kib = usage.ru_utime, usage.ru_stime, usage.ru_maxrss
+        if use_time:
+            # "Command exited with non-zero status N" may come first; the numbers are last.
+            lines = [ln for ln in timing.read().splitlines() if ln.strip()]
+            try:
+                u, s_, m = lines[-1].split()
+                user, system, maxrss_kib = float(u), float(s_), int(m)
+            except (IndexError, ValueError):
+                pass
     result = {
         "cmd": " ".join(map(str, cmd)),
         "wall_s": wall,
-        "user_s": usage.ru_utime,
-        "sys_s": usage.ru_stime,
-        "max_rss_mib": usage.ru_maxrss / 1024,  # Linux reports KiB
+        "user_s": user,
+        "sys_s": system,
+        "max_rss_mib": maxrss_kib / 1024,  # Linux reports KiB
+        "rss_method": "gnu-time" if use_time else "wait4",
         "rc": proc.returncode,
         "stdout": stdout,
         "stderr": stderr,
@@ -137,13 +160,19 @@ def print_table(columns: list[str], rows: list[list]) -> None:
 
 def machine_info() -> dict:
     info = {"python": platform.python_version(), "platform": platform.platform(),
-            "cpus": os.cpu_count()}
+            "cpus": os.cpu_count(), "loadavg_1_5_15": os.getloadavg(), "rss_method": rss_method()}
     try:
         with open("/proc/meminfo") as f:
             info["mem_total_mib"] = int(f.readline().split()[1]) // 1024
     except OSError:
         pass
     return info
+
+
+def load_note() -> str:
+    """Other work on the machine skews wall times; say how busy it was."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} CPUs"
 
 
 def write_json(name: str, doc: dict, out_dir: str | None = None) -> Path:

@@ -56,6 +56,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="also run `dsfs add` and `dsfs get` once under cProfile (main thread only) "
                         "and print their top functions")
+    p.add_argument("--breakdown", type=int, default=5000, metavar="N",
+                   help="also time, in this process and on one thread, the per-byte steps of "
+                        "`dsfs add` over the first N files: plain read, read+sha256, dsfs's "
+                        "hash_file (sha256 + compressibility probe), the zlib probe alone, and "
+                        "zip's crc32 (0 to skip; default 5000)")
     p.add_argument("--dsfs", help="dsfs command to run (default: the dsfs next to this python)")
     p.add_argument("--out-dir", help="where to write the JSON results (default bench/out)")
     return p.parse_args()
@@ -193,6 +198,46 @@ def profile_commands(runner: Runner, src: Path, out_dir: Path) -> dict:
     return report
 
 
+def breakdown(src: Path, args, n: int) -> dict:
+    """Single-thread MiB/s of the CPU steps `dsfs add` does per file, on the first n files."""
+    import zlib
+
+    from dsfs.changeset.packer import _PROBE_BYTES, hash_file
+
+    paths = [src / rel_path(i, args.per_dir, args.dirs_per_group) for i in range(min(n, args.files))]
+    size = sum(p.stat().st_size for p in paths)
+    for p in paths:  # warm
+        p.read_bytes()
+
+    def read(p):
+        return p.read_bytes()
+
+    def sha(p):
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    def probe(p):
+        with open(p, "rb") as f:
+            return zlib.compress(f.read(_PROBE_BYTES), 1)
+
+    def crc(p):
+        return zlib.crc32(p.read_bytes())
+
+    steps = {"read": read, "read + sha256": sha, "read + crc32 (zip)": crc,
+             "read + zlib probe (level 1, first 64 KiB)": probe,
+             "dsfs hash_file (sha256 + probe)": lambda p: hash_file(str(p))}
+    out = {}
+    for label, func in steps.items():
+        t0 = time.perf_counter()
+        for p in paths:
+            func(p)
+        dt = time.perf_counter() - t0
+        out[label] = {"seconds": dt, "mib_s": size / MiB / dt, "files_s": len(paths) / dt}
+    print(f"\nper-step cost, one thread, first {len(paths)} files ({size / MiB:.0f} MiB, warm cache)")
+    bl.print_table(["step", "seconds", "MiB/s", "files/s"],
+                   [[k, v["seconds"], v["mib_s"], v["files_s"]] for k, v in out.items()])
+    return out
+
+
 def main() -> int:
     args = parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -281,6 +326,7 @@ def main() -> int:
             print(f"{label}: {r:.2f}x")
         print(f"stored size: dsfs store {store_bytes / MiB:.0f} MiB, zip {zip_bytes / MiB:.0f} MiB")
 
+        steps = breakdown(src, args, args.breakdown) if args.breakdown else None
         profile = profile_commands(runner, src, out_dir) if args.profile else None
         doc = {
             "benchmark": "bench_add_get",
@@ -293,8 +339,11 @@ def main() -> int:
             "zip_bytes": zip_bytes,
             "results": results,
             "ratios": variant_ratios,
+            "breakdown": steps,
             "profile": profile,
         }
+        print(bl.load_note())
+        doc["machine_end"] = bl.machine_info()
         path = bl.write_json("bench_add_get", doc, args.out_dir)
         print(f"\nresults written to {path}")
     finally:

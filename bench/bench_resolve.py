@@ -14,6 +14,8 @@ Each measured resolve runs in a fresh child process, so its peak RSS (from wait4
   leaf, cached          the same again: the published index is on disk, so this only opens it
   child draft, cold     a new draft whose parent is the leaf: copies the leaf's cached index
   child draft, cached   the same draft again (its index is named after the draft record's etag)
+  child draft + 10-file change-set   the draft after one tiny change-set: a new etag, so the
+                        draft's index is rebuilt (parent index copied again, then replayed)
   dsfs show leaf, cold  (with --cli) the CLI path, nothing cached
 
 Run:  .venv/bin/python bench/bench_resolve.py [--files 1000000] [--depth 20] [--workdir DIR]
@@ -272,6 +274,16 @@ def build_store(store_dir: Path, args) -> dict:
     return expect
 
 
+def small_changeset(catalog, version, n: int) -> None:
+    """Record a change-set of n new files on a draft (what one small `dsfs add` leaves)."""
+    from dsfs.changeset.manifest import ChangeSet, new_id, now_iso
+
+    cs_id = f"small-{new_id()[:8]}"
+    make = EntryMaker(random.Random(0), version.id, cs_id)
+    entries = [make(f"images/extra/{cs_id}/file_{i:04d}.jpg", fake_sha(cs_id, i)) for i in range(n)]
+    commit(catalog, version, ChangeSet(version.id, cs_id, now_iso(), entries, []))
+
+
 def store_bytes(store_dir: Path) -> dict:
     changesets = records = 0
     for p in store_dir.rglob("*"):
@@ -413,6 +425,8 @@ def main() -> int:
         draft = catalog.create_version(DATASET, f"draft-{int(time.time())}", [expect["leaf"]])
         results["child draft of leaf, cold"] = run_child(work, env, draft.id)
         results["child draft of leaf, cached"] = run_child(work, env, draft.id)
+        small_changeset(catalog, draft, 10)
+        results["child draft + 10-file change-set"] = run_child(work, env, draft.id)
         if args.cli:
             clear_index(work)
             run = bl.run_measured(bl.dsfs_command(args.dsfs) + ["-q", "show", expect["leaf"], "--json"], env=env)
@@ -438,6 +452,9 @@ def main() -> int:
             "leaf cold / root cold": cold["index_s"] / root_cold["index_s"],
             "leaf cold / leaf cached": cold["index_s"] / results["leaf, cached"]["index_s"],
             "child draft cold / leaf cold": results["child draft of leaf, cold"]["index_s"] / cold["index_s"],
+            "draft re-resolve after a 10-file change-set / child draft cold":
+                results["child draft + 10-file change-set"]["index_s"]
+                / results["child draft of leaf, cold"]["index_s"],
         }
         for label, r in ratios.items():
             print(f"{label}: {r:.2f}x")
@@ -474,6 +491,8 @@ def main() -> int:
             "view_problems": problems,
             "profile": profile,
         }
+        print(bl.load_note())
+        doc["machine_end"] = bl.machine_info()
         path = bl.write_json("bench_resolve", doc, args.out_dir)
         print(f"\nresults written to {path}")
         return 1 if problems else 0

@@ -163,6 +163,7 @@ def test_two_caches_on_one_dir_share_blocks(store, cache_dir, tmp_path):
     with BlockCache(cache_dir, block_size=BS, size_limit=64 << 20) as one, \
             BlockCache(cache_dir, block_size=BS, size_limit=64 << 20) as two:
         assert one.read(store, entry, 0, 4000) == data
+        one.drain()  # blocks reach the disk cache asynchronously
         gets = store.gets
         assert two.read(store, entry, 0, 4000) == data
         assert store.gets == gets

@@ -29,7 +29,9 @@ import shutil
 import sqlite3
 import struct
 import tempfile
+import queue
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -173,10 +175,20 @@ class BlockCache:
         self.readahead_max = max(0, readahead_max)
         self._tmp_dir = self.cache_dir / "tmp"
         self._tmp_dir.mkdir(parents=True, exist_ok=True)
+        # One writer at a time inside this process: SQLite's own busy handler sleeps for
+        # milliseconds when threads collide on the write lock.
+        self._db_lock = threading.Lock()
+        # LRU without a write per hit: diskcache evicts by store time ("least recently
+        # stored"), reads stay lock-free, and hits are batched into store-time touches
+        # (``_touch``), which turns that order into least-recently-used at ~1 s granularity.
         self._cache = diskcache.Cache(
             str(self.cache_dir / "blocks"),
-            eviction_policy="least-recently-used",
+            eviction_policy="least-recently-stored",
             disk_min_file_size=FILE_THRESHOLD,
+            # Every block is checksummed on read, so the cache index need not survive a
+            # power cut; skipping fsyncs keeps writes cheap.
+            sqlite_synchronous=0,
+            sqlite_mmap_size=1 << 26,
             **({} if size_limit is None else {"size_limit": size_limit}),
         )
         if size_limit is None:
@@ -190,6 +202,13 @@ class BlockCache:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max(1, readahead_threads), thread_name_prefix="dsfs-readahead")
         self._closed = False
+        self._writes: queue.SimpleQueue = queue.SimpleQueue()
+        self._writes_pending = 0
+        self._writes_cond = threading.Condition()
+        self._writer_thread = threading.Thread(target=self._writer, name="dsfs-cache-writer", daemon=True)
+        self._writer_thread.start()
+        self._touched: set[str] = set()
+        self._last_touch = 0.0
         self._counts = collections.Counter()
 
     # -- public API ---------------------------------------------------------------------------
@@ -241,6 +260,7 @@ class BlockCache:
 
     def stats(self) -> dict:
         """Cache-wide size/limit/count; hits, misses and the rest count this instance's work."""
+        self._wait_for_writes()
         with self._lock:
             counts = dict(self._counts)
         return {
@@ -257,25 +277,36 @@ class BlockCache:
 
     def prune(self) -> int:
         """Evict least-recently-used blocks until the cache fits its limit; returns how many."""
+        self._wait_for_writes()
         return self._cache.cull(retry=True)
 
     def clear(self) -> None:
+        self._wait_for_writes()
         self._memory.clear()
         self._cache.clear(retry=True)
 
     def drain(self) -> None:
-        """Wait until every queued read-ahead has finished."""
+        """Wait until every queued read-ahead has finished and its blocks are on disk."""
         while True:
             with self._lock:
                 pending = list(self._pending)
             if not pending:
-                return
+                break
             concurrent.futures.wait(pending)
+        self._wait_for_writes()
+
+    def _wait_for_writes(self) -> None:
+        with self._writes_cond:
+            self._writes_cond.wait_for(lambda: self._writes_pending == 0)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            keys, self._touched = list(self._touched), set()
+        self._flush_touches(keys)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._writes.put(None)
+        self._writer_thread.join()
         self._memory.clear()
         self._cache.close()
 
@@ -337,19 +368,70 @@ class BlockCache:
             return None
         if remember:
             self._memory.put(key, data)
+        self._touch(key)
         return data
 
-    def _put(self, key: str, payload: bytes | memoryview) -> None:
+    def _touch(self, key: str) -> None:
+        """Mark a hit; touched keys get a fresh store time in one batch per second."""
+        now = time.monotonic()
+        with self._lock:
+            self._touched.add(key)
+            if now - self._last_touch < 1.0:
+                return
+            keys, self._touched = list(self._touched), set()
+            self._last_touch = now
+        self._flush_touches(keys)
+
+    def _flush_touches(self, keys: list[str]) -> None:
+        if not keys:
+            return
         try:
-            self._cache.set(key, _wrap(key, payload), retry=True)
+            now = time.time()
+            with self._db_lock, self._cache.transact(retry=True):
+                # diskcache has no public "touch"; store_time is what its LRS policy culls by.
+                self._cache._con.executemany(
+                    "UPDATE Cache SET store_time = ? WHERE key = ? AND raw = 1", [(now, k) for k in keys])
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
-            # The bytes are in hand, so the read still succeeds; they are just not kept.
-            log.warning("block cache write failed for %s: %s", key, exc)
+            log.warning("block cache touch failed: %s", exc)
+
+    def _put(self, key: str, payload: bytes | memoryview) -> None:
+        """Queue a verified block for the disk cache; the writer thread stores it in batches,
+        so a reader never waits on SQLite's write lock. Until then it is served from memory."""
+        self._memory.put(key, memoryview(payload))
+        with self._writes_cond:
+            self._writes_pending += 1
+        self._writes.put((key, payload))
+
+    def _writer(self) -> None:
+        while True:
+            item = self._writes.get()
+            batch = [item]
+            while len(batch) < 256:
+                try:
+                    batch.append(self._writes.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(b is None for b in batch)
+            batch = [b for b in batch if b is not None]
+            try:
+                with self._db_lock, self._cache.transact(retry=True):
+                    for key, payload in batch:
+                        self._cache.set(key, _wrap(key, payload), retry=True)
+            except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+                # The bytes were already served; they are just not kept (disk full, say).
+                log.warning("block cache write failed for %d blocks: %s", len(batch), exc)
+            with self._writes_cond:
+                self._writes_pending -= len(batch)
+                self._writes_cond.notify_all()
+            if stop:
+                return
 
     def _delete(self, key: str) -> None:
+        self._wait_for_writes()  # a queued write of this block must not land after the delete
         self._memory.drop(key)
         try:
-            self._cache.delete(key, retry=True)
+            with self._db_lock:
+                self._cache.delete(key, retry=True)
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             log.warning("block cache delete failed for %s: %s", key, exc)
 

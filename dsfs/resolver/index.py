@@ -10,7 +10,9 @@ Threading: a ``VersionIndex`` may be shared by threads; each thread gets its own
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import queue
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -95,63 +97,75 @@ class VersionIndex:
     def __init__(self, path: str, *, immutable: bool) -> None:
         self.path = path
         self.immutable = immutable
-        self._local = threading.local()
-        meta = dict(self._conn().execute("SELECT key, value FROM meta"))
+        # A pool, not thread-locals: libfuse starts and retires worker threads freely, and a
+        # fresh connection per new thread costs more than the query it serves.
+        self._pool: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        with self._conn() as conn:
+            meta = dict(conn.execute("SELECT key, value FROM meta"))
         self.version_id = meta["version"]
         self.dataset = meta["dataset"]
         self.files = int(meta["files"])
         self.total_size = int(meta["bytes"])
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        try:
+            conn = self._pool.get_nowait()
+        except queue.Empty:
             flags = "mode=ro&immutable=1" if self.immutable else "mode=ro"
             conn = sqlite3.connect(f"file:{self.path}?{flags}", uri=True, check_same_thread=False)
             conn.execute("PRAGMA query_only=1")
-            conn.execute("PRAGMA cache_size=-65536")
-            self._local.conn = conn
-        return conn
+            conn.execute("PRAGMA cache_size=-16384")
+            with self._lock:
+                self._all.append(conn)
+        try:
+            yield conn
+        finally:
+            self._pool.put(conn)
+
+    def _one(self, sql: str, params: tuple) -> Node | None:
+        with self._conn() as conn:
+            row = conn.execute(sql, params).fetchone()
+        return _node(row) if row else None
 
     def get(self, ino: int) -> Node | None:
-        row = self._conn().execute(_NODE_SELECT + "WHERE n.ino = ?", (ino,)).fetchone()
-        return _node(row) if row else None
+        return self._one(_NODE_SELECT + "WHERE n.ino = ?", (ino,))
 
     def lookup(self, parent: int, name: str) -> Node | None:
-        row = self._conn().execute(_NODE_SELECT + "WHERE n.parent = ? AND n.name = ? AND n.ino != 1",
-                                   (parent, name)).fetchone()
-        return _node(row) if row else None
+        return self._one(_NODE_SELECT + "WHERE n.parent = ? AND n.name = ? AND n.ino != 1", (parent, name))
 
     def by_path(self, path: str) -> Node | None:
-        row = self._conn().execute(_NODE_SELECT + "WHERE n.path = ?", (path,)).fetchone()
-        return _node(row) if row else None
+        return self._one(_NODE_SELECT + "WHERE n.path = ?", (path,))
 
     def children(self, ino: int, after: str | None = None, limit: int = 1000) -> list[Node]:
         """Children of a directory in name order, starting after the name ``after``."""
         sql = _NODE_SELECT + "WHERE n.parent = ? AND n.ino != 1 AND n.name > ? ORDER BY n.name LIMIT ?"
-        return [_node(r) for r in self._conn().execute(sql, (ino, after or "", limit))]
+        with self._conn() as conn:
+            return [_node(r) for r in conn.execute(sql, (ino, after or "", limit))]
 
     def walk(self, prefix: str = "") -> Iterator[Node]:
         """Every node at or below ``prefix`` ('' is the whole view), in path order."""
-        conn = self._conn()
-        if prefix:
-            sql = _NODE_SELECT + "WHERE n.path = ? OR (n.path >= ? AND n.path < ?) ORDER BY n.path"
-            rows = conn.execute(sql, (prefix, prefix + "/", prefix + "0"))
-        else:
-            rows = conn.execute(_NODE_SELECT + "WHERE n.ino != 1 ORDER BY n.path")
-        for row in rows:
-            yield _node(row)
+        with self._conn() as conn:
+            if prefix:
+                sql = _NODE_SELECT + "WHERE n.path = ? OR (n.path >= ? AND n.path < ?) ORDER BY n.path"
+                rows = conn.execute(sql, (prefix, prefix + "/", prefix + "0"))
+            else:
+                rows = conn.execute(_NODE_SELECT + "WHERE n.ino != 1 ORDER BY n.path")
+            for row in rows:
+                yield _node(row)
 
     def find_blob(self, sha256: str) -> Entry | None:
-        row = self._conn().execute(
-            _NODE_SELECT + "WHERE n.sha256 = ? AND n.chunk_id IS NOT NULL LIMIT 1", (sha256,)
-        ).fetchone()
-        return _node(row).to_entry() if row else None
+        node = self._one(_NODE_SELECT + "WHERE n.sha256 = ? AND n.chunk_id IS NOT NULL LIMIT 1", (sha256,))
+        return node.to_entry() if node else None
 
     def chunk_keys(self) -> list[str]:
-        return [r[0] for r in self._conn().execute("SELECT key FROM chunks ORDER BY key")]
+        with self._conn() as conn:
+            return [r[0] for r in conn.execute("SELECT key FROM chunks ORDER BY key")]
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
