@@ -116,5 +116,13 @@ class HighLevelOperations(mfusepy.Operations):
 def serve(view: VersionView, mountpoint: str, options: dict, on_ready) -> None:
     """Mount and serve until unmounted (blocking)."""
     ops = HighLevelOperations(view, on_ready)
-    mfusepy.FUSE(ops, mountpoint, foreground=True, nothreads=False, ro=True,
-                 fsname=options.pop("fsname", "dsfs"), subtype="dsfs", **options)
+    try:
+        mfusepy.FUSE(ops, mountpoint, foreground=True, nothreads=False, ro=True,
+                     fsname=options.pop("fsname", "dsfs"), subtype="dsfs", **options)
+    except RuntimeError as exc:
+        # libfuse's loop reports a stop by SIGTERM/SIGINT as status 8 after it has unmounted
+        # cleanly; that is the normal way systemd stops us, not a failure.
+        from .registry import mount_fstype
+
+        if str(exc) != "8" or mount_fstype(mountpoint) is not None:
+            raise

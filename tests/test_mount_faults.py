@@ -1,0 +1,208 @@
+"""Mount faults and operations: missing chunks, corrupt cache, S3 outages, kill -9, systemd."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import dsfs
+from conftest import write_tree
+from dsfs.mountd import registry
+
+
+def _rand(n: int, seed: int) -> bytes:
+    import random
+
+    return random.Random(seed).randbytes(n)
+
+
+def _publish(cli, tmp_path, name: str, files: dict, *parents: str) -> str:
+    src = write_tree(tmp_path / f"src-{name}", files)
+    args = ["create", "ds", "--name", name] + [a for p in parents for a in ("--parent", p)]
+    if not parents:
+        args.append("--root")
+    vid = cli(*args).strip()
+    cli("add", vid, str(src))
+    cli("publish", vid)
+    return vid
+
+
+def _chunks(store: str, vid: str) -> list[Path]:
+    return sorted((Path(store) / "versions" / vid / "chunks").iterdir())
+
+
+def test_missing_chunk_fails_that_file_only(local_cli, local_mounts, tmp_path):
+    local_mounts.allow(r"chunk missing from store")
+    parent = _publish(local_cli, tmp_path, "p", {"old.bin": _rand(50_000, 1)})
+    child = _publish(local_cli, tmp_path, "c", {"new.bin": _rand(50_000, 2)}, parent)
+    mnt = tmp_path / "mnt"
+    local_mounts.mount(child, mnt)
+    for chunk in _chunks(local_cli.store, child):
+        chunk.unlink()
+    with pytest.raises(OSError) as exc:
+        (mnt / "new.bin").read_bytes()
+    assert exc.value.errno == errno.EIO
+    assert (mnt / "old.bin").read_bytes() == _rand(50_000, 1)
+    assert json.loads(local_cli("status", "--json"))[0]["health"] == "ok"
+
+
+def test_corrupt_cached_block_is_detected_and_refetched(local_cli, local_mounts, tmp_path, cache_dir):
+    local_mounts.allow(r"dropping corrupt cached block|corrupt")
+    data = _rand(300_000, 3)
+    vid = _publish(local_cli, tmp_path, "v", {"f.bin": data})
+    mnt = tmp_path / "mnt"
+    local_mounts.mount(vid, mnt)
+    assert (mnt / "f.bin").read_bytes() == data
+    local_mounts.umount(mnt)
+    values = [p for p in (cache_dir / "blocks").rglob("*.val")]
+    assert values, "the block should be cached as a file"
+    for path in values:
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        path.write_bytes(bytes(raw))
+    local_mounts.mount(vid, mnt)
+    assert (mnt / "f.bin").read_bytes() == data
+
+
+def test_prefetch_warms_the_cache(local_cli, local_mounts, tmp_path):
+    data = _rand(200_000, 4)
+    vid = _publish(local_cli, tmp_path, "v", {"a/f.bin": data, "b/g.bin": b"gg"})
+    local_cli("prefetch", vid, "a")
+    for chunk in _chunks(local_cli.store, vid):
+        chunk.unlink()  # from now on only the cache can serve a/f.bin
+    mnt = tmp_path / "mnt"
+    local_mounts.mount(vid, mnt)
+    assert (mnt / "a/f.bin").read_bytes() == data
+    assert "no such path" in local_cli.fails("prefetch", vid, "nope")
+
+
+def test_daemon_killed_then_umount_cleans_up(local_cli, local_mounts, tmp_path):
+    local_mounts.allow(r"mount failed: mountpoint has a stale mount")
+    vid = _publish(local_cli, tmp_path, "v", {"f": "x"})
+    mnt = tmp_path / "mnt"
+    record = local_mounts.mount(vid, mnt)
+    os.kill(record.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while registry.pid_alive(record.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(OSError) as exc:
+        os.listdir(mnt)
+    # The first access after the daemon died says ECONNABORTED, later ones ENOTCONN.
+    assert exc.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    assert json.loads(local_cli("status", "--json"))[0]["health"] == "dead"
+    assert "stale mount" in local_cli.fails("mount", vid, str(mnt))
+    local_cli("umount", str(mnt))
+    assert not os.path.ismount(mnt) and os.listdir(mnt) == []
+    assert json.loads(local_cli("status", "--json")) == []
+    local_mounts.mount(vid, mnt)  # the mountpoint is usable again
+    assert (mnt / "f").read_text() == "x"
+
+
+def test_draft_mounts_read_only_with_a_notice(local_cli, local_mounts, tmp_path):
+    local_mounts.allow(r"notice: .* is a draft")
+    src = write_tree(tmp_path / "src", {"f": "draft data"})
+    vid = local_cli("create", "ds").strip()
+    local_cli("add", vid, str(src))
+    mnt = tmp_path / "mnt"
+    record = local_mounts.mount(vid, mnt)
+    assert record.state == "draft" and record.adapter == "lowlevel"
+    assert (mnt / "f").read_text() == "draft data"
+    with pytest.raises(OSError) as exc:
+        (mnt / "g").write_text("no")
+    assert exc.value.errno == errno.EROFS
+
+
+def test_python_api_mounts_a_temp_folder(local_cli, tmp_path, cache_dir):
+    vid = _publish(local_cli, tmp_path, "v", {"x/y.txt": "hello"})
+    with dsfs.mounted("ds@v", store=local_cli.store, cache_dir=str(cache_dir)) as root:
+        assert (root / "x/y.txt").read_text() == "hello"
+        assert os.path.ismount(root)
+        path = root
+    assert not path.exists()
+
+
+def test_systemd_notify_protocol(local_cli, tmp_path, cache_dir):
+    vid = _publish(local_cli, tmp_path, "v", {"f": "x"})
+    sock_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(60)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = {**os.environ, "NOTIFY_SOCKET": sock_path}
+    proc = subprocess.Popen([sys.executable, "-m", "dsfs", "--store", local_cli.store, "--cache-dir",
+                             str(cache_dir), "mount", "--foreground", vid, str(mnt)], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert sock.recv(256) == b"READY=1"
+        assert (mnt / "f").read_text() == "x"
+        local_cli("umount", str(mnt))
+        assert sock.recv(256) == b"STOPPING=1"
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)])
+            proc.kill()
+        sock.close()
+
+
+def test_systemd_stop_by_sigterm_unmounts(local_cli, tmp_path, cache_dir):
+    vid = _publish(local_cli, tmp_path, "v", {"f": "x"})
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for adapter in ("hl", "lowlevel"):
+        proc = subprocess.Popen([sys.executable, "-m", "dsfs", "--store", local_cli.store, "--cache-dir",
+                                 str(cache_dir), "mount", "--foreground", "--adapter", adapter, vid, str(mnt)],
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not os.path.ismount(mnt) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert (mnt / "f").read_text() == "x"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0, proc.stderr.read()
+            assert not os.path.ismount(mnt)
+        finally:
+            if proc.poll() is None:
+                subprocess.run(["fusermount3", "-u", "-z", str(mnt)])
+                proc.kill()
+
+
+def test_s3_outage_mid_read_then_recovery(moto_server, monkeypatch, tmp_path, cache_dir):
+    from conftest import Cli
+    from mounting import Mounts
+
+    moto_server.apply_env(monkeypatch)
+    config = tmp_path / "dsfs.yaml"
+    config.write_text("s3_max_attempts: 2\ns3_connect_timeout: 1\ns3_read_timeout: 2\n")
+    monkeypatch.setenv("DSFS_CONFIG", str(config))
+    cli = Cli(moto_server.new_bucket(), cache_dir)
+    first, second = _rand(100_000, 5), _rand(100_000, 6)
+    vid = _publish(cli, tmp_path, "v", {"a.bin": first, "b.bin": second})
+    mounts = Mounts(cli.store, cache_dir)
+    mounts.allow(r"s3 store unreachable|read .*b\.bin")
+    mnt = tmp_path / "mnt"
+    try:
+        mounts.mount(vid, mnt)
+        assert (mnt / "a.bin").read_bytes() == first
+        moto_server.stop()
+        try:
+            with pytest.raises(OSError) as exc:
+                (mnt / "b.bin").read_bytes()
+            assert exc.value.errno == errno.EIO
+        finally:
+            moto_server.start()
+        assert (mnt / "b.bin").read_bytes() == second
+        mounts.umount(mnt)
+    finally:
+        mounts.cleanup()
+    assert not mounts.unexpected_log_lines()
