@@ -101,9 +101,12 @@ class Repository:
         return self.catalog.create_version(dataset, name, parent_ids, comment=comment, metadata=metadata)
 
     def publish(self, ref: str, name: str | None = None) -> VersionManifest:
+        from .lease import check_not_leased
+
         manifest = self.resolve(ref)
         if manifest.is_published:
             raise InvalidInput(f"version is already published: {ref!r} ({manifest.name!r})")
+        check_not_leased(self.store, manifest.id)
         return self.catalog.publish(manifest.id, name)
 
     def snapshot(self, dataset: str, *, name: str | None = None, child_name: str | None = None,

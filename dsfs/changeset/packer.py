@@ -50,6 +50,8 @@ class Source:
     size: int = 0
     sha256: str = EMPTY_SHA256
     compressible: bool = True
+    hashed: bool = False            # sha256/size already known (a journaled staged file)
+    known: Entry | None = None      # bytes already stored: reference them, never upload
 
     @classmethod
     def from_local(cls, path: str, local: str) -> "Source":
@@ -82,13 +84,20 @@ def hash_file(local: str) -> tuple[str, int, bool]:
                 probe = block[:_PROBE_BYTES]
             digest.update(block)
             size += len(block)
-    compressible = len(zlib.compress(probe, 1)) < 0.9 * len(probe) if probe else False
+    compressible = bool(probe) and len(zlib.compress(probe, 1)) < 0.9 * len(probe)
     return digest.hexdigest(), size, compressible
+
+
+def probe_compressible(local: str) -> bool:
+    """Does the start of a file deflate well? (How 'auto' compression decides.)"""
+    with open(local, "rb") as f:
+        probe = f.read(_PROBE_BYTES)
+    return bool(probe) and len(zlib.compress(probe, 1)) < 0.9 * len(probe)
 
 
 def hash_sources(sources: Sequence[Source], progress: Progress | None = None, threads: int = 4) -> None:
     """Fill in sha256/size/compressible of every file source (hashlib releases the GIL)."""
-    files = [s for s in sources if s.type == FILE]
+    files = [s for s in sources if s.type == FILE and not s.hashed and s.known is None]
 
     def work(src: Source) -> None:
         try:
@@ -219,7 +228,7 @@ def pack(
                 entries.append(Entry(src.path, FILE, 0, EMPTY_SHA256, src.mode, src.mtime_ns))
                 continue
             in_run = packed.get(src.sha256)
-            known = in_run or lookup_blob(src.sha256)
+            known = in_run or src.known or lookup_blob(src.sha256)
             if known is not None and known.size == src.size:
                 if in_run is not None:
                     aliases.append((len(entries), src, in_run))
@@ -230,6 +239,8 @@ def pack(
                 continue
             if writer is not None and writer.size and writer.size + src.size > settings.chunk_size:
                 close_writer()
+            if src.local is None:
+                raise InvalidInput(f"no bytes for {src.path!r}: not staged and not stored")
             if writer is None:
                 key = chunk_key(version_id, changeset_id, len(stats.chunks))
                 writer = _ChunkWriter(store, key, tmp_dir, settings.compress_level)

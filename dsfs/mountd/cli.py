@@ -32,6 +32,10 @@ def cmd_mount(settings, args):
             argv += ["-o", opt]
         if args.verbose:
             argv.append("-v")
+        if args.read_only:
+            argv.append("--read-only")
+        if args.break_lease:
+            argv.append("--break-lease")
         return daemon_main(argv + ["--", args.ref, args.mountpoint])
     from .control import spawn
 
@@ -39,7 +43,8 @@ def cmd_mount(settings, args):
         parse_size(args.cache_size, what="cache size")
     record = spawn(settings, args.ref, args.mountpoint, cache_size=args.cache_size,
                    allow_other=args.allow_other, options=args.options, adapter=args.adapter,
-                   verbose=args.verbose, config=args.config)
+                   verbose=args.verbose, config=args.config, read_only=args.read_only,
+                   break_lease=args.break_lease)
     if not args.quiet:
         mode = "read-write" if record.writable else "read-only"
         print(f"mounted {record.dataset} {record.version[:12]} ({record.state}, {mode}) at "
@@ -52,7 +57,16 @@ cmd_mount.needs_repo = False
 def cmd_umount(settings, args):
     from .control import unmount
 
-    note = unmount(settings, args.mountpoint, lazy=args.lazy)
+    if args.publish and args.discard:
+        raise InvalidInput("--publish and --discard exclude each other")
+    mode = "publish" if args.publish else "discard" if args.discard else None
+    if mode == "discard" and not args.yes:
+        if not sys.stdin.isatty():
+            raise InvalidInput("refusing to discard pending changes without --yes (no terminal to ask)")
+        answer = input(f"discard every uncommitted change in {args.mountpoint}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            raise InvalidInput("not discarding; nothing changed")
+    note = unmount(settings, args.mountpoint, lazy=args.lazy, mode=mode)
     if not args.quiet:
         print(f"{note}: {os.path.abspath(args.mountpoint)}", file=sys.stderr)
 
@@ -71,7 +85,11 @@ def cmd_status(settings, args):
     if not mounts:
         print("no dsfs mounts", file=sys.stderr)
     for m in mounts:
-        print(f"{m['mountpoint']}  {m['dataset']}@{m['ref']}  {m['version'][:12]}  {m['state']}  "
+        if m["health"] == "pending":
+            print(f"(not mounted)  {m['version'][:12]}  pending  {m['note']}")
+            continue
+        mode = "rw" if m.get("writable") else "ro"
+        print(f"{m['mountpoint']}  {m['ref']}  {m['version'][:12]}  {m['state']} {mode}  "
               f"pid {m['pid']}  {m['health']}")
     if mounts:
         from ..cache import BlockCache
@@ -83,6 +101,40 @@ def cmd_status(settings, args):
 
 
 cmd_status.needs_repo = False
+
+
+def cmd_commit(repo, args):
+    """Commit a writable mount's closed changes now, or a staging area left pending."""
+    from .control import request
+
+    if (args.mountpoint is None) == (args.pending is None):
+        raise InvalidInput("give a MOUNTPOINT or --pending VERSION")
+    if args.pending is not None:
+        from ..cache import BlockCache
+        from ..lease import check_not_leased
+        from . import draft
+        from .view import VersionView
+
+        manifest = repo.resolve(args.pending)
+        check_not_leased(repo.store, manifest.id)
+        cache = BlockCache(os.path.join(repo.settings.cache_dir, "blocks"), repo.store,
+                           size_limit=repo.settings.cache_size, block_size=repo.settings.block_size)
+        try:
+            view = VersionView(manifest, repo.index(manifest), repo.store, cache)
+            summary = draft.commit_pending(repo, manifest.id, view.read)
+        finally:
+            cache.close()
+        if summary is None:
+            raise InvalidInput(f"no pending changes for {manifest.id!r}")
+        doc = summary.__dict__
+    else:
+        doc = request(args.mountpoint, {"op": "commit"})["summary"]
+    if args.json:
+        json.dump(doc, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(f"{doc['added']} added, {doc['modified']} modified, {doc['removed']} removed; "
+              f"{human_size(doc['bytes_uploaded'])} uploaded, {human_size(doc['bytes_dedup'])} deduplicated")
 
 
 def cmd_prefetch(repo, args):
@@ -143,11 +195,21 @@ def add_commands(sub, command) -> None:
     sp.add_argument("--allow-other", action="store_true", help="let other users see the mount")
     sp.add_argument("-o", dest="options", action="append", default=[], metavar="FUSE_OPTS")
     sp.add_argument("--adapter", default="auto", choices=["auto", "hl", "lowlevel"],
-                    help="FUSE adapter (auto: high-level no_open for published, pyfuse3 otherwise)")
+                    help="FUSE adapter for read-only mounts (auto: high-level no_open for published)")
+    sp.add_argument("--read-only", action="store_true", help="mount a draft read-only")
+    sp.add_argument("--break-lease", action="store_true",
+                    help="take over the write lease of an expired or dead holder")
 
-    sp = command("umount", cmd_umount, "unmount and wait for the daemon to exit")
+    sp = command("umount", cmd_umount, "unmount; a writable draft commits its changes first")
     sp.add_argument("mountpoint")
     sp.add_argument("--lazy", action="store_true", help="detach now even if files are open")
+    sp.add_argument("--publish", action="store_true", help="publish the draft after the commit")
+    sp.add_argument("--discard", action="store_true", help="drop the pending changes instead")
+    sp.add_argument("--yes", action="store_true", help="do not ask before discarding")
+
+    sp = command("commit", cmd_commit, "commit a writable mount's closed changes now", json_flag=True)
+    sp.add_argument("mountpoint", nargs="?")
+    sp.add_argument("--pending", metavar="VERSION", help="commit changes a failed unmount left pending")
 
     command("status", cmd_status, "list live mounts", json_flag=True)
 

@@ -18,7 +18,8 @@ FUSERMOUNT = "fusermount3"
 
 def spawn(settings: Settings, ref: str, mountpoint: str, *, cache_size: str | None = None,
           allow_other: bool = False, options: list[str] | None = None, adapter: str = "auto",
-          verbose: bool = False, config: str | None = None, timeout: float = 600) -> registry.MountRecord:
+          verbose: bool = False, config: str | None = None, timeout: float = 600,
+          read_only: bool = False, break_lease: bool = False) -> registry.MountRecord:
     """Start a detached daemon and return once the mount is ready (or raise its error)."""
     read_fd, write_fd = os.pipe()
     cmd = [sys.executable, "-m", "dsfs.mountd.daemon", "--store", settings.store,
@@ -33,6 +34,10 @@ def spawn(settings: Settings, ref: str, mountpoint: str, *, cache_size: str | No
         cmd += ["-o", opt]
     if verbose:
         cmd.append("-v")
+    if read_only:
+        cmd.append("--read-only")
+    if break_lease:
+        cmd.append("--break-lease")
     cmd += ["--", ref, mountpoint]
     log_path = log_file(settings, mountpoint)
     with open(log_path, "ab") as log:
@@ -66,10 +71,46 @@ def _read_line(pipe, timeout: float) -> str:
     return ""
 
 
-def unmount(settings: Settings, mountpoint: str, *, timeout: float = 60, lazy: bool = False) -> str:
-    """Unmount and wait for the daemon to exit; clean up after a dead daemon. Returns a note."""
+def request(mountpoint: str, message: dict, timeout: float = 3600) -> dict:
+    """One request to a writable mount's daemon over its control socket."""
+    import json
+    import socket
+
+    from .draft import control_address
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(control_address(mountpoint))
+        except OSError:
+            raise DsfsError(f"no writable dsfs mount answers at {os.path.abspath(mountpoint)!r}") from None
+        sock.sendall(json.dumps(message).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    reply = json.loads(data or b'{"ok": false, "error": "the daemon closed the connection"}')
+    if not reply.get("ok"):
+        raise DsfsError(reply.get("error", "request failed"))
+    return reply
+
+
+def unmount(settings: Settings, mountpoint: str, *, timeout: float = 3600, lazy: bool = False,
+            mode: str | None = None) -> str:
+    """Unmount and wait for the daemon to exit (and, for a writable draft, finish its commit);
+    clean up after a dead daemon. Returns a note; raises if the commit failed."""
+    import json
+
+    from .draft import result_path
+
     path = os.path.abspath(mountpoint)
     record = registry.read_record(settings.state_dir, path)
+    if record is not None and record.writable and registry.pid_alive(record.pid):
+        request(path, {"op": "finish", "mode": mode or "commit"}, timeout=30)
+    elif mode not in (None, "commit") and (record is None or not record.writable):
+        raise DsfsError(f"--{mode} needs a writable draft mount: {path!r}")
     fstype = registry.mount_fstype(path)
     if fstype is None and record is None:
         raise NotFound(f"not a dsfs mount: {path!r}")
@@ -97,10 +138,37 @@ def unmount(settings: Settings, mountpoint: str, *, timeout: float = 60, lazy: b
             if registry.pid_alive(record.pid):
                 os.kill(record.pid, signal.SIGKILL)
         registry.remove_record(settings.state_dir, path)
+        if record.writable:
+            result_file = result_path(settings, path)
+            if result_file.exists():
+                result = json.loads(result_file.read_text())
+                result_file.unlink()
+                if not result.get("ok"):
+                    raise DsfsError(f"unmounted, but the commit failed and the changes are kept pending "
+                                    f"(dsfs commit --pending {record.version[:12]} retries): {result['error']}")
+                note = _describe_result(result)
+            elif note == "unmounted":
+                note = "unmounted (the daemon left no commit result; see dsfs status)"
     return note
 
 
+def _describe_result(result: dict) -> str:
+    if result.get("discarded"):
+        return "unmounted; pending changes discarded"
+    s = result.get("summary") or {}
+    from ..progress import human_size
+
+    text = (f"unmounted; committed {s.get('added', 0)} added, {s.get('modified', 0)} modified, "
+            f"{s.get('removed', 0)} removed; {human_size(s.get('bytes_uploaded', 0))} uploaded, "
+            f"{human_size(s.get('bytes_dedup', 0))} deduplicated")
+    if result.get("published"):
+        text += "; published"
+    return text
+
+
 def status(settings: Settings) -> list[dict]:
+    from .draft import pending_drafts
+
     result = []
     for record in registry.all_records(settings.state_dir):
         alive = registry.pid_alive(record.pid)
@@ -108,4 +176,9 @@ def status(settings: Settings) -> list[dict]:
         doc = record.to_json()
         doc["health"] = "ok" if alive and mounted and not registry.is_stale(record.mountpoint) else "dead"
         result.append(doc)
+    mounted_versions = {r["version"] for r in result if r["health"] == "ok"}
+    for version in pending_drafts(settings):
+        if version not in mounted_versions:
+            result.append({"version": version, "state": "pending", "health": "pending",
+                           "mountpoint": None, "note": f"uncommitted changes; dsfs commit --pending {version}"})
     return result

@@ -21,7 +21,7 @@ from .notify import sd_notify
 
 log = logging.getLogger("dsfs.mountd")
 
-ADAPTERS = ("auto", "hl", "lowlevel")
+ADAPTERS = ("auto", "hl", "lowlevel")  # drafts mounted writable always use the writable adapter
 
 
 class MountError(DsfsError):
@@ -67,7 +67,8 @@ def setup_logging(path: Path, *, verbose: bool, to_stderr: bool) -> None:
 
 def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | None = None,
           allow_other: bool = False, fuse_options: list[str] | None = None, adapter: str = "auto",
-          ready=lambda: None, log_path: str = "") -> None:
+          ready=lambda: None, log_path: str = "", read_only: bool = False,
+          break_lease: bool = False) -> int:
     """Resolve, mount and serve until unmounted. Calls ``ready()`` once the mount works."""
     from ..cache import BlockCache
     from ..repo import Repository
@@ -82,13 +83,14 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
     cache = BlockCache(os.path.join(settings.cache_dir, "blocks"), repo.store,
                        size_limit=cache_size or settings.cache_size, block_size=settings.block_size)
     view = VersionView(manifest, index, repo.store, cache)
+    writable = not manifest.is_published and not read_only
     if adapter == "auto":
         adapter = "hl" if manifest.is_published else "lowlevel"
-    if not manifest.is_published:
-        log.warning("notice: %s is a draft; this build mounts drafts read-only", manifest.id)
+    if writable:
+        adapter = "writable"
     record = registry.MountRecord(
         mountpoint=mountpoint, ref=ref, version=manifest.id, dataset=manifest.dataset,
-        state=manifest.state, writable=False, pid=os.getpid(),
+        state=manifest.state, writable=writable, pid=os.getpid(),
         started=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), adapter=adapter,
         log=log_path, cache_dir=settings.cache_dir)
 
@@ -102,6 +104,9 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
     options = list(fuse_options or [])
     if allow_other:
         options.append("allow_other")
+    if writable:
+        return _serve_draft(repo, manifest, view, cache, mountpoint, options, on_ready,
+                            break_lease=break_lease, settings=settings)
     try:
         if adapter == "hl":
             from . import hl
@@ -117,6 +122,38 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
         registry.remove_record(settings.state_dir, mountpoint, os.getpid())
         cache.close()
         log.info("unmounted %s", mountpoint)
+    return 0
+
+
+def _serve_draft(repo, manifest, view, cache, mountpoint, options, on_ready, *, break_lease, settings) -> int:
+    from ..lease import Lease
+    from . import draft, writable
+
+    lease = Lease.acquire(repo.store, manifest.id, mountpoint, break_lease=break_lease)
+    try:
+        try:
+            earlier = draft.commit_pending(repo, manifest.id, view.read)
+            if earlier is not None:
+                log.info("committed changes left pending by an earlier mount of %s", manifest.id)
+        except DsfsError as exc:
+            log.warning("changes pending from an earlier mount of %s still cannot be committed "
+                        "(%s); they stay staged in this mount", manifest.id, exc)
+        overlay = draft.open_overlay(repo, manifest.id, view.read)
+    except BaseException:
+        lease.release()
+        raise
+    lease.start_heartbeat()
+    session = draft.DraftSession(repo, manifest.id, mountpoint, overlay, lease)
+    draft.result_path(settings, mountpoint).unlink(missing_ok=True)
+    try:
+        writable.serve(session, mountpoint, options, on_ready)
+    finally:
+        sd_notify("STOPPING=1")
+        registry.remove_record(settings.state_dir, mountpoint, os.getpid())
+        log.info("unmounted %s; finishing (%s)", mountpoint, session.exit_mode)
+        result = session.finish()
+        cache.close()
+    return 0 if result["ok"] else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", dest="options", action="append", default=[])
     p.add_argument("--adapter", default="auto")
     p.add_argument("--foreground", action="store_true")
+    p.add_argument("--read-only", action="store_true")
+    p.add_argument("--break-lease", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("ref")
     p.add_argument("mountpoint")
@@ -153,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(path, verbose=args.verbose, to_stderr=args.foreground or under_systemd)
         options = [o for opt in args.options for o in opt.split(",") if o]
         cache_size = parse_size(args.cache_size, what="cache size") if args.cache_size else None
-        serve(settings, args.ref, args.mountpoint, cache_size=cache_size, allow_other=args.allow_other,
-              fuse_options=options, adapter=args.adapter, ready=lambda: tell("ready"), log_path=str(path))
-        return 0
+        return serve(settings, args.ref, args.mountpoint, cache_size=cache_size,
+                     allow_other=args.allow_other, fuse_options=options, adapter=args.adapter,
+                     ready=lambda: tell("ready"), log_path=str(path), read_only=args.read_only,
+                     break_lease=args.break_lease)
     except DsfsError as exc:
         log.error("mount failed: %s", exc)
         tell(f"error: {exc}")

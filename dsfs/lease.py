@@ -1,0 +1,128 @@
+"""One writer per draft: a lease record in the store, created once and renewed by heartbeat.
+
+``leases/<version>.json`` names the holder (host, pid, mountpoint, since) and an expiry. It is
+created with a conditional put, renewed with compare-and-swap, deleted on release. A holder
+that dies stops renewing and its lease expires; taking over an expired or dead holder's lease
+needs ``--break-lease``, so nobody loses a live writer's changes by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+
+from .errors import AlreadyExists, Conflict, NotFound
+from .store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+TTL = 60.0
+
+
+def lease_key(version_id: str) -> str:
+    return f"leases/{version_id}.json"
+
+
+def read_lease(store: ObjectStore, version_id: str) -> tuple[dict, str] | None:
+    try:
+        data, etag = store.get(lease_key(version_id))
+    except NotFound:
+        return None
+    try:
+        return json.loads(data), etag
+    except ValueError:
+        return {"host": "?", "pid": 0, "since": "?", "expires": 0}, etag
+
+
+def describe(lease: dict) -> str:
+    return f"host {lease.get('host')!r} pid {lease.get('pid')} since {lease.get('since')}"
+
+
+def holder_state(lease: dict) -> str:
+    """'live', 'expired' or 'dead' (same host, process gone)."""
+    if lease.get("expires", 0) < time.time():
+        return "expired"
+    if lease.get("host") == socket.gethostname():
+        try:
+            os.kill(int(lease.get("pid", 0)), 0)
+        except ProcessLookupError:
+            return "dead"
+        except (PermissionError, ValueError):
+            pass
+    return "live"
+
+
+def check_not_leased(store: ObjectStore, version_id: str) -> None:
+    found = read_lease(store, version_id)
+    if found is not None and holder_state(found[0]) == "live":
+        raise Conflict(f"draft {version_id!r} is mounted writable by {describe(found[0])}; unmount it first")
+
+
+class Lease:
+    def __init__(self, store: ObjectStore, version_id: str, body: dict, etag: str) -> None:
+        self.store, self.version_id, self.body, self.etag = store, version_id, body, etag
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def acquire(cls, store: ObjectStore, version_id: str, mountpoint: str, *,
+                break_lease: bool = False) -> "Lease":
+        body = {"host": socket.gethostname(), "pid": os.getpid(), "mountpoint": mountpoint,
+                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "token": secrets.token_hex(8), "expires": time.time() + TTL}
+        data = json.dumps(body).encode()
+        try:
+            return cls(store, version_id, body, store.put_if_absent(lease_key(version_id), data))
+        except AlreadyExists:
+            pass
+        found = read_lease(store, version_id)
+        if found is None:  # released between our two calls: try once more
+            return cls(store, version_id, body, store.put_if_absent(lease_key(version_id), data))
+        current, etag = found
+        state = holder_state(current)
+        if state == "live":
+            raise Conflict(f"draft {version_id!r} is already mounted writable by {describe(current)}")
+        if not break_lease:
+            raise Conflict(f"draft {version_id!r} has a lease by {describe(current)} whose holder is "
+                           f"{state}; use --break-lease to take it over")
+        log.warning("taking over the %s lease of %s held by %s", state, version_id, describe(current))
+        return cls(store, version_id, body, store.put_if_match(lease_key(version_id), data, etag))
+
+    def renew(self) -> None:
+        self.body["expires"] = time.time() + TTL
+        try:
+            self.etag = self.store.put_if_match(lease_key(self.version_id), json.dumps(self.body).encode(),
+                                                self.etag)
+        except Conflict:
+            self.lost = True
+            log.error("lost the lease of %s: another writer took it over", self.version_id)
+            raise
+
+    def start_heartbeat(self) -> None:
+        def beat() -> None:
+            while not self._stop.wait(TTL / 3):
+                try:
+                    self.renew()
+                except Conflict:
+                    return
+                except Exception as exc:  # store outage: keep trying, the lease has slack
+                    log.warning("lease renewal of %s failed: %s", self.version_id, exc)
+
+        self._thread = threading.Thread(target=beat, name="dsfs-lease", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.lost:
+            return
+        found = read_lease(self.store, self.version_id)
+        if found is not None and found[0].get("token") == self.body["token"]:
+            self.store.delete(lease_key(self.version_id))

@@ -1,0 +1,611 @@
+"""The writable layer of a draft mount: a staging folder plus a SQLite journal above the draft's
+merged view, with no FUSE import.
+
+Namespace: ``dirents`` rows override the base view's directory entries by (parent inode, name);
+a row with a NULL inode is a whiteout. ``inodes`` rows override a node's attributes, or define a
+new node (inode numbers above the base index's). Renaming a folder moves one entry: its children
+keep pointing at its inode. Hard links are refused, so every inode has exactly one entry.
+
+Data: a file being written has a working copy ``data/<ino>.w``; when its last writer closes it,
+the copy is fsync'd, hashed and renamed to ``data/<ino>`` and the journal row is committed with
+``synchronous=FULL``. That close is the durability point: after a crash (kill -9) every closed
+file is there; a file open at the crash is rolled back to its last closed state (absent if it
+was never closed). Metadata changes are journaled in WAL mode as they happen.
+
+Threading: every public method is blocking and takes ``self.lock``, except that file data is
+read and written outside it; adapters call them from worker threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ..changeset.manifest import DIR, EMPTY_SHA256, FILE, SYMLINK
+from ..errors import AlreadyExists, DsfsError, InvalidInput, NotFound
+from ..resolver.index import ROOT_INO, Node, VersionIndex
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dirents(
+    parent INTEGER NOT NULL, name TEXT NOT NULL, ino INTEGER,
+    PRIMARY KEY(parent, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inodes(
+    ino INTEGER PRIMARY KEY,
+    parent INTEGER, name TEXT,
+    type TEXT NOT NULL, mode INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0, target TEXT,
+    base INTEGER,
+    data INTEGER NOT NULL DEFAULT 0,
+    sha256 TEXT,
+    writing INTEGER NOT NULL DEFAULT 0);
+"""
+
+
+class FsError(DsfsError):
+    """A POSIX error with an explicit errno (ENOTEMPTY, EISDIR, ...)."""
+
+    def __init__(self, err: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = err
+
+
+@dataclasses.dataclass(slots=True)
+class Attr:
+    """What stat shows for a node of the merged (base + overlay) tree."""
+
+    ino: int
+    parent: int
+    name: str
+    type: str
+    mode: int
+    mtime_ns: int
+    size: int
+    target: str | None
+    base: int | None          # the base inode whose content this node starts from
+    data: bool                # closed staged data exists
+    sha256: str | None
+    writing: bool
+    base_node: Node | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.type == DIR
+
+
+class _Open:
+    """State of an inode with open write handles."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.writers = 0
+        self.dirty = False
+
+
+class Overlay:
+    def __init__(self, stage_dir: str | os.PathLike, base: VersionIndex,
+                 read_base: Callable[[Node, int, int], bytes]) -> None:
+        self.dir = Path(stage_dir)
+        self.data_dir = self.dir / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.base = base
+        self.read_base = read_base
+        self.lock = threading.RLock()
+        self.db = sqlite3.connect(self.dir / "journal.sqlite", check_same_thread=False,
+                                  isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self._open: dict[int, _Open] = {}
+        self._orphans: set[int] = set()  # unlinked while open: data kept until the last close
+        with self.db:
+            self._set_meta("version", base.version_id)
+        max_base = self._max_base_ino()
+        row = self.db.execute("SELECT max(ino) FROM inodes").fetchone()
+        self._next_ino = max(max_base, row[0] or 0) + 1
+        self._recover()
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def _max_base_ino(self) -> int:
+        with self.base._conn() as conn:
+            return conn.execute("SELECT max(ino) FROM nodes").fetchone()[0] or ROOT_INO
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def _recover(self) -> None:
+        """Roll back files that were open for writing when the previous daemon died."""
+        with self.lock, self.db:
+            rows = self.db.execute("SELECT ino, parent, name, base, data FROM inodes WHERE writing = 1").fetchall()
+            for ino, parent, name, base, data in rows:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._working(ino))
+                if base is None and not data:
+                    log.info("recovery: dropping %r, never closed before the crash", name)
+                    self._drop_entry(parent, name)
+                    self.db.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
+                else:
+                    self.db.execute("UPDATE inodes SET writing = 0, size = ? WHERE ino = ?",
+                                    (self._closed_size(ino, base, data), ino))
+            for leftover in self.data_dir.glob("*.w"):
+                leftover.unlink()
+            # Data of inodes no entry refers to any more (unlinked while open).
+            for ino, in self.db.execute("SELECT ino FROM inodes WHERE parent IS NULL").fetchall():
+                self._forget_inode(ino)
+
+    def _closed_size(self, ino: int, base: int | None, data: int) -> int:
+        if data:
+            return os.path.getsize(self._closed(ino))
+        node = self.base.get(base) if base else None
+        return node.size if node else 0
+
+    def close(self) -> None:
+        with self.lock:
+            for state in self._open.values():
+                os.close(state.fd)
+            self._open.clear()
+            self.db.close()
+
+    def _working(self, ino: int) -> Path:
+        return self.data_dir / f"{ino}.w"
+
+    def _closed(self, ino: int) -> Path:
+        return self.data_dir / str(ino)
+
+    # -- reading the merged tree ---------------------------------------------------------------
+
+    def getattr(self, ino: int) -> Attr:
+        with self.lock:
+            return self._attr(ino)
+
+    def _attr(self, ino: int) -> Attr:
+        row = self.db.execute("SELECT ino, parent, name, type, mode, mtime_ns, size, target, base, "
+                              "data, sha256, writing FROM inodes WHERE ino = ?", (ino,)).fetchone()
+        if row is not None:
+            attr = Attr(*row[:9], bool(row[9]), row[10], bool(row[11]))
+            if attr.base is not None:
+                attr.base_node = self.base.get(attr.base)
+            if ino in self._open:
+                attr.size = os.fstat(self._open[ino].fd).st_size
+            return attr
+        node = self.base.get(ino)
+        if node is None:
+            raise NotFound(f"no inode {ino}")
+        return _from_base(node)
+
+    def lookup(self, parent: int, name: str) -> Attr:
+        with self.lock:
+            return self._attr(self._lookup_ino(parent, name))
+
+    def _lookup_ino(self, parent: int, name: str) -> int:
+        row = self.db.execute("SELECT ino FROM dirents WHERE parent = ? AND name = ?", (parent, name)).fetchone()
+        if row is not None:
+            if row[0] is None:
+                raise NotFound(f"no entry {name!r}")
+            return row[0]
+        node = self.base.lookup(parent, name)
+        if node is None:
+            raise NotFound(f"no entry {name!r}")
+        return node.ino
+
+    def _exists(self, parent: int, name: str) -> int | None:
+        try:
+            return self._lookup_ino(parent, name)
+        except NotFound:
+            return None
+
+    def listdir(self, ino: int) -> list[tuple[str, int]]:
+        """(name, inode) of a folder's entries in name order."""
+        with self.lock:
+            attr = self._attr(ino)
+            if not attr.is_dir:
+                raise FsError(errno.ENOTDIR, f"not a folder: {attr.name!r}")
+            overlay = dict(self.db.execute("SELECT name, ino FROM dirents WHERE parent = ?", (ino,)))
+            merged: dict[str, int] = {}
+            if self.base.get(ino) is not None:
+                after = None
+                while True:
+                    batch = self.base.children(ino, after, 5000)
+                    for child in batch:
+                        merged[child.name] = child.ino
+                    if len(batch) < 5000:
+                        break
+                    after = batch[-1].name
+            for name, child in overlay.items():
+                if child is None:
+                    merged.pop(name, None)
+                else:
+                    merged[name] = child
+            return sorted(merged.items())
+
+    def read(self, ino: int, offset: int, size: int) -> bytes:
+        with self.lock:
+            state = self._open.get(ino)
+            if state is not None:
+                return os.pread(state.fd, size, offset)
+            attr = self._attr(ino)
+        if attr.data:
+            with open(self._closed(ino), "rb") as f:
+                f.seek(offset)
+                return f.read(size)
+        if attr.base_node is not None and attr.base_node.type == FILE:
+            return self.read_base(attr.base_node, offset, size)
+        return b""
+
+    # -- changing the tree -------------------------------------------------------------------
+
+    def _new_ino(self) -> int:
+        ino = self._next_ino
+        self._next_ino += 1
+        return ino
+
+    def _ensure_row(self, ino: int) -> None:
+        """Give a base node an inodes row (copied from the base) before changing it."""
+        if self.db.execute("SELECT 1 FROM inodes WHERE ino = ?", (ino,)).fetchone():
+            return
+        node = self.base.get(ino)
+        if node is None:
+            raise NotFound(f"no inode {ino}")
+        self.db.execute(
+            "INSERT INTO inodes(ino, parent, name, type, mode, mtime_ns, size, target, base, data, sha256) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+            (ino, node.parent, node.name, node.type, node.mode, node.mtime_ns, node.size, node.target,
+             ino, node.sha256))
+
+    def _drop_entry(self, parent: int, name: str) -> None:
+        """Remove the entry (parent, name): a whiteout if the base has it, else delete the row."""
+        if self.base.lookup(parent, name) is not None and self.base.get(parent) is not None:
+            self.db.execute("INSERT OR REPLACE INTO dirents VALUES (?, ?, NULL)", (parent, name))
+        else:
+            self.db.execute("DELETE FROM dirents WHERE parent = ? AND name = ?", (parent, name))
+
+    def _link(self, parent: int, name: str, ino: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO dirents VALUES (?, ?, ?)", (parent, name, ino))
+        self.db.execute("UPDATE inodes SET parent = ?, name = ? WHERE ino = ?", (parent, name, ino))
+
+    def _check_dir(self, parent: int) -> Attr:
+        attr = self._attr(parent)
+        if not attr.is_dir:
+            raise FsError(errno.ENOTDIR, f"not a folder: {attr.name!r}")
+        return attr
+
+    def _check_name(self, name: str) -> None:
+        if not name or "/" in name or "\x00" in name or name in (".", ".."):
+            raise InvalidInput(f"invalid name: {name!r}")
+        if len(name.encode("utf-8", "surrogateescape")) > 255:
+            raise FsError(errno.ENAMETOOLONG, f"name too long: {name[:40]!r}...")
+
+    def _create_node(self, parent: int, name: str, kind: str, mode: int, target: str | None = None,
+                     writing: bool = False) -> Attr:
+        self._check_name(name)
+        self._check_dir(parent)
+        if self._exists(parent, name) is not None:
+            raise AlreadyExists(f"exists: {name!r}")
+        ino = self._new_ino()
+        size = len(target.encode("utf-8", "surrogateescape")) if target is not None else 0
+        self.db.execute(
+            "INSERT INTO inodes(ino, parent, name, type, mode, mtime_ns, size, target, base, data, "
+            "sha256, writing) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, ?)",
+            (ino, parent, name, kind, mode & 0o7777, time.time_ns(), size, target, int(writing)))
+        self.db.execute("INSERT OR REPLACE INTO dirents VALUES (?, ?, ?)", (parent, name, ino))
+        return self._attr(ino)
+
+    def mkdir(self, parent: int, name: str, mode: int) -> Attr:
+        with self.lock, self.db:
+            return self._create_node(parent, name, DIR, mode)
+
+    def symlink(self, parent: int, name: str, target: str) -> Attr:
+        with self.lock, self.db:
+            return self._create_node(parent, name, SYMLINK, 0o777, target=target)
+
+    def create(self, parent: int, name: str, mode: int) -> Attr:
+        """A new empty file, open for writing (call ``release_write`` when done)."""
+        with self.lock:
+            with self.db:
+                attr = self._create_node(parent, name, FILE, mode, writing=True)
+            fd = os.open(self._working(attr.ino), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            state = _Open(fd)
+            state.writers = 1
+            state.dirty = True
+            self._open[attr.ino] = state
+            return attr
+
+    def open_write(self, ino: int, truncate: bool) -> None:
+        """Prepare ``ino`` for writing: copy it up into a working file (lazily fetched)."""
+        with self.lock:
+            state = self._open.get(ino)
+            if state is not None:
+                state.writers += 1
+                if truncate:
+                    os.ftruncate(state.fd, 0)
+                    state.dirty = True
+                return
+            attr = self._attr(ino)
+            if attr.type != FILE:
+                raise FsError(errno.EISDIR if attr.is_dir else errno.EINVAL, f"not a file: {attr.name!r}")
+            work = self._working(ino)
+            if truncate:
+                work.write_bytes(b"")
+            elif attr.data:
+                shutil.copyfile(self._closed(ino), work)
+            elif attr.base_node is not None and attr.size:
+                self._copy_up(attr.base_node, work)
+            else:
+                work.write_bytes(b"")
+            fd = os.open(work, os.O_RDWR)
+            with self.db:
+                self._ensure_row(ino)
+                self.db.execute("UPDATE inodes SET writing = 1 WHERE ino = ?", (ino,))
+            state = _Open(fd)
+            state.writers = 1
+            state.dirty = truncate
+            self._open[ino] = state
+
+    def _copy_up(self, node: Node, dest: Path) -> None:
+        block = 4 << 20
+        with open(dest, "wb") as out:
+            for offset in range(0, node.size, block):
+                data = self.read_base(node, offset, min(block, node.size - offset))
+                if not data:
+                    raise FsError(errno.EIO, f"short read copying up {node.path!r}")
+                out.write(data)
+
+    def write(self, ino: int, offset: int, data: bytes) -> int:
+        state = self._open.get(ino)
+        if state is None:
+            raise FsError(errno.EBADF, f"inode {ino} is not open for writing")
+        state.dirty = True
+        return os.pwrite(state.fd, data, offset)
+
+    def truncate_open(self, ino: int, size: int) -> None:
+        state = self._open.get(ino)
+        if state is None:
+            raise FsError(errno.EBADF, f"inode {ino} is not open for writing")
+        state.dirty = True
+        os.ftruncate(state.fd, size)
+
+    def fsync(self, ino: int) -> None:
+        state = self._open.get(ino)
+        if state is not None:
+            os.fsync(state.fd)
+
+    def release_write(self, ino: int) -> None:
+        """A writer closed: on the last one, fsync, hash and journal the file durably."""
+        with self.lock:
+            state = self._open.get(ino)
+            if state is None:
+                return
+            state.writers -= 1
+            if state.writers > 0:
+                return
+            del self._open[ino]
+            os.fsync(state.fd)
+            digest, size = _hash_fd(state.fd)
+            os.close(state.fd)
+            if ino in self._orphans:
+                self._orphans.discard(ino)
+                os.unlink(self._working(ino))
+                with self.db:
+                    self._forget_inode(ino)
+                return
+            os.rename(self._working(ino), self._closed(ino))
+            _fsync_dir(self.data_dir)
+            self.db.execute("PRAGMA synchronous=FULL")
+            try:
+                with self.db:
+                    self.db.execute("UPDATE inodes SET data = 1, sha256 = ?, size = ?, writing = 0, "
+                                    "mtime_ns = ? WHERE ino = ?",
+                                    (digest, size, time.time_ns() if state.dirty else self._attr(ino).mtime_ns, ino))
+            finally:
+                self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def setattr(self, ino: int, *, mode: int | None = None, mtime_ns: int | None = None,
+                size: int | None = None) -> Attr:
+        with self.lock:
+            if size is not None:
+                if ino in self._open:
+                    self.truncate_open(ino, size)
+                else:
+                    self.open_write(ino, truncate=size == 0)
+                    self.truncate_open(ino, size)
+                    self.release_write(ino)
+            with self.db:
+                if mode is not None or mtime_ns is not None:
+                    self._ensure_row(ino)
+                if mode is not None:
+                    self.db.execute("UPDATE inodes SET mode = ? WHERE ino = ?", (mode & 0o7777, ino))
+                if mtime_ns is not None:
+                    self.db.execute("UPDATE inodes SET mtime_ns = ? WHERE ino = ?", (mtime_ns, ino))
+            return self._attr(ino)
+
+    def unlink(self, parent: int, name: str) -> None:
+        with self.lock, self.db:
+            ino = self._lookup_ino(parent, name)
+            attr = self._attr(ino)
+            if attr.is_dir:
+                raise FsError(errno.EISDIR, f"is a folder: {name!r}")
+            self._remove(parent, name, ino)
+
+    def rmdir(self, parent: int, name: str) -> None:
+        with self.lock, self.db:
+            ino = self._lookup_ino(parent, name)
+            attr = self._attr(ino)
+            if not attr.is_dir:
+                raise FsError(errno.ENOTDIR, f"not a folder: {name!r}")
+            if self.listdir(ino):
+                raise FsError(errno.ENOTEMPTY, f"folder not empty: {name!r}")
+            self._remove(parent, name, ino)
+
+    def _remove(self, parent: int, name: str, ino: int) -> None:
+        self._drop_entry(parent, name)
+        if ino in self._open:
+            self._orphans.add(ino)
+            self._ensure_row(ino)
+            self.db.execute("UPDATE inodes SET parent = NULL WHERE ino = ?", (ino,))
+        else:
+            self._forget_inode(ino)
+
+    def _forget_inode(self, ino: int) -> None:
+        self.db.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
+        for path in (self._closed(ino), self._working(ino)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def rename(self, parent: int, name: str, new_parent: int, new_name: str, flags: int = 0) -> None:
+        noreplace, exchange = flags & 1, flags & 2  # RENAME_NOREPLACE, RENAME_EXCHANGE
+        with self.lock, self.db:
+            self._check_name(new_name)
+            ino = self._lookup_ino(parent, name)
+            self._check_dir(new_parent)
+            target = self._exists(new_parent, new_name)
+            if target == ino:
+                return
+            src = self._attr(ino)
+            if src.is_dir and self._is_ancestor(ino, new_parent):
+                raise FsError(errno.EINVAL, f"cannot move a folder into itself: {name!r}")
+            if exchange:
+                if target is None:
+                    raise NotFound(f"no entry {new_name!r}")
+                dst = self._attr(target)
+                if dst.is_dir and self._is_ancestor(target, parent):
+                    raise FsError(errno.EINVAL, f"cannot move a folder into itself: {new_name!r}")
+                self._ensure_row(ino)
+                self._ensure_row(target)
+                self._link(new_parent, new_name, ino)
+                self._link(parent, name, target)
+                return
+            if target is not None:
+                if noreplace:
+                    raise AlreadyExists(f"exists: {new_name!r}")
+                dst = self._attr(target)
+                if dst.is_dir and not src.is_dir:
+                    raise FsError(errno.EISDIR, f"is a folder: {new_name!r}")
+                if src.is_dir and not dst.is_dir:
+                    raise FsError(errno.ENOTDIR, f"not a folder: {new_name!r}")
+                if dst.is_dir and self.listdir(target):
+                    raise FsError(errno.ENOTEMPTY, f"folder not empty: {new_name!r}")
+                self._remove(new_parent, new_name, target)
+            self._ensure_row(ino)
+            self._drop_entry(parent, name)
+            self._link(new_parent, new_name, ino)
+
+    def _is_ancestor(self, ino: int, of: int) -> bool:
+        """Is ``ino`` ``of`` itself or one of its ancestors?"""
+        current = of
+        while True:
+            if current == ino:
+                return True
+            if current == ROOT_INO:
+                return False
+            current = self._attr(current).parent
+
+    # -- what changed --------------------------------------------------------------------------
+
+    def has_changes(self) -> bool:
+        with self.lock:
+            return bool(self.db.execute("SELECT 1 FROM dirents LIMIT 1").fetchone()
+                        or self.db.execute("SELECT 1 FROM inodes LIMIT 1").fetchone())
+
+    def path_of(self, ino: int) -> str:
+        parts = []
+        while ino != ROOT_INO:
+            attr = self._attr(ino)
+            parts.append(attr.name)
+            ino = attr.parent
+        return "/".join(reversed(parts))
+
+    def changes(self) -> Iterator[tuple[str, Attr | None, str | None]]:
+        """(path, attr, removed_base_path) of everything the overlay touched.
+
+        Yields ``(path, attr, None)`` for every node whose content, attributes or location may
+        differ from the base, and ``("", None, base_path)`` for base entries that were removed
+        or moved away. Open-for-write files that were never closed are skipped.
+        """
+        with self.lock:
+            # A base entry that is gone, or whose name now holds another node, is removed.
+            for parent, name, ino in self.db.execute("SELECT parent, name, ino FROM dirents").fetchall():
+                if self.base.get(parent) is None:
+                    continue
+                node = self.base.lookup(parent, name)
+                if node is not None and node.ino != ino:
+                    yield "", None, node.path
+            touched: set[int] = set()
+            moved: set[int] = set()
+            rows = self.db.execute("SELECT ino, parent FROM inodes WHERE parent IS NOT NULL").fetchall()
+            rows += self.db.execute("SELECT ino, parent FROM dirents WHERE ino IS NOT NULL").fetchall()
+            for ino, parent in rows:
+                attr = self._attr(ino)
+                base = self.base.get(ino)
+                if base is None or (base.parent, base.name) != (attr.parent, attr.name):
+                    moved.add(ino)
+                current = parent
+                while current not in touched:
+                    touched.add(current)
+                    if current == ROOT_INO:
+                        break
+                    current = self._attr(current).parent
+            changed = {r[0] for r in self.db.execute("SELECT ino FROM inodes WHERE parent IS NOT NULL")}
+            yield from self._walk_changes(ROOT_INO, "", touched, moved, changed, whole=False)
+
+    def _walk_changes(self, ino, path, touched, moved, changed, whole):
+        for name, child in self.listdir(ino):
+            child_path = f"{path}/{name}" if path else name
+            attr = self._attr(child)
+            inside = whole or child in moved
+            if inside or child in changed:
+                if not (attr.type == FILE and attr.writing and attr.base is None and not attr.data):
+                    yield child_path, attr, None
+            if attr.is_dir and (inside or child in touched):
+                yield from self._walk_changes(child, child_path, touched, moved, changed, inside)
+
+    def data_path(self, ino: int) -> str:
+        return str(self._closed(ino))
+
+
+def _from_base(node: Node) -> Attr:
+    return Attr(node.ino, node.parent, node.name, node.type, node.mode, node.mtime_ns, node.size,
+                node.target, node.ino, False, node.sha256, False, node)
+
+
+def _hash_fd(fd: int) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    offset = 0
+    while True:
+        block = os.pread(fd, 1 << 20, offset)
+        if not block:
+            break
+        digest.update(block)
+        size += len(block)
+        offset += len(block)
+    return digest.hexdigest(), size
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def stat_mode(attr: Attr) -> int:
+    kind = {DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}.get(attr.type, stat.S_IFREG)
+    return kind | attr.mode
+
+
+EMPTY = EMPTY_SHA256

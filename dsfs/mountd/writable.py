@@ -1,0 +1,340 @@
+"""Adapter: a writable draft mount, pyfuse3 on trio, over the overlay.
+
+Handlers stay on the trio loop only to translate; every overlay call (SQLite, staging files,
+fsync on close, copy-up fetches) runs in a worker thread behind a capacity limiter.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+
+import pyfuse3
+import trio
+
+from ..changeset.manifest import FILE
+from ..errors import DsfsError
+from .overlay import Attr, Overlay, stat_mode
+from .view import XATTR_DATASET, XATTR_SHA256, XATTR_VERSION
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 1.0
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+
+
+def _translate(method):
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def handler(self, *args):
+        try:
+            return await method(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except DsfsError as exc:
+            if exc.errno == errno.EIO:
+                log.error("%s %s: %s", name, args[0] if args else "", exc)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.error("%s %s: staging area full: %s", name, args[0] if args else "", exc)
+                raise pyfuse3.FUSEError(exc.errno) from None
+            log.exception("%s(%s) failed", name, args[0] if args else "")
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:
+            log.exception("%s(%s) failed", name, args[0] if args else "")
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return handler
+
+
+class WritableOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, overlay: Overlay, dataset: str, version_id: str, threads: int = 8) -> None:
+        super().__init__()
+        self.overlay = overlay
+        self.dataset = dataset
+        self.version_id = version_id
+        self.limiter = trio.CapacityLimiter(threads)
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self._handles = itertools.count(1)
+        self._files: dict[int, tuple[int, bool]] = {}
+        self._dirs: dict[int, list[tuple[str, int]]] = {}
+
+    async def _run(self, fn, *args):
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = attr.ino
+        e.st_mode = stat_mode(attr)
+        e.st_nlink = 1  # folders too: "unknown", so tools never skip a subfolder on nlink
+        e.st_size = attr.size
+        e.st_uid, e.st_gid = self.uid, self.gid
+        e.st_mtime_ns = e.st_ctime_ns = e.st_atime_ns = attr.mtime_ns
+        e.st_blksize = 1 << 17
+        e.st_blocks = (attr.size + 511) // 512
+        e.entry_timeout = e.attr_timeout = TIMEOUT
+        e.generation = 0
+        return e
+
+    @_translate
+    async def lookup(self, parent_inode, name, ctx=None):
+        name = os.fsdecode(name)
+        if name == ".":
+            return self._entry(await self._run(self.overlay.getattr, parent_inode))
+        if name == "..":
+            attr = await self._run(self.overlay.getattr, parent_inode)
+            return self._entry(await self._run(self.overlay.getattr, attr.parent))
+        return self._entry(await self._run(self.overlay.lookup, parent_inode, name))
+
+    @_translate
+    async def getattr(self, inode, ctx=None):
+        return self._entry(await self._run(self.overlay.getattr, inode))
+
+    @_translate
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        mode = attr.st_mode & 0o7777 if fields.update_mode else None
+        mtime = None
+        if fields.update_mtime:
+            mtime = attr.st_mtime_ns
+        size = attr.st_size if fields.update_size else None
+        if (fields.update_uid and attr.st_uid not in (self.uid, -1)) or \
+                (fields.update_gid and attr.st_gid not in (self.gid, -1)):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        return self._entry(await self._run(
+            functools.partial(self.overlay.setattr, inode, mode=mode, mtime_ns=mtime, size=size)))
+
+    @_translate
+    async def readlink(self, inode, ctx):
+        attr = await self._run(self.overlay.getattr, inode)
+        if attr.target is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return os.fsencode(attr.target)
+
+    @_translate
+    async def opendir(self, inode, ctx):
+        entries = await self._run(self.overlay.listdir, inode)
+        fh = next(self._handles)
+        self._dirs[fh] = [(".", inode), ("..", None)] + entries
+        self._dirs[fh].append(("", inode))  # sentinel: remembers the folder's own inode
+        return fh
+
+    @_translate
+    async def readdir(self, fh, start_id, token):
+        entries = self._dirs[fh]
+        folder = entries[-1][1]
+        for index in range(start_id, len(entries) - 1):
+            name, ino = entries[index]
+            if name == "..":
+                ino = (await self._run(self.overlay.getattr, folder)).parent
+            try:
+                attr = await self._run(self.overlay.getattr, ino)
+            except DsfsError:
+                continue  # removed since opendir
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(attr), index + 1):
+                return
+
+    async def releasedir(self, fh):
+        self._dirs.pop(fh, None)
+
+    @_translate
+    async def open(self, inode, flags, ctx):
+        writable = bool(flags & _WRITE_FLAGS)
+        if writable or flags & os.O_TRUNC:
+            await self._run(self.overlay.open_write, inode, bool(flags & os.O_TRUNC))
+            writable = True
+        else:
+            attr = await self._run(self.overlay.getattr, inode)
+            if attr.type != FILE:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+        fh = next(self._handles)
+        self._files[fh] = (inode, writable)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False)
+
+    @_translate
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        attr = await self._run(self.overlay.create, parent_inode, os.fsdecode(name), mode)
+        fh = next(self._handles)
+        self._files[fh] = (attr.ino, True)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False), self._entry(attr)
+
+    @_translate
+    async def read(self, fh, off, size):
+        inode, _ = self._files[fh]
+        return await self._run(self.overlay.read, inode, off, size)
+
+    @_translate
+    async def write(self, fh, off, buf):
+        inode, writable = self._files[fh]
+        if not writable:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return await self._run(self.overlay.write, inode, off, buf)
+
+    async def flush(self, fh):
+        pass
+
+    @_translate
+    async def release(self, fh):
+        inode, writable = self._files.pop(fh)
+        if writable:
+            await self._run(self.overlay.release_write, inode)
+
+    @_translate
+    async def fsync(self, fh, datasync):
+        inode, _ = self._files[fh]
+        await self._run(self.overlay.fsync, inode)
+
+    async def fsyncdir(self, fh, datasync):
+        pass
+
+    @_translate
+    async def unlink(self, parent_inode, name, ctx):
+        await self._run(self.overlay.unlink, parent_inode, os.fsdecode(name))
+
+    @_translate
+    async def rmdir(self, parent_inode, name, ctx):
+        await self._run(self.overlay.rmdir, parent_inode, os.fsdecode(name))
+
+    @_translate
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return self._entry(await self._run(self.overlay.mkdir, parent_inode, os.fsdecode(name), mode))
+
+    @_translate
+    async def symlink(self, parent_inode, name, target, ctx):
+        return self._entry(await self._run(self.overlay.symlink, parent_inode, os.fsdecode(name),
+                                           os.fsdecode(target)))
+
+    @_translate
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        await self._run(self.overlay.rename, parent_inode_old, os.fsdecode(name_old), parent_inode_new,
+                        os.fsdecode(name_new), flags)
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        raise pyfuse3.FUSEError(errno.EPERM)  # hard links are not versioned (docs/SEMANTICS.md)
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        raise pyfuse3.FUSEError(errno.EPERM)  # device nodes, fifos and sockets are not versioned
+
+    @_translate
+    async def getxattr(self, inode, name, ctx):
+        attrs = await self._run(self._xattrs, inode)
+        value = attrs.get(os.fsdecode(name))
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    @_translate
+    async def listxattr(self, inode, ctx):
+        return [os.fsencode(n) for n in await self._run(self._xattrs, inode)]
+
+    def _xattrs(self, inode: int) -> dict[str, bytes]:
+        attr = self.overlay.getattr(inode)
+        attrs = {XATTR_DATASET: self.dataset.encode()}
+        node = attr.base_node
+        if attr.type == FILE and not attr.data and not attr.writing and node is not None:
+            attrs[XATTR_SHA256] = (node.sha256 or "").encode()
+            attrs[XATTR_VERSION] = node.version.encode()
+        elif attr.type == FILE and attr.data and attr.sha256:
+            attrs[XATTR_SHA256] = attr.sha256.encode()
+            attrs[XATTR_VERSION] = self.version_id.encode()
+        return attrs
+
+    async def setxattr(self, inode, name, value, ctx):
+        raise pyfuse3.FUSEError(errno.ENOTSUP)  # extended attributes are not versioned
+
+    async def removexattr(self, inode, name, ctx):
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    @_translate
+    async def statfs(self, ctx):
+        st = os.statvfs(self.overlay.dir)
+        data = pyfuse3.StatvfsData()
+        for key in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
+                    "f_favail"):
+            setattr(data, key, getattr(st, key))
+        data.f_namemax = 255
+        return data
+
+
+def serve(session, mountpoint: str, options: list[str], on_ready) -> None:
+    """Mount a draft writable and serve until unmounted (blocking; its own trio loop)."""
+    manifest = session.repo.catalog.version(session.version_id)
+    ops = WritableOperations(session.overlay, manifest.dataset, session.version_id)
+    fuse_options = set(pyfuse3.default_options)
+    fuse_options.update({"fsname=dsfs", "subtype=dsfs", *options})
+    fuse_options.discard("ro")
+    pyfuse3.init(ops, mountpoint, fuse_options)
+    try:
+        trio.run(_main, session, mountpoint, on_ready)
+    finally:
+        pyfuse3.close(unmount=True)
+
+
+async def _main(session, mountpoint: str, on_ready) -> None:
+    from .lowlevel import _stop_on_signal
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        await nursery.start(_control_server, session, mountpoint)
+        on_ready()
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _control_server(session, mountpoint: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Requests from `dsfs commit` / `dsfs umount` on an abstract unix socket."""
+    import socket as _socket
+
+    from .draft import control_address
+
+    sock = trio.socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    await sock.bind(control_address(mountpoint))
+    sock.listen(8)
+    task_status.started()
+    async with trio.open_nursery() as nursery:
+        while True:
+            conn, _ = await sock.accept()
+            nursery.start_soon(_control_request, session, conn)
+
+
+async def _control_request(session, conn) -> None:
+    import dataclasses
+    import json
+
+    with conn:
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = await conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        try:
+            request = json.loads(data or b"{}")
+            op = request.get("op")
+            if op == "commit":
+                summary = await trio.to_thread.run_sync(session.commit_now)
+                reply = {"ok": True, "summary": dataclasses.asdict(summary)}
+            elif op == "finish":
+                mode = request.get("mode", "commit")
+                if mode not in ("commit", "discard", "publish"):
+                    raise DsfsError(f"unknown finish mode: {mode!r}")
+                session.exit_mode = mode
+                reply = {"ok": True}
+            elif op == "pending":
+                reply = {"ok": True, "pending": await trio.to_thread.run_sync(session.overlay.has_changes)}
+            else:
+                raise DsfsError(f"unknown control request: {op!r}")
+        except DsfsError as exc:
+            reply = {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            log.exception("control request failed")
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        await conn.send(json.dumps(reply).encode() + b"\n")
