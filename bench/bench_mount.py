@@ -90,7 +90,7 @@ TARGETS = [("read8_warm", 0.5), ("stat_warm", 0.5), ("seq_warm", 0.9)]
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="a ~2 minute smoke run: 10000 small files, 2 x 64 MiB, 6 s caps")
+                   help="a ~3 minute smoke run: 10000 small files, 2 x 64 MiB, 4 s caps")
     p.add_argument("--files", type=int, help="small files (default 100000; --quick 10000)")
     p.add_argument("--min-kib", type=int, default=4, help="smallest small file, KiB (default 4)")
     p.add_argument("--max-kib", type=int, default=64, help="largest small file, KiB (default 64)")
@@ -100,7 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--large-mib", type=int, help="size of each large file, MiB (default 512; --quick 64)")
     p.add_argument("--time-cap", type=float,
                    help="seconds one measured pass may take; the rate is taken over what it got "
-                        "through (default 15; --quick 6; 0 = no cap)")
+                        "through (default 10; --quick 4; 0 = no cap)")
     p.add_argument("--read-files", type=int,
                    help="files per random-read pass (default: all small files)")
     p.add_argument("--threads", default="1,8", help="thread counts for random reads (default 1,8)")
@@ -140,7 +140,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     quick = args.quick
     args.files = args.files or (10_000 if quick else 100_000)
     args.large_mib = args.large_mib or (64 if quick else 512)
-    args.time_cap = args.time_cap if args.time_cap is not None else (6.0 if quick else 15.0)
+    args.time_cap = args.time_cap if args.time_cap is not None else (4.0 if quick else 10.0)
     args.pread_ops = args.pread_ops or (3000 if quick else 20_000)
     args.loader_files = args.loader_files or (3000 if quick else 20_000)
     args.threads = [int(t) for t in args.threads.split(",") if t.strip()]
@@ -331,6 +331,21 @@ def proc_memory(pid: int | None) -> dict:
     return out
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int | None) -> float | None:
+    """user + system CPU seconds of a live process (all its threads)."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def find_pid(*needles: str) -> int | None:
     """A process whose command line holds every needle (not this process)."""
     for entry in os.listdir("/proc"):
@@ -365,6 +380,9 @@ class Native:
     def mount(self) -> Path:
         return self.setup.src
 
+    def after_mount(self) -> None:
+        pass
+
     def unmount(self) -> None:
         pass
 
@@ -396,11 +414,16 @@ class Dsfs(Native):
         return self.mnt
 
     def after_mount(self) -> None:
-        status = json.loads(self.setup.dsfs_run("status", "--json").stdout or "[]")
-        for record in status:
-            if record.get("mountpoint") == str(self.mnt):
-                self.pid = int(record["pid"])
-                self.pids.add(self.pid)
+        # The daemon's command line names the mountpoint: cheaper than `dsfs status --json`
+        # (one more interpreter start per session), which stays the fallback.
+        self.pid = find_pid("dsfs.mountd.daemon", f"-- {self.setup.version} {self.mnt}")
+        if self.pid is None:
+            status = json.loads(self.setup.dsfs_run("status", "--json").stdout or "[]")
+            for record in status:
+                if record.get("mountpoint") == str(self.mnt):
+                    self.pid = int(record["pid"])
+        if self.pid:
+            self.pids.add(self.pid)
 
     def unmount(self) -> None:
         if is_mounted(self.mnt):
@@ -773,33 +796,39 @@ class Bench:
         log(f"  {LABELS[contender.name]:10s} {label:34s} {result['value']:12.1f} {unit}"
             f"{' (capped)' if result.get('capped') else ''}")
 
-    @contextlib.contextmanager
-    def spying(self, contender, key: str):
+    def measure(self, c, key: str, fn):
+        """Run one measured pass: py-spy if asked, the daemon's CPU seconds; record it."""
         spy = None
-        if contender.name in ("hl", "lowlevel") and contender.pid and (
-                key in self.args.py_spy or "all" in self.args.py_spy):
+        if c.name in ("hl", "lowlevel") and c.pid and (key in self.args.py_spy or "all" in self.args.py_spy):
             out = Path(self.args.out_dir) if self.args.out_dir else bl.OUT_DIR
             out.mkdir(parents=True, exist_ok=True)
-            spy = Spy(contender.pid, out / f"bench_mount.pyspy.{contender.name}.{key}.txt")
+            spy = Spy(c.pid, out / f"bench_mount.pyspy.{c.name}.{key}.txt")
+        cpu0 = proc_cpu(c.pid)
         try:
-            yield
+            got = fn()
         finally:
             if spy is not None:
                 summary = spy.stop()
                 if summary:
-                    self.spy[f"{contender.name}:{key}"] = summary
+                    self.spy[f"{c.name}:{key}"] = summary
+        result, extra = got if isinstance(got, tuple) else (got, None)
+        if cpu0 is not None:
+            cpu1 = proc_cpu(c.pid)
+            if cpu1 is not None:
+                result["daemon_cpu_s"] = cpu1 - cpu0
+        self.record(c, key, result)
+        return extra
 
     @contextlib.contextmanager
     def session(self, contender, first: bool = False):
-        """A fresh cold mount: cache cleared, page cache dropped. Yields (root, mount seconds)."""
+        """A fresh cold mount: cache cleared, page cache dropped. Yields (root, start, mount s)."""
         dropped = contender.prepare(first)
         self.dropped = dropped if self.dropped is None else (self.dropped and dropped)
         start = time.perf_counter()
         try:
             root = contender.mount()
             elapsed = time.perf_counter() - start
-            if hasattr(contender, "after_mount"):
-                contender.after_mount()
+            contender.after_mount()
             yield root, start, elapsed
         finally:
             if contender.pid:
@@ -814,86 +843,101 @@ class Bench:
         total = time.perf_counter() - start
         self.record(contender, key, {"value": total, "seconds": total, "mount_cmd_s": mount_s})
 
-    def run_contender(self, c) -> None:
-        a = self.args
-        cap = a.time_cap
-        s = a.sessions
-        log(f"== {LABELS[c.name]}")
-        if "first" in s:
-            with self.session(c, first=True) as (root, start, mount_s):
-                self.first_byte(c, root, start, mount_s, "first_mount")
-        if "stat" in s:
-            with self.session(c) as (root, start, mount_s):
-                self.first_byte(c, root, start, mount_s, "mount")
-                with self.spying(c, "stat_cold"):
-                    cold = stat_walk(root, cap, None, a.walker)
-                self.record(c, "stat_cold", cold)
-                with self.spying(c, "stat_warm"):
-                    warm = stat_walk(root, cap, cold["count"], a.walker)
-                self.record(c, "stat_warm", warm)
-        for threads in a.threads if "read" in s else []:
-            with self.session(c) as (root, _, _):
-                key = f"read{threads}"
-                with self.spying(c, f"{key}_cold"):
-                    cold, done = read_files(root, self.read_list, threads, cap)
-                self.record_dyn(c, f"{key}_cold", threads, "cold", cold)
-                warm_list = done[:]
-                random.Random(a.seed + 1).shuffle(warm_list)
-                with self.spying(c, f"{key}_warm"):
-                    warm, _ = read_files(root, warm_list, threads, cap)
-                self.record_dyn(c, f"{key}_warm", threads, "warm", warm)
-        if "seq" in s:
-            with self.session(c) as (root, _, _):
-                with self.spying(c, "seq_cold"):
-                    cold = seq_read(root, self.large, cap)
-                self.record(c, "seq_cold", cold)
-                with self.spying(c, "seq_warm"):
-                    warm = seq_read(root, self.large, cap)
-                self.record(c, "seq_warm", warm)
-        if "pread" in s and self.large:
-            with self.session(c) as (root, _, _):
-                with self.spying(c, "pread_cold"):
-                    cold, n = pread_ops(root / self.large[0], self.preads, cap)
-                self.record(c, "pread_cold", cold)
-                with self.spying(c, "pread_warm"):
-                    warm, _ = pread_ops(root / self.large[0], self.preads[:n], cap)
-                self.record(c, "pread_warm", warm)
-        if "pool" in s:
-            with self.session(c) as (root, _, _):
-                with self.spying(c, "pool_e1"):
-                    e1, done = pool_epoch(root, self.loader_list, a, cap)
-                self.record(c, "pool_e1", e1)
-                again = done[:]
-                random.Random(a.seed + 2).shuffle(again)
-                with self.spying(c, "pool_e2"):
-                    e2, _ = pool_epoch(root, again, a, cap)
-                self.record(c, "pool_e2", e2)
-        if "torch" in s and self.torch:
-            listfile = self.setup.work / "torch-files.txt"
-            listfile.write_text("\n".join(self.loader_list) + "\n")
-            with self.session(c) as (root, _, _):
-                with self.spying(c, "torch_e1"):
-                    proc = subprocess.run(
-                        [sys.executable, __file__, "--torch-child", str(root), str(listfile),
-                         str(a.loader_workers), str(a.loader_batch), str(a.seed), str(cap)],
-                        capture_output=True, text=True)
-                if proc.returncode != 0:
-                    log(f"torch DataLoader failed: {proc.stderr[-1500:]}")
-                else:
-                    e1, e2 = json.loads(proc.stdout)
-                    self.record(c, "torch_e1", e1)
-                    self.record(c, "torch_e2", e2)
-        if c.memory:
-            self.record(c, "rss_hwm", {"value": max(m.get("VmHWM", 0) for m in c.memory),
-                                       "sessions": c.memory})
-            self.record(c, "rss_end", {"value": max(m.get("VmRSS", 0) for m in c.memory)})
+    def run(self, contenders: list) -> None:
+        """Sessions outermost, contenders inside: every row's contenders run minutes apart at
+        most, so a change in the machine's load skews a row's ratios less."""
+        for session in self.args.sessions:
+            if session == "torch" and not self.torch:
+                continue
+            variants = self.args.threads if session == "read" else [None]
+            for variant in variants:
+                log(f"== {session}{variant or ''}")
+                for c in contenders:
+                    getattr(self, f"session_{session}")(c, *([variant] if variant else []))
+        for c in contenders:
+            if c.memory:
+                self.record(c, "rss_hwm", {"value": max(m.get("VmHWM", 0) for m in c.memory),
+                                           "sessions": c.memory})
+                self.record(c, "rss_end", {"value": max(m.get("VmRSS", 0) for m in c.memory)})
 
-    def record_dyn(self, c, key: str, threads: int, phase: str, result: dict) -> None:
-        if key not in ROW_INFO:
-            ROWS.insert(next(i for i, r in enumerate(ROWS) if r[0] == "seq_cold"),
-                        (key, f"random small reads {threads} thr, {phase}", "files/s", True))
-            ROW_INFO[key] = ROWS[[r[0] for r in ROWS].index(key)][1:]
-        self.record(c, key, result)
+    def session_first(self, c) -> None:
+        with self.session(c, first=True) as (root, start, mount_s):
+            self.first_byte(c, root, start, mount_s, "first_mount")
+
+    def session_stat(self, c) -> None:
+        cap, walker = self.args.time_cap, self.args.walker
+        with self.session(c) as (root, start, mount_s):
+            self.first_byte(c, root, start, mount_s, "mount")
+            counted: list[int] = []
+
+            def cold():
+                r = stat_walk(root, cap, None, walker)
+                counted.append(r["count"])
+                return r
+            self.measure(c, "stat_cold", cold)
+            self.measure(c, "stat_warm", lambda: stat_walk(root, cap, counted[0], walker))
+
+    def session_read(self, c, threads: int) -> None:
+        key = f"read{threads}"
+        for phase in ("cold", "warm"):
+            if f"{key}_{phase}" not in ROW_INFO:
+                ROWS.insert(next(i for i, r in enumerate(ROWS) if r[0] == "seq_cold"),
+                            (f"{key}_{phase}", f"random small reads {threads} thr, {phase}", "files/s", True))
+                ROW_INFO[f"{key}_{phase}"] = (f"random small reads {threads} thr, {phase}", "files/s", True)
+        with self.session(c) as (root, _, _):
+            done = self.measure(c, f"{key}_cold", lambda: read_files(root, self.read_list, threads, self.args.time_cap))
+            again = done[:]
+            random.Random(self.args.seed + 1).shuffle(again)
+            self.measure(c, f"{key}_warm", lambda: read_files(root, again, threads, self.args.time_cap))
+
+    def session_seq(self, c) -> None:
+        with self.session(c) as (root, _, _):
+            self.measure(c, "seq_cold", lambda: seq_read(root, self.large, self.args.time_cap))
+            self.measure(c, "seq_warm", lambda: seq_read(root, self.large, self.args.time_cap))
+
+    def session_pread(self, c) -> None:
+        if not self.large:
+            return
+        with self.session(c) as (root, _, _):
+            path = root / self.large[0]
+            n = self.measure(c, "pread_cold", lambda: pread_ops(path, self.preads, self.args.time_cap))
+            self.measure(c, "pread_warm", lambda: pread_ops(path, self.preads[:n], self.args.time_cap))
+
+    def session_pool(self, c) -> None:
+        with self.session(c) as (root, _, _):
+            done = self.measure(c, "pool_e1", lambda: pool_epoch(root, self.loader_list, self.args, self.args.time_cap))
+            again = done[:]
+            random.Random(self.args.seed + 2).shuffle(again)
+            self.measure(c, "pool_e2", lambda: pool_epoch(root, again, self.args, self.args.time_cap))
+
+    def session_torch(self, c) -> None:
+        a = self.args
+        listfile = self.setup.work / "torch-files.txt"
+        listfile.write_text("\n".join(self.loader_list) + "\n")
+        with self.session(c) as (root, _, _):
+            spy_keys = {"torch_e1", "torch_e2"} & a.py_spy
+            spy = None
+            if c.name in ("hl", "lowlevel") and c.pid and (spy_keys or "all" in a.py_spy):
+                out = Path(a.out_dir) if a.out_dir else bl.OUT_DIR
+                spy = Spy(c.pid, out / f"bench_mount.pyspy.{c.name}.torch.txt")
+            cpu0 = proc_cpu(c.pid)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--torch-child", str(root), str(listfile),
+                 str(a.loader_workers), str(a.loader_batch), str(a.seed), str(a.time_cap)],
+                capture_output=True, text=True)
+            cpu1 = proc_cpu(c.pid)
+            if spy is not None:
+                summary = spy.stop()
+                if summary:
+                    self.spy[f"{c.name}:torch"] = summary
+            if proc.returncode != 0:
+                log(f"torch DataLoader failed: {proc.stderr[-1500:]}")
+                return
+            e1, e2 = json.loads(proc.stdout)
+            if cpu0 is not None and cpu1 is not None:
+                e1["daemon_cpu_s_both_epochs"] = cpu1 - cpu0
+            self.record(c, "torch_e1", e1)
+            self.record(c, "torch_e2", e2)
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -948,6 +992,21 @@ def report(bench: Bench, contenders: list[str]) -> dict:
           "'*' = pass hit the time cap (rate over the part it finished).")
     if not bench.dropped:
         print("NOTE: could not drop the page cache: native 'cold' rows are really warm.")
+
+    # How busy each daemon was during each pass: CPU seconds over wall seconds (2 CPUs: <= 2.0).
+    daemons = [c for c in others if any("daemon_cpu_s" in r for r in res.get(c, {}).values())]
+    if daemons:
+        cpu_rows = []
+        for key, label, unit, _ in ROWS:
+            cells = []
+            for c in daemons:
+                r = res.get(c, {}).get(key, {})
+                cpu, secs = r.get("daemon_cpu_s"), r.get("seconds")
+                cells.append("-" if cpu is None or not secs else f"{cpu:.2f} / {secs:.1f} = {cpu / secs:.2f}")
+            if any(x != "-" for x in cells):
+                cpu_rows.append([label] + cells)
+        print("\nDaemon CPU seconds / pass wall seconds (how much of the pass the daemon was on a CPU):")
+        bl.print_table(["row"] + [LABELS[c] for c in daemons], cpu_rows)
 
     # targets
     targets = []
@@ -1022,11 +1081,7 @@ def main(argv=None) -> int:
                 contenders.append(Ratarmount(setup, args))
             else:
                 contenders.append(Dsfs(setup, args, name))
-        for c in contenders:
-            try:
-                bench.run_contender(c)
-            finally:
-                c.unmount()
+        bench.run(contenders)
         names = [c.name for c in contenders]
         small_mib = sum((setup.src / r).stat().st_size for r in bench.read_list) / MiB
         print(f"\n{args.files} small files ({args.min_kib}-{args.max_kib} KiB, {args.per_dir}/folder, "

@@ -214,10 +214,10 @@ class Catalog:
     def delete_version_records(self, manifest: VersionManifest) -> None:
         self.update_dataset(manifest.dataset,
                             lambda r: r.versions.remove(manifest.id) if manifest.id in r.versions else None)
-        for info in list(self.store.list(f"versions/{manifest.id}/")):
-            if info.key.endswith(".json"):
-                continue
-            self.store.delete(info.key)
+        # Change-sets go with the version; chunks stay for gc, which keeps those another version
+        # still references (dedup pointers, squashes).
+        for ref in manifest.changesets:
+            self.store.delete(ref.key)
         self.store.delete(draft_key(manifest.id))
         self.store.delete(published_key(manifest.id))
 

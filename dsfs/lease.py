@@ -17,6 +17,7 @@ import threading
 import time
 
 from .errors import AlreadyExists, Conflict, NotFound
+from .procs import pid_alive
 from .store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,9 @@ def holder_state(lease: dict) -> str:
         return "expired"
     if lease.get("host") == socket.gethostname():
         try:
-            os.kill(int(lease.get("pid", 0)), 0)
-        except ProcessLookupError:
-            return "dead"
-        except (PermissionError, ValueError):
+            if not pid_alive(int(lease.get("pid", 0))):
+                return "dead"
+        except ValueError:
             pass
     return "live"
 

@@ -24,10 +24,12 @@ class Mounts:
         self.allowed: list[str] = []
 
     def mount(self, ref: str, mountpoint: Path, *, adapter: str = "auto", cache_size: str | None = None,
-              options: list[str] | None = None) -> registry.MountRecord:
+              options: list[str] | None = None, read_only: bool = False,
+              break_lease: bool = False) -> registry.MountRecord:
         mountpoint.mkdir(parents=True, exist_ok=True)
         record = control.spawn(self.settings, ref, str(mountpoint), adapter=adapter,
-                               cache_size=cache_size, options=options, timeout=120)
+                               cache_size=cache_size, options=options, timeout=120,
+                               read_only=read_only, break_lease=break_lease)
         self.live.append((record.mountpoint, record.pid))
         return record
 

@@ -212,3 +212,18 @@ def test_tags(cli):
     cli("create", "ds", "--tag", "a")
     assert json.loads(cli("tag", "ds", "--add", "b", "--add", "c", "--remove", "a", "--json")) == ["b", "c"]
     assert json.loads(cli("datasets", "--tag", "c", "--json"))[0]["name"] == "ds"
+
+
+def test_delete_keeps_chunks_another_version_references(cli, tmp_path):
+    write_tree(tmp_path / "a", {"x.bin": _rand(50_000, 30)})
+    va = cli("create", "ds").strip()
+    cli("add", va, str(tmp_path / "a"))
+    cli("publish", va)
+    flat = cli("squash", va, "--dataset", "flat").strip()
+    cli("delete", va, "--force")
+    assert cli("verify", flat, "--hash").strip() == ""
+    got = tmp_path / "got"
+    cli("get", flat, str(got))
+    assert (got / "x.bin").read_bytes() == _rand(50_000, 30)
+    cli("delete", flat, "--force")
+    assert json.loads(cli("gc", "--grace", "0", "--dry-run", "--json")) == []  # nothing orphaned left

@@ -107,14 +107,13 @@ def test_daemon_killed_then_umount_cleans_up(local_cli, local_mounts, tmp_path):
     assert (mnt / "f").read_text() == "x"
 
 
-def test_draft_mounts_read_only_with_a_notice(local_cli, local_mounts, tmp_path):
-    local_mounts.allow(r"notice: .* is a draft")
+def test_draft_mounted_read_only_on_request(local_cli, local_mounts, tmp_path):
     src = write_tree(tmp_path / "src", {"f": "draft data"})
     vid = local_cli("create", "ds").strip()
     local_cli("add", vid, str(src))
     mnt = tmp_path / "mnt"
-    record = local_mounts.mount(vid, mnt)
-    assert record.state == "draft" and record.adapter == "lowlevel"
+    record = local_mounts.mount(vid, mnt, read_only=True)
+    assert record.state == "draft" and record.adapter == "lowlevel" and not record.writable
     assert (mnt / "f").read_text() == "draft data"
     with pytest.raises(OSError) as exc:
         (mnt / "g").write_text("no")

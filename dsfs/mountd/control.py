@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from ..config import Settings
@@ -44,6 +45,8 @@ def spawn(settings: Settings, ref: str, mountpoint: str, *, cache_size: str | No
         proc = subprocess.Popen(cmd, pass_fds=(write_fd,), start_new_session=True,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     os.close(write_fd)
+    # Reap the daemon when it exits, so a long-lived caller (the Python API) keeps no zombie.
+    threading.Thread(target=proc.wait, name="dsfs-reaper", daemon=True).start()
     with os.fdopen(read_fd) as pipe:
         line = _read_line(pipe, timeout)
     if line == "ready":
@@ -128,6 +131,8 @@ def unmount(settings: Settings, mountpoint: str, *, timeout: float = 3600, lazy:
             raise DsfsError(f"cannot unmount {path!r}: {message}")
         if stale:
             note = "cleaned up a stale mount (its daemon had died)"
+    if record is not None and record.writable and not registry.pid_alive(record.pid):
+        _release_dead_lease(settings, record)
     if record is not None:
         deadline = time.monotonic() + timeout
         while registry.pid_alive(record.pid) and time.monotonic() < deadline:
@@ -150,6 +155,19 @@ def unmount(settings: Settings, mountpoint: str, *, timeout: float = 3600, lazy:
             elif note == "unmounted":
                 note = "unmounted (the daemon left no commit result; see dsfs status)"
     return note
+
+
+def _release_dead_lease(settings: Settings, record: registry.MountRecord) -> None:
+    """The daemon died holding the draft's write lease: it was ours, so give it back."""
+    import socket
+
+    from ..lease import lease_key, read_lease
+    from ..store import open_store
+
+    store = open_store(settings.store, settings)
+    found = read_lease(store, record.version)
+    if found and found[0].get("pid") == record.pid and found[0].get("host") == socket.gethostname():
+        store.delete(lease_key(record.version))
 
 
 def _describe_result(result: dict) -> str:

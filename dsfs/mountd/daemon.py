@@ -83,7 +83,8 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
     cache = BlockCache(os.path.join(settings.cache_dir, "blocks"), repo.store,
                        size_limit=cache_size or settings.cache_size, block_size=settings.block_size)
     view = VersionView(manifest, index, repo.store, cache)
-    writable = not manifest.is_published and not read_only
+    # A draft caught mid-publish ("publishing") takes no more change-sets: serve it read-only.
+    writable = manifest.state == "draft" and not read_only
     if adapter == "auto":
         adapter = "hl" if manifest.is_published else "lowlevel"
     if writable:

@@ -117,7 +117,7 @@ def serve(view: VersionView, mountpoint: str, options: dict, on_ready) -> None:
     """Mount and serve until unmounted (blocking)."""
     ops = HighLevelOperations(view, on_ready)
     try:
-        mfusepy.FUSE(ops, mountpoint, foreground=True, nothreads=False, ro=True,
+        mfusepy.FUSE(ops, mountpoint, foreground=True, nothreads=False, ro=True, default_permissions=True,
                      fsname=options.pop("fsname", "dsfs"), subtype="dsfs", **options)
     except RuntimeError as exc:
         # libfuse's loop reports a stop by SIGTERM/SIGINT as status 8 after it has unmounted

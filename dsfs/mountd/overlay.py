@@ -6,8 +6,9 @@ a row with a NULL inode is a whiteout. ``inodes`` rows override a node's attribu
 new node (inode numbers above the base index's). Renaming a folder moves one entry: its children
 keep pointing at its inode. Hard links are refused, so every inode has exactly one entry.
 
-Data: a file being written has a working copy ``data/<ino>.w``; when its last writer closes it,
-the copy is fsync'd, hashed and renamed to ``data/<ino>`` and the journal row is committed with
+Data: a file being written has a working copy ``data/<ino>.w``; when it is closed — at the
+FUSE flush of its only writer, which close(2) waits for, or at the last release — the copy is
+fsync'd, hashed and renamed to ``data/<ino>`` and the journal row is committed with
 ``synchronous=FULL``. That close is the durability point: after a crash (kill -9) every closed
 file is there; a file open at the crash is rolled back to its last closed state (absent if it
 was never closed). Metadata changes are journaled in WAL mode as they happen.
@@ -87,9 +88,10 @@ class Attr:
 
 
 class _Open:
-    """State of an inode with open write handles."""
+    """State of an inode with open write handles. ``fd`` is the working copy, or None once it
+    was journaled at a close while the handle itself stays open (a later write reopens it)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int | None) -> None:
         self.fd = fd
         self.writers = 0
         self.dirty = False
@@ -179,8 +181,9 @@ class Overlay:
             attr = Attr(*row[:9], bool(row[9]), row[10], bool(row[11]))
             if attr.base is not None:
                 attr.base_node = self.base.get(attr.base)
-            if ino in self._open:
-                attr.size = os.fstat(self._open[ino].fd).st_size
+            state = self._open.get(ino)
+            if state is not None and state.fd is not None:
+                attr.size = os.fstat(state.fd).st_size
             return attr
         node = self.base.get(ino)
         if node is None:
@@ -235,7 +238,7 @@ class Overlay:
     def read(self, ino: int, offset: int, size: int) -> bytes:
         with self.lock:
             state = self._open.get(ino)
-            if state is not None:
+            if state is not None and state.fd is not None:
                 return os.pread(state.fd, size, offset)
             attr = self._attr(ino)
         if attr.data:
@@ -331,6 +334,7 @@ class Overlay:
             if state is not None:
                 state.writers += 1
                 if truncate:
+                    self._reopen(ino, state)
                     os.ftruncate(state.fd, 0)
                     state.dirty = True
                 return
@@ -364,24 +368,45 @@ class Overlay:
                     raise FsError(errno.EIO, f"short read copying up {node.path!r}")
                 out.write(data)
 
-    def write(self, ino: int, offset: int, data: bytes) -> int:
+    def _writable_state(self, ino: int) -> _Open:
         state = self._open.get(ino)
         if state is None:
             raise FsError(errno.EBADF, f"inode {ino} is not open for writing")
+        if state.fd is None:
+            with self.lock:
+                self._reopen(ino, state)
+        return state
+
+    def _reopen(self, ino: int, state: _Open) -> None:
+        """A write after the handle's data was journaled: start a new working copy."""
+        if state.fd is not None:
+            return
+        shutil.copyfile(self._closed(ino), self._working(ino))
+        state.fd = os.open(self._working(ino), os.O_RDWR)
+        with self.db:
+            self.db.execute("UPDATE inodes SET writing = 1 WHERE ino = ?", (ino,))
+
+    def write(self, ino: int, offset: int, data: bytes) -> int:
+        state = self._writable_state(ino)
         state.dirty = True
         return os.pwrite(state.fd, data, offset)
 
     def truncate_open(self, ino: int, size: int) -> None:
-        state = self._open.get(ino)
-        if state is None:
-            raise FsError(errno.EBADF, f"inode {ino} is not open for writing")
+        state = self._writable_state(ino)
         state.dirty = True
         os.ftruncate(state.fd, size)
 
     def fsync(self, ino: int) -> None:
         state = self._open.get(ino)
-        if state is not None:
+        if state is not None and state.fd is not None:
             os.fsync(state.fd)
+
+    def flush_write(self, ino: int) -> None:
+        """close(2) of a write handle: journal now if it is the file's only writer."""
+        with self.lock:
+            state = self._open.get(ino)
+            if state is not None and state.writers == 1 and state.fd is not None:
+                self._journal(ino, state)
 
     def release_write(self, ino: int) -> None:
         """A writer closed: on the last one, fsync, hash and journal the file durably."""
@@ -393,25 +418,32 @@ class Overlay:
             if state.writers > 0:
                 return
             del self._open[ino]
-            os.fsync(state.fd)
-            digest, size = _hash_fd(state.fd)
-            os.close(state.fd)
+            if state.fd is not None:
+                self._journal(ino, state)
             if ino in self._orphans:
                 self._orphans.discard(ino)
-                os.unlink(self._working(ino))
                 with self.db:
                     self._forget_inode(ino)
-                return
-            os.rename(self._working(ino), self._closed(ino))
-            _fsync_dir(self.data_dir)
-            self.db.execute("PRAGMA synchronous=FULL")
-            try:
-                with self.db:
-                    self.db.execute("UPDATE inodes SET data = 1, sha256 = ?, size = ?, writing = 0, "
-                                    "mtime_ns = ? WHERE ino = ?",
-                                    (digest, size, time.time_ns() if state.dirty else self._attr(ino).mtime_ns, ino))
-            finally:
-                self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def _journal(self, ino: int, state: _Open) -> None:
+        os.fsync(state.fd)
+        digest, size = _hash_fd(state.fd)
+        os.close(state.fd)
+        state.fd = None
+        if ino in self._orphans:
+            os.unlink(self._working(ino))
+            return
+        os.rename(self._working(ino), self._closed(ino))
+        _fsync_dir(self.data_dir)
+        mtime = time.time_ns() if state.dirty else self._attr(ino).mtime_ns
+        state.dirty = False
+        self.db.execute("PRAGMA synchronous=FULL")
+        try:
+            with self.db:
+                self.db.execute("UPDATE inodes SET data = 1, sha256 = ?, size = ?, writing = 0, "
+                                "mtime_ns = ? WHERE ino = ?", (digest, size, mtime, ino))
+        finally:
+            self.db.execute("PRAGMA synchronous=NORMAL")
 
     def setattr(self, ino: int, *, mode: int | None = None, mtime_ns: int | None = None,
                 size: int | None = None) -> Attr:
@@ -430,6 +462,8 @@ class Overlay:
                     self.db.execute("UPDATE inodes SET mode = ? WHERE ino = ?", (mode & 0o7777, ino))
                 if mtime_ns is not None:
                     self.db.execute("UPDATE inodes SET mtime_ns = ? WHERE ino = ?", (mtime_ns, ino))
+                    if ino in self._open:
+                        self._open[ino].dirty = False  # an explicit mtime outlives earlier writes
             return self._attr(ino)
 
     def unlink(self, parent: int, name: str) -> None:

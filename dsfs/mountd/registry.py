@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 
+from ..procs import pid_alive  # noqa: F401 (re-exported for callers)
+
 FSTYPE = "fuse.dsfs"
 
 
@@ -77,21 +79,6 @@ def all_records(state_dir) -> list[MountRecord]:
         except (FileNotFoundError, ValueError, TypeError):
             continue
     return records
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is not alive for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def mount_fstype(mountpoint: str) -> str | None:

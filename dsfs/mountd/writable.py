@@ -178,8 +178,13 @@ class WritableOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         return await self._run(self.overlay.write, inode, off, buf)
 
+    @_translate
     async def flush(self, fh):
-        pass
+        # close(2) waits for flush (not for release): journaling here makes a closed file
+        # durable by the time close returns.
+        inode, writable = self._files[fh]
+        if writable:
+            await self._run(self.overlay.flush_write, inode)
 
     @_translate
     async def release(self, fh):

@@ -300,7 +300,9 @@ class S3Store(ObjectStore):
 
     def head(self, key: str) -> ObjectInfo:
         response = self._call("head", key, self._client.head_object, Key=self._key(key))
-        return ObjectInfo(key, int(response["ContentLength"]), _unquote(response["ETag"]))
+        modified = response.get("LastModified")
+        return ObjectInfo(key, int(response["ContentLength"]), _unquote(response["ETag"]),
+                          modified.timestamp() if modified else 0.0)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         def collect(**kwargs) -> list[ObjectInfo]:
@@ -310,7 +312,9 @@ class S3Store(ObjectStore):
                     key = item["Key"][len(self.prefix):]
                     if not key or key.endswith("/"):  # folder markers some tools leave behind
                         continue
-                    found.append(ObjectInfo(key, int(item["Size"]), _unquote(item["ETag"])))
+                    modified = item.get("LastModified")
+                    found.append(ObjectInfo(key, int(item["Size"]), _unquote(item["ETag"]),
+                                            modified.timestamp() if modified else 0.0))
             return found
 
         found = self._call("list", prefix, collect, Prefix=self.prefix + prefix)
