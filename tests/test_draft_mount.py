@@ -344,3 +344,34 @@ def test_store_failure_during_commit_keeps_changes_pending(moto_server, monkeypa
         assert (got / "precious.txt").read_text() == "do not lose me"
     finally:
         mounts.cleanup()
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    if libc.renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def test_rename_flags_and_chown(local_cli, local_mounts, tmp_path):
+    vid = local_cli("create", "ds").strip()
+    mnt = tmp_path / "mnt"
+    local_mounts.mount(vid, mnt)
+    (mnt / "x").write_text("x")
+    (mnt / "y").write_text("y")
+    with pytest.raises(OSError) as exc:
+        _renameat2(mnt / "x", mnt / "y", 1)  # RENAME_NOREPLACE
+    assert exc.value.errno == errno.EEXIST
+    _renameat2(mnt / "x", mnt / "y", 2)  # RENAME_EXCHANGE
+    assert (mnt / "x").read_text() == "y" and (mnt / "y").read_text() == "x"
+    os.chown(mnt / "x", os.getuid(), os.getgid())
+    with pytest.raises(OSError) as exc:
+        os.chown(mnt / "x", os.getuid() + 12345, -1)
+    assert exc.value.errno == errno.EPERM
+    local_mounts.umount(mnt)
+    got = tmp_path / "got"
+    local_cli("get", vid, str(got))
+    assert (got / "x").read_text() == "y" and (got / "y").read_text() == "x"
