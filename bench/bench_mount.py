@@ -90,17 +90,17 @@ TARGETS = [("read8_warm", 0.5), ("stat_warm", 0.5), ("seq_warm", 0.9)]
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="a ~3 minute smoke run: 10000 small files, 2 x 64 MiB, 4 s caps")
-    p.add_argument("--files", type=int, help="small files (default 100000; --quick 10000)")
+                   help="a ~2-3 minute smoke run: 6000 small files, 2 x 48 MiB, 3 s caps")
+    p.add_argument("--files", type=int, help="small files (default 100000; --quick 6000)")
     p.add_argument("--min-kib", type=int, default=4, help="smallest small file, KiB (default 4)")
     p.add_argument("--max-kib", type=int, default=64, help="largest small file, KiB (default 64)")
     p.add_argument("--per-dir", type=int, default=100, help="files per leaf folder (default 100)")
     p.add_argument("--dirs-per-group", type=int, default=100, help="leaf folders per group (default 100)")
     p.add_argument("--large-files", type=int, default=2, help="large files (default 2)")
-    p.add_argument("--large-mib", type=int, help="size of each large file, MiB (default 512; --quick 64)")
+    p.add_argument("--large-mib", type=int, help="size of each large file, MiB (default 512; --quick 48)")
     p.add_argument("--time-cap", type=float,
                    help="seconds one measured pass may take; the rate is taken over what it got "
-                        "through (default 10; --quick 4; 0 = no cap)")
+                        "through (default 10; --quick 3; 0 = no cap)")
     p.add_argument("--read-files", type=int,
                    help="files per random-read pass (default: all small files)")
     p.add_argument("--threads", default="1,8", help="thread counts for random reads (default 1,8)")
@@ -138,9 +138,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.torch_child:
         return args
     quick = args.quick
-    args.files = args.files or (10_000 if quick else 100_000)
-    args.large_mib = args.large_mib or (64 if quick else 512)
-    args.time_cap = args.time_cap if args.time_cap is not None else (4.0 if quick else 10.0)
+    args.files = args.files or (6000 if quick else 100_000)
+    args.large_mib = args.large_mib or (48 if quick else 512)
+    args.time_cap = args.time_cap if args.time_cap is not None else (3.0 if quick else 10.0)
     args.pread_ops = args.pread_ops or (3000 if quick else 20_000)
     args.loader_files = args.loader_files or (3000 if quick else 20_000)
     args.threads = [int(t) for t in args.threads.split(",") if t.strip()]

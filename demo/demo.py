@@ -19,9 +19,12 @@ from pathlib import Path
 BIN = Path(sys.executable).parent / "dsfs"
 
 
-def dsfs(*args: str, env: dict) -> str:
-    print(f"$ dsfs {' '.join(shlex.quote(a) for a in args)}", flush=True)
+def dsfs(*args: str, env: dict, quiet: bool = False) -> str:
+    if not quiet:
+        print(f"$ dsfs {' '.join(shlex.quote(a) for a in args)}", flush=True)
     out = subprocess.run([str(BIN), *args], env=env, check=True, capture_output=True, text=True)
+    if quiet:
+        return out.stdout.strip()
     if out.stdout.strip():
         print(out.stdout.rstrip())
     if out.stderr.strip():
@@ -67,7 +70,7 @@ def main() -> int:
     dsfs("log", "pets", env=env)
     dsfs("ls", "pets", env=env)
     print(f"$ dsfs diff {v1[:8]} {v2[:8]} | head")
-    print("\n".join(dsfs("diff", v1, v2, env=env).splitlines()[:10]))
+    print("\n".join(dsfs("diff", v1, v2, env=env, quiet=True).splitlines()[:10]))
     dsfs("show", "pets", env=env)
 
     mount_demo(work, env)
@@ -76,11 +79,6 @@ def main() -> int:
 
 
 def mount_demo(work: Path, env: dict) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("dsfs.mountd.daemon") is None:
-        print("# (this build has no mount daemon yet)")
-        return
     mnt = work / "mnt"
     mnt.mkdir(exist_ok=True)
     dsfs("mount", "pets", str(mnt), env=env)
@@ -92,6 +90,18 @@ def mount_demo(work: Path, env: dict) -> None:
         dsfs("status", env=env)
     finally:
         dsfs("umount", str(mnt), env=env)
+
+    # A draft mounts writable: edit it with ordinary tools, unmount to commit.
+    dsfs("create", "pets", "--comment", "edited through a mount", env=env)
+    dsfs("mount", "pets@draft", str(mnt), env=env)
+    try:
+        print(f"$ echo 'cats only' > {mnt}/NOTES.txt; mv {mnt}/images/train {mnt}/images/training")
+        (mnt / "NOTES.txt").write_text("cats only\n")
+        (mnt / "images" / "train").rename(mnt / "images" / "training")
+    finally:
+        dsfs("umount", "--publish", str(mnt), env=env)
+    print("$ dsfs diff pets@v2 pets | tail -3")
+    print("\n".join(dsfs("diff", "pets@v2", "pets", env=env, quiet=True).splitlines()[-3:]))
 
 
 if __name__ == "__main__":
