@@ -114,29 +114,25 @@ def write_tree(root: Path, files: dict[str, bytes | str]) -> Path:
     return root
 
 
-@pytest.fixture
-def mounts(store_url, cache_dir):
-    """Mount helper bound to the test's store; unmounts and kills in cleanup, and fails the test
-    if a daemon logged an unexpected warning, error or traceback."""
+def _mounts_for(store: str, cache_dir: Path):
+    """Mount helper bound to a store; unmounts and kills in cleanup, and fails the test if a
+    daemon logged an unexpected warning, error or traceback."""
     from mounting import Mounts
 
-    m = Mounts(store_url, cache_dir)
+    m = Mounts(store, cache_dir)
     try:
         yield m
     finally:
         m.cleanup()
     bad = m.unexpected_log_lines()
     assert not bad, "daemon logged unexpected lines:\n" + "\n".join(bad[:20])
+
+
+@pytest.fixture
+def mounts(store_url, cache_dir):
+    yield from _mounts_for(store_url, cache_dir)
 
 
 @pytest.fixture
 def local_mounts(local_store_url, cache_dir):
-    from mounting import Mounts
-
-    m = Mounts(local_store_url, cache_dir)
-    try:
-        yield m
-    finally:
-        m.cleanup()
-    bad = m.unexpected_log_lines()
-    assert not bad, "daemon logged unexpected lines:\n" + "\n".join(bad[:20])
+    yield from _mounts_for(local_store_url, cache_dir)

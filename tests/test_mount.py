@@ -267,6 +267,7 @@ def test_two_mounts_of_different_versions_share_the_cache(cli, mounts, tmp_path)
     assert (m2 / "b.txt").read_text() == "b" and not (m1 / "b.txt").exists()
     status = json.loads(cli("status", "--json"))
     assert {s["version"] for s in status} == {v1, v2} and all(s["health"] == "ok" for s in status)
+    assert all(s["cache_used"] == after["size"] for s in status)
 
 
 def test_eviction_under_a_tiny_cache(cli, mounts, tmp_path):

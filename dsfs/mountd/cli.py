@@ -12,8 +12,11 @@ from ..errors import InvalidInput
 from ..progress import human_size
 
 
-def _settings(obj):
-    return getattr(obj, "settings", obj)
+def _open_cache(settings, store=None):
+    from ..cache import BlockCache
+
+    return BlockCache(settings.cache_dir, store,
+                      size_limit=settings.cache_size, block_size=settings.block_size)
 
 
 def cmd_mount(settings, args):
@@ -78,6 +81,14 @@ def cmd_status(settings, args):
     from .control import status
 
     mounts = status(settings)
+    used = limit = 0
+    if mounts:
+        cache = _open_cache(settings)
+        stats = cache.stats()
+        cache.close()
+        used, limit = stats["size"], stats["limit"]
+        for m in mounts:
+            m["cache_used"] = used  # one cache is shared by every mount
     if args.json:
         json.dump(mounts, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -92,12 +103,7 @@ def cmd_status(settings, args):
         print(f"{m['mountpoint']}  {m['ref']}  {m['version'][:12]}  {m['state']} {mode}  "
               f"pid {m['pid']}  {m['health']}")
     if mounts:
-        from ..cache import BlockCache
-
-        cache = BlockCache(os.path.join(settings.cache_dir, "blocks"))
-        stats = cache.stats()
-        cache.close()
-        print(f"cache: {human_size(stats['size'])} used of {human_size(stats['limit'])}")
+        print(f"cache: {human_size(used)} used of {human_size(limit)}")
 
 
 cmd_status.needs_repo = False
@@ -110,15 +116,13 @@ def cmd_commit(repo, args):
     if (args.mountpoint is None) == (args.pending is None):
         raise InvalidInput("give a MOUNTPOINT or --pending VERSION")
     if args.pending is not None:
-        from ..cache import BlockCache
         from ..lease import check_not_leased
         from . import draft
         from .view import VersionView
 
         manifest = repo.resolve(args.pending)
         check_not_leased(repo.store, manifest.id)
-        cache = BlockCache(os.path.join(repo.settings.cache_dir, "blocks"), repo.store,
-                           size_limit=repo.settings.cache_size, block_size=repo.settings.block_size)
+        cache = _open_cache(repo.settings, repo.store)
         try:
             view = VersionView(manifest, repo.index(manifest), repo.store, cache)
             summary = draft.commit_pending(repo, manifest.id, view.read)
@@ -138,8 +142,6 @@ def cmd_commit(repo, args):
 
 
 def cmd_prefetch(repo, args):
-    from ..cache import BlockCache
-
     manifest = repo.resolve(args.ref)
     index = repo.index(manifest)
     nodes = []
@@ -148,8 +150,7 @@ def cmd_prefetch(repo, args):
         if rel and index.by_path(rel) is None:
             raise InvalidInput(f"no such path in {manifest.name!r}: {path!r}")
         nodes += [n for n in index.walk(rel) if n.chunk is not None]
-    cache = BlockCache(os.path.join(repo.settings.cache_dir, "blocks"), repo.store,
-                       size_limit=repo.settings.cache_size, block_size=repo.settings.block_size)
+    cache = _open_cache(repo.settings, repo.store)
     try:
         with repo.progress("prefetching", sum(n.size for n in nodes)) as bar:
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -164,9 +165,7 @@ def cmd_prefetch(repo, args):
 
 
 def cmd_cache(settings, args):
-    from ..cache import BlockCache
-
-    cache = BlockCache(os.path.join(settings.cache_dir, "blocks"), size_limit=settings.cache_size)
+    cache = _open_cache(settings)
     try:
         if args.action == "prune":
             cache.prune()

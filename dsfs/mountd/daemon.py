@@ -80,7 +80,7 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
     repo = Repository(settings)
     manifest = repo.resolve(ref)
     index = repo.index(manifest)
-    cache = BlockCache(os.path.join(settings.cache_dir, "blocks"), repo.store,
+    cache = BlockCache(settings.cache_dir, repo.store,
                        size_limit=cache_size or settings.cache_size, block_size=settings.block_size)
     view = VersionView(manifest, index, repo.store, cache)
     # A draft caught mid-publish ("publishing") takes no more change-sets: serve it read-only.

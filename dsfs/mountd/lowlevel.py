@@ -27,8 +27,9 @@ SHORT_TIMEOUT = 1.0
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
-def _translate(method):
-    """Only FUSEError leaves a handler; anything unexpected is logged with op and inode, EIO."""
+def translate_errors(method):
+    """Only FUSEError leaves a handler: a DsfsError becomes its errno, a full staging disk
+    ENOSPC, anything unexpected is logged with the operation and inode and becomes EIO."""
     name = method.__name__
 
     @functools.wraps(method)
@@ -41,11 +42,20 @@ def _translate(method):
             if exc.errno == errno.EIO:
                 log.error("%s %s: %s", name, args[0] if args else "", exc)
             raise pyfuse3.FUSEError(exc.errno) from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.error("%s %s: staging area full: %s", name, args[0] if args else "", exc)
+                raise pyfuse3.FUSEError(exc.errno) from None
+            log.exception("%s(%s) failed", name, args[0] if args else "")
+            raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:
             log.exception("%s(%s) failed", name, args[0] if args else "")
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return handler
+
+
+_translate = translate_errors
 
 
 class LowLevelOperations(pyfuse3.Operations):

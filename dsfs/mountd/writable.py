@@ -17,6 +17,7 @@ import trio
 
 from ..changeset.manifest import FILE
 from ..errors import DsfsError
+from .lowlevel import translate_errors as _translate
 from .overlay import Attr, Overlay, stat_mode
 from .view import XATTR_DATASET, XATTR_SHA256, XATTR_VERSION
 
@@ -24,32 +25,6 @@ log = logging.getLogger(__name__)
 
 TIMEOUT = 1.0
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
-
-
-def _translate(method):
-    name = method.__name__
-
-    @functools.wraps(method)
-    async def handler(self, *args):
-        try:
-            return await method(self, *args)
-        except pyfuse3.FUSEError:
-            raise
-        except DsfsError as exc:
-            if exc.errno == errno.EIO:
-                log.error("%s %s: %s", name, args[0] if args else "", exc)
-            raise pyfuse3.FUSEError(exc.errno) from None
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                log.error("%s %s: staging area full: %s", name, args[0] if args else "", exc)
-                raise pyfuse3.FUSEError(exc.errno) from None
-            log.exception("%s(%s) failed", name, args[0] if args else "")
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except Exception:
-            log.exception("%s(%s) failed", name, args[0] if args else "")
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return handler
 
 
 class WritableOperations(pyfuse3.Operations):
