@@ -64,6 +64,19 @@ class CommandFailed(RuntimeError):
 GNU_TIME = "/usr/bin/time"
 
 
+def pagecache_drops() -> int | None:
+    """How many times anyone wrote /proc/sys/vm/drop_caches since boot (None if unknown).
+    Some sandboxes drop the page cache every few seconds; then "warm" runs read from disk."""
+    try:
+        with open("/proc/vmstat") as f:
+            for line in f:
+                if line.startswith("drop_pagecache "):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def rss_method() -> str:
     return "gnu-time" if os.access(GNU_TIME, os.X_OK) else "wait4"
 
@@ -75,10 +88,12 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | os.PathL
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.NamedTemporaryFile("r", suffix=".time") as timing:
         full = [GNU_TIME, "-f", "%U %S %M", "-o", timing.name, *cmd] if use_time else list(cmd)
+        drops_before = pagecache_drops()
         start = time.perf_counter()
         proc = subprocess.Popen(full, stdout=out, stderr=err, env=env, cwd=cwd)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
+        drops_after = pagecache_drops()
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
@@ -100,6 +115,7 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | os.PathL
         "sys_s": system,
         "max_rss_mib": maxrss_kib / 1024,  # Linux reports KiB
         "rss_method": "gnu-time" if use_time else "wait4",
+        "cache_drops": None if drops_before is None else drops_after - drops_before,
         "rc": proc.returncode,
         "stdout": stdout,
         "stderr": stderr,
@@ -160,7 +176,8 @@ def print_table(columns: list[str], rows: list[list]) -> None:
 
 def machine_info() -> dict:
     info = {"python": platform.python_version(), "platform": platform.platform(),
-            "cpus": os.cpu_count(), "loadavg_1_5_15": os.getloadavg(), "rss_method": rss_method()}
+            "cpus": os.cpu_count(), "loadavg_1_5_15": os.getloadavg(), "rss_method": rss_method(),
+            "pagecache_drops_since_boot": pagecache_drops()}
     try:
         with open("/proc/meminfo") as f:
             info["mem_total_mib"] = int(f.readline().split()[1]) // 1024
@@ -173,6 +190,14 @@ def load_note() -> str:
     """Other work on the machine skews wall times; say how busy it was."""
     one, five, _ = os.getloadavg()
     return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} CPUs"
+
+
+def cache_note(runs) -> str | None:
+    drops = [r.get("cache_drops") for r in runs if r.get("cache_drops") is not None]
+    if not drops or not any(drops):
+        return None
+    return (f"note: the page cache was dropped (/proc/sys/vm/drop_caches) {sum(drops)} times during "
+            "the measured commands, so they read their input from disk, not from memory")
 
 
 def write_json(name: str, doc: dict, out_dir: str | None = None) -> Path:

@@ -173,6 +173,7 @@ def write_tree(root: Path, work: Workload, payload: Payload, *, fsync: bool,
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
     me = f"/proc/self/task/{threading.get_native_id()}/schedstat"
     sched0 = schedstat(me)
+    drops0 = pagecache_drops()
     start = time.perf_counter()
     next_note = start + progress_every
     written = 0
@@ -204,6 +205,9 @@ def write_tree(root: Path, work: Workload, payload: Payload, *, fsync: bool,
             next_note = now + progress_every
     seconds = time.perf_counter() - start
     doc = {"seconds": seconds, "files": len(work.files), "bytes": work.total}
+    drops1 = pagecache_drops()
+    if drops0 is not None and drops1 is not None:
+        doc["writer_cache_drops"] = drops1 - drops0
     sched1 = schedstat(me)
     if sched0 and sched1:
         # the writing thread: on a CPU / runnable but waiting for one / the rest, blocked in
@@ -212,6 +216,18 @@ def write_tree(root: Path, work: Workload, payload: Payload, *, fsync: bool,
         doc["writer_runq_wait_s"] = sched1[1] - sched0[1]
         doc["writer_blocked_s"] = seconds - doc["writer_cpu_s"] - doc["writer_runq_wait_s"]
     return doc
+
+
+def pagecache_drops() -> int | None:
+    """Times the page cache was dropped since boot (some sandboxes do it every few seconds)."""
+    fn = getattr(bl, "pagecache_drops", None)
+    if fn is not None:
+        return fn()
+    with contextlib.suppress(OSError, ValueError), open("/proc/vmstat") as f:
+        for line in f:
+            if line.startswith("drop_pagecache "):
+                return int(line.split()[1])
+    return None
 
 
 def writer_split(w: dict) -> dict:
@@ -692,6 +708,13 @@ class Bench:
         for path in (zip_path, self.upload_dir, nat_b):
             bl.remove_tree(path)
 
+        case["cache_drops"] = {
+            "native_nofsync": case["native_nofsync"].get("writer_cache_drops"),
+            "native_fsync": case["native_fsync"].get("writer_cache_drops"),
+            "dsfs_write": case["dsfs_write"].get("writer_cache_drops"),
+            "dsfs_commit": commit["umount"].get("cache_drops"),
+            "zip": case["zip"].get("cache_drops"), "upload": case["upload"].get("cache_drops"),
+        }
         # ratios (dsfs time / baseline time)
         d_w = case["dsfs_write"]["seconds"]
         case["ratios"] = {
@@ -750,6 +773,7 @@ class Bench:
         time.sleep(0.5)
         commit = self.unmount_measured(mnt, record, profiler=prof)
         doc["commit"] = {"seconds": commit["umount"]["wall_s"], "summary_line": commit["summary_line"],
+                         "cache_drops": commit["umount"].get("cache_drops"),
                          "daemon_phases": commit["daemon_phases"],
                          "hot": analyse_raw(prof.out, prof.wall), "dumps": prof.dumps, "raw": str(prof.out)}
         return doc
@@ -862,6 +886,11 @@ def print_report(doc: dict) -> None:
               f"vs no-fsync+sync {r['write_vs_native_nofsync_sync']:.2f}x, vs fsync {r['write_vs_native_fsync']:.2f}x; "
               f"commit vs zip+upload {r['commit_vs_zip_upload']:.2f}x; "
               f"write+commit vs fsync-write+zip+upload {r['write_commit_vs_fsync_zip_upload']:.2f}x")
+        drops = {k: v for k, v in case.get("cache_drops", {}).items() if v}
+        if drops:
+            print("page cache dropped by someone (/proc/sys/vm/drop_caches) during: "
+                  + ", ".join(f"{k} {v}x" for k, v in drops.items())
+                  + " -- those steps re-read their input from disk")
         v = case["verify"]
         print(f"verify: {'ok' if v['ok'] else 'FAILED'} ({v['files']} files listed, {v['checked']} sha256-checked)")
     for name, prof in doc.get("profile", {}).items():

@@ -440,12 +440,14 @@ def main() -> int:
         rows = []
         for label, r in results.items():
             rows.append([label, r.get("index_s"), r["wall_s"], r["user_s"], r["sys_s"], r["max_rss_mib"],
-                         r["files"], r.get("index_mib")])
+                         r["files"], r.get("index_mib"), r.get("cache_drops")])
         print(f"\nresolve of a {args.files}-file root + {args.depth - 1} descendants "
               f"({args.modify} modified, {args.remove} removed incl. {args.tombstones} folders, "
               f"{args.add} added each); {os.cpu_count()} CPUs")
         bl.print_table(["scenario", "index s", "process s", "user s", "sys s", "peak RSS MiB",
-                        "files", "index MiB"], rows)
+                        "files", "index MiB", "cache drops"], rows)
+        if note := bl.cache_note(results.values()):
+            print(note)
         cold = results[f"leaf, cold ({args.depth} change-sets)"]
         root_cold = results["root, cold (1 change-set)"]
         ratios = {
