@@ -84,14 +84,12 @@ def hash_file(local: str) -> tuple[str, int, bool]:
                 probe = block[:_PROBE_BYTES]
             digest.update(block)
             size += len(block)
-    compressible = bool(probe) and len(zlib.compress(probe, 1)) < 0.9 * len(probe)
-    return digest.hexdigest(), size, compressible
+    return digest.hexdigest(), size, looks_compressible(probe)
 
 
-def probe_compressible(local: str) -> bool:
+def looks_compressible(head: bytes) -> bool:
     """Does the start of a file deflate well? (How 'auto' compression decides.)"""
-    with open(local, "rb") as f:
-        probe = f.read(_PROBE_BYTES)
+    probe = head[:_PROBE_BYTES]
     return bool(probe) and len(zlib.compress(probe, 1)) < 0.9 * len(probe)
 
 

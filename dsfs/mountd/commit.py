@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from ..changeset.manifest import DIR, EMPTY_SHA256, FILE, SYMLINK, Removal
-from ..changeset.packer import Source, probe_compressible
+from ..changeset.packer import Source
 from ..repo import CommitSummary, Repository
 from .overlay import Overlay
 
@@ -36,7 +36,7 @@ def collect(overlay: Overlay, repo: Repository, version_id: str) -> tuple[list[S
         elif attr.data:
             local = overlay.data_path(attr.ino)
             sources.append(Source(path, FILE, local, attr.mode, attr.mtime_ns, size=_size(local),
-                                  sha256=attr.sha256, hashed=True, compressible=probe_compressible(local)))
+                                  sha256=attr.sha256, hashed=True, compressible=attr.compressible))
         elif attr.base_node is not None and attr.base_node.type == FILE:
             node = attr.base_node
             sources.append(Source(path, FILE, None, attr.mode, attr.mtime_ns, size=node.size,

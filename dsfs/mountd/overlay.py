@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..changeset.manifest import DIR, EMPTY_SHA256, FILE, SYMLINK
+from ..changeset.packer import looks_compressible
 from ..errors import AlreadyExists, DsfsError, InvalidInput, NotFound
 from ..resolver.index import ROOT_INO, Node, VersionIndex
 
@@ -52,6 +53,7 @@ CREATE TABLE IF NOT EXISTS inodes(
     base INTEGER,
     data INTEGER NOT NULL DEFAULT 0,
     sha256 TEXT,
+    compressible INTEGER NOT NULL DEFAULT 1,
     writing INTEGER NOT NULL DEFAULT 0);
 """
 
@@ -81,6 +83,7 @@ class Attr:
     sha256: str | None
     writing: bool
     base_node: Node | None = None
+    compressible: bool = True
 
     @property
     def is_dir(self) -> bool:
@@ -176,9 +179,9 @@ class Overlay:
 
     def _attr(self, ino: int) -> Attr:
         row = self.db.execute("SELECT ino, parent, name, type, mode, mtime_ns, size, target, base, "
-                              "data, sha256, writing FROM inodes WHERE ino = ?", (ino,)).fetchone()
+                              "data, sha256, writing, compressible FROM inodes WHERE ino = ?", (ino,)).fetchone()
         if row is not None:
-            attr = Attr(*row[:9], bool(row[9]), row[10], bool(row[11]))
+            attr = Attr(*row[:9], bool(row[9]), row[10], bool(row[11]), compressible=bool(row[12]))
             if attr.base is not None:
                 attr.base_node = self.base.get(attr.base)
             state = self._open.get(ino)
@@ -427,7 +430,7 @@ class Overlay:
 
     def _journal(self, ino: int, state: _Open) -> None:
         os.fsync(state.fd)
-        digest, size = _hash_fd(state.fd)
+        digest, size, compressible = _hash_fd(state.fd)
         os.close(state.fd)
         state.fd = None
         if ino in self._orphans:
@@ -441,7 +444,8 @@ class Overlay:
         try:
             with self.db:
                 self.db.execute("UPDATE inodes SET data = 1, sha256 = ?, size = ?, writing = 0, "
-                                "mtime_ns = ? WHERE ino = ?", (digest, size, mtime, ino))
+                                "mtime_ns = ?, compressible = ? WHERE ino = ?",
+                                (digest, size, mtime, int(compressible), ino))
         finally:
             self.db.execute("PRAGMA synchronous=NORMAL")
 
@@ -615,18 +619,20 @@ def _from_base(node: Node) -> Attr:
                 node.target, node.ino, False, node.sha256, False, node)
 
 
-def _hash_fd(fd: int) -> tuple[str, int]:
+def _hash_fd(fd: int) -> tuple[str, int, bool]:
+    """(sha256, size, compressible) of a staged file, in one read."""
     digest = hashlib.sha256()
     size = 0
-    offset = 0
+    compressible = False
     while True:
-        block = os.pread(fd, 1 << 20, offset)
+        block = os.pread(fd, 1 << 20, size)
         if not block:
             break
+        if size == 0:
+            compressible = looks_compressible(block)
         digest.update(block)
         size += len(block)
-        offset += len(block)
-    return digest.hexdigest(), size
+    return digest.hexdigest(), size, compressible
 
 
 def _fsync_dir(path: Path) -> None:
