@@ -193,6 +193,9 @@ class ChangeSet:
         return buf.getvalue()
 
 
+_decode = json.JSONDecoder().decode
+
+
 def _line(d: dict) -> bytes:
     return (json.dumps(d, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
 
@@ -215,7 +218,7 @@ def iter_changeset(stream: BinaryIO, key: str) -> Iterator[Entry | Removal]:
             if not raw.strip():
                 continue
             try:
-                d = json.loads(raw)
+                d = _decode(raw.decode("utf-8", "surrogateescape"))
                 op = d["op"]
             except (ValueError, KeyError, TypeError):
                 raise Corrupt(f"corrupt change-set line {n}: {key!r}") from None
