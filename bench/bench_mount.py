@@ -25,7 +25,9 @@ Rows (each cold pass starts from a fresh mount, an emptied dsfs block cache and
 Every pass is capped at --time-cap seconds: a capped pass reports the rate over what it got
 through (marked '*'); its warm pass repeats exactly the files (or ops) the cold one finished.
 
-Run:  .venv/bin/python bench/bench_mount.py            (~15 min on 2 cores, 100k files + 1 GiB)
+Run:  .venv/bin/python bench/bench_mount.py            (~16 min on 2 cores, 100k files + 1 GiB;
+                                                         ~8 min of it makes the data, store and zip:
+                                                         --workdir DIR, then --reuse, skips that)
       .venv/bin/python bench/bench_mount.py --quick    (~2 min smoke run)
 See bench/README.md for details.
 """
@@ -344,6 +346,26 @@ def proc_cpu(pid: int | None) -> float | None:
         return (int(fields[11]) + int(fields[12])) / _TICK
     except (OSError, IndexError, ValueError):
         return None
+
+
+def damon_reclaim() -> dict | None:
+    """Proactive reclaim by DAMON (some VMs run it): it pages out page-cache memory that has
+    not been touched for a while, so a "warm" pass may find part of the page cache gone."""
+    base = Path("/sys/kernel/mm/damon/admin/kdamonds")
+    found = None
+    for state in base.glob("*/state"):
+        try:
+            if state.read_text().strip() != "on":
+                continue
+            ctx = state.parent / "contexts" / "0"
+            scheme = ctx / "schemes" / "0"
+            aggr_us = int((ctx / "monitoring_attrs" / "intervals" / "aggr_us").read_text())
+            age = int((scheme / "access_pattern" / "age" / "min").read_text())
+            found = {"kdamond": state.parent.name, "action": (scheme / "action").read_text().strip(),
+                     "min_idle_s": age * aggr_us / 1e6}
+        except (OSError, ValueError):
+            found = found or {"kdamond": state.parent.name}
+    return found
 
 
 def find_pid(*needles: str) -> int | None:
@@ -994,6 +1016,11 @@ def report(bench: Bench, contenders: list[str]) -> dict:
           "'*' = pass hit the time cap (rate over the part it finished).")
     if not bench.dropped:
         print("NOTE: could not drop the page cache: native 'cold' rows are really warm.")
+    damon = damon_reclaim()
+    if damon:
+        print(f"NOTE: DAMON proactive reclaim is on ({damon}): page cache idle for about "
+              f"{damon.get('min_idle_s', '?')} s may be paged out, so warm passes can miss "
+              "pages (a FUSE mount then pays a daemon round trip per page, a native folder a disk read).")
 
     # How busy each daemon was during each pass: CPU seconds over wall seconds (2 CPUs: <= 2.0).
     daemons = [c for c in others if any("daemon_cpu_s" in r for r in res.get(c, {}).values())]
@@ -1100,7 +1127,7 @@ def main(argv=None) -> int:
                "machine": bl.machine_info(), "load_start": load_start, "load_end": load_end,
                "params": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()},
                "setup": {"version": setup.version, "timings": setup.timings, **setup.sizes()},
-               "page_cache_dropped": bench.dropped, "torch": bench.torch,
+               "page_cache_dropped": bench.dropped, "torch": bench.torch, "damon_reclaim": damon_reclaim(),
                "rows": [{"key": k, "label": l, "unit": u, "higher_is_better": h} for k, l, u, h in ROWS],
                "results": bench.results, **summary, "py_spy": bench.spy,
                "run_s": time.perf_counter() - wall}
