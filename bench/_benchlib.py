@@ -66,7 +66,8 @@ GNU_TIME = "/usr/bin/time"
 
 def pagecache_drops() -> int | None:
     """How many times anyone wrote /proc/sys/vm/drop_caches since boot (None if unknown).
-    Some sandboxes drop the page cache every few seconds; then "warm" runs read from disk."""
+    Another benchmark on the same machine may drop the page cache; then "warm" runs read
+    from disk."""
     try:
         with open("/proc/vmstat") as f:
             for line in f:
@@ -75,6 +76,24 @@ def pagecache_drops() -> int | None:
     except OSError:
         pass
     return None
+
+
+def damon_pageout() -> bool:
+    """Whether a running DAMON scheme pages out idle memory (page cache included): then data
+    left idle for some tens of seconds may be read from disk again (read-only check)."""
+    import glob
+
+    for state in glob.glob("/sys/kernel/mm/damon/admin/kdamonds/*/state"):
+        try:
+            if open(state).read().strip() != "on":
+                continue
+            kdamond = os.path.dirname(state)
+            for action in glob.glob(f"{kdamond}/contexts/*/schemes/*/action"):
+                if open(action).read().strip() == "pageout":
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def rss_method() -> str:
@@ -174,10 +193,26 @@ def print_table(columns: list[str], rows: list[list]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
+def code_version() -> dict:
+    """The dsfs code measured: the commit, and whether dsfs/ had uncommitted edits."""
+    repo = BENCH_DIR.parent
+
+    def git(*argv: str) -> str:
+        try:
+            return subprocess.run(["git", *argv], cwd=repo, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "dsfs_uncommitted": bool(git("status", "--porcelain", "--", "dsfs"))}
+
+
 def machine_info() -> dict:
     info = {"python": platform.python_version(), "platform": platform.platform(),
             "cpus": os.cpu_count(), "loadavg_1_5_15": os.getloadavg(), "rss_method": rss_method(),
-            "pagecache_drops_since_boot": pagecache_drops()}
+            "pagecache_drops_since_boot": pagecache_drops(), "damon_pageout": damon_pageout(),
+            "code": code_version()}
     try:
         with open("/proc/meminfo") as f:
             info["mem_total_mib"] = int(f.readline().split()[1]) // 1024
@@ -189,15 +224,18 @@ def machine_info() -> dict:
 def load_note() -> str:
     """Other work on the machine skews wall times; say how busy it was."""
     one, five, _ = os.getloadavg()
-    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} CPUs"
+    code = code_version()
+    dirty = " + uncommitted dsfs/ edits" if code["dsfs_uncommitted"] else ""
+    return (f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} CPUs; "
+            f"dsfs at {code['commit'] or '?'}{dirty}")
 
 
 def cache_note(runs) -> str | None:
     drops = [r.get("cache_drops") for r in runs if r.get("cache_drops") is not None]
     if not drops or not any(drops):
         return None
-    return (f"note: the page cache was dropped (/proc/sys/vm/drop_caches) {sum(drops)} times during "
-            "the measured commands, so they read their input from disk, not from memory")
+    return (f"note: something on this machine dropped the page cache (/proc/sys/vm/drop_caches) "
+            f"{sum(drops)} times during the measured commands, so those read their input from disk")
 
 
 def write_json(name: str, doc: dict, out_dir: str | None = None) -> Path:

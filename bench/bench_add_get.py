@@ -337,6 +337,9 @@ def main() -> int:
                         "cache drops", "ratio"], rows)
         if note := bl.cache_note(results.values()):
             print(note)
+        if bl.damon_pageout():
+            print("note: DAMON proactive reclaim (pageout) is on: page cache left idle for a while may be "
+                  "paged out, so even without drops the warm-up may not hold")
         for label, r in variant_ratios.items():
             print(f"{label}: {r:.2f}x")
         print(f"stored size: dsfs store {store_bytes / MiB:.0f} MiB, zip {zip_bytes / MiB:.0f} MiB")

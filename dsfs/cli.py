@@ -404,7 +404,6 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(store=args.store, cache_dir=args.cache_dir, config=args.config)
         needs_repo = getattr(args.func, "needs_repo", True)
         repo = Repository(settings) if needs_repo else settings
-        args.config = args.config
         if args.quiet and needs_repo:
             from .progress import Progress
 

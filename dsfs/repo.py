@@ -29,7 +29,7 @@ from .changeset.manifest import (
 )
 from .changeset.packer import Source, hash_sources, pack
 from .config import Settings
-from .errors import AlreadyExists, Conflict, InvalidInput, NotFound, ReadOnly
+from .errors import Conflict, InvalidInput, NotFound, ReadOnly
 from .paths import check_path, join, normalize_dest
 from .progress import Progress
 from .resolver import Node, VersionIndex, ViewBuilder, check_against_view, latest_published, resolve_ref

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 
-import pytest
 
 from conftest import tree_digest, write_tree
 

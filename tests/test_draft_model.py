@@ -9,7 +9,6 @@ random writes, truncates and reads and compares every read with a local file.
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import shutil

@@ -7,7 +7,6 @@ import errno
 import json
 import os
 import random
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -18,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from conftest import Cli, tree_digest, write_tree
-from dsfs.mountd import registry
 
 
 def _rand(n: int, seed: int) -> bytes:

@@ -121,7 +121,7 @@ def test_draft_mounted_read_only_on_request(local_cli, local_mounts, tmp_path):
 
 
 def test_python_api_mounts_a_temp_folder(local_cli, tmp_path, cache_dir):
-    vid = _publish(local_cli, tmp_path, "v", {"x/y.txt": "hello"})
+    _publish(local_cli, tmp_path, "v", {"x/y.txt": "hello"})
     with dsfs.mounted("ds@v", store=local_cli.store, cache_dir=str(cache_dir)) as root:
         assert (root / "x/y.txt").read_text() == "hello"
         assert os.path.ismount(root)

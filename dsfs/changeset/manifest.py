@@ -336,5 +336,3 @@ def _load_json(data: bytes, key: str):
         raise Corrupt(f"corrupt record (not json): {key!r}") from None
 
 
-def is_version_id(text: str) -> bool:
-    return bool(_ID_RE.fullmatch(text))

@@ -7,7 +7,6 @@ DEFLATED members are fetched whole and inflated once. Short reads and bad inflat
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from collections.abc import Iterator
 
@@ -61,13 +60,6 @@ def read_range(store: ObjectStore, entry: Entry, start: int, length: int) -> byt
     data = _get(store, entry, entry.offset + start, length)
     if len(data) != length:
         raise Corrupt(f"chunk is truncated: {entry.chunk!r} (member {entry.path!r})")
-    return data
-
-
-def read_verified(store: ObjectStore, entry: Entry) -> bytes:
-    data = read_member(store, entry)
-    if hashlib.sha256(data).hexdigest() != entry.sha256:
-        raise Corrupt(f"sha256 mismatch for {entry.path!r} in {entry.chunk!r}")
     return data
 
 

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..changeset.manifest import DIR, EMPTY_SHA256, FILE, SYMLINK
+from ..changeset.manifest import DIR, FILE, SYMLINK
 from ..changeset.packer import looks_compressible
 from ..errors import AlreadyExists, DsfsError, InvalidInput, NotFound
 from ..resolver.index import ROOT_INO, Node, VersionIndex
@@ -558,14 +558,6 @@ class Overlay:
             return bool(self.db.execute("SELECT 1 FROM dirents LIMIT 1").fetchone()
                         or self.db.execute("SELECT 1 FROM inodes LIMIT 1").fetchone())
 
-    def path_of(self, ino: int) -> str:
-        parts = []
-        while ino != ROOT_INO:
-            attr = self._attr(ino)
-            parts.append(attr.name)
-            ino = attr.parent
-        return "/".join(reversed(parts))
-
     def changes(self) -> Iterator[tuple[str, Attr | None, str | None]]:
         """(path, attr, removed_base_path) of everything the overlay touched.
 
@@ -647,5 +639,3 @@ def stat_mode(attr: Attr) -> int:
     kind = {DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}.get(attr.type, stat.S_IFREG)
     return kind | attr.mode
 
-
-EMPTY = EMPTY_SHA256

@@ -160,10 +160,6 @@ class VersionIndex:
         node = self._one(_NODE_SELECT + "WHERE n.sha256 = ? AND n.chunk_id IS NOT NULL LIMIT 1", (sha256,))
         return node.to_entry() if node else None
 
-    def chunk_keys(self) -> list[str]:
-        with self._conn() as conn:
-            return [r[0] for r in conn.execute("SELECT key FROM chunks ORDER BY key")]
-
     def close(self) -> None:
         with self._lock:
             for conn in self._all:
