@@ -327,6 +327,11 @@ def main() -> int:
         for v in variants[1:]:
             r = results[f"dsfs add ({v})"]["wall_s"] / results[f"dsfs add ({variants[0]})"]["wall_s"]
             variant_ratios[f"dsfs add ({v}) / dsfs add ({variants[0]})"] = r
+        def cpu(label: str) -> float:
+            return results[label]["user_s"] + results[label]["sys_s"]
+
+        for label, base in baseline.items():
+            variant_ratios[f"CPU (user+sys): {label} / {base}"] = cpu(label) / max(cpu(base), 1e-9)
         get_plus_show = results["dsfs get"]["wall_s"] + results["dsfs show (index build)"]["wall_s"]
         variant_ratios["(dsfs show + dsfs get) / unzip"] = get_plus_show / results["unzip -q"]["wall_s"]
 

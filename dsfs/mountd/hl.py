@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import stat
 
 import mfusepy
 
@@ -20,6 +21,7 @@ from .view import VersionView
 log = logging.getLogger(__name__)
 
 LONG_TIMEOUT = 86400.0
+_TYPE_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}
 
 
 def _translate(method):
@@ -81,7 +83,8 @@ class HighLevelOperations(mfusepy.Operations):
         while True:
             batch = self.view.children(node.ino, after)
             for child in batch:
-                yield child.name, {"st_ino": child.ino, "st_mode": self._stat(child)["st_mode"]}, 0
+                # readdir only passes the type bits and inode on; a full stat would be wasted.
+                yield child.name, {"st_ino": child.ino, "st_mode": _TYPE_BITS[child.type]}, 0
             if len(batch) < 1000:
                 return
             after = batch[-1].name
