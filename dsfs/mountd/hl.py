@@ -116,11 +116,22 @@ class HighLevelOperations(mfusepy.Operations):
         pass
 
 
+class _FUSE(mfusepy.FUSE):
+    """mfusepy's FUSE, plus kernel caching of folder listings: an immutable version's folders
+    never change, so the kernel may keep their readdir results (FOPEN_CACHE_DIR)."""
+
+    def opendir(self, path, fip):
+        result = super().opendir(path, fip)
+        fip.contents.cache_readdir = 1
+        fip.contents.keep_cache = 1
+        return result
+
+
 def serve(view: VersionView, mountpoint: str, options: dict, on_ready) -> None:
     """Mount and serve until unmounted (blocking)."""
     ops = HighLevelOperations(view, on_ready)
     try:
-        mfusepy.FUSE(ops, mountpoint, foreground=True, nothreads=False, ro=True, default_permissions=True,
+        _FUSE(ops, mountpoint, foreground=True, nothreads=False, ro=True, default_permissions=True,
                      fsname=options.pop("fsname", "dsfs"), subtype="dsfs", **options)
     except RuntimeError as exc:
         # libfuse's loop reports a stop by SIGTERM/SIGINT as status 8 after it has unmounted
