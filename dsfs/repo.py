@@ -30,7 +30,7 @@ from .changeset.manifest import (
 from .changeset.packer import Source, hash_sources, pack
 from .config import Settings
 from .errors import Conflict, InvalidInput, NotFound, ReadOnly
-from .paths import check_path, join, normalize_dest
+from .paths import ancestors, check_path, join, normalize_dest
 from .progress import Progress
 from .resolver import Node, VersionIndex, ViewBuilder, check_against_view, latest_published, resolve_ref
 from .store import ObjectStore, open_store
@@ -135,9 +135,10 @@ class Repository:
         with self.progress("hashing", total) as bar:
             hash_sources(sources, bar)
         changed = []
+        removed_paths = {r.path for r in removals}
         for src in sources:
             node = index.by_path(src.path)
-            removed_first = any(src.path == r.path or src.path.startswith(r.path + "/") for r in removals)
+            removed_first = _under_any(src.path, removed_paths)
             if node is not None and not removed_first and _same(node, src):
                 continue
             changed.append(src)
@@ -361,6 +362,13 @@ class Repository:
                                            sum(e.size for e in entries if e.type == FILE), [])
         self.catalog.record_changeset(new.id, ref)
         return self.catalog.publish(new.id)
+
+
+def _under_any(path: str, roots: set[str]) -> bool:
+    """Is ``path`` one of ``roots`` or below one of them? (O(depth), not O(len(roots)).)"""
+    if path in roots:
+        return True
+    return any(folder in roots for folder in ancestors(path))
 
 
 def _same(node: Node, src: Source) -> bool:

@@ -28,7 +28,7 @@ Progress = Callable[[int], None]
 BlobLookup = Callable[[str], Entry | None]
 
 _READ_BLOCK = 1 << 20
-_PROBE_BYTES = 64 << 10
+_PROBE_BYTES = 16 << 10  # enough to tell text from noise; deflating more costs real CPU
 # Types whose bytes are already compressed: deflating them again costs CPU and saves nothing.
 ALREADY_COMPRESSED = frozenset(
     ".jpg .jpeg .png .gif .webp .avif .heic .mp4 .mkv .mov .avi .webm .mp3 .aac .ogg .opus .flac "

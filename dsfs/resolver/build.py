@@ -270,10 +270,10 @@ def check_against_view(index: VersionIndex | None, removals: Iterable[str],
 
     ``adds`` are (path, is_dir) pairs; ``removals`` are paths removed first by the same change-set.
     """
-    removed = sorted(removals)
+    removed = set(removals)
 
     def is_removed(path: str) -> bool:
-        return any(path == r or path.startswith(r + "/") for r in removed)
+        return path in removed or any(folder in removed for folder in ancestors(path))
 
     new_dirs: set[str] = set()
     new_files: set[str] = set()
