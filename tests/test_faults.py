@@ -166,8 +166,11 @@ def test_interrupted_add_leaves_the_draft_unchanged(local_cli, tmp_path, cache_d
         for i in range(400):
             f.write(b"".join(b"%d,%d,some text value\n" % (i, j) for j in range(20000)))
     env = {**os.environ, "DSFS_STORE": local_cli.store, "DSFS_CACHE_DIR": str(cache_dir)}
+    # A runner that started us in the background may have SIGINT ignored, which the child would
+    # inherit (and Python then raises no KeyboardInterrupt): give the child the default back.
     proc = subprocess.Popen([sys.executable, "-m", "dsfs", "add", draft, str(big)], env=env,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     tmp = cache_dir / "tmp"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (tmp.exists() and any(tmp.glob("chunk-*"))):
