@@ -107,9 +107,11 @@ def hash_sources(sources: Sequence[Source], progress: Progress | None = None, th
         if progress:
             progress(src.size)
 
+    # In batches, so a million files never means a million pending futures in memory.
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        for fut in [pool.submit(work, s) for s in files]:
-            fut.result()
+        for start in range(0, len(files), 1024):
+            for fut in [pool.submit(work, s) for s in files[start:start + 1024]]:
+                fut.result()
 
 
 def choose_method(src: Source, settings: Settings) -> int:
