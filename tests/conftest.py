@@ -137,15 +137,3 @@ def mounts(store_url, cache_dir):
 def local_mounts(local_store_url, cache_dir):
     yield from _mounts_for(local_store_url, cache_dir)
 
-
-# The mount suites need one S3 server to prove the S3 paths; moto is it. Their SeaweedFS
-# variants repeat the same paths against a second server and run with `-m slow`.
-_SLOW_ON_SEAWEED = {"test_mount.py", "test_draft_mount.py"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        if callspec is not None and callspec.params.get("store_url") == "seaweed" \
-                and item.path.name in _SLOW_ON_SEAWEED:
-            item.add_marker(pytest.mark.slow)
