@@ -92,6 +92,10 @@ class HighLevelOperations(mfusepy.Operations):
     def open(self, path, flags):
         raise mfusepy.FuseOSError(errno.ENOSYS)
 
+    def opendir(self, path):
+        return 0  # defined (not inherited) so that libfuse calls _FUSE.opendir, which asks
+        # the kernel to cache the listing
+
     @_translate
     def read(self, path, size, offset, fh):
         return self.view.read(self.view.by_path(path), offset, size)
