@@ -33,13 +33,13 @@ import queue
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import diskcache
 
-from ..changeset.manifest import DEFLATED, EMPTY_SHA256, STORED, Entry
-from ..changeset.reader import _get, read_range
+from ..changeset.manifest import EMPTY_SHA256, STORED, Entry
+from ..changeset.reader import iter_member, read_range
 from ..errors import Corrupt, InvalidInput
 from ..store.base import ObjectStore, Progress
 
@@ -523,7 +523,7 @@ class BlockCache:
             self._tmp_dir.mkdir(parents=True, exist_ok=True)  # in case someone emptied the dir
             with tempfile.SpooledTemporaryFile(SPOOL_MEMORY, dir=self._tmp_dir) as spool:
                 try:
-                    for piece in self._member_pieces(store, entry):
+                    for piece in iter_member(store, entry, GET_SIZE):
                         digest.update(piece)
                         spool.write(piece)
                 except Corrupt as exc:
@@ -548,40 +548,6 @@ class BlockCache:
             log.warning("fetch of %r failed its checks: %s", entry.path, error)
             errors.append(error)
         raise errors[-1]
-
-    def _member_pieces(self, store: ObjectStore, entry: Entry) -> Iterator[bytes]:
-        """The file's bytes in pieces of at most GET_SIZE; DEFLATED members are inflated with
-        bounded output per step, so a highly compressed member cannot balloon in memory."""
-        if entry.method == STORED:
-            for pos in range(0, entry.size, GET_SIZE):
-                yield read_range(store, entry, pos, GET_SIZE)
-            return
-        if entry.method != DEFLATED:
-            raise Corrupt(f"unknown compression method {entry.method} for {entry.path!r}")
-        inflater = zlib.decompressobj(-15)
-        produced = 0
-        for pos in range(0, entry.csize, GET_SIZE):
-            want = min(GET_SIZE, entry.csize - pos)
-            raw = _get(store, entry, entry.offset + pos, want)
-            if len(raw) != want:
-                raise Corrupt(f"chunk is truncated: {entry.chunk!r} (member {entry.path!r})")
-            while raw:
-                try:
-                    out = inflater.decompress(raw, GET_SIZE)
-                except zlib.error as exc:
-                    raise Corrupt(f"cannot inflate {entry.path!r} from {entry.chunk!r}: {exc}") from None
-                raw = inflater.unconsumed_tail
-                produced += len(out)
-                if produced > entry.size:
-                    raise Corrupt(f"size mismatch for {entry.path!r} in {entry.chunk!r}: "
-                                  f"expected {entry.size}, got more")
-                yield out
-        produced += len(tail := inflater.flush())
-        if produced != entry.size:
-            raise Corrupt(f"size mismatch for {entry.path!r} in {entry.chunk!r}: "
-                          f"expected {entry.size}, got {produced}")
-        if tail:
-            yield tail
 
     def _scan(self, store: ObjectStore, entry: Entry, sink: Callable[[int, memoryview], None],
               tally: list[int] | None) -> None:

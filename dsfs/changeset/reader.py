@@ -16,33 +16,43 @@ from .manifest import DEFLATED, STORED, Entry
 
 
 def iter_member(store: ObjectStore, entry: Entry, block: int = 8 << 20) -> Iterator[bytes]:
-    """Stream a file entry's content in blocks; raises Corrupt on truncation or bad size."""
+    """Stream a file entry's content in pieces of at most ``block`` bytes; raises Corrupt on
+    truncation, bad inflation or a size other than the manifest's. DEFLATED members inflate
+    with bounded output per step, so a highly compressed member cannot balloon in memory."""
     if entry.chunk is None:
         return
-    if entry.method not in (STORED, DEFLATED):
+    if entry.method == STORED:
+        for pos in range(0, entry.size, block):
+            yield read_range(store, entry, pos, block)
+        return
+    if entry.method != DEFLATED:
         raise Corrupt(f"unknown compression method {entry.method} for {entry.path!r}")
-    inflater = zlib.decompressobj(-15) if entry.method == DEFLATED else None
+    inflater = zlib.decompressobj(-15)
     produced = 0
     for pos in range(0, entry.csize, block):
         want = min(block, entry.csize - pos)
         raw = _get(store, entry, entry.offset + pos, want)
         if len(raw) != want:
             raise Corrupt(f"chunk is truncated: {entry.chunk!r} (member {entry.path!r})")
-        if inflater is not None:
+        while raw:
             try:
-                raw = inflater.decompress(raw)
+                out = inflater.decompress(raw, block)
             except zlib.error as exc:
                 raise Corrupt(f"cannot inflate {entry.path!r} from {entry.chunk!r}: {exc}") from None
-        produced += len(raw)
-        yield raw
-    if inflater is not None:
-        tail = inflater.flush()
-        produced += len(tail)
-        if tail:
-            yield tail
+            raw = inflater.unconsumed_tail
+            produced += len(out)
+            if produced > entry.size:
+                raise Corrupt(f"size mismatch for {entry.path!r} in {entry.chunk!r}: "
+                              f"expected {entry.size}, got more")
+            if out:
+                yield out
+    tail = inflater.flush()
+    produced += len(tail)
     if produced != entry.size:
         raise Corrupt(f"size mismatch for {entry.path!r} in {entry.chunk!r}: "
                       f"expected {entry.size}, got {produced}")
+    if tail:
+        yield tail
 
 
 def read_member(store: ObjectStore, entry: Entry) -> bytes:
