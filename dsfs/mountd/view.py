@@ -9,6 +9,7 @@ Every method is blocking and thread-safe; adapters call it from worker threads.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import stat
@@ -44,6 +45,10 @@ class VersionView:
         self.cache = cache
         self.uid = os.getuid()
         self.gid = os.getgid()
+        # The high-level adapter resolves a path on every read call; a published index never
+        # changes, so its answers can be remembered instead of asked of SQLite each time.
+        self._find = functools.lru_cache(maxsize=8192)(self._find_path) if self.immutable \
+            else self._find_path
 
     @property
     def immutable(self) -> bool:
@@ -67,11 +72,14 @@ class VersionView:
 
     def by_path(self, path: str) -> Node:
         """A node by its '/'-rooted path, as the high-level API gives it."""
-        rel = path.strip("/")
-        node = self.index.get(ROOT_INO) if not rel else self.index.by_path(rel)
+        node = self._find(path)
         if node is None:
             raise NotFound(f"no such path: {path!r}")
         return node
+
+    def _find_path(self, path: str) -> Node | None:
+        rel = path.strip("/")
+        return self.index.get(ROOT_INO) if not rel else self.index.by_path(rel)
 
     def children(self, ino: int, after: str | None = None, limit: int = 1000) -> list[Node]:
         node = self.getattr(ino)
