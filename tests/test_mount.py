@@ -18,7 +18,7 @@ import pytest
 
 from conftest import tree_digest, write_tree
 
-ADAPTERS = ["hl", "lowlevel"]
+ADAPTERS = ["direct", "hl", "lowlevel"]
 
 
 def _rand(n: int, seed: int) -> bytes:

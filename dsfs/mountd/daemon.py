@@ -21,7 +21,7 @@ from .notify import sd_notify
 
 log = logging.getLogger("dsfs.mountd")
 
-ADAPTERS = ("auto", "hl", "lowlevel")  # drafts mounted writable always use the writable adapter
+ADAPTERS = ("auto", "direct", "hl", "lowlevel")  # drafts mounted writable always use the writable adapter
 
 
 class MountError(DsfsError):
@@ -75,7 +75,7 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
     from .view import VersionView
 
     if adapter not in ADAPTERS:
-        raise InvalidInput(f"unknown adapter: {adapter!r} (auto, hl or lowlevel)")
+        raise InvalidInput(f"unknown adapter: {adapter!r} (auto, direct, hl or lowlevel)")
     mountpoint = check_mountpoint(mountpoint, nonempty="nonempty" in (fuse_options or []))
     repo = Repository(settings)
     manifest = repo.resolve(ref)
@@ -86,7 +86,7 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
     # A draft caught mid-publish ("publishing") takes no more change-sets: serve it read-only.
     writable = manifest.state == "draft" and not read_only
     if adapter == "auto":
-        adapter = "hl" if manifest.is_published else "lowlevel"
+        adapter = "direct" if manifest.is_published else "lowlevel"
     if writable:
         adapter = "writable"
     record = registry.MountRecord(
@@ -109,7 +109,11 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
         return _serve_draft(repo, manifest, view, cache, mountpoint, options, on_ready,
                             break_lease=break_lease, settings=settings)
     try:
-        if adapter == "hl":
+        if adapter == "direct":
+            from . import direct
+
+            direct.serve(view, mountpoint, options, on_ready)
+        elif adapter == "hl":
             from . import hl
 
             hl.serve(view, mountpoint, {o.partition("=")[0]: (o.partition("=")[2] or True) for o in options},

@@ -49,13 +49,14 @@ class VersionView:
         # changes, so its answers can be remembered instead of asked of SQLite each time.
         self._find = functools.lru_cache(maxsize=8192)(self._find_path) if self.immutable \
             else self._find_path
+        self._get = functools.lru_cache(maxsize=8192)(index.get) if self.immutable else index.get
 
     @property
     def immutable(self) -> bool:
         return self.manifest.is_published
 
     def getattr(self, ino: int) -> Node:
-        node = self.index.get(ino)
+        node = self._get(ino)
         if node is None:
             raise NotFound(f"no inode {ino}")
         return node
@@ -86,6 +87,12 @@ class VersionView:
         if not node.is_dir:
             raise NotADirectory(f"not a folder: {node.path!r}")
         return self.index.children(ino, after, limit)
+
+    def children_at(self, ino: int, skip: int, limit: int = 1000) -> list[Node]:
+        node = self.getattr(ino)
+        if not node.is_dir:
+            raise NotADirectory(f"not a folder: {node.path!r}")
+        return self.index.children_at(ino, skip, limit)
 
     def readlink(self, node: Node) -> str:
         if node.type != SYMLINK:

@@ -145,6 +145,12 @@ class VersionIndex:
         with self._conn() as conn:
             return [_node(r) for r in conn.execute(sql, (ino, after or "", limit))]
 
+    def children_at(self, ino: int, skip: int, limit: int = 1000) -> list[Node]:
+        """Children of a directory in name order, from the ``skip``-th on (seekdir)."""
+        sql = _NODE_SELECT + "WHERE n.parent = ? AND n.ino != 1 ORDER BY n.name LIMIT ? OFFSET ?"
+        with self._conn() as conn:
+            return [_node(r) for r in conn.execute(sql, (ino, limit, skip))]
+
     def walk(self, prefix: str = "") -> Iterator[Node]:
         """Every node at or below ``prefix`` ('' is the whole view), in path order."""
         with self._conn() as conn:

@@ -1,0 +1,330 @@
+"""Adapter: libfuse's low-level (inode) API called directly through ctypes, for published versions.
+
+Why this adapter for immutable data, over pyfuse3 and libfuse's high-level API:
+
+- ``open`` and ``opendir`` answer ENOSYS, so the kernel stops sending open/release and
+  opendir/releasedir for the whole mount. It then treats every file as FOPEN_KEEP_CACHE and every
+  folder as FOPEN_CACHE_DIR: a second epoch reads from the page cache and a second walk lists
+  from the kernel's readdir cache without a round trip into Python. pyfuse3 cannot serve reads
+  without open (its read() gets only the file handle), and libfuse's high-level API needs its
+  opendir for its own folder handles, so neither can do both.
+- ``readdirplus`` returns each entry's attributes with the listing, so a cold ``find -ls`` or
+  ``os.walk`` + ``stat`` needs no lookup per file.
+- Requests carry the inode, which is the index's rowid: no path resolution per read.
+
+The ABI-sensitive structures (``struct stat``, ``fuse_file_info``, ``statvfs``) and the loaded
+library come from mfusepy, which tracks them across libfuse versions. libfuse's worker threads
+call the handlers below; the view is thread-safe, and ctypes drops the GIL around every libfuse
+call. Only errors with an errno leave a handler as a reply; anything else is logged with the
+operation and inode and answered with EIO, so a bad request never kills the daemon.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import logging
+import os
+import signal
+import threading
+from collections import OrderedDict
+from ctypes import CFUNCTYPE, POINTER, Structure, c_char_p, c_double, c_int, c_int64, c_size_t
+from ctypes import c_uint, c_uint64, c_void_p
+
+import mfusepy
+
+from ..errors import DsfsError
+from ..resolver.index import ROOT_INO, Node
+from .view import VersionView
+
+log = logging.getLogger(__name__)
+
+LONG_TIMEOUT = 86400.0
+_lib = mfusepy._libfuse
+_stat_t = mfusepy.c_stat
+_fi_p = POINTER(mfusepy.fuse_file_info)
+
+
+class _EntryParam(Structure):
+    _fields_ = [("ino", c_uint64), ("generation", c_uint64), ("attr", _stat_t),
+                ("attr_timeout", c_double), ("entry_timeout", c_double)]
+
+
+class _Args(Structure):
+    _fields_ = [("argc", c_int), ("argv", POINTER(c_char_p)), ("allocated", c_int)]
+
+
+_REQ_INO = (c_void_p, c_uint64)
+_CALLBACKS = {  # the handlers this adapter implements, with their C signatures
+    "init": CFUNCTYPE(None, c_void_p, c_void_p),
+    "lookup": CFUNCTYPE(None, *_REQ_INO, c_char_p),
+    "forget": CFUNCTYPE(None, *_REQ_INO, c_uint64),
+    "getattr": CFUNCTYPE(None, *_REQ_INO, _fi_p),
+    "readlink": CFUNCTYPE(None, *_REQ_INO),
+    "open": CFUNCTYPE(None, *_REQ_INO, _fi_p),
+    "read": CFUNCTYPE(None, *_REQ_INO, c_size_t, c_int64, _fi_p),
+    "opendir": CFUNCTYPE(None, *_REQ_INO, _fi_p),
+    "readdir": CFUNCTYPE(None, *_REQ_INO, c_size_t, c_int64, _fi_p),
+    "statfs": CFUNCTYPE(None, *_REQ_INO),
+    "getxattr": CFUNCTYPE(None, *_REQ_INO, c_char_p, c_size_t),
+    "listxattr": CFUNCTYPE(None, *_REQ_INO, c_size_t),
+    "forget_multi": CFUNCTYPE(None, c_void_p, c_size_t, c_void_p),
+    "readdirplus": CFUNCTYPE(None, *_REQ_INO, c_size_t, c_int64, _fi_p),
+}
+# struct fuse_lowlevel_ops up to readdirplus, in libfuse 3's order (stable since 3.0; later
+# members are left out and op_size says so). Unimplemented members stay NULL: libfuse answers
+# ENOSYS, and the read-only mount makes the kernel answer EROFS for writes before that.
+_OPS_ORDER = ("init destroy lookup forget getattr setattr readlink mknod mkdir unlink rmdir symlink "
+              "rename link open read write flush release fsync opendir readdir releasedir fsyncdir "
+              "statfs setxattr getxattr listxattr removexattr access create getlk setlk bmap ioctl "
+              "poll write_buf retrieve_reply forget_multi flock fallocate readdirplus").split()
+
+
+class _Ops(Structure):
+    _fields_ = [(name, _CALLBACKS.get(name, c_void_p)) for name in _OPS_ORDER]
+
+
+def _bind(name: str, restype, *argtypes):
+    fn = getattr(_lib, name)
+    fn.restype, fn.argtypes = restype, list(argtypes)
+    return fn
+
+
+_reply_err = _bind("fuse_reply_err", c_int, c_void_p, c_int)
+_reply_none = _bind("fuse_reply_none", None, c_void_p)
+_reply_entry = _bind("fuse_reply_entry", c_int, c_void_p, POINTER(_EntryParam))
+_reply_attr = _bind("fuse_reply_attr", c_int, c_void_p, POINTER(_stat_t), c_double)
+_reply_readlink = _bind("fuse_reply_readlink", c_int, c_void_p, c_char_p)
+_reply_buf = _bind("fuse_reply_buf", c_int, c_void_p, c_void_p, c_size_t)
+_reply_statfs = _bind("fuse_reply_statfs", c_int, c_void_p, POINTER(mfusepy.c_statvfs))
+_reply_xattr = _bind("fuse_reply_xattr", c_int, c_void_p, c_size_t)
+_add_direntry = _bind("fuse_add_direntry", c_size_t, c_void_p, c_void_p, c_size_t, c_char_p,
+                      POINTER(_stat_t), c_int64)
+_add_direntry_plus = _bind("fuse_add_direntry_plus", c_size_t, c_void_p, c_void_p, c_size_t, c_char_p,
+                           POINTER(_EntryParam), c_int64)
+_session_new = _bind("fuse_session_new", c_void_p, POINTER(_Args), POINTER(_Ops), c_size_t, c_void_p)
+_session_mount = _bind("fuse_session_mount", c_int, c_void_p, c_char_p)
+_session_unmount = _bind("fuse_session_unmount", None, c_void_p)
+_session_destroy = _bind("fuse_session_destroy", None, c_void_p)
+_set_signal_handlers = _bind("fuse_set_signal_handlers", c_int, c_void_p)
+_remove_signal_handlers = _bind("fuse_remove_signal_handlers", None, c_void_p)
+
+
+def _loop_mt(session: int, max_threads: int) -> int:
+    """Run libfuse's multi-threaded loop (the 3.12+ entry point when the library has it)."""
+    if hasattr(_lib, "fuse_session_loop_mt_312"):
+        cfg = _bind("fuse_loop_cfg_create", c_void_p)()
+        _bind("fuse_loop_cfg_set_max_threads", None, c_void_p, c_uint)(cfg, max_threads)
+        try:
+            return _bind("fuse_session_loop_mt_312", c_int, c_void_p, c_void_p)(session, cfg)
+        finally:
+            _bind("fuse_loop_cfg_destroy", None, c_void_p)(cfg)
+    return _bind("fuse_session_loop_mt_31", c_int, c_void_p, c_int)(session, 0)
+
+
+def _handler(method):
+    """Reply with the errno of a DsfsError/OSError; log anything else and reply EIO."""
+    name = method.__name__.lstrip("_")
+
+    @functools.wraps(method)
+    def wrapper(self, req, ino, *args):
+        try:
+            method(self, req, ino, *args)
+        except DsfsError as exc:
+            if exc.errno == errno.EIO:
+                log.error("%s inode %d: %s", name, ino, exc)
+            _reply_err(req, exc.errno)
+        except OSError as exc:
+            log.error("%s inode %d: %s", name, ino, exc)
+            _reply_err(req, exc.errno or errno.EIO)
+        except BaseException:
+            log.exception("%s inode %d failed", name, ino)
+            _reply_err(req, errno.EIO)
+
+    return wrapper
+
+
+class DirectOperations:
+    """The handlers, bound to one read-only view."""
+
+    def __init__(self, view: VersionView, on_ready=None) -> None:
+        self.view = view
+        self.on_ready = on_ready
+        self.timeout = LONG_TIMEOUT if view.immutable else 1.0
+        # Where a listing left off, so the next readdir call resumes by name, not by counting.
+        self._cursors: OrderedDict[tuple[int, int], str] = OrderedDict()
+        self._cursor_lock = threading.Lock()
+
+    # stat(2) fields into a C struct stat
+    def _fill(self, st, node: Node) -> None:
+        f = self.view.stat_fields(node)
+        st.st_ino, st.st_mode, st.st_nlink = f["st_ino"], f["st_mode"], f["st_nlink"]
+        st.st_size, st.st_uid, st.st_gid = f["st_size"], f["st_uid"], f["st_gid"]
+        st.st_blksize, st.st_blocks = f["st_blksize"], f["st_blocks"]
+        sec, nsec = divmod(f["st_mtime_ns"], 1_000_000_000)
+        for ts in (st.st_atimespec, st.st_mtimespec, st.st_ctimespec):
+            ts.tv_sec, ts.tv_nsec = sec, nsec
+
+    def _entry(self, node: Node | None) -> _EntryParam:
+        e = _EntryParam()
+        e.entry_timeout = self.timeout
+        if node is not None:  # ino 0: a negative entry, cached for entry_timeout
+            e.ino, e.attr_timeout = node.ino, self.timeout
+            self._fill(e.attr, node)
+        return e
+
+    # --- the callbacks ------------------------------------------------------------------
+    def init(self, userdata, conn) -> None:
+        try:
+            if self.on_ready is not None:
+                self.on_ready()
+        except BaseException:
+            log.exception("init failed")
+
+    @_handler
+    def lookup(self, req, parent, name) -> None:
+        try:
+            node = self.view.lookup(parent, os.fsdecode(name))
+        except DsfsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            node = None
+        _reply_entry(req, ctypes.byref(self._entry(node)))
+
+    def forget(self, req, ino, nlookup) -> None:
+        _reply_none(req)  # inodes are index rows: nothing to free
+
+    def forget_multi(self, req, count, forgets) -> None:
+        _reply_none(req)
+
+    @_handler
+    def getattr(self, req, ino, fi) -> None:
+        st = _stat_t()
+        self._fill(st, self.view.getattr(ino))
+        _reply_attr(req, ctypes.byref(st), self.timeout)
+
+    @_handler
+    def readlink(self, req, ino) -> None:
+        _reply_readlink(req, os.fsencode(self.view.readlink(self.view.getattr(ino))))
+
+    def open(self, req, ino, fi) -> None:
+        _reply_err(req, errno.ENOSYS)  # no_open: see the module docstring
+
+    def opendir(self, req, ino, fi) -> None:
+        _reply_err(req, errno.ENOSYS)  # no_opendir: the kernel caches listings
+
+    @_handler
+    def read(self, req, ino, size, off, fi) -> None:
+        data = self.view.read(self.view.getattr(ino), off, size)
+        _reply_buf(req, data, len(data))
+
+    @_handler
+    def readdir(self, req, ino, size, off, fi) -> None:
+        self._list(req, ino, size, off, plus=False)
+
+    @_handler
+    def readdirplus(self, req, ino, size, off, fi) -> None:
+        self._list(req, ino, size, off, plus=True)
+
+    def _list(self, req, ino: int, size: int, off: int, *, plus: bool) -> None:
+        """Entries from offset ``off`` on: '.' is at 0, '..' at 1, children from 2 in name order;
+        each entry carries the offset of the next one."""
+        folder = self.view.getattr(ino)
+        entries: list[tuple[str, Node]] = []
+        if off == 0:
+            entries.append((".", folder))
+        if off <= 1:
+            entries.append(("..", self.view.getattr(folder.parent) if ino != ROOT_INO else folder))
+        skip = max(off - 2, 0)
+        with self._cursor_lock:
+            after = self._cursors.pop((ino, off), None) if skip else None
+        limit = max(size // 48, 16)  # a listing entry takes at least 32 bytes + name
+        batch = (self.view.children(ino, after, limit) if after is not None or not skip
+                 else self.view.children_at(ino, skip, limit))
+        entries.extend((child.name, child) for child in batch)
+        buf = ctypes.create_string_buffer(size)
+        base = ctypes.addressof(buf)
+        used, pos, last = 0, off, None
+        st = _stat_t()
+        for name, node in entries:
+            raw = os.fsencode(name)
+            if plus:
+                if name in (".", ".."):  # listed with their attributes but no lookup (ino 0)
+                    entry = _EntryParam()
+                    self._fill(entry.attr, node)
+                else:
+                    entry = self._entry(node)
+                n = _add_direntry_plus(req, base + used, size - used, raw, ctypes.byref(entry), pos + 1)
+            else:
+                self._fill(st, node)
+                n = _add_direntry(req, base + used, size - used, raw, ctypes.byref(st), pos + 1)
+            if n > size - used:
+                break
+            used += n
+            pos += 1
+            last = name
+        if pos >= 2 and last not in (None, ".", ".."):
+            with self._cursor_lock:
+                self._cursors[(ino, pos)] = last
+                while len(self._cursors) > 1024:
+                    self._cursors.popitem(last=False)
+        _reply_buf(req, buf, used)
+
+    @_handler
+    def statfs(self, req, ino) -> None:
+        sv = mfusepy.c_statvfs()
+        for key, value in self.view.statfs().items():
+            setattr(sv, key, value)
+        _reply_statfs(req, ctypes.byref(sv))
+
+    @_handler
+    def getxattr(self, req, ino, name, size) -> None:
+        value = self.view.getxattr(self.view.getattr(ino), os.fsdecode(name))
+        self._reply_sized(req, value, size)
+
+    @_handler
+    def listxattr(self, req, ino, size) -> None:
+        names = b"".join(os.fsencode(n) + b"\0" for n in self.view.xattrs(self.view.getattr(ino)))
+        self._reply_sized(req, names, size)
+
+    @staticmethod
+    def _reply_sized(req, value: bytes, size: int) -> None:
+        if size == 0:
+            _reply_xattr(req, len(value))
+        elif len(value) > size:
+            _reply_err(req, errno.ERANGE)
+        else:
+            _reply_buf(req, value, len(value))
+
+
+def serve(view: VersionView, mountpoint: str, options: list[str], on_ready, *, max_threads: int = 16) -> None:
+    """Mount read-only and serve until unmounted or signalled (blocking)."""
+    handlers = DirectOperations(view, on_ready)
+    ops = _Ops(**{name: proto(getattr(handlers, name)) for name, proto in _CALLBACKS.items()})
+    fsname = [o for o in options if o.startswith("fsname=")] or ["fsname=dsfs"]
+    rest = [o for o in options if not o.startswith("fsname=")]
+    mount_opts = ",".join(["ro", "default_permissions", fsname[-1], "subtype=dsfs", *rest])
+    argv = [b"dsfs", b"-o", mount_opts.encode()]
+    args = _Args(len(argv), (c_char_p * len(argv))(*argv), 0)
+    session = _session_new(ctypes.byref(args), ctypes.byref(ops), ctypes.sizeof(ops), None)
+    if not session:
+        raise DsfsError(f"libfuse refused the mount options: {mount_opts!r}")
+    try:
+        if _session_mount(session, os.fsencode(mountpoint)) != 0:
+            raise DsfsError(f"cannot mount at {mountpoint!r} (see the log for libfuse's reason)")
+        try:
+            if _set_signal_handlers(session) != 0:
+                raise DsfsError("cannot install the signal handlers")
+            try:
+                status = _loop_mt(session, max_threads)
+            finally:
+                _remove_signal_handlers(session)
+            if status not in (0, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, -signal.SIGTERM):
+                raise DsfsError(f"fuse loop ended with status {status}")
+        finally:
+            _session_unmount(session)
+    finally:
+        _session_destroy(session)
+    del ops  # the callbacks must outlive the session
+
