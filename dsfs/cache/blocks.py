@@ -20,9 +20,11 @@ and a ``ReadState`` belongs to one open file handle.
 from __future__ import annotations
 
 import collections
+import contextlib
 import concurrent.futures
 import functools
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -518,27 +520,20 @@ class BlockCache:
         returns block ``want`` and hands every block to ``sink``."""
         errors: list[Corrupt] = []
         for _attempt in range(2):
-            error: Corrupt | None = None
             digest = hashlib.sha256()
-            self._tmp_dir.mkdir(parents=True, exist_ok=True)  # in case someone emptied the dir
-            with tempfile.SpooledTemporaryFile(SPOOL_MEMORY, dir=self._tmp_dir) as spool:
-                try:
-                    for piece in iter_member(store, entry, GET_SIZE):
-                        digest.update(piece)
-                        spool.write(piece)
-                except Corrupt as exc:
-                    error = exc
-                self._count("fetched", entry.csize)
-                if tally is not None:
-                    tally[0] += entry.csize
-                if error is None and digest.hexdigest() != entry.sha256:
-                    error = Corrupt(f"sha256 mismatch for {entry.path!r} in {entry.chunk!r}: "
-                                    f"expected {entry.sha256}, got {digest.hexdigest()}")
+            # Small members (the common case) stay in memory; big ones spool to disk.
+            if entry.size <= GET_SIZE:
+                spool = contextlib.nullcontext(io.BytesIO())
+            else:
+                self._tmp_dir.mkdir(parents=True, exist_ok=True)  # in case someone emptied it
+                spool = tempfile.SpooledTemporaryFile(SPOOL_MEMORY, dir=self._tmp_dir)
+            with spool as f:
+                error = self._inflate_into(store, entry, digest, f, tally)
                 if error is None:
-                    spool.seek(0)
+                    f.seek(0)
                     result = None
                     for i in range(self._nblocks(entry)):
-                        data = memoryview(spool.read(self._length(entry, i)))
+                        data = memoryview(f.read(self._length(entry, i)))
                         self._put(self.block_key(entry.sha256, i), data)
                         if sink is not None:
                             sink(i, data)
@@ -548,6 +543,24 @@ class BlockCache:
             log.warning("fetch of %r failed its checks: %s", entry.path, error)
             errors.append(error)
         raise errors[-1]
+
+    def _inflate_into(self, store: ObjectStore, entry: Entry, digest, f,
+                      tally: list[int] | None) -> Corrupt | None:
+        """Stream a member into ``f``; the check that failed, if any."""
+        error: Corrupt | None = None
+        try:
+            for piece in iter_member(store, entry, GET_SIZE):
+                digest.update(piece)
+                f.write(piece)
+        except Corrupt as exc:
+            error = exc
+        self._count("fetched", entry.csize)
+        if tally is not None:
+            tally[0] += entry.csize
+        if error is None and digest.hexdigest() != entry.sha256:
+            error = Corrupt(f"sha256 mismatch for {entry.path!r} in {entry.chunk!r}: "
+                            f"expected {entry.sha256}, got {digest.hexdigest()}")
+        return error
 
     def _scan(self, store: ObjectStore, entry: Entry, sink: Callable[[int, memoryview], None],
               tally: list[int] | None) -> None:

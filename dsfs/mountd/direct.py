@@ -116,11 +116,36 @@ def _loop_mt(session: int, max_threads: int) -> int:
     if hasattr(_lib, "fuse_session_loop_mt_312"):
         cfg = _bind("fuse_loop_cfg_create", c_void_p)()
         _bind("fuse_loop_cfg_set_max_threads", None, c_void_p, c_uint)(cfg, max_threads)
+        _bind("fuse_loop_cfg_set_idle_threads", None, c_void_p, c_uint)(cfg, max_threads)
         try:
             return _bind("fuse_session_loop_mt_312", c_int, c_void_p, c_void_p)(session, cfg)
         finally:
             _bind("fuse_loop_cfg_destroy", None, c_void_p)(cfg)
     return _bind("fuse_session_loop_mt_31", c_int, c_void_p, c_int)(session, 0)
+
+
+_pinned: set[int] = set()
+_gil_ensure = ctypes.pythonapi.PyGILState_Ensure
+_gil_ensure.restype = c_int
+
+
+def _keep_thread_state(callback):
+    """Give each libfuse worker thread one Python thread state for its whole life.
+
+    ctypes runs a callback from a foreign thread in a fresh thread state and deletes it after,
+    which also empties every ``threading.local``: diskcache would then open (and configure) a new
+    SQLite connection on every read. One extra, never released PyGILState_Ensure per OS thread
+    keeps the state; libfuse keeps its workers alive (idle threads = max threads)."""
+
+    @functools.wraps(callback)
+    def run(*args):
+        tid = threading.get_native_id()
+        if tid not in _pinned:
+            _gil_ensure()
+            _pinned.add(tid)
+        return callback(*args)
+
+    return run
 
 
 def _handler(method):
@@ -301,7 +326,7 @@ class DirectOperations:
 def serve(view: VersionView, mountpoint: str, options: list[str], on_ready, *, max_threads: int = 16) -> None:
     """Mount read-only and serve until unmounted or signalled (blocking)."""
     handlers = DirectOperations(view, on_ready)
-    ops = _Ops(**{name: proto(getattr(handlers, name)) for name, proto in _CALLBACKS.items()})
+    ops = _Ops(**{name: proto(_keep_thread_state(getattr(handlers, name))) for name, proto in _CALLBACKS.items()})
     fsname = [o for o in options if o.startswith("fsname=")] or ["fsname=dsfs"]
     rest = [o for o in options if not o.startswith("fsname=")]
     mount_opts = ",".join(["ro", "default_permissions", fsname[-1], "subtype=dsfs", *rest])

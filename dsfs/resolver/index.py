@@ -52,10 +52,11 @@ CREATE UNIQUE INDEX nodes_by_path ON nodes(path);
 CREATE INDEX nodes_by_sha ON nodes(sha256) WHERE sha256 IS NOT NULL;
 """
 
+# Chunk keys and provider versions are few and fixed once an index is built: they are mapped
+# in Python (``VersionIndex._names``), so a node lookup is one rowid probe with no join.
 _NODE_SELECT = (
     "SELECT n.ino, n.parent, n.name, n.path, n.type, n.size, n.mode, n.mtime_ns, n.sha256, "
-    "n.target, c.key, n.offset, n.csize, n.method, p.version, n.nlink "
-    "FROM nodes n LEFT JOIN chunks c ON c.id = n.chunk_id JOIN providers p ON p.id = n.provider_id "
+    "n.target, n.chunk_id, n.offset, n.csize, n.method, n.provider_id, n.nlink FROM nodes n "
 )
 
 
@@ -87,8 +88,6 @@ class Node:
                      self.target, self.chunk, self.offset or 0, self.csize or 0, self.method or 0)
 
 
-def _node(row) -> Node:
-    return Node(row[0], row[1], row[2], row[3], TYPE_NAMES[row[4]], *row[5:])
 
 
 class VersionIndex:
@@ -104,6 +103,8 @@ class VersionIndex:
         self._lock = threading.Lock()
         with self._conn() as conn:
             meta = dict(conn.execute("SELECT key, value FROM meta"))
+            self._chunks = dict(conn.execute("SELECT id, key FROM chunks"))
+            self._providers = dict(conn.execute("SELECT id, version FROM providers"))
         self.version_id = meta["version"]
         self.dataset = meta["dataset"]
         self.files = int(meta["files"])
@@ -125,10 +126,16 @@ class VersionIndex:
         finally:
             self._pool.put(conn)
 
+    def _node(self, row) -> Node:
+        chunk_id, provider_id = row[10], row[14]
+        return Node(row[0], row[1], row[2], row[3], TYPE_NAMES[row[4]], row[5], row[6], row[7], row[8],
+                    row[9], None if chunk_id is None else self._chunks[chunk_id], row[11], row[12],
+                    row[13], self._providers[provider_id], row[15])
+
     def _one(self, sql: str, params: tuple) -> Node | None:
         with self._conn() as conn:
             row = conn.execute(sql, params).fetchone()
-        return _node(row) if row else None
+        return self._node(row) if row else None
 
     def get(self, ino: int) -> Node | None:
         return self._one(_NODE_SELECT + "WHERE n.ino = ?", (ino,))
@@ -143,13 +150,13 @@ class VersionIndex:
         """Children of a directory in name order, starting after the name ``after``."""
         sql = _NODE_SELECT + "WHERE n.parent = ? AND n.ino != 1 AND n.name > ? ORDER BY n.name LIMIT ?"
         with self._conn() as conn:
-            return [_node(r) for r in conn.execute(sql, (ino, after or "", limit))]
+            return [self._node(r) for r in conn.execute(sql, (ino, after or "", limit))]
 
     def children_at(self, ino: int, skip: int, limit: int = 1000) -> list[Node]:
         """Children of a directory in name order, from the ``skip``-th on (seekdir)."""
         sql = _NODE_SELECT + "WHERE n.parent = ? AND n.ino != 1 ORDER BY n.name LIMIT ? OFFSET ?"
         with self._conn() as conn:
-            return [_node(r) for r in conn.execute(sql, (ino, limit, skip))]
+            return [self._node(r) for r in conn.execute(sql, (ino, limit, skip))]
 
     def walk(self, prefix: str = "") -> Iterator[Node]:
         """Every node at or below ``prefix`` ('' is the whole view), in path order."""
@@ -160,7 +167,7 @@ class VersionIndex:
             else:
                 rows = conn.execute(_NODE_SELECT + "WHERE n.ino != 1 ORDER BY n.path")
             for row in rows:
-                yield _node(row)
+                yield self._node(row)
 
     def find_blob(self, sha256: str) -> Entry | None:
         node = self._one(_NODE_SELECT + "WHERE n.sha256 = ? AND n.chunk_id IS NOT NULL LIMIT 1", (sha256,))

@@ -82,7 +82,7 @@ class LocalStore(ObjectStore):
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         try:
-            fd = os.open(self._path(key), os.O_RDONLY)
+            fd = os.open(os.path.join(self.url, check_key(key)), os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):
             raise NotFound(f"object not found in store: {key!r}") from None
         try:
