@@ -708,7 +708,7 @@ def pool_epoch(root: Path, rels: list[str], args, cap: float) -> tuple[dict, lis
     pool = ctx.Pool(args.loader_workers, initializer=_pool_init, initargs=(str(root),))
     finished: list[str] = []
     nbytes = 0
-    capped = False
+    capped = done = False
     try:
         start = time.perf_counter()
         for batch, size in pool.imap_unordered(_pool_batch, batches):
@@ -718,9 +718,20 @@ def pool_epoch(root: Path, rels: list[str], args, cap: float) -> tuple[dict, lis
                 capped = len(finished) < len(rels)
                 break
         dt = time.perf_counter() - start
+        done = not capped
     finally:
-        pool.terminate()
-        pool.join()
+        # terminate() can race the pool's worker-repopulating thread and hang in join() on a
+        # fresh worker; a finished pool closes cleanly, a capped one is terminated and then
+        # any straggler is killed.
+        if done:
+            pool.close()
+        else:
+            pool.terminate()
+        joiner = threading.Thread(target=pool.join, daemon=True)
+        joiner.start()
+        joiner.join(30)
+        for child in multiprocessing.active_children():
+            child.kill()
     return ({"value": len(finished) / dt, "count": len(finished), "seconds": dt, "mib": nbytes / MiB,
              "capped": capped}, finished)
 

@@ -32,11 +32,18 @@ class Settings:
     compress_level: int = 6
     block_size: int = 4 * MiB
     cache_size: int | None = None  # None: min(10 GiB, 80% of free space)
+    # A local-folder store is read in place: its bytes are already on a local disk, and copying
+    # them into the disk cache would double the disk traffic and space. True caches them anyway.
+    cache_local_store: bool = False
     s3_endpoint: str | None = None
     s3_region: str | None = None
     s3_max_attempts: int = 5
     s3_connect_timeout: float = 5.0
     s3_read_timeout: float = 30.0
+
+    def caches(self, store) -> bool:
+        """Whether bytes read from ``store`` are kept in the disk cache."""
+        return self.cache_local_store or not store.is_local
 
     @property
     def state_dir(self) -> Path:
@@ -98,4 +105,6 @@ def _apply_file(settings: Settings, path: Path) -> None:
             raise InvalidInput(f"unknown config key {key!r} in {str(path)!r}")
         if attr in ("chunk_size", "block_size", "cache_size") and value is not None:
             value = parse_size(value, what=key)
+        if attr == "cache_local_store" and not isinstance(value, bool):
+            raise InvalidInput(f"config key {key!r} must be true or false, not {value!r}")
         setattr(settings, attr, value)

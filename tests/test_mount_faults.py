@@ -55,7 +55,15 @@ def test_missing_chunk_fails_that_file_only(local_cli, local_mounts, tmp_path):
     assert json.loads(local_cli("status", "--json"))[0]["health"] == "ok"
 
 
-def test_corrupt_cached_block_is_detected_and_refetched(local_cli, local_mounts, tmp_path, cache_dir):
+def _cache_local_store(monkeypatch, tmp_path) -> None:
+    """Make the daemons and in-process commands of a test cache the local-folder store too."""
+    config = tmp_path / "cache-local.yaml"
+    config.write_text("cache_local_store: true\n")
+    monkeypatch.setenv("DSFS_CONFIG", str(config))
+
+
+def test_corrupt_cached_block_is_detected_and_refetched(local_cli, local_mounts, tmp_path, cache_dir, monkeypatch):
+    _cache_local_store(monkeypatch, tmp_path)
     local_mounts.allow(r"dropping corrupt cached block|corrupt")
     data = _rand(300_000, 3)
     vid = _publish(local_cli, tmp_path, "v", {"f.bin": data})
@@ -73,7 +81,8 @@ def test_corrupt_cached_block_is_detected_and_refetched(local_cli, local_mounts,
     assert (mnt / "f.bin").read_bytes() == data
 
 
-def test_prefetch_warms_the_cache(local_cli, local_mounts, tmp_path):
+def test_prefetch_warms_the_cache(local_cli, local_mounts, tmp_path, monkeypatch):
+    _cache_local_store(monkeypatch, tmp_path)
     data = _rand(200_000, 4)
     vid = _publish(local_cli, tmp_path, "v", {"a/f.bin": data, "b/g.bin": b"gg"})
     local_cli("prefetch", vid, "a")
@@ -83,6 +92,25 @@ def test_prefetch_warms_the_cache(local_cli, local_mounts, tmp_path):
     local_mounts.mount(vid, mnt)
     assert (mnt / "a/f.bin").read_bytes() == data
     assert "no such path" in local_cli.fails("prefetch", vid, "nope")
+
+
+def test_local_store_is_read_in_place_not_cached(local_cli, local_mounts, tmp_path):
+    data = _rand(9_000_000, 5)  # several blocks, read through a mount and by prefetch
+    vid = _publish(local_cli, tmp_path, "v", {"big.bin": data, "small.txt": "s"})
+    mnt = tmp_path / "mnt"
+    local_mounts.mount(vid, mnt)
+    assert (mnt / "big.bin").read_bytes() == data and (mnt / "small.txt").read_text() == "s"
+    code, _, err = local_cli.run("prefetch", vid)
+    assert code == 0
+    assert json.loads(local_cli("cache", "stats", "--json")).get("count", 0) == 0
+    local_mounts.umount(mnt)
+    for chunk in _chunks(local_cli.store, vid):
+        chunk.unlink()
+    local_mounts.allow(r"chunk missing from store")
+    local_mounts.mount(vid, mnt)
+    with pytest.raises(OSError) as exc:
+        (mnt / "big.bin").read_bytes()
+    assert exc.value.errno == errno.EIO
 
 
 def test_daemon_killed_then_umount_cleans_up(local_cli, local_mounts, tmp_path):

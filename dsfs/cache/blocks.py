@@ -168,6 +168,7 @@ class BlockCache:
         readahead_max: int = 8,
         readahead_threads: int = 4,
         memory_limit: int = 64 << 20,
+        persist: bool = True,
     ) -> None:
         if block_size < 1:
             raise InvalidInput(f"block_size must be > 0: {block_size}")
@@ -175,6 +176,9 @@ class BlockCache:
         self.store = store
         self.block_size = block_size
         self.readahead_max = max(0, readahead_max)
+        # persist=False (a local-folder store): verified blocks live in the memory tier only;
+        # the disk cache is neither read nor written for this store's bytes.
+        self.persist = persist
         self._tmp_dir = self.cache_dir / "tmp"
         self._tmp_dir.mkdir(parents=True, exist_ok=True)
         # One writer at a time inside this process: SQLite's own busy handler sleeps for
@@ -353,7 +357,7 @@ class BlockCache:
     def _lookup(self, key: str, length: int, remember: bool) -> memoryview | None:
         """A verified block from memory or disk; a block failing its checks is dropped."""
         data = self._memory.get(key)
-        if data is not None:
+        if data is not None or not self.persist:
             return data
         try:
             value = self._cache.get(key, retry=True)
@@ -400,6 +404,8 @@ class BlockCache:
         """Queue a verified block for the disk cache; the writer thread stores it in batches,
         so a reader never waits on SQLite's write lock. Until then it is served from memory."""
         self._memory.put(key, memoryview(payload))
+        if not self.persist:
+            return
         with self._writes_cond:
             self._writes_pending += 1
         self._writes.put((key, payload))
@@ -620,7 +626,7 @@ class BlockCache:
 
     def _read_ahead_block(self, store: ObjectStore, entry: Entry, i: int, key: str) -> None:
         try:
-            if key not in self._cache:
+            if self._memory.get(key) is None and (not self.persist or key not in self._cache):
                 self._block(store, entry, i)
                 self._count("readahead")
         except Exception as exc:  # the foreground read will meet (and report) it

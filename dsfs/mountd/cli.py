@@ -15,8 +15,8 @@ from ..progress import human_size
 def _open_cache(settings, store=None):
     from ..cache import BlockCache
 
-    return BlockCache(settings.cache_dir, store,
-                      size_limit=settings.cache_size, block_size=settings.block_size)
+    return BlockCache(settings.cache_dir, store, size_limit=settings.cache_size,
+                      block_size=settings.block_size, persist=store is None or settings.caches(store))
 
 
 def cmd_mount(settings, args):
@@ -160,8 +160,13 @@ def cmd_prefetch(repo, args):
                     bar(node.size)
     finally:
         cache.close()
-    if not args.quiet:
+    if args.quiet:
+        return
+    if cache.persist:
         print(f"{len(nodes)} files warm in the cache", file=sys.stderr)
+    else:
+        print(f"{len(nodes)} files checked; a local-folder store is read in place, not cached "
+              "(set cache_local_store: true to cache it)", file=sys.stderr)
 
 
 def cmd_cache(settings, args):

@@ -37,6 +37,7 @@ class ObjectStore(abc.ABC):
     """A bucket-like store of immutable-or-CAS objects."""
 
     url: str
+    is_local = False  # a folder on this machine: reads cost no more than the disk cache's
 
     @abc.abstractmethod
     def get(self, key: str) -> tuple[bytes, str]:

@@ -28,6 +28,8 @@ def _etag(st: os.stat_result) -> str:
 
 
 class LocalStore(ObjectStore):
+    is_local = True
+
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).expanduser().absolute()
         self.url = str(self.root)
