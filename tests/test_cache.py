@@ -457,3 +457,29 @@ def test_another_process_reads_blocks_this_one_cached(store, cache, cache_dir, t
     out = subprocess.run([sys.executable, "-c", script, str(cache_dir), str(store.root),
                           json.dumps(fields), str(BS)], capture_output=True, check=True).stdout
     assert out == data
+
+
+def test_without_a_disk_cache_memory_keeps_only_what_a_reader_still_needs(store, cache_dir, tmp_path):
+    """persist=False (a local-folder store): nothing reaches the disk cache; a small file read
+    whole leaves nothing in memory; a multi-block deflated member is inflated once however it is
+    read in pieces; sequential pieces of a stored member reuse the block they start in."""
+    rng = random.Random(9)
+    small = rng.randbytes(700)
+    deflated = b"abcdefgh" * 2000  # 16 blocks, compressible
+    stored = rng.randbytes(8 * BS)
+    entries = pack_files(store, tmp_path, {"small": small, "deflated": deflated}, compression="deflate")
+    entries.update(pack_files(store, tmp_path, {"stored": stored}))
+    assert entries["deflated"].method == DEFLATED and entries["stored"].method == STORED
+    c = BlockCache(cache_dir, store, block_size=BS, size_limit=64 << 20, readahead_max=0, persist=False)
+    try:
+        assert c.read(store, entries["small"], 0, 1 << 20) == small
+        assert c._memory.size == 0
+        store.gets = 0
+        got = b"".join(c.read(store, entries["deflated"], off, 300) for off in range(0, len(deflated), 300))
+        assert got == deflated and store.gets == 1  # one whole fetch for 54 reads
+        store.gets = 0
+        got = b"".join(c.read(store, entries["stored"], off, 256) for off in range(0, len(stored), 256))
+        assert got == stored and store.gets == 8  # one ranged GET per block, not per read
+        assert c.stats()["count"] == 0
+    finally:
+        c.close()

@@ -236,7 +236,11 @@ class BlockCache:
             self._read_ahead(store, entry, state, offset, end, last)
         parts = []
         for i in range(first, last + 1):
-            block = self._block(store, entry, i, foreground=True)
+            # Keep a block in memory only if this read stops inside it: the next read of the
+            # handle will want the rest. A small file read whole leaves nothing behind (the
+            # kernel's page cache has it).
+            keep = end < min((i + 1) * bs, entry.size)
+            block = self._block(store, entry, i, foreground=True, remember=keep)
             parts.append(block[max(offset - i * bs, 0):end - i * bs])
         data = b"".join(parts)
         if state is not None and not self._whole_fetch(entry):
@@ -400,12 +404,15 @@ class BlockCache:
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             log.warning("block cache touch failed: %s", exc)
 
-    def _put(self, key: str, payload: bytes | memoryview) -> None:
+    def _put(self, key: str, payload: bytes | memoryview, *, remember: bool = True) -> None:
         """Queue a verified block for the disk cache; the writer thread stores it in batches,
-        so a reader never waits on SQLite's write lock. Until then it is served from memory."""
-        self._memory.put(key, memoryview(payload))
+        so a reader never waits on SQLite's write lock. Until then it is served from memory.
+        Without a disk cache, only blocks worth remembering go to memory."""
         if not self.persist:
+            if remember:
+                self._memory.put(key, memoryview(payload))
             return
+        self._memory.put(key, memoryview(payload))
         with self._writes_cond:
             self._writes_pending += 1
         self._writes.put((key, payload))
@@ -448,11 +455,12 @@ class BlockCache:
             self._delete(self.block_key(entry.sha256, i))
 
     def _block(self, store: ObjectStore, entry: Entry, i: int, *, foreground: bool = False,
+               remember: bool = False,
                tally: list[int] | None = None) -> memoryview:
         """Block ``i`` of a file: from memory or disk, else fetched (once across threads)."""
         key = self.block_key(entry.sha256, i)
         length = self._length(entry, i)
-        data = self._lookup(key, length, remember=foreground)
+        data = self._lookup(key, length, remember=remember)
         if foreground:
             self._count("hits" if data is not None else "misses")
         whole = self._whole_fetch(entry)
@@ -461,18 +469,20 @@ class BlockCache:
             tries += 1
             if whole:
                 flight = f"whole:{entry.sha256}:{self.block_size}"
-                fetch = functools.partial(self._fill_whole, store, entry, want=i, tally=tally)
+                fetch = functools.partial(self._fill_whole_for, store, entry, i, tally)
             else:
                 flight, fetch = key, functools.partial(self._fill_block, store, entry, i, tally)
             if tries > 3:  # evicted every time before this thread could take it
-                data = fetch()
+                data = fetch()[1] if whole else fetch()
                 break
-            leader, value = self._single_flight(flight, fetch)
-            if leader or not whole:
+            _leader, value = self._single_flight(flight, fetch)
+            if not whole:
                 data = value
-            else:  # another thread fetched the whole file for some block; take ours from cache
-                data = self._lookup(key, length, remember=foreground)
-        if foreground:
+            elif value[0] == i:  # the whole-file fetch (ours or another thread's) was for our block
+                data = value[1]
+            else:  # another thread fetched the whole file for another block; ours is cached
+                data = self._lookup(key, length, remember=remember)
+        if remember:
             self._memory.put(key, data)
         return data
 
@@ -516,8 +526,12 @@ class BlockCache:
         self._count("fetched", len(data))
         if tally is not None:
             tally[0] += len(data)
-        self._put(self.block_key(entry.sha256, i), data)
+        self._put(self.block_key(entry.sha256, i), data, remember=False)  # the caller decides
         return memoryview(data)
+
+    def _fill_whole_for(self, store: ObjectStore, entry: Entry, i: int,
+                        tally: list[int] | None) -> tuple[int, memoryview]:
+        return i, self._fill_whole(store, entry, want=i, tally=tally)
 
     def _fill_whole(self, store: ObjectStore, entry: Entry, *, want: int | None = None,
                     sink: Callable[[int, memoryview], None] | None = None,
@@ -540,7 +554,7 @@ class BlockCache:
                     result = None
                     for i in range(self._nblocks(entry)):
                         data = memoryview(f.read(self._length(entry, i)))
-                        self._put(self.block_key(entry.sha256, i), data)
+                        self._put(self.block_key(entry.sha256, i), data, remember=i != want)
                         if sink is not None:
                             sink(i, data)
                         if i == want:
@@ -627,7 +641,7 @@ class BlockCache:
     def _read_ahead_block(self, store: ObjectStore, entry: Entry, i: int, key: str) -> None:
         try:
             if self._memory.get(key) is None and (not self.persist or key not in self._cache):
-                self._block(store, entry, i)
+                self._block(store, entry, i, remember=True)
                 self._count("readahead")
         except Exception as exc:  # the foreground read will meet (and report) it
             log.debug("read-ahead of block %d of %r failed: %s", i, entry.path, exc)

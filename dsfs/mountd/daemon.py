@@ -112,7 +112,9 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
         if adapter == "direct":
             from . import direct
 
-            direct.serve(view, mountpoint, options, on_ready)
+            # Python work is GIL-bound: a few workers serve a local folder best (measured in
+            # bench_mount); a remote store's misses wait on the network, so they get more.
+            direct.serve(view, mountpoint, options, on_ready, max_threads=4 if repo.store.is_local else 16)
         elif adapter == "hl":
             from . import hl
 
