@@ -4,8 +4,8 @@
 One data set, one run, four contenders:
 
   native        the folder the data was generated in (ext4/overlay, the page cache)
-  dsfs-hl       `dsfs mount` of a published version made from that folder, --adapter hl
-                (mfusepy high-level API, no_open, kernel_cache)
+  dsfs-direct   `dsfs mount` of a published version made from that folder, --adapter direct
+                (libfuse low-level API via ctypes: no_open, no_opendir, readdirplus)
   dsfs-ll       the same version, --adapter lowlevel (pyfuse3 on trio, keep_cache)
   ratarmount    `ratarmount data.zip mnt` of `zip -r -0 -q` of the same folder
 
@@ -57,8 +57,8 @@ KiB = 1 << 10
 MiB = 1 << 20
 VENV_BIN = Path(sys.executable).parent
 
-CONTENDERS = ("native", "direct", "hl", "lowlevel", "ratarmount")
-LABELS = {"native": "native", "direct": "dsfs-direct", "hl": "dsfs-hl", "lowlevel": "dsfs-ll", "ratarmount": "ratarmount"}
+CONTENDERS = ("native", "direct", "lowlevel", "ratarmount")
+LABELS = {"native": "native", "direct": "dsfs-direct", "lowlevel": "dsfs-ll", "ratarmount": "ratarmount"}
 SESSIONS = ("first", "stat", "read", "seq", "pread", "pool", "torch")
 
 # key -> (label, unit, higher_is_better)
@@ -834,7 +834,7 @@ class Bench:
     def measure(self, c, key: str, fn):
         """Run one measured pass: py-spy if asked, the daemon's CPU seconds; record it."""
         spy = None
-        if c.name in ("direct", "hl", "lowlevel") and c.pid and (key in self.args.py_spy or "all" in self.args.py_spy):
+        if c.name in ("direct", "lowlevel") and c.pid and (key in self.args.py_spy or "all" in self.args.py_spy):
             out = Path(self.args.out_dir) if self.args.out_dir else bl.OUT_DIR
             out.mkdir(parents=True, exist_ok=True)
             spy = Spy(c.pid, out / f"bench_mount.pyspy.{c.name}.{key}.txt")
@@ -952,7 +952,7 @@ class Bench:
         with self.session(c) as (root, _, _):
             spy_keys = {"torch_e1", "torch_e2"} & a.py_spy
             spy = None
-            if c.name in ("direct", "hl", "lowlevel") and c.pid and (spy_keys or "all" in a.py_spy):
+            if c.name in ("direct", "lowlevel") and c.pid and (spy_keys or "all" in a.py_spy):
                 out = Path(a.out_dir) if a.out_dir else bl.OUT_DIR
                 spy = Spy(c.pid, out / f"bench_mount.pyspy.{c.name}.torch.txt")
             cpu0 = proc_cpu(c.pid)
@@ -991,7 +991,7 @@ def ratio(results: dict, key: str, num: str, den: str) -> float | None:
 def report(bench: Bench, contenders: list[str]) -> dict:
     res = bench.results
     others = [c for c in contenders if c != "native"]
-    fuse = [c for c in others if c in ("direct", "hl", "lowlevel")]
+    fuse = [c for c in others if c in ("direct", "lowlevel")]
     cols = ["row", "unit"] + [LABELS[c] for c in contenders]
     cols += [f"{LABELS[c]}/nat" for c in others]
     if "ratarmount" in contenders:

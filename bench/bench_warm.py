@@ -71,7 +71,7 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=10000)
     parser.add_argument("--big-mib", type=int, default=300)
     parser.add_argument("--workdir")
-    parser.add_argument("--adapter", default="direct", choices=["direct", "hl", "lowlevel"])
+    parser.add_argument("--adapter", default="direct", choices=["direct", "lowlevel"])
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dsfs-bench-warm-"))
     env = {**os.environ, "DSFS_STORE": str(work / "store"), "DSFS_CACHE_DIR": str(work / "cache")}

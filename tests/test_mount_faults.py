@@ -186,7 +186,7 @@ def test_systemd_stop_by_sigterm_unmounts(local_cli, tmp_path, cache_dir):
     vid = _publish(local_cli, tmp_path, "v", {"f": "x"})
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    for adapter in ("direct", "hl", "lowlevel"):
+    for adapter in ("direct", "lowlevel"):
         proc = subprocess.Popen([sys.executable, "-m", "dsfs", "--store", local_cli.store, "--cache-dir",
                                  str(cache_dir), "mount", "--foreground", "--adapter", adapter, vid, str(mnt)],
                                 stderr=subprocess.PIPE, text=True)

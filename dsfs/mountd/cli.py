@@ -198,7 +198,7 @@ def add_commands(sub, command) -> None:
     sp.add_argument("--cache-size", help="bound of the shared block cache (e.g. 20G)")
     sp.add_argument("--allow-other", action="store_true", help="let other users see the mount")
     sp.add_argument("-o", dest="options", action="append", default=[], metavar="FUSE_OPTS")
-    sp.add_argument("--adapter", default="auto", choices=["auto", "direct", "hl", "lowlevel"],
+    sp.add_argument("--adapter", default="auto", choices=["auto", "direct", "lowlevel"],
                     help="FUSE adapter for read-only mounts (auto: direct, libfuse low-level via ctypes, for published)")
     sp.add_argument("--read-only", action="store_true", help="mount a draft read-only")
     sp.add_argument("--break-lease", action="store_true",

@@ -21,7 +21,7 @@ from .notify import sd_notify
 
 log = logging.getLogger("dsfs.mountd")
 
-ADAPTERS = ("auto", "direct", "hl", "lowlevel")  # drafts mounted writable always use the writable adapter
+ADAPTERS = ("auto", "direct", "lowlevel")  # drafts mounted writable always use the writable adapter
 
 
 class MountError(DsfsError):
@@ -75,7 +75,7 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
     from .view import VersionView
 
     if adapter not in ADAPTERS:
-        raise InvalidInput(f"unknown adapter: {adapter!r} (auto, direct, hl or lowlevel)")
+        raise InvalidInput(f"unknown adapter: {adapter!r} (auto, direct or lowlevel)")
     mountpoint = check_mountpoint(mountpoint, nonempty="nonempty" in (fuse_options or []))
     repo = Repository(settings)
     manifest = repo.resolve(ref)
@@ -115,11 +115,6 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
             # Python work is GIL-bound: a few workers serve a local folder best (measured in
             # bench_mount); a remote store's misses wait on the network, so they get more.
             direct.serve(view, mountpoint, options, on_ready, max_threads=4 if repo.store.is_local else 16)
-        elif adapter == "hl":
-            from . import hl
-
-            hl.serve(view, mountpoint, {o.partition("=")[0]: (o.partition("=")[2] or True) for o in options},
-                     on_ready)
         else:
             from . import lowlevel
 

@@ -21,9 +21,11 @@ operation and inode and answered with EIO, so a bad request never kills the daem
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import functools
+import json
 import logging
 import os
 import signal
@@ -34,6 +36,7 @@ from ctypes import c_uint, c_uint64, c_void_p
 
 import mfusepy
 
+from ..cache import ReadState
 from ..errors import DsfsError
 from ..resolver.index import ROOT_INO, Node
 from .view import VersionView
@@ -41,6 +44,7 @@ from .view import VersionView
 log = logging.getLogger(__name__)
 
 LONG_TIMEOUT = 86400.0
+XATTR_STATS = "user.dsfs.stats"
 _lib = mfusepy._libfuse
 _stat_t = mfusepy.c_stat
 _fi_p = POINTER(mfusepy.fuse_file_info)
@@ -129,7 +133,7 @@ _gil_ensure = ctypes.pythonapi.PyGILState_Ensure
 _gil_ensure.restype = c_int
 
 
-def _keep_thread_state(callback):
+def _keep_thread_state(callback, tally):
     """Give each libfuse worker thread one Python thread state for its whole life.
 
     ctypes runs a callback from a foreign thread in a fresh thread state and deletes it after,
@@ -137,8 +141,11 @@ def _keep_thread_state(callback):
     SQLite connection on every read. One extra, never released PyGILState_Ensure per OS thread
     keeps the state; libfuse keeps its workers alive (idle threads = max threads)."""
 
+    name = callback.__name__
+
     @functools.wraps(callback)
     def run(*args):
+        tally(name)
         tid = threading.get_native_id()
         if tid not in _pinned:
             _gil_ensure()
@@ -180,6 +187,21 @@ class DirectOperations:
         # Where a listing left off, so the next readdir call resumes by name, not by counting.
         self._cursors: OrderedDict[tuple[int, int], str] = OrderedDict()
         self._cursor_lock = threading.Lock()
+        # No handles under no_open: sequential detection (block read-ahead) and the in-order
+        # sha256 check are kept per inode of a multi-block file; a read at offset 0 starts over.
+        self._states: OrderedDict[int, ReadState] = OrderedDict()
+        self.requests: collections.Counter[str] = collections.Counter()
+
+    def tally(self, op: str) -> None:
+        with self._cursor_lock:
+            self.requests[op] += 1
+
+    def stats(self) -> bytes:
+        """The root's ``user.dsfs.stats``: requests served by operation and the block cache's
+        counters, so a user can see whether a second epoch still reaches the daemon."""
+        with self._cursor_lock:
+            requests = dict(self.requests)
+        return json.dumps({"requests": requests, "cache": self.view.cache.stats()}).encode()
 
     # stat(2) fields into a C struct stat
     def _fill(self, st, node: Node) -> None:
@@ -241,8 +263,19 @@ class DirectOperations:
 
     @_handler
     def read(self, req, ino, size, off, fi) -> None:
-        data = self.view.read(self.view.getattr(ino), off, size)
+        node = self.view.getattr(ino)
+        data = self.view.read(node, off, size, self._state(node, off))
         _reply_buf(req, data, len(data))
+
+    def _state(self, node: Node, off: int) -> ReadState | None:
+        if node.size <= self.view.cache.block_size:
+            return None
+        with self._cursor_lock:
+            state = None if off == 0 else self._states.pop(node.ino, None)
+            self._states[node.ino] = state = state or ReadState()
+            while len(self._states) > 256:
+                self._states.popitem(last=False)
+        return state
 
     @_handler
     def readdir(self, req, ino, size, off, fi) -> None:
@@ -305,7 +338,11 @@ class DirectOperations:
 
     @_handler
     def getxattr(self, req, ino, name, size) -> None:
-        value = self.view.getxattr(self.view.getattr(ino), os.fsdecode(name))
+        name = os.fsdecode(name)
+        if ino == ROOT_INO and name == XATTR_STATS:  # asked for by name only, never listed
+            value = self.stats()
+        else:
+            value = self.view.getxattr(self.view.getattr(ino), name)
         self._reply_sized(req, value, size)
 
     @_handler
@@ -326,7 +363,8 @@ class DirectOperations:
 def serve(view: VersionView, mountpoint: str, options: list[str], on_ready, *, max_threads: int = 16) -> None:
     """Mount read-only and serve until unmounted or signalled (blocking)."""
     handlers = DirectOperations(view, on_ready)
-    ops = _Ops(**{name: proto(_keep_thread_state(getattr(handlers, name))) for name, proto in _CALLBACKS.items()})
+    ops = _Ops(**{name: proto(_keep_thread_state(getattr(handlers, name), handlers.tally))
+                  for name, proto in _CALLBACKS.items()})
     fsname = [o for o in options if o.startswith("fsname=")] or ["fsname=dsfs"]
     rest = [o for o in options if not o.startswith("fsname=")]
     mount_opts = ",".join(["ro", "default_permissions", fsname[-1], "subtype=dsfs", *rest])

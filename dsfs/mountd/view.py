@@ -1,7 +1,7 @@
 """The read-only filesystem view of one version, with no FUSE import.
 
-The adapters (``hl.py`` for libfuse's high-level API through mfusepy, ``lowlevel.py`` for
-pyfuse3) only translate: this module answers lookups from the version's index and reads bytes
+The adapters (``direct.py``: libfuse's low-level API through ctypes, for published versions;
+``lowlevel.py``: pyfuse3) only translate: this module answers lookups from the version's index and reads bytes
 through the shared block cache, raising ``DsfsError`` subclasses that carry their errno.
 Every method is blocking and thread-safe; adapters call it from worker threads.
 """
@@ -45,10 +45,8 @@ class VersionView:
         self.cache = cache
         self.uid = os.getuid()
         self.gid = os.getgid()
-        # The high-level adapter resolves a path on every read call; a published index never
-        # changes, so its answers can be remembered instead of asked of SQLite each time.
-        self._find = functools.lru_cache(maxsize=8192)(self._find_path) if self.immutable \
-            else self._find_path
+        # A published index never changes, so its answers can be remembered instead of asked of
+        # SQLite on every request.
         self._get = functools.lru_cache(maxsize=8192)(index.get) if self.immutable else index.get
 
     @property
@@ -72,15 +70,12 @@ class VersionView:
         return node
 
     def by_path(self, path: str) -> Node:
-        """A node by its '/'-rooted path, as the high-level API gives it."""
-        node = self._find(path)
+        """A node by its path ('' or '/' is the root)."""
+        rel = path.strip("/")
+        node = self.index.get(ROOT_INO) if not rel else self.index.by_path(rel)
         if node is None:
             raise NotFound(f"no such path: {path!r}")
         return node
-
-    def _find_path(self, path: str) -> Node | None:
-        rel = path.strip("/")
-        return self.index.get(ROOT_INO) if not rel else self.index.by_path(rel)
 
     def children(self, ino: int, after: str | None = None, limit: int = 1000) -> list[Node]:
         node = self.getattr(ino)
