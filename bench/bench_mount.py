@@ -847,6 +847,9 @@ class Bench:
                 if summary:
                     self.spy[f"{c.name}:{key}"] = summary
         result, extra = got if isinstance(got, tuple) else (got, None)
+        if c.name == "direct" and c.pid:
+            with contextlib.suppress(OSError, ValueError):
+                result["daemon_requests"] = json.loads(os.getxattr(c.mnt, "user.dsfs.stats"))["requests"]
         if cpu0 is not None:
             cpu1 = proc_cpu(c.pid)
             if cpu1 is not None:

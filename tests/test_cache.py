@@ -478,8 +478,13 @@ def test_without_a_disk_cache_memory_keeps_only_what_a_reader_still_needs(store,
         got = b"".join(c.read(store, entries["deflated"], off, 300) for off in range(0, len(deflated), 300))
         assert got == deflated and store.gets == 1  # one whole fetch for 54 reads
         store.gets = 0
-        got = b"".join(c.read(store, entries["stored"], off, 256) for off in range(0, len(stored), 256))
-        assert got == stored and store.gets == 8  # one ranged GET per block, not per read
+        state = ReadState()
+        got = b"".join(c.read(store, entries["stored"], off, 256, state) for off in range(0, len(stored), 256))
+        assert got == stored and store.gets == 1 + 8  # the first read in place, then per block
+        store.gets = 0
+        assert c.read(store, entries["stored"], 3000, 100) == stored[3000:3100]
+        assert c.read(store, entries["stored"], 10, 5, ReadState()) == stored[10:15]
+        assert store.gets == 2  # random reads take just their range, in place
         assert c.stats()["count"] == 0
     finally:
         c.close()

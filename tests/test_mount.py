@@ -332,3 +332,23 @@ def test_warm_walk_and_reads_stay_in_the_kernel(local_cli, local_mounts, tmp_pat
     assert first["read"] >= len(files) and first["readdirplus"] >= 5
     assert epoch() == first
     assert "user.dsfs.stats" not in os.listxattr(mnt)
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_long_listing_resumes_across_calls(local_cli, local_mounts, tmp_path, adapter):
+    """A folder far larger than one readdir reply is listed whole, once each, in byte order,
+    and a second listing (the kernel's cached one for direct) is the same."""
+    names = [f"{prefix}{i:04d}-{'x' * (i % 40)}" for i in range(1200) for prefix in ("a", "B")]
+    write_tree(tmp_path / "src", {f"big/{n}": "" for n in names} | {"big/sub/f": "f"})
+    vid = local_cli("create", "ds").strip()
+    local_cli("add", vid, str(tmp_path / "src"))
+    local_cli("publish", vid)
+    mnt = tmp_path / "mnt"
+    local_mounts.mount(vid, mnt, adapter=adapter)
+    expected = sorted(names + ["sub"], key=lambda n: n.encode())
+    for _ in range(2):
+        with os.scandir(mnt / "big") as it:
+            got = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        assert [n for n, _ in got] == expected
+        assert [n for n, is_dir in got if is_dir] == ["sub"]
+    assert sorted(os.listdir(mnt / "big" / "sub")) == ["f"]

@@ -99,6 +99,7 @@ class ReadState:
         self.end: int | None = None  # offset just past the previous read
         self.last_block = -1  # last block the previous read touched
         self.window = 0  # blocks to read ahead; 0 while access looks random
+        self.sequential = False  # whether the last read began where the one before ended
         self.ahead = -1  # highest block already queued for read-ahead
         self.hasher = hashlib.sha256()  # None once reads left the in-order path
         self.hashed = 0
@@ -234,6 +235,14 @@ class BlockCache:
         first, last = offset // bs, (end - 1) // bs
         if state is not None:
             self._read_ahead(store, entry, state, offset, end, last)
+        if not self.persist and not self._whole_fetch(entry) and not (state and state.sequential):
+            # A local store's stored member, read at random: read just the asked range in
+            # place (the kernel caches the chunk file) instead of a whole block per read.
+            data = read_range(store, entry, offset, end - offset)
+            self._count("fetched", len(data))
+            if state is not None:
+                self._hash_along(entry, state, offset, data)
+            return data
         parts = []
         for i in range(first, last + 1):
             # Keep a block in memory only if this read stops inside it: the next read of the
@@ -615,7 +624,7 @@ class BlockCache:
                     offset: int, end: int, last: int) -> None:
         slack = min(SEQUENTIAL_SLACK, self.block_size)
         with state.lock:
-            sequential = state.end is not None and abs(offset - state.end) <= slack
+            sequential = state.sequential = state.end is not None and abs(offset - state.end) <= slack
             if not sequential:
                 state.window, state.ahead = 0, -1
             elif state.window == 0:

@@ -8,6 +8,8 @@ in the calling process. Readiness also goes to systemd (READY=1 / STOPPING=1).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import datetime as _dt
 import logging
 import os
@@ -158,7 +160,19 @@ def _serve_draft(repo, manifest, view, cache, mountpoint, options, on_ready, *, 
     return 0 if result["ok"] else 1
 
 
+def _fix_malloc_thresholds() -> None:
+    """Return big buffers (blocks of several MiB) to the OS when they are freed.
+
+    glibc raises its mmap threshold to the size of any mmap'd chunk that is freed, after which
+    blocks come from per-thread arenas that keep their peak size: the daemon's RSS then grows
+    with its worker threads. A fixed threshold keeps every buffer over 1 MiB an mmap."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD (also turns off the dynamic adjustment)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _fix_malloc_thresholds()
     p = argparse.ArgumentParser(prog="dsfs-mountd")
     p.add_argument("--store")
     p.add_argument("--cache-dir")
