@@ -200,41 +200,73 @@ def _line(d: dict) -> bytes:
     return (json.dumps(d, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
 
 
+def _line_batches(gz: gzip.GzipFile, size: int = 1 << 20) -> Iterator[list[bytes]]:
+    """The decompressed lines of ``gz`` in batches, read in big blocks (not line by line)."""
+    rest = b""
+    while block := gz.read(size):
+        lines = (rest + block).split(b"\n")
+        rest = lines.pop()
+        if lines:
+            yield lines
+    if rest:
+        yield [rest]
+
+
+def _decode_batch(lines: list[bytes], first: int, key: str) -> list:
+    """JSON-decode many lines in one call; on failure, find and name the bad line."""
+    lines = [raw for raw in lines if raw.strip()]
+    try:
+        return _decode("[" + b",".join(lines).decode("utf-8", "surrogateescape") + "]")
+    except ValueError:
+        pass
+    for n, raw in enumerate(lines, start=first):
+        try:
+            _decode(raw.decode("utf-8", "surrogateescape"))
+        except ValueError:
+            raise Corrupt(f"corrupt change-set line {n}: {key!r}") from None
+    raise Corrupt(f"corrupt change-set near line {first}: {key!r}")
+
+
 def iter_changeset(stream: BinaryIO, key: str) -> Iterator[Entry | Removal]:
     """Parse a gzip'd change-set file lazily from a binary stream, validating each line.
 
     Removals must come before entries (that is what makes "an add wins" hold inside one file).
+    Lines are decoded a batch at a time (about 1 MiB of text), so memory stays bounded.
     """
+    batches = _line_batches(gzip.GzipFile(fileobj=stream, mode="rb"))
     try:
-        lines = iter(gzip.GzipFile(fileobj=stream, mode="rb"))
-        header = json.loads(next(lines))
-    except (StopIteration, ValueError, OSError, EOFError):
+        first = next(batches)
+        header = json.loads(first[0])
+    except (StopIteration, IndexError, ValueError, OSError, EOFError, zlib.error):
         raise Corrupt(f"corrupt change-set (no header): {key!r}") from None
     _check_schema(header, "dsfs-changeset", key)
     seen_add = False
     n = 1
     try:
-        for n, raw in enumerate(lines, start=2):
-            if not raw.strip():
-                continue
-            try:
-                d = _decode(raw.decode("utf-8", "surrogateescape"))
-                op = d["op"]
-            except (ValueError, KeyError, TypeError):
-                raise Corrupt(f"corrupt change-set line {n}: {key!r}") from None
-            if op == "add":
-                seen_add = True
-                yield Entry.from_json(d)
-            elif op == "remove":
-                if seen_add:
-                    raise Corrupt(f"corrupt change-set line {n} (removal after an add): {key!r}")
+        batch = first[1:]
+        while True:
+            for d in _decode_batch(batch, n + 1, key):
+                n += 1
                 try:
-                    path = check_path(d["path"], what="manifest path")
-                except InvalidInput as exc:
-                    raise Corrupt(f"corrupt manifest: {exc}") from None
-                yield Removal(path, d.get("type") == DIR)
-            else:
-                raise Corrupt(f"corrupt change-set line {n} (unknown op {op!r}): {key!r}")
+                    op = d["op"]
+                except (KeyError, TypeError):
+                    raise Corrupt(f"corrupt change-set line {n}: {key!r}") from None
+                if op == "add":
+                    seen_add = True
+                    yield Entry.from_json(d)
+                elif op == "remove":
+                    if seen_add:
+                        raise Corrupt(f"corrupt change-set line {n} (removal after an add): {key!r}")
+                    try:
+                        path = check_path(d["path"], what="manifest path")
+                    except InvalidInput as exc:
+                        raise Corrupt(f"corrupt manifest: {exc}") from None
+                    yield Removal(path, d.get("type") == DIR)
+                else:
+                    raise Corrupt(f"corrupt change-set line {n} (unknown op {op!r}): {key!r}")
+            batch = next(batches, None)
+            if batch is None:
+                return
     except (OSError, EOFError, zlib.error):
         raise Corrupt(f"corrupt change-set (truncated after line {n}): {key!r}") from None
 
