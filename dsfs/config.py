@@ -35,6 +35,9 @@ class Settings:
     # A local-folder store is read in place: its bytes are already on a local disk, and copying
     # them into the disk cache would double the disk traffic and space. True caches them anyway.
     cache_local_store: bool = False
+    # A miss on a small file of a remote store also fetches the small files around it in the
+    # same chunk, up to this many bytes in one ranged GET (0: one GET per file).
+    neighbour_bytes: int = MiB
     s3_endpoint: str | None = None
     s3_region: str | None = None
     s3_max_attempts: int = 5
@@ -103,7 +106,7 @@ def _apply_file(settings: Settings, path: Path) -> None:
         attr = key.replace("-", "_")
         if attr not in _FILE_KEYS:
             raise InvalidInput(f"unknown config key {key!r} in {str(path)!r}")
-        if attr in ("chunk_size", "block_size", "cache_size") and value is not None:
+        if attr in ("chunk_size", "block_size", "cache_size", "neighbour_bytes") and value is not None:
             value = parse_size(value, what=key)
         if attr == "cache_local_store" and not isinstance(value, bool):
             raise InvalidInput(f"config key {key!r} must be true or false, not {value!r}")

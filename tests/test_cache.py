@@ -488,3 +488,44 @@ def test_without_a_disk_cache_memory_keeps_only_what_a_reader_still_needs(store,
         assert c.stats()["count"] == 0
     finally:
         c.close()
+
+
+def test_a_small_miss_fetches_its_uncached_neighbours_in_one_get(store, cache_dir, tmp_path):
+    """With a neighbour lister (as a mount gives), a miss on a small member also fetches and
+    caches the small members around it in one ranged GET; each is checked against its own
+    sha256, and a corrupt neighbour is simply left out."""
+    rng = random.Random(12)
+    files = {f"f{i:02d}": rng.randbytes(rng.randint(100, 3000)) for i in range(40)}
+    files["text"] = b"hello " * 500  # deflated
+    entries = pack_files(store, tmp_path, files, compression="auto")
+    by_chunk = sorted(entries.values(), key=lambda e: e.offset)
+
+    def near(chunk, lo, hi):
+        return [e for e in by_chunk if e.chunk == chunk and lo <= e.offset < hi]
+
+    c = BlockCache(cache_dir, store, block_size=BS * 4, size_limit=64 << 20)
+    try:
+        store.gets = 0
+        assert c.read(store, entries["f20"], 0, 1 << 20, near=near) == files["f20"]
+        assert store.gets == 1
+        stats = c.stats()
+        assert stats["neighbour_gets"] == 1 and stats["neighbours"] == len(files) - 1
+        for path, data in files.items():
+            assert c.read(store, entries[path], 0, 1 << 20, near=near) == data
+        assert store.gets == 1  # everything else came from that one GET
+    finally:
+        c.close()
+    # A neighbour whose bytes are corrupt in the store is not cached; the file asked for is.
+    bad = entries["f05"]
+    chunk_path = store.root / bad.chunk
+    raw = bytearray(chunk_path.read_bytes())
+    raw[bad.offset] ^= 0xFF
+    chunk_path.write_bytes(bytes(raw))
+    c = BlockCache(tmp_path / "cache2", store, block_size=BS * 4, size_limit=64 << 20)
+    try:
+        assert c.read(store, entries["f06"], 0, 1 << 20, near=near) == files["f06"]
+        assert c.stats()["neighbours"] == len(files) - 2
+        with pytest.raises(Corrupt):
+            c.read(store, entries["f05"], 0, 1 << 20, near=near)
+    finally:
+        c.close()

@@ -210,7 +210,8 @@ def test_s3_outage_mid_read_then_recovery(moto_server, monkeypatch, tmp_path, ca
 
     moto_server.apply_env(monkeypatch)
     config = tmp_path / "dsfs.yaml"
-    config.write_text("s3_max_attempts: 2\ns3_connect_timeout: 1\ns3_read_timeout: 2\n")
+    # neighbour_bytes 0: b.bin must not arrive along with a.bin before the outage.
+    config.write_text("s3_max_attempts: 2\ns3_connect_timeout: 1\ns3_read_timeout: 2\nneighbour_bytes: 0\n")
     monkeypatch.setenv("DSFS_CONFIG", str(config))
     cli = Cli(moto_server.new_bucket(), cache_dir)
     first, second = _rand(100_000, 5), _rand(100_000, 6)

@@ -42,7 +42,7 @@ import diskcache
 
 from ..changeset.manifest import EMPTY_SHA256, STORED, Entry
 from ..changeset.reader import iter_member, read_range
-from ..errors import Corrupt, InvalidInput
+from ..errors import Corrupt, InvalidInput, NotFound
 from ..store.base import ObjectStore, Progress
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,10 @@ SPOOL_MEMORY = 64 << 20
 # Reads starting this close to where the previous one ended count as sequential (FUSE may
 # deliver a stream's reads slightly out of order).
 SEQUENTIAL_SLACK = 1 << 20
+# A miss on a small member of a remote store also fetches the small members around it in the
+# same chunk, up to this many bytes in one ranged GET: an epoch over many small files then costs
+# one GET per ~1 MiB instead of one per file. Neighbours already cached are left out.
+NEIGHBOUR_BYTES = 1 << 20
 
 _HEADER = struct.Struct("<4sIQ")  # magic, crc32(key + payload), payload length
 _MAGIC = b"dsb1"
@@ -156,6 +160,19 @@ class _Memory:
             self.size = 0
 
 
+class _ChunkSlice:
+    """One fetched byte range of a chunk, standing in for the store while members are cut out."""
+
+    def __init__(self, chunk: str, start: int, data: bytes) -> None:
+        self.chunk, self.start, self.data = chunk, start, data
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        if key != self.chunk:
+            raise NotFound(f"object not found in store: {key!r}")
+        lo = start - self.start
+        return self.data[lo:lo + length]
+
+
 class BlockCache:
     """Verified, content-addressed blocks of file bytes in ``<cache_dir>/blocks``."""
 
@@ -170,6 +187,7 @@ class BlockCache:
         readahead_threads: int = 4,
         memory_limit: int = 64 << 20,
         persist: bool = True,
+        neighbour_bytes: int = NEIGHBOUR_BYTES,
     ) -> None:
         if block_size < 1:
             raise InvalidInput(f"block_size must be > 0: {block_size}")
@@ -180,6 +198,7 @@ class BlockCache:
         # persist=False (a local-folder store): verified blocks live in the memory tier only;
         # the disk cache is neither read nor written for this store's bytes.
         self.persist = persist
+        self.neighbour_bytes = max(0, neighbour_bytes)
         self._tmp_dir = self.cache_dir / "tmp"
         self._tmp_dir.mkdir(parents=True, exist_ok=True)
         # One writer at a time inside this process: SQLite's own busy handler sleeps for
@@ -221,8 +240,11 @@ class BlockCache:
     # -- public API ---------------------------------------------------------------------------
 
     def read(self, store: ObjectStore | None, entry: Entry, offset: int, length: int,
-             state: ReadState | None = None) -> bytes:
-        """Bytes ``[offset, offset+length)`` of a file, clipped to its size."""
+             state: ReadState | None = None,
+             near: Callable[[str, int, int], list[Entry]] | None = None) -> bytes:
+        """Bytes ``[offset, offset+length)`` of a file, clipped to its size. ``near(chunk, lo,
+        hi)`` lists the files whose bytes start in that range of a chunk: given, a miss on a
+        small member fetches its uncached neighbours along with it (disk-cached stores only)."""
         store = self._store(store)
         if offset < 0 or length < 0:
             raise InvalidInput(f"bad read range: offset {offset}, length {length}")
@@ -249,7 +271,7 @@ class BlockCache:
             # handle will want the rest. A small file read whole leaves nothing behind (the
             # kernel's page cache has it).
             keep = end < min((i + 1) * bs, entry.size)
-            block = self._block(store, entry, i, foreground=True, remember=keep)
+            block = self._block(store, entry, i, foreground=True, remember=keep, near=near)
             parts.append(block[max(offset - i * bs, 0):end - i * bs])
         data = b"".join(parts)
         if state is not None and not self._whole_fetch(entry):
@@ -290,6 +312,8 @@ class BlockCache:
             "misses": counts.get("misses", 0),
             "fetched": counts.get("fetched", 0),
             "coalesced": counts.get("coalesced", 0),
+            "neighbour_gets": counts.get("neighbour_gets", 0),
+            "neighbours": counts.get("neighbours", 0),
             "corrupt": counts.get("corrupt", 0),
             "readahead": counts.get("readahead", 0),
         }
@@ -464,8 +488,8 @@ class BlockCache:
             self._delete(self.block_key(entry.sha256, i))
 
     def _block(self, store: ObjectStore, entry: Entry, i: int, *, foreground: bool = False,
-               remember: bool = False,
-               tally: list[int] | None = None) -> memoryview:
+               remember: bool = False, tally: list[int] | None = None,
+               near: Callable[[str, int, int], list[Entry]] | None = None) -> memoryview:
         """Block ``i`` of a file: from memory or disk, else fetched (once across threads)."""
         key = self.block_key(entry.sha256, i)
         length = self._length(entry, i)
@@ -478,7 +502,7 @@ class BlockCache:
             tries += 1
             if whole:
                 flight = f"whole:{entry.sha256}:{self.block_size}"
-                fetch = functools.partial(self._fill_whole_for, store, entry, i, tally)
+                fetch = functools.partial(self._fill_whole_for, store, entry, i, tally, near)
             else:
                 flight, fetch = key, functools.partial(self._fill_block, store, entry, i, tally)
             if tries > 3:  # evicted every time before this thread could take it
@@ -538,9 +562,61 @@ class BlockCache:
         self._put(self.block_key(entry.sha256, i), data, remember=False)  # the caller decides
         return memoryview(data)
 
-    def _fill_whole_for(self, store: ObjectStore, entry: Entry, i: int,
-                        tally: list[int] | None) -> tuple[int, memoryview]:
+    def _fill_whole_for(self, store: ObjectStore, entry: Entry, i: int, tally: list[int] | None,
+                        near: Callable[[str, int, int], list[Entry]] | None = None) -> tuple[int, memoryview]:
+        if near is not None and self.persist and entry.csize < self.neighbour_bytes:
+            data = self._fill_with_neighbours(store, entry, i, tally, near)
+            if data is not None:
+                return i, data
         return i, self._fill_whole(store, entry, want=i, tally=tally)
+
+    def _fill_with_neighbours(self, store: ObjectStore, entry: Entry, i: int, tally: list[int] | None,
+                              near: Callable[[str, int, int], list[Entry]]) -> memoryview | None:
+        """One ranged GET for ``entry`` and the uncached small members around it; each member
+        is checked against its own sha256 before its blocks are cached. None: nothing to add
+        (or the combined fetch failed for ``entry``), so the caller fetches it alone."""
+        lo = max(0, entry.offset - self.neighbour_bytes // 2)
+        hi = entry.offset + entry.csize + self.neighbour_bytes // 2
+        others = [e for e in near(entry.chunk, lo, hi)
+                  if e.sha256 != entry.sha256 and e.size and self._whole_fetch(e)
+                  and e.offset + e.csize <= hi and not self._cached(self.block_key(e.sha256, 0))]
+        if not others:
+            return None
+        start = min(entry.offset, others[0].offset)
+        end = max(entry.offset + entry.csize, max(e.offset + e.csize for e in others))
+        try:
+            piece = _ChunkSlice(entry.chunk, start, store.get_range(entry.chunk, start, end - start))
+        except NotFound:
+            return None  # the fetch of its own names the missing chunk
+        self._count("neighbour_gets")
+        for other in others:
+            digest = hashlib.sha256()
+            with io.BytesIO() as f:
+                if self._inflate_into(piece, other, digest, f, None) is None:
+                    self._put_blocks(other, f.getbuffer().tobytes())
+                    self._count("neighbours")
+        digest = hashlib.sha256()
+        with io.BytesIO() as f:
+            if self._inflate_into(piece, entry, digest, f, tally) is not None:
+                return None
+            data = f.getbuffer().tobytes()
+        return self._put_blocks(entry, data, want=i)
+
+    def _cached(self, key: str) -> bool:
+        try:
+            return self._memory.get(key) is not None or key in self._cache
+        except (OSError, sqlite3.Error, diskcache.Timeout):
+            return False
+
+    def _put_blocks(self, entry: Entry, data: bytes, want: int | None = None) -> memoryview | None:
+        """Cache the blocks of a verified whole file; block ``want`` is returned, not kept in memory."""
+        whole, result = memoryview(data), None
+        for i in range(self._nblocks(entry)):
+            block = whole[i * self.block_size:(i + 1) * self.block_size]
+            self._put(self.block_key(entry.sha256, i), block, remember=i != want)
+            if i == want:
+                result = block
+        return result
 
     def _fill_whole(self, store: ObjectStore, entry: Entry, *, want: int | None = None,
                     sink: Callable[[int, memoryview], None] | None = None,

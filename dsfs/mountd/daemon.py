@@ -83,7 +83,8 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
     manifest = repo.resolve(ref)
     index = repo.index(manifest)
     cache = BlockCache(settings.cache_dir, repo.store, size_limit=cache_size or settings.cache_size,
-                       block_size=settings.block_size, persist=settings.caches(repo.store))
+                       block_size=settings.block_size, persist=settings.caches(repo.store),
+                       neighbour_bytes=settings.neighbour_bytes)
     view = VersionView(manifest, index, repo.store, cache)
     # A draft caught mid-publish ("publishing") takes no more change-sets: serve it read-only.
     writable = manifest.state == "draft" and not read_only

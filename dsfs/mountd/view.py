@@ -99,7 +99,11 @@ class VersionView:
             raise _IsADirectory(f"is a folder: {node.path!r}")
         if offset >= node.size or size <= 0 or node.chunk is None:
             return b""
-        return self.cache.read(self.store, node.to_entry(), offset, min(size, node.size - offset), state)
+        return self.cache.read(self.store, node.to_entry(), offset, min(size, node.size - offset), state,
+                               near=self._near)
+
+    def _near(self, chunk: str, lo: int, hi: int) -> list:
+        return [n.to_entry() for n in self.index.near(chunk, lo, hi)]
 
     def xattrs(self, node: Node) -> dict[str, bytes]:
         attrs = {XATTR_VERSION: node.version.encode(), XATTR_DATASET: self.manifest.dataset.encode()}

@@ -28,7 +28,7 @@ from ..catalog import Catalog
 from ..changeset.manifest import DIR, Entry, Removal, VersionManifest
 from ..errors import Corrupt, InvalidInput
 from ..paths import ancestors, name_of, parent_of
-from .index import INDEX_SQL, ROOT_INO, SCHEMA_SQL, TYPE_CODES, VersionIndex
+from .index import INDEX_FORMAT, INDEX_SQL, ROOT_INO, SCHEMA_SQL, TYPE_CODES, VersionIndex
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +150,14 @@ class ViewBuilder:
         """The index of ``manifest``'s merged view, built now if there is no current one."""
         if manifest.is_published:
             path = self._published_path(manifest.id)
-            if not os.path.exists(path):
+            if not os.path.exists(path) or not _current(path):
                 self._build(manifest, path)
             return VersionIndex(path, immutable=True)
         # A draft's index is named after its record's etag: any change-set makes a new one.
         etag = self.catalog.draft_etag(manifest.id) or ""
         tag = hashlib.sha256(etag.encode()).hexdigest()[:16]
         path = os.path.join(self.index_dir, f"{manifest.id}.draft-{tag}.sqlite")
-        if not os.path.exists(path):
+        if not os.path.exists(path) or not _current(path):
             manifest = self.catalog.version(manifest.id)
             self._build(manifest, path)
             for old in os.listdir(self.index_dir):
@@ -217,6 +217,19 @@ class ViewBuilder:
         visiting.discard(manifest.id)
 
 
+def _current(path: str) -> bool:
+    """Whether an index file has this code's format (older ones are rebuilt)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return row is not None and row[0] == INDEX_FORMAT
+
+
 def _finalize(conn: sqlite3.Connection, manifest: VersionManifest) -> None:
     """Number the merged paths into inodes (in path order) and write the served tables."""
     conn.executescript(SCHEMA_SQL)
@@ -256,7 +269,7 @@ def _finalize(conn: sqlite3.Connection, manifest: VersionManifest) -> None:
     conn.executescript(INDEX_SQL)
     conn.executemany("INSERT INTO meta VALUES (?, ?)", [
         ("version", manifest.id), ("dataset", manifest.dataset), ("files", str(files)),
-        ("bytes", str(total)), ("format", "1")])
+        ("bytes", str(total)), ("format", INDEX_FORMAT)])
 
 
 def _insert_nodes(conn: sqlite3.Connection, batch: list[tuple]) -> None:

@@ -50,7 +50,9 @@ INDEX_SQL = """
 CREATE UNIQUE INDEX nodes_by_parent ON nodes(parent, name);
 CREATE UNIQUE INDEX nodes_by_path ON nodes(path);
 CREATE INDEX nodes_by_sha ON nodes(sha256) WHERE sha256 IS NOT NULL;
+CREATE INDEX nodes_by_chunk ON nodes(chunk_id, offset) WHERE chunk_id IS NOT NULL;
 """
+INDEX_FORMAT = "2"  # an index file of another format is rebuilt (it is only a cache)
 
 # Chunk keys and provider versions are few and fixed once an index is built: they are mapped
 # in Python (``VersionIndex._names``), so a node lookup is one rowid probe with no join.
@@ -109,6 +111,8 @@ class VersionIndex:
         self.dataset = meta["dataset"]
         self.files = int(meta["files"])
         self.total_size = int(meta["bytes"])
+        self.format = meta.get("format")
+        self._chunk_ids = {key: cid for cid, key in self._chunks.items()}
 
     @contextlib.contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
@@ -168,6 +172,15 @@ class VersionIndex:
                 rows = conn.execute(_NODE_SELECT + "WHERE n.ino != 1 ORDER BY n.path")
             for row in rows:
                 yield self._node(row)
+
+    def near(self, chunk: str, start: int, end: int, limit: int = 256) -> list[Node]:
+        """Files whose bytes begin in ``[start, end)`` of ``chunk``, in chunk order."""
+        cid = self._chunk_ids.get(chunk)
+        if cid is None:
+            return []
+        sql = _NODE_SELECT + "WHERE n.chunk_id = ? AND n.offset >= ? AND n.offset < ? ORDER BY n.offset LIMIT ?"
+        with self._conn() as conn:
+            return [self._node(r) for r in conn.execute(sql, (cid, start, end, limit))]
 
     def find_blob(self, sha256: str) -> Entry | None:
         node = self._one(_NODE_SELECT + "WHERE n.sha256 = ? AND n.chunk_id IS NOT NULL LIMIT 1", (sha256,))
