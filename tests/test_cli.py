@@ -230,3 +230,30 @@ def test_delete_keeps_chunks_another_version_references(cli, tmp_path):
     orphans = json.loads(cli("gc", "--grace", "0", "--json"))
     assert len(orphans) == 1 and orphans[0].startswith(f"versions/{va}/chunks/")
     assert json.loads(cli("gc", "--grace", "0", "--dry-run", "--json")) == []
+
+
+def test_an_index_of_an_older_format_is_rebuilt(local_cli, tmp_path, cache_dir):
+    """The index is a cache: a file left by an older dsfs (another ``format``) is rebuilt, not
+    served, so new indexes (here the chunk/offset one neighbour fetching needs) are always there."""
+    import sqlite3
+
+    from dsfs.config import load_settings
+    from dsfs.repo import Repository
+    from dsfs.resolver.index import INDEX_FORMAT
+
+    write_tree(tmp_path / "src", {"a/b.txt": "b", "c.txt": "c"})
+    vid = local_cli("create", "ds").strip()
+    local_cli("add", vid, str(tmp_path / "src"))
+    local_cli("publish", vid)
+    repo = Repository(load_settings(store=local_cli.store, cache_dir=str(cache_dir)))
+    manifest = repo.resolve(vid)
+    path = repo.index(manifest).path
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'format'")
+        conn.execute("DROP INDEX nodes_by_chunk")
+    conn.close()
+    index = repo.index(manifest)
+    assert index.format == INDEX_FORMAT and index.by_path("a/b.txt") is not None
+    with sqlite3.connect(index.path) as conn:
+        assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'nodes_by_chunk'").fetchone()
+    conn.close()
