@@ -283,6 +283,9 @@ def test_eviction_under_a_tiny_cache(cli, mounts, tmp_path):
             assert (mnt / name).read_bytes() == data
     stats = json.loads(cli("cache", "stats", "--json"))
     assert stats["size"] <= 12 << 20  # bounded (diskcache culls a little past the limit)
+    (status,) = json.loads(cli("status", "--json"))
+    assert status["cache_limit"] == 8 << 20  # the mount's own bound, not the default
+    assert "used of 8.0 MiB" in cli("status")
 
 
 def test_mount_errors_are_clear(local_cli, tmp_path, local_mounts):

@@ -296,6 +296,10 @@ class BlockCache:
         self._scan(self._store(store), entry, sink, tally)
         return tally[0]
 
+    @property
+    def size_limit(self) -> int:
+        return self._cache.size_limit
+
     def block_key(self, sha256: str, index: int) -> str:
         return f"{sha256}:{self.block_size}:{index}"
 

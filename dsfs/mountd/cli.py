@@ -86,7 +86,9 @@ def cmd_status(settings, args):
         cache = _open_cache(settings)
         stats = cache.stats()
         cache.close()
-        used, limit = stats["size"], stats["limit"]
+        used = stats["size"]
+        # Each daemon bounds the shared cache by its own --cache-size; show the mounts' bound.
+        limit = max((m.get("cache_limit") or 0 for m in mounts), default=0) or stats["limit"]
         for m in mounts:
             m["cache_used"] = used  # one cache is shared by every mount
     if args.json:

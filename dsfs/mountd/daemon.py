@@ -96,7 +96,7 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
         mountpoint=mountpoint, ref=ref, version=manifest.id, dataset=manifest.dataset,
         state=manifest.state, writable=writable, pid=os.getpid(),
         started=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), adapter=adapter,
-        log=log_path, cache_dir=settings.cache_dir)
+        log=log_path, cache_dir=settings.cache_dir, cache_limit=cache.size_limit)
 
     def on_ready() -> None:
         registry.write_record(settings.state_dir, record)

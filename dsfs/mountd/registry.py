@@ -31,6 +31,7 @@ class MountRecord:
     adapter: str
     log: str
     cache_dir: str
+    cache_limit: int = 0  # the daemon's disk-cache bound (its --cache-size or the default)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
