@@ -162,9 +162,18 @@ class Repository:
         summary.changeset = changeset_id
         return summary
 
+    def _unleased_draft(self, ref: str) -> VersionManifest:
+        """A draft that no live mount is writing: changing it under a writable mount would mix
+        two writers' change-sets (the mount commits through its own lease instead)."""
+        from .lease import check_not_leased
+
+        manifest = self.resolve_draft(ref)
+        check_not_leased(self.store, manifest.id)
+        return manifest
+
     def add(self, ref: str, paths: list[str], *, dest: str | None = None, wildcard: str | None = None,
             recursive: bool = True) -> CommitSummary:
-        manifest = self.resolve_draft(ref)
+        manifest = self._unleased_draft(ref)
         base = normalize_dest(dest)
         sources: dict[str, Source] = {}
         for local in paths:
@@ -175,7 +184,7 @@ class Repository:
         return self.commit_changes(manifest, sorted(sources.values(), key=lambda s: s.path), [])
 
     def remove(self, ref: str, patterns: list[str], *, recursive: bool = True) -> CommitSummary:
-        manifest = self.resolve_draft(ref)
+        manifest = self._unleased_draft(ref)
         index = self.index(manifest)
         removals: dict[str, Removal] = {}
         for pattern in patterns:
@@ -188,7 +197,7 @@ class Repository:
 
     def sync(self, ref: str, folder: str, *, dest: str | None = None) -> CommitSummary:
         """Make the subtree DEST of a draft equal to a local folder (the source of truth)."""
-        manifest = self.resolve_draft(ref)
+        manifest = self._unleased_draft(ref)
         if not os.path.isdir(folder):
             raise InvalidInput(f"not a folder: {folder!r}")
         base = normalize_dest(dest)

@@ -126,6 +126,10 @@ def test_commit_while_mounted_and_publish_refused(cli, mounts, draft, tmp_path):
     again = json.loads(cli("commit", str(mnt), "--json"))  # nothing new: idempotent
     assert (again["added"], again["modified"], again["removed"]) == (0, 0, 0)
     assert "mounted writable by host" in cli.fails("publish", vid)
+    write_tree(tmp_path / "more", {"m.txt": "m"})
+    for argv in (("add", vid, str(tmp_path / "more")), ("remove", vid, "n1.txt"),
+                 ("sync", vid, str(tmp_path / "more"))):
+        assert "mounted writable by host" in cli.fails(*argv)  # one writer per draft
     (mnt / "n2.txt").write_text("two")
     note = mounts.umount(mnt)
     assert "1 added" in note
