@@ -146,6 +146,18 @@ def test_draft_mounted_read_only_on_request(local_cli, local_mounts, tmp_path):
     with pytest.raises(OSError) as exc:
         (mnt / "g").write_text("no")
     assert exc.value.errno == errno.EROFS
+    # Another change-set replaces the draft's index file; the mount keeps its pinned one and
+    # goes on serving the state it mounted.
+    index_dir = Path(local_mounts.settings.cache_dir) / "index"
+    before = set(index_dir.glob(f"{vid}.draft-*.sqlite"))
+    local_cli("add", vid, str(write_tree(tmp_path / "more", {"g": "later"})))
+    local_cli("ls", vid)
+    assert before and not (before & set(index_dir.glob(f"{vid}.draft-*.sqlite")))
+    pins = Path(local_mounts.settings.state_dir) / "pins"
+    assert len(list(pins.glob("*.sqlite"))) == 1
+    assert sorted(os.listdir(mnt)) == ["f"] and (mnt / "f").read_text() == "draft data"
+    local_mounts.umount(mnt)
+    assert not list(pins.glob("*.sqlite"))
 
 
 def test_python_api_mounts_a_temp_folder(local_cli, tmp_path, cache_dir):

@@ -74,6 +74,7 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
     """Resolve, mount and serve until unmounted. Calls ``ready()`` once the mount works."""
     from ..cache import BlockCache
     from ..repo import Repository
+    from ..resolver.index import VersionIndex
     from .view import VersionView
 
     if adapter not in ADAPTERS:
@@ -82,12 +83,18 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
     repo = Repository(settings)
     manifest = repo.resolve(ref)
     index = repo.index(manifest)
+    writable = manifest.state == "draft" and not read_only
+    pin = None
+    if not manifest.is_published and not writable:
+        # A draft's index file is replaced (and the old one deleted) when anyone adds a
+        # change-set; a read-only mount keeps serving the state it mounted, through a hard link.
+        pin = _pin_index(settings, index.path)
+        index = VersionIndex(str(pin), immutable=False)
     cache = BlockCache(settings.cache_dir, repo.store, size_limit=cache_size or settings.cache_size,
                        block_size=settings.block_size, persist=settings.caches(repo.store),
                        neighbour_bytes=settings.neighbour_bytes)
     view = VersionView(manifest, index, repo.store, cache)
     # A draft caught mid-publish ("publishing") takes no more change-sets: serve it read-only.
-    writable = manifest.state == "draft" and not read_only
     if adapter == "auto":
         adapter = "direct" if manifest.is_published else "lowlevel"
     if writable:
@@ -126,8 +133,24 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
         sd_notify("STOPPING=1")
         registry.remove_record(settings.state_dir, mountpoint, os.getpid())
         cache.close()
+        index.close()
+        if pin is not None:
+            pin.unlink(missing_ok=True)
         log.info("unmounted %s", mountpoint)
     return 0
+
+
+def _pin_index(settings: Settings, path: str) -> Path:
+    pins = settings.state_dir / "pins"
+    pins.mkdir(parents=True, exist_ok=True)
+    for old in pins.glob("*.sqlite"):  # left by daemons that died
+        with contextlib.suppress(ValueError, FileNotFoundError):
+            if not registry.pid_alive(int(old.stem.partition("-")[0])):
+                old.unlink()
+    pin = pins / f"{os.getpid()}-{Path(path).name}"
+    pin.unlink(missing_ok=True)
+    os.link(path, pin)
+    return pin
 
 
 def _serve_draft(repo, manifest, view, cache, mountpoint, options, on_ready, *, break_lease, settings) -> int:
