@@ -529,3 +529,43 @@ def test_a_small_miss_fetches_its_uncached_neighbours_in_one_get(store, cache_di
             c.read(store, entries["f05"], 0, 1 << 20, near=near)
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("persist", [True, False])
+def test_block_hashes_catch_corruption_in_any_part_of_a_big_file(store, cache_dir, tmp_path, persist):
+    """A big stored file carries a sha256 per 4 MiB block: a read anywhere in a block whose bytes
+    were damaged in the store fails (after one refetch) without reading the whole file, and the
+    other blocks still read, with or without a disk cache."""
+    from dsfs.changeset.manifest import HASH_BLOCK
+
+    data = random.Random(21).randbytes(2 * HASH_BLOCK + 12345)
+    entry = pack_files(store, tmp_path, {"big": data})["big"]
+    assert entry.method == STORED and len(entry.blocks) == 3 * 64
+    assert entry.block_sha256(1) == hashlib.sha256(data[HASH_BLOCK:2 * HASH_BLOCK]).hexdigest()
+    chunk = store.root / entry.chunk
+    raw = bytearray(chunk.read_bytes())
+    raw[entry.offset + HASH_BLOCK + 777] ^= 0x01
+    chunk.write_bytes(bytes(raw))
+    c = BlockCache(cache_dir, store, block_size=HASH_BLOCK, size_limit=64 << 20, persist=persist)
+    try:
+        assert c.read(store, entry, 100, 4096) == data[100:4196]
+        with pytest.raises(Corrupt, match="block 1"):
+            c.read(store, entry, HASH_BLOCK + 5000, 100)
+        tail = 2 * HASH_BLOCK + 10
+        assert c.read(store, entry, tail, 100) == data[tail:tail + 100]
+        assert c.read(store, entry, 200, 50) == data[200:250]  # block 0: checked once, then in place
+        assert c.stats()["corrupt"] >= 1
+    finally:
+        c.close()
+
+
+def test_bad_block_hashes_in_a_manifest_are_rejected():
+    from dsfs.changeset.manifest import HASH_BLOCK
+
+    good = {"op": "add", "path": "f", "type": "file", "mode": 0o644, "mtime_ns": 0,
+            "size": HASH_BLOCK + 1, "sha256": "a" * 64, "chunk": "c", "offset": 0, "csize": HASH_BLOCK + 1,
+            "method": 0, "blocks": "b" * 128}
+    assert Entry.from_json(good).block_sha256(1) == "b" * 64
+    for bad in ("b" * 64, "B" * 128, "x" * 128, "b" * 192):
+        with pytest.raises(Corrupt, match="bad block hashes"):
+            Entry.from_json({**good, "blocks": bad})

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import diskcache
 
-from ..changeset.manifest import EMPTY_SHA256, STORED, Entry
+from ..changeset.manifest import EMPTY_SHA256, HASH_BLOCK, STORED, Entry
 from ..changeset.reader import iter_member, read_range
 from ..errors import Corrupt, InvalidInput, NotFound
 from ..store.base import ObjectStore, Progress
@@ -223,6 +223,9 @@ class BlockCache:
         self._memory = _Memory(memory_limit)
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
+        # (sha256, block) pairs whose bytes in the store passed their block hash in this process:
+        # a local store's later random reads of them go in place (bounded, least recent out).
+        self._verified: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
         self._queued: set[str] = set()
         self._pending: set[concurrent.futures.Future] = set()
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -257,7 +260,8 @@ class BlockCache:
         first, last = offset // bs, (end - 1) // bs
         if state is not None:
             self._read_ahead(store, entry, state, offset, end, last)
-        if not self.persist and not self._whole_fetch(entry) and not (state and state.sequential):
+        if (not self.persist and not self._whole_fetch(entry) and not (state and state.sequential)
+                and self._in_place_ok(entry, first, last)):
             # A local store's stored member, read at random: read just the asked range in
             # place (the kernel caches the chunk file) instead of a whole block per read.
             data = read_range(store, entry, offset, end - offset)
@@ -553,18 +557,48 @@ class BlockCache:
 
     def _fill_block(self, store: ObjectStore, entry: Entry, i: int,
                     tally: list[int] | None) -> memoryview:
-        """One block of a multi-block STORED member, by a ranged GET (retried once if short)."""
+        """One block of a multi-block STORED member, by a ranged GET, checked against the
+        block's own sha256 where the manifest has one (retried once if short or wrong)."""
         start, length = i * self.block_size, self._length(entry, i)
         try:
-            data = read_range(store, entry, start, length)
+            data = self._checked_range(store, entry, i, start, length)
         except Corrupt as exc:
             log.warning("refetching block %d of %r: %s", i, entry.path, exc)
-            data = read_range(store, entry, start, length)
+            try:
+                data = self._checked_range(store, entry, i, start, length)
+            except Corrupt:
+                self._count("corrupt")
+                raise
         self._count("fetched", len(data))
         if tally is not None:
             tally[0] += len(data)
         self._put(self.block_key(entry.sha256, i), data, remember=False)  # the caller decides
         return memoryview(data)
+
+    def _checkable(self, entry: Entry) -> bool:
+        """Whether the blocks of ``entry`` can each be checked on their own."""
+        return entry.blocks is not None and self.block_size == HASH_BLOCK
+
+    def _checked_range(self, store: ObjectStore, entry: Entry, i: int, start: int, length: int) -> bytes:
+        data = read_range(store, entry, start, length)
+        if self._checkable(entry):
+            got = hashlib.sha256(data).hexdigest()
+            if got != entry.block_sha256(i):
+                raise Corrupt(f"sha256 mismatch for block {i} of {entry.path!r} in {entry.chunk!r}: "
+                              f"expected {entry.block_sha256(i)}, got {got}")
+            with self._lock:
+                self._verified[(entry.sha256, i)] = None
+                self._verified.move_to_end((entry.sha256, i))
+                while len(self._verified) > 1 << 16:
+                    self._verified.popitem(last=False)
+        return data
+
+    def _in_place_ok(self, entry: Entry, first: int, last: int) -> bool:
+        """A read in place needs no check, or only blocks already checked in this process."""
+        if not self._checkable(entry):
+            return True
+        with self._lock:
+            return all((entry.sha256, i) in self._verified for i in range(first, last + 1))
 
     def _fill_whole_for(self, store: ObjectStore, entry: Entry, i: int, tally: list[int] | None,
                         near: Callable[[str, int, int], list[Entry]] | None = None) -> tuple[int, memoryview]:

@@ -42,6 +42,14 @@ PUBLISHING = "publishing"
 PUBLISHED = "published"
 
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+# Files larger than this carry a sha256 per HASH_BLOCK-sized piece ("blocks"), so a read of any
+# part of them can be checked without reading all of it.
+HASH_BLOCK = 4 << 20
+_HEX = frozenset("0123456789abcdef")
+
+
+def block_count(size: int) -> int:
+    return (size + HASH_BLOCK - 1) // HASH_BLOCK
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ +-]{0,127}")
 _ID_RE = re.compile(r"[0-9a-f]{32}")
@@ -114,6 +122,10 @@ class Entry:
     offset: int = 0
     csize: int = 0
     method: int = STORED
+    blocks: str | None = None  # sha256 hex of each HASH_BLOCK piece, concatenated (big files)
+
+    def block_sha256(self, i: int) -> str | None:
+        return None if self.blocks is None else self.blocks[64 * i:64 * (i + 1)]
 
     def to_json(self) -> dict:
         d = {"op": "add", "path": self.path, "type": self.type, "mode": self.mode,
@@ -122,6 +134,8 @@ class Entry:
             d.update(size=self.size, sha256=self.sha256)
             if self.chunk is not None:
                 d.update(chunk=self.chunk, offset=self.offset, csize=self.csize, method=self.method)
+            if self.blocks is not None:
+                d["blocks"] = self.blocks
         elif self.type == SYMLINK:
             d.update(target=self.target, size=len(self.target.encode("utf-8", "surrogateescape")))
         return d
@@ -148,6 +162,11 @@ class Entry:
                         raise Corrupt(f"manifest entry has a bad byte location: {path!r}")
                 elif entry.size:
                     raise Corrupt(f"manifest entry has bytes but no chunk: {path!r}")
+                if "blocks" in d:
+                    blocks = str(d["blocks"])
+                    if len(blocks) != 64 * block_count(entry.size) or not _HEX.issuperset(blocks):
+                        raise Corrupt(f"manifest entry has bad block hashes: {path!r}")
+                    entry.blocks = blocks
             elif kind == SYMLINK:
                 entry.target = str(d["target"])
                 entry.size = len(entry.target.encode("utf-8", "surrogateescape"))

@@ -22,12 +22,13 @@ from collections.abc import Callable, Sequence
 from ..config import Settings
 from ..errors import InvalidInput, NoSpace
 from ..store.base import ObjectStore
-from .manifest import DEFLATED, DIR, EMPTY_SHA256, FILE, STORED, SYMLINK, Entry, chunk_key
+from .manifest import DEFLATED, DIR, EMPTY_SHA256, FILE, HASH_BLOCK, STORED, SYMLINK, Entry, chunk_key
 
 Progress = Callable[[int], None]
 BlobLookup = Callable[[str], Entry | None]
 
 _READ_BLOCK = 1 << 20
+assert HASH_BLOCK % _READ_BLOCK == 0
 _PROBE_BYTES = 16 << 10  # enough to tell text from noise; deflating more costs real CPU
 # Types whose bytes are already compressed: deflating them again costs CPU and saves nothing.
 ALREADY_COMPRESSED = frozenset(
@@ -141,14 +142,25 @@ class _ChunkWriter:
         info.external_attr = (0o100000 | src.mode) << 16
         info.file_size = src.size  # lets zipfile choose zip64 headers for big files up front
         digest = hashlib.sha256()
+        pieces = [] if src.size > HASH_BLOCK else None  # per-HASH_BLOCK sha256s of big files
+        piece, piece_len = hashlib.sha256(), 0
         with open(src.local, "rb") as f, self.zip.open(info, "w", force_zip64=src.size > (1 << 31) - 1) as out:
-            while block := f.read(_READ_BLOCK):
+            while block := f.read(_READ_BLOCK):  # _READ_BLOCK divides HASH_BLOCK
                 digest.update(block)
                 out.write(block)
+                if pieces is not None:
+                    piece.update(block)
+                    piece_len += len(block)
+                    if piece_len == HASH_BLOCK:
+                        pieces.append(piece.hexdigest())
+                        piece, piece_len = hashlib.sha256(), 0
+        if pieces is not None and piece_len:
+            pieces.append(piece.hexdigest())
         if digest.hexdigest() != src.sha256:
             raise InvalidInput(f"file changed while being added: {src.local!r}")
         entry = Entry(src.path, FILE, src.size, src.sha256, src.mode, src.mtime_ns,
-                      chunk=self.key, csize=info.compress_size, method=method)
+                      chunk=self.key, csize=info.compress_size, method=method,
+                      blocks=None if pieces is None else "".join(pieces))
         self.members.append((info, entry))
         self.size += info.compress_size + 100 + len(info.filename)
         return entry

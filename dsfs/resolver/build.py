@@ -34,10 +34,11 @@ log = logging.getLogger(__name__)
 
 _DIR = TYPE_CODES[DIR]
 _BATCH = 20000
-_WORK_COLUMNS = "path, type, size, mode, mtime_ns, sha256, target, chunk, offset, csize, method, provider"
+_WORK_COLUMNS = ("path, type, size, mode, mtime_ns, sha256, target, chunk, offset, csize, method, provider, "
+                 "blocks")
 _COPY_SELECT = (
     "SELECT n.path, n.type, n.size, n.mode, n.mtime_ns, n.sha256, n.target, c.key, n.offset, "
-    "n.csize, n.method, p.version FROM src.nodes n LEFT JOIN src.chunks c ON c.id = n.chunk_id "
+    "n.csize, n.method, p.version, n.blocks FROM src.nodes n LEFT JOIN src.chunks c ON c.id = n.chunk_id "
     "JOIN src.providers p ON p.id = n.provider_id WHERE n.ino != 1"
 )
 
@@ -61,7 +62,7 @@ class _Work:
 
     def flush(self) -> None:
         if self.pending:
-            self.conn.executemany(f"INSERT OR REPLACE INTO scratch.work VALUES ({','.join('?' * 12)})",
+            self.conn.executemany(f"INSERT OR REPLACE INTO scratch.work VALUES ({','.join('?' * 13)})",
                                   self.pending)
             self.pending.clear()
 
@@ -93,7 +94,7 @@ class _Work:
                     raise PathConflict(folder)
                 if kind is None:
                     self.pending.append((folder, _DIR, 0, 0o755, e.mtime_ns, None, None, None, None,
-                                         None, None, provider))
+                                         None, None, provider, None))
                 self.dirs.add(folder)
         if e.type == DIR:
             if path not in self.dirs:
@@ -105,7 +106,8 @@ class _Work:
             raise PathConflict(path)
         sha = e.sha256 if e.type != DIR else None
         self.pending.append((path, TYPE_CODES[e.type], e.size if e.type != DIR else 0, e.mode,
-                             e.mtime_ns, sha, e.target, e.chunk, e.offset, e.csize, e.method, provider))
+                             e.mtime_ns, sha, e.target, e.chunk, e.offset, e.csize, e.method, provider,
+                             e.blocks))
         if len(self.pending) >= _BATCH:
             self.flush()
 
@@ -242,14 +244,14 @@ def _finalize(conn: sqlite3.Connection, manifest: VersionManifest) -> None:
     stamp = manifest.published or manifest.created
     root_mtime = int(_dt.datetime.fromisoformat(stamp).timestamp() * 1e9) if stamp else 0
     conn.execute("INSERT INTO nodes VALUES (1, 1, '', '', ?, 0, ?, ?, NULL, NULL, NULL, NULL, NULL, "
-                 "NULL, ?, 2)", (_DIR, 0o755, root_mtime, provider_ids[manifest.id]))
+                 "NULL, ?, 2, NULL)", (_DIR, 0o755, root_mtime, provider_ids[manifest.id]))
     dir_inos = {"": ROOT_INO}
     subdirs: dict[int, int] = {}
     files = total = 0
     batch: list[tuple] = []
     ino = ROOT_INO
     cursor = conn.execute(f"SELECT {_WORK_COLUMNS} FROM scratch.work ORDER BY path")
-    for path, kind, size, mode, mtime, sha, target, chunk, offset, csize, method, provider in cursor:
+    for path, kind, size, mode, mtime, sha, target, chunk, offset, csize, method, provider, blocks in cursor:
         ino += 1
         parent = dir_inos[parent_of(path)]
         if kind == _DIR:
@@ -260,7 +262,7 @@ def _finalize(conn: sqlite3.Connection, manifest: VersionManifest) -> None:
             total += size
         batch.append((ino, parent, name_of(path), path, kind, size, mode, mtime,
                       sha, target, chunk_ids.get(chunk), offset, csize, method,
-                      provider_ids[provider], 1 if kind != _DIR else 2))
+                      provider_ids[provider], 1 if kind != _DIR else 2, blocks))
         if len(batch) >= _BATCH:
             _insert_nodes(conn, batch)
     _insert_nodes(conn, batch)
@@ -273,7 +275,7 @@ def _finalize(conn: sqlite3.Connection, manifest: VersionManifest) -> None:
 
 
 def _insert_nodes(conn: sqlite3.Connection, batch: list[tuple]) -> None:
-    conn.executemany(f"INSERT INTO nodes VALUES ({','.join('?' * 16)})", batch)
+    conn.executemany(f"INSERT INTO nodes VALUES ({','.join('?' * 17)})", batch)
     batch.clear()
 
 

@@ -43,7 +43,8 @@ CREATE TABLE nodes(
     csize INTEGER,
     method INTEGER,
     provider_id INTEGER NOT NULL,
-    nlink INTEGER NOT NULL DEFAULT 1
+    nlink INTEGER NOT NULL DEFAULT 1,
+    blocks TEXT
 );
 """
 INDEX_SQL = """
@@ -52,13 +53,13 @@ CREATE UNIQUE INDEX nodes_by_path ON nodes(path);
 CREATE INDEX nodes_by_sha ON nodes(sha256) WHERE sha256 IS NOT NULL;
 CREATE INDEX nodes_by_chunk ON nodes(chunk_id, offset) WHERE chunk_id IS NOT NULL;
 """
-INDEX_FORMAT = "2"  # an index file of another format is rebuilt (it is only a cache)
+INDEX_FORMAT = "3"  # an index file of another format is rebuilt (it is only a cache)
 
 # Chunk keys and provider versions are few and fixed once an index is built: they are mapped
 # in Python (``VersionIndex._names``), so a node lookup is one rowid probe with no join.
 _NODE_SELECT = (
     "SELECT n.ino, n.parent, n.name, n.path, n.type, n.size, n.mode, n.mtime_ns, n.sha256, "
-    "n.target, n.chunk_id, n.offset, n.csize, n.method, n.provider_id, n.nlink FROM nodes n "
+    "n.target, n.chunk_id, n.offset, n.csize, n.method, n.provider_id, n.nlink, n.blocks FROM nodes n "
 )
 
 
@@ -80,6 +81,7 @@ class Node:
     method: int | None
     version: str
     nlink: int = 1
+    blocks: str | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -87,7 +89,8 @@ class Node:
 
     def to_entry(self) -> Entry:
         return Entry(self.path, self.type, self.size, self.sha256 or "", self.mode, self.mtime_ns,
-                     self.target, self.chunk, self.offset or 0, self.csize or 0, self.method or 0)
+                     self.target, self.chunk, self.offset or 0, self.csize or 0, self.method or 0,
+                     self.blocks)
 
 
 
@@ -134,7 +137,7 @@ class VersionIndex:
         chunk_id, provider_id = row[10], row[14]
         return Node(row[0], row[1], row[2], row[3], TYPE_NAMES[row[4]], row[5], row[6], row[7], row[8],
                     row[9], None if chunk_id is None else self._chunks[chunk_id], row[11], row[12],
-                    row[13], self._providers[provider_id], row[15])
+                    row[13], self._providers[provider_id], row[15], row[16])
 
     def _one(self, sql: str, params: tuple) -> Node | None:
         with self._conn() as conn:
