@@ -581,11 +581,13 @@ class BlockCache:
 
     def _checked_range(self, store: ObjectStore, entry: Entry, i: int, start: int, length: int) -> bytes:
         data = read_range(store, entry, start, length)
-        if self._checkable(entry):
-            got = hashlib.sha256(data).hexdigest()
-            if got != entry.block_sha256(i):
-                raise Corrupt(f"sha256 mismatch for block {i} of {entry.path!r} in {entry.chunk!r}: "
-                              f"expected {entry.block_sha256(i)}, got {got}")
+        if not self._checkable(entry):
+            return data
+        got = hashlib.sha256(data).hexdigest()
+        if got != entry.block_sha256(i):
+            raise Corrupt(f"sha256 mismatch for block {i} of {entry.path!r} in {entry.chunk!r}: "
+                          f"expected {entry.block_sha256(i)}, got {got}")
+        if not self.persist:  # only reads in place (no disk cache) consult the checked set
             with self._lock:
                 self._verified[(entry.sha256, i)] = None
                 self._verified.move_to_end((entry.sha256, i))
@@ -628,17 +630,14 @@ class BlockCache:
             return None  # the fetch of its own names the missing chunk
         self._count("neighbour_gets")
         for other in others:
-            digest = hashlib.sha256()
             with io.BytesIO() as f:
-                if self._inflate_into(piece, other, digest, f, None) is None:
-                    self._put_blocks(other, f.getbuffer().tobytes())
+                if self._inflate_into(piece, other, f, None) is None:
+                    self._put_blocks(other, f)
                     self._count("neighbours")
-        digest = hashlib.sha256()
         with io.BytesIO() as f:
-            if self._inflate_into(piece, entry, digest, f, tally) is not None:
+            if self._inflate_into(piece, entry, f, tally) is not None:
                 return None
-            data = f.getbuffer().tobytes()
-        return self._put_blocks(entry, data, want=i)
+            return self._put_blocks(entry, f, want=i)
 
     def _cached(self, key: str) -> bool:
         try:
@@ -646,14 +645,19 @@ class BlockCache:
         except (OSError, sqlite3.Error, diskcache.Timeout):
             return False
 
-    def _put_blocks(self, entry: Entry, data: bytes, want: int | None = None) -> memoryview | None:
-        """Cache the blocks of a verified whole file; block ``want`` is returned, not kept in memory."""
-        whole, result = memoryview(data), None
+    def _put_blocks(self, entry: Entry, f, want: int | None = None,
+                    sink: Callable[[int, memoryview], None] | None = None) -> memoryview | None:
+        """Cache the blocks of a verified whole file held in ``f``, handing each to ``sink``;
+        block ``want`` is returned (and not kept in memory for it)."""
+        f.seek(0)
+        result = None
         for i in range(self._nblocks(entry)):
-            block = whole[i * self.block_size:(i + 1) * self.block_size]
-            self._put(self.block_key(entry.sha256, i), block, remember=i != want)
+            data = memoryview(f.read(self._length(entry, i)))
+            self._put(self.block_key(entry.sha256, i), data, remember=i != want)
+            if sink is not None:
+                sink(i, data)
             if i == want:
-                result = block
+                result = data
         return result
 
     def _fill_whole(self, store: ObjectStore, entry: Entry, *, want: int | None = None,
@@ -663,7 +667,6 @@ class BlockCache:
         returns block ``want`` and hands every block to ``sink``."""
         errors: list[Corrupt] = []
         for _attempt in range(2):
-            digest = hashlib.sha256()
             # Small members (the common case) stay in memory; big ones spool to disk.
             if entry.size <= GET_SIZE:
                 spool = contextlib.nullcontext(io.BytesIO())
@@ -671,26 +674,18 @@ class BlockCache:
                 self._tmp_dir.mkdir(parents=True, exist_ok=True)  # in case someone emptied it
                 spool = tempfile.SpooledTemporaryFile(SPOOL_MEMORY, dir=self._tmp_dir)
             with spool as f:
-                error = self._inflate_into(store, entry, digest, f, tally)
+                error = self._inflate_into(store, entry, f, tally)
                 if error is None:
-                    f.seek(0)
-                    result = None
-                    for i in range(self._nblocks(entry)):
-                        data = memoryview(f.read(self._length(entry, i)))
-                        self._put(self.block_key(entry.sha256, i), data, remember=i != want)
-                        if sink is not None:
-                            sink(i, data)
-                        if i == want:
-                            result = data
-                    return result
+                    return self._put_blocks(entry, f, want, sink)
             log.warning("fetch of %r failed its checks: %s", entry.path, error)
             errors.append(error)
         raise errors[-1]
 
-    def _inflate_into(self, store: ObjectStore, entry: Entry, digest, f,
+    def _inflate_into(self, store: ObjectStore, entry: Entry, f,
                       tally: list[int] | None) -> Corrupt | None:
-        """Stream a member into ``f``; the check that failed, if any."""
+        """Stream a member into ``f``, checking its size and sha256; the check that failed, if any."""
         error: Corrupt | None = None
+        digest = hashlib.sha256()
         try:
             for piece in iter_member(store, entry, GET_SIZE):
                 digest.update(piece)

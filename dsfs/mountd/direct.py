@@ -186,20 +186,20 @@ class DirectOperations:
         self.timeout = LONG_TIMEOUT if view.immutable else 1.0
         # Where a listing left off, so the next readdir call resumes by name, not by counting.
         self._cursors: OrderedDict[tuple[int, int], str] = OrderedDict()
-        self._cursor_lock = threading.Lock()
+        self._lock = threading.Lock()
         # No handles under no_open: sequential detection (block read-ahead) and the in-order
         # sha256 check are kept per inode of a multi-block file; a read at offset 0 starts over.
         self._states: OrderedDict[int, ReadState] = OrderedDict()
         self.requests: collections.Counter[str] = collections.Counter()
 
     def tally(self, op: str) -> None:
-        with self._cursor_lock:
+        with self._lock:
             self.requests[op] += 1
 
     def stats(self) -> bytes:
         """The root's ``user.dsfs.stats``: requests served by operation and the block cache's
         counters, so a user can see whether a second epoch still reaches the daemon."""
-        with self._cursor_lock:
+        with self._lock:
             requests = dict(self.requests)
         return json.dumps({"requests": requests, "cache": self.view.cache.stats()}).encode()
 
@@ -270,7 +270,7 @@ class DirectOperations:
     def _state(self, node: Node, off: int) -> ReadState | None:
         if node.size <= self.view.cache.block_size:
             return None
-        with self._cursor_lock:
+        with self._lock:
             state = None if off == 0 else self._states.pop(node.ino, None)
             self._states[node.ino] = state = state or ReadState()
             while len(self._states) > 256:
@@ -295,7 +295,7 @@ class DirectOperations:
         if off <= 1:
             entries.append(("..", self.view.getattr(folder.parent) if ino != ROOT_INO else folder))
         skip = max(off - 2, 0)
-        with self._cursor_lock:
+        with self._lock:
             after = self._cursors.pop((ino, off), None) if skip else None
         limit = max(size // 48, 16)  # a listing entry takes at least 32 bytes + name
         batch = (self.view.children(ino, after, limit) if after is not None or not skip
@@ -323,7 +323,7 @@ class DirectOperations:
             pos += 1
             last = name
         if pos >= 2 and last not in (None, ".", ".."):
-            with self._cursor_lock:
+            with self._lock:
                 self._cursors[(ino, pos)] = last
                 while len(self._cursors) > 1024:
                     self._cursors.popitem(last=False)
