@@ -12,8 +12,9 @@ Why this adapter for immutable data, over pyfuse3 and libfuse's high-level API:
   ``os.walk`` + ``stat`` needs no lookup per file.
 - Requests carry the inode, which is the index's rowid: no path resolution per read.
 
-The ABI-sensitive structures (``struct stat``, ``fuse_file_info``, ``statvfs``) and the loaded
-library come from mfusepy, which tracks them across libfuse versions. libfuse's worker threads
+The ABI-sensitive structures (``struct stat``, ``fuse_file_info``, ``statvfs``) come from
+mfusepy, which tracks them across libfuse versions, bound to libfuse 3 by ``libfuse`` (never
+libfuse 2, whatever else is installed). libfuse's worker threads
 call the handlers below; the view is thread-safe, and ctypes drops the GIL around every libfuse
 call. Only errors with an errno leave a handler as a reply; anything else is logged with the
 operation and inode and answered with EIO, so a bad request never kills the daemon.
@@ -34,15 +35,15 @@ from collections import OrderedDict
 from ctypes import CFUNCTYPE, POINTER, Structure, c_char_p, c_double, c_int, c_int64, c_size_t
 from ctypes import c_uint, c_uint64, c_void_p
 
-import mfusepy
-
 from ..cache import ReadState
 from ..errors import DsfsError
 from ..resolver.index import ROOT_INO, Node
+from .libfuse import mfusepy_bound_to_libfuse3
 from .view import VersionView
 
 log = logging.getLogger(__name__)
 
+mfusepy = mfusepy_bound_to_libfuse3()
 LONG_TIMEOUT = 86400.0
 XATTR_STATS = "user.dsfs.stats"
 _lib = mfusepy._libfuse
