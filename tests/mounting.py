@@ -1,5 +1,6 @@
 """Helpers for tests with real FUSE mounts: mount through the real CLI path (a detached daemon),
-always unmount and kill in cleanup, and fail a test whose daemon logged something unexpected."""
+always unmount and kill in cleanup; the log check that fails a test whose daemon logged something
+unexpected lives here too (conftest applies it to every test's cache folder)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,32 @@ from dsfs.config import load_settings
 from dsfs.mountd import control, registry
 
 UNEXPECTED = re.compile(r"Traceback|\b(WARNING|ERROR|CRITICAL)\b")
+# Log lines a test expects from its daemons, by cache folder (the conftest's ``cache_dir``
+# fixture checks every daemon log under it when the test ends).
+ALLOWED: dict[str, list[str]] = {}
+
+
+def allow(cache_dir, pattern: str) -> None:
+    ALLOWED.setdefault(str(cache_dir), []).append(pattern)
+
+
+def unexpected_log_lines(cache_dir) -> list[str]:
+    allowed = ALLOWED.pop(str(cache_dir), [])
+    logs = Path(cache_dir) / "state" / "logs"
+    bad = []
+    for path in sorted(logs.glob("*.log")) if logs.exists() else []:
+        for line in path.read_text(errors="replace").splitlines():
+            if UNEXPECTED.search(line) and not any(re.search(p, line) for p in allowed):
+                bad.append(line)
+    return bad
+
+
+def wait_dead(pid: int, timeout: float = 30) -> None:
+    """Wait until ``pid`` has exited (a killed daemon takes a moment), instead of sleeping."""
+    deadline = time.monotonic() + timeout
+    while registry.pid_alive(pid):
+        assert time.monotonic() < deadline, f"process {pid} still alive after {timeout} s"
+        time.sleep(0.01)
 
 
 class Mounts:
@@ -21,7 +48,6 @@ class Mounts:
         self.store, self.cache_dir = store, cache_dir
         self.settings = load_settings(store=store, cache_dir=str(cache_dir))
         self.live: list[tuple[str, int]] = []
-        self.allowed: list[str] = []
 
     def mount(self, ref: str, mountpoint: Path, *, adapter: str = "auto", cache_size: str | None = None,
               options: list[str] | None = None, read_only: bool = False,
@@ -38,7 +64,7 @@ class Mounts:
 
     def allow(self, pattern: str) -> None:
         """A log line matching ``pattern`` is expected by this test."""
-        self.allowed.append(pattern)
+        allow(self.cache_dir, pattern)
 
     def cleanup(self) -> None:
         for mountpoint, pid in self.live:
@@ -46,13 +72,4 @@ class Mounts:
                 subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True)
             if registry.pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
-                time.sleep(0.1)
-
-    def unexpected_log_lines(self) -> list[str]:
-        logs = self.settings.state_dir / "logs"
-        bad = []
-        for path in logs.glob("*.log") if logs.exists() else []:
-            for line in path.read_text(errors="replace").splitlines():
-                if UNEXPECTED.search(line) and not any(re.search(p, line) for p in self.allowed):
-                    bad.append(line)
-        return bad
+                wait_dead(pid)

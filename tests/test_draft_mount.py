@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Cli, tree_digest, write_tree
+from mounting import wait_dead
 
 
 def _rand(n: int, seed: int) -> bytes:
@@ -248,7 +249,7 @@ def test_kill_minus_nine_mid_burst(local_cli, local_mounts, tmp_path):
     os.kill(record.pid, signal.SIGKILL)
     with pytest.raises(OSError):
         partial.close()
-    time.sleep(0.2)
+    wait_dead(record.pid)
     local_cli("umount", str(mnt))  # cleans up the dead daemon's mount; nothing to commit there
     status = json.loads(local_cli("status", "--json"))
     assert [s["health"] for s in status] == ["pending"]
@@ -287,7 +288,7 @@ def test_break_lease_of_a_dead_holder(local_cli, local_mounts, tmp_path):
     record = local_mounts.mount(vid, mnt)
     (mnt / "kept.txt").write_text("kept")
     os.kill(record.pid, signal.SIGKILL)
-    time.sleep(0.2)
+    wait_dead(record.pid)
     other.mkdir()
     err = local_cli.fails("mount", vid, str(other))
     assert "whose holder is dead; use --break-lease" in err
@@ -314,6 +315,7 @@ def test_expired_lease_needs_break_lease(local_cli, local_mounts, tmp_path):
     assert not lease.exists()
 
 
+@pytest.mark.fuse
 def test_store_failure_during_commit_keeps_changes_pending(moto_server, monkeypatch, tmp_path, cache_dir):
     from mounting import Mounts
 

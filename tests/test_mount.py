@@ -357,6 +357,7 @@ def test_long_listing_resumes_across_calls(local_cli, local_mounts, tmp_path, ad
     assert sorted(os.listdir(mnt / "big" / "sub")) == ["f"]
 
 
+@pytest.mark.fuse
 def test_an_s3_epoch_of_small_files_costs_few_gets(moto_server, monkeypatch, tmp_path, cache_dir):
     """Through a mount of an S3 store, a miss on a small file brings in its neighbours in the
     same chunk: an epoch over 300 small files in shuffled order needs a handful of ranged GETs,

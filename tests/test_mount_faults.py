@@ -16,7 +16,7 @@ import pytest
 
 import dsfs
 from conftest import write_tree
-from dsfs.mountd import registry
+from mounting import wait_dead
 
 
 def _rand(n: int, seed: int) -> bytes:
@@ -147,9 +147,7 @@ def test_daemon_killed_then_umount_cleans_up(local_cli, local_mounts, tmp_path):
     mnt = tmp_path / "mnt"
     record = local_mounts.mount(vid, mnt)
     os.kill(record.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while registry.pid_alive(record.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_dead(record.pid)
     with pytest.raises(OSError) as exc:
         os.listdir(mnt)
     # The first access after the daemon died says ECONNABORTED, later ones ENOTCONN.
@@ -188,6 +186,7 @@ def test_draft_mounted_read_only_on_request(local_cli, local_mounts, tmp_path):
     assert not list(pins.glob("*.sqlite"))
 
 
+@pytest.mark.fuse
 def test_python_api_mounts_a_temp_folder(local_cli, tmp_path, cache_dir):
     _publish(local_cli, tmp_path, "v", {"x/y.txt": "hello"})
     with dsfs.mounted("ds@v", store=local_cli.store, cache_dir=str(cache_dir)) as root:
@@ -197,6 +196,7 @@ def test_python_api_mounts_a_temp_folder(local_cli, tmp_path, cache_dir):
     assert not path.exists()
 
 
+@pytest.mark.fuse
 def test_systemd_notify_protocol(local_cli, tmp_path, cache_dir):
     vid = _publish(local_cli, tmp_path, "v", {"f": "x"})
     sock_path = str(tmp_path / "notify.sock")
@@ -222,6 +222,7 @@ def test_systemd_notify_protocol(local_cli, tmp_path, cache_dir):
         sock.close()
 
 
+@pytest.mark.fuse
 def test_systemd_stop_by_sigterm_unmounts(local_cli, tmp_path, cache_dir):
     vid = _publish(local_cli, tmp_path, "v", {"f": "x"})
     mnt = tmp_path / "mnt"
@@ -244,6 +245,7 @@ def test_systemd_stop_by_sigterm_unmounts(local_cli, tmp_path, cache_dir):
                 proc.kill()
 
 
+@pytest.mark.fuse
 def test_s3_outage_mid_read_then_recovery(moto_server, monkeypatch, tmp_path, cache_dir):
     from conftest import Cli
     from mounting import Mounts
@@ -273,4 +275,3 @@ def test_s3_outage_mid_read_then_recovery(moto_server, monkeypatch, tmp_path, ca
         mounts.umount(mnt)
     finally:
         mounts.cleanup()
-    assert not mounts.unexpected_log_lines()
