@@ -77,8 +77,11 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
     from ..resolver.index import VersionIndex
     from .view import VersionView
 
+    from .libfuse import find as find_libfuse3
+
     if adapter not in ADAPTERS:
         raise InvalidInput(f"unknown adapter: {adapter!r} (auto, direct or lowlevel)")
+    find_libfuse3()  # every adapter needs it: one clear line, not an ImportError, when it is missing
     mountpoint = check_mountpoint(mountpoint, nonempty="nonempty" in (fuse_options or []))
     repo = Repository(settings)
     manifest = repo.resolve(ref)
