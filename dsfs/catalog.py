@@ -1,7 +1,9 @@
 """The catalog: datasets and versions as records in an object store.
 
 All record changes go through compare-and-swap loops (``_update``), so two writers updating the
-same dataset or draft never lose each other's change. Publishing is a three-step protocol that
+same dataset or draft never lose each other's change. Version names are unique per dataset: the
+dataset record maps each name to its version, and a name is claimed in the same compare-and-swap
+that lists a new version (or renames one), so of two writers racing for a name only one wins. Publishing is a three-step protocol that
 survives a crash at any point: the draft is marked ``publishing`` (no more change-sets accepted),
 the published manifest is created once, the draft record is deleted.
 """
@@ -9,6 +11,7 @@ the published manifest is created once, the draft record is deleted.
 from __future__ import annotations
 
 import concurrent.futures
+import difflib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -51,11 +54,15 @@ class Catalog:
         try:
             data, etag = self.store.get(key)
         except NotFound:
-            raise NotFound(f"dataset not found: {name!r}") from None
+            raise NotFound(f"dataset not found: {name!r}{did_you_mean(name, self.dataset_names())}") from None
         return DatasetRecord.loads(data, key), etag
 
+    def dataset_names(self) -> list[str]:
+        return sorted(info.key[len("datasets/"):-len(".json")] for info in self.store.list("datasets/")
+                      if info.key.count("/") == 1 and info.key.endswith(".json"))
+
     def datasets(self) -> list[DatasetRecord]:
-        keys = [info.key for info in self.store.list("datasets/") if info.key.endswith(".json")]
+        keys = [dataset_key(name) for name in self.dataset_names()]
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             records = list(pool.map(lambda k: DatasetRecord.loads(self.store.get(k)[0], k), keys))
         return sorted(records, key=lambda r: r.name)
@@ -106,9 +113,11 @@ class Catalog:
         return self._get_version(version_id)[1]
 
     def versions(self, dataset: str) -> list[VersionManifest]:
-        record = self.dataset(dataset)
+        return self._manifests(self.dataset(dataset).versions)
+
+    def _manifests(self, ids: list[str]) -> list[VersionManifest]:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            futures = [pool.submit(self.version, vid) for vid in record.versions]
+            futures = [pool.submit(self.version, vid) for vid in ids]
         found = []
         for fut in futures:
             try:
@@ -133,16 +142,51 @@ class Catalog:
                 raise InvalidInput(f"parent must be published, {parent_id!r} ({parent.name!r}) is a draft")
         if len(set(parents)) != len(parents):
             raise InvalidInput("the same parent is given twice")
-        existing = self.versions(dataset)
-        if any(v.name == name for v in existing):
-            raise AlreadyExists(f"version name already exists in dataset {dataset!r}: {name!r}")
         manifest = VersionManifest(new_id(), dataset, name, list(parents), DRAFT, now_iso(),
                                    comment=comment, metadata=dict(metadata or {}))
-        # The record first, then the dataset's list: a crash in between leaves an unlisted
-        # draft that nothing shows and `dsfs gc` removes, never a listed id with no record.
+        # The record first, then its name and its place in the dataset's list in one
+        # compare-and-swap: a crash in between leaves an unlisted draft that nothing shows,
+        # never a listed id with no record; a name already taken leaves nothing behind.
         self.store.put_if_absent(draft_key(manifest.id), manifest.dumps())
-        self.update_dataset(dataset, lambda r: r.versions.append(manifest.id))
+
+        def claim_and_list(record: DatasetRecord) -> None:
+            self._claim_name(record, name, manifest.id)
+            record.versions.append(manifest.id)
+
+        try:
+            self.update_dataset(dataset, claim_and_list)
+        except AlreadyExists:
+            self.store.delete(draft_key(manifest.id))
+            raise
         return manifest
+
+    def version_names(self, dataset: str) -> set[str]:
+        return set(self._names(self.dataset(dataset)))
+
+    def _names(self, record: DatasetRecord) -> dict[str, str]:
+        if record.names is None:  # written by an older dsfs
+            record.names = {v.name: v.id for v in self._manifests(record.versions)}
+        return record.names
+
+    def _claim_name(self, record: DatasetRecord, name: str, version_id: str) -> None:
+        """Reserve ``name`` for ``version_id``; only ever called inside ``update_dataset``."""
+        names = self._names(record)
+        holder = names.get(name)
+        if holder is not None and holder != version_id and holder in record.versions:
+            raise AlreadyExists(f"version name already exists in dataset {record.name!r}: {name!r}")
+        names[name] = version_id
+
+    def _release_names(self, dataset: str, version_id: str, keep: str | None = None) -> None:
+        """Free the names ``version_id`` holds (all but ``keep``), if it holds any."""
+        def stale(record: DatasetRecord) -> list[str]:
+            return [n for n, v in (record.names or {}).items() if v == version_id and n != keep]
+
+        def release(record: DatasetRecord) -> None:
+            for n in stale(record):
+                del record.names[n]
+
+        if stale(self.dataset(dataset)):
+            self.update_dataset(dataset, release)
 
     def update_draft(self, version_id: str, change: Callable[[VersionManifest], None],
                      *, allow_publishing: bool = False) -> VersionManifest:
@@ -193,8 +237,9 @@ class Catalog:
         if manifest.is_published:
             raise InvalidInput(f"version is already published: {version_id!r} ({manifest.name!r})")
         if name is not None and name != manifest.name:
-            if any(v.name == name for v in self.versions(manifest.dataset) if v.id != version_id):
-                raise AlreadyExists(f"version name already exists in dataset {manifest.dataset!r}: {name!r}")
+            # The new name is held first and the old one freed last, so no two versions ever
+            # show one name, whatever step a crash interrupts.
+            self.update_dataset(manifest.dataset, lambda r: self._claim_name(r, name, version_id))
 
         def mark(m: VersionManifest) -> None:
             m.state = PUBLISHING
@@ -209,17 +254,29 @@ class Catalog:
         except AlreadyExists:
             pass  # an earlier, interrupted publish got this far
         self.store.delete(draft_key(version_id))
+        self._release_names(manifest.dataset, version_id, keep=manifest.name)
         return self.version(version_id)
 
     def delete_version_records(self, manifest: VersionManifest) -> None:
-        self.update_dataset(manifest.dataset,
-                            lambda r: r.versions.remove(manifest.id) if manifest.id in r.versions else None)
+        def unlist(record: DatasetRecord) -> None:
+            if manifest.id in record.versions:
+                record.versions.remove(manifest.id)
+            if record.names is not None:
+                record.names = {n: v for n, v in record.names.items() if v != manifest.id}
+
+        self.update_dataset(manifest.dataset, unlist)
         # Change-sets go with the version; chunks stay for gc, which keeps those another version
         # still references (dedup pointers, squashes).
         for ref in manifest.changesets:
             self.store.delete(ref.key)
         self.store.delete(draft_key(manifest.id))
         self.store.delete(published_key(manifest.id))
+
+
+def did_you_mean(word: str, candidates: list[str]) -> str:
+    """' (did you mean 'x'?)' naming the closest candidate, or ''."""
+    close = difflib.get_close_matches(word, candidates, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _retry_cas(attempt):

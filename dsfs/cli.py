@@ -1,6 +1,6 @@
 """The ``dsfs`` command line.
 
-Global options come before the command. Errors print one line on stderr and exit 1; usage
+Global options work before or after the command. Errors print one line on stderr and exit 1; usage
 errors exit 2; nothing a user does wrong prints a traceback (``-v`` shows one for bugs).
 """
 
@@ -49,6 +49,11 @@ def _version_json(v) -> dict:
             "metadata": v.metadata, "changesets": len(v.changesets)}
 
 
+def _plural(n: int, noun: str) -> str:
+    """'1 file', '2 files'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _summary_line(s) -> str:
     return (f"{s.added} added, {s.modified} modified, {s.removed} removed; "
             f"{human_size(s.bytes_uploaded)} uploaded, {human_size(s.bytes_dedup)} deduplicated")
@@ -62,6 +67,12 @@ def cmd_create(repo, args):
                     project=args.project or "", tags=args.tag, description=args.description or "",
                     comment=args.comment or "", metadata=_meta(args.meta))
     print(v.id)
+    others = [o for o in repo.catalog.versions(v.dataset) if not o.is_published and o.id != v.id]
+    if others and not args.quiet:
+        names = ", ".join(f"{o.dataset}@{o.name}" for o in sorted(others, key=lambda o: o.created))
+        print(f"dsfs: note: dataset {v.dataset!r} has other drafts: {names}; {v.dataset}@draft is "
+              f"ambiguous now, name drafts as {v.dataset}@NAME (this one is {v.dataset}@{v.name})",
+              file=sys.stderr)
 
 
 def cmd_add(repo, args):
@@ -272,115 +283,162 @@ def cmd_gc(repo, args):
 # -- parser -----------------------------------------------------------------------------------
 
 
+DESCRIPTION = """\
+Mount versions of datasets as folders.
+
+A dataset is a named collection of versions: drafts you change, and published versions that
+never change. Commands name a version with a REF:
+
+  ID, or a unique prefix of at least 6 hex digits   a version by id
+  DATASET@NAME                                      a version by name (names are unique per dataset)
+  DATASET@draft                                     the dataset's single draft
+  DATASET                                           the dataset's latest published version
+"""
+
+EPILOG = """\
+examples:
+  V=$(dsfs create pets)                 a draft (and the dataset, if new); prints its id
+  dsfs add $V ~/data/pets               copy a folder into the draft
+  dsfs publish $V                       make it read-only for ever
+  dsfs ls pets -r                       list the latest published version
+  dsfs mount pets /mnt/pets             mount it read-only; bytes are fetched on first read
+  dsfs mount pets@draft /mnt/work       mount a draft writable; umount records the changes
+  dsfs versions pets --store s3://bucket/prefix -q
+
+Global options work before or after the command. `dsfs COMMAND --help` describes a command.
+"""
+
+
+def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """The options every command takes, before or after its name. After the name they default
+    to SUPPRESS, so they never overwrite a value given before it."""
+    value = None if top else argparse.SUPPRESS
+    flag = False if top else argparse.SUPPRESS
+    parser.add_argument("--store", default=value, metavar="STORE",
+                        help="a folder or s3://bucket/prefix (env DSFS_STORE)")
+    parser.add_argument("--cache-dir", default=value, metavar="DIR",
+                        help="local cache, index and state folder (env DSFS_CACHE_DIR)")
+    parser.add_argument("--config", default=value, metavar="FILE",
+                        help="config file, yaml (env DSFS_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true", default=flag,
+                        help="debug logging, and tracebacks for bugs")
+    parser.add_argument("-q", "--quiet", action="store_true", default=flag,
+                        help="no progress bars or notices")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dsfs", description="Mount versions of datasets as folders.")
-    p.add_argument("--store", help="store: a folder or s3://bucket/prefix (env DSFS_STORE)")
-    p.add_argument("--cache-dir", help="local cache and index folder (env DSFS_CACHE_DIR)")
-    p.add_argument("--config", help="config file (yaml; env DSFS_CONFIG)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notices")
-    p.add_argument("--version", action="version", version=f"dsfs {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p = argparse.ArgumentParser(prog="dsfs", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _global_options(p, top=True)
+    p.add_argument("--version", action="version", version=f"dsfs {__version__}",
+                   help="print the version and exit")
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, top=False)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                           help="one of the commands below")
 
     def command(name, func, help_text, *, json_flag=False):
-        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         sp.set_defaults(func=func)
         if json_flag:
             sp.add_argument("--json", action="store_true", help="one JSON document on stdout")
         return sp
 
     sp = command("create", cmd_create, "create a draft version (and the dataset if new)")
-    sp.add_argument("dataset")
-    sp.add_argument("--parent", action="append", metavar="REF", help="a published parent (repeat, in merge order)")
-    sp.add_argument("--root", action="store_true", help="no parents")
-    sp.add_argument("--name")
-    sp.add_argument("--project")
-    sp.add_argument("--tag", action="append")
-    sp.add_argument("--description")
-    sp.add_argument("--comment")
-    sp.add_argument("--meta", action="append", metavar="K=V")
+    sp.add_argument("dataset", help="dataset name")
+    sp.add_argument("--parent", action="append", metavar="REF",
+                    help="a published parent (repeat, in merge order; default: the latest published)")
+    sp.add_argument("--root", action="store_true", help="no parents, even if the dataset has versions")
+    sp.add_argument("--name", help="version name, unique in the dataset (default: v1, v2, ...)")
+    sp.add_argument("--project", help="project of a new dataset")
+    sp.add_argument("--tag", action="append", help="tag of a new dataset (repeat)")
+    sp.add_argument("--description", help="description of a new dataset")
+    sp.add_argument("--comment", help="a note on this version")
+    sp.add_argument("--meta", action="append", metavar="K=V", help="version metadata (repeat)")
 
     sp = command("add", cmd_add, "add files or folders to a draft", json_flag=True)
-    sp.add_argument("ref")
-    sp.add_argument("paths", nargs="+", metavar="PATH")
-    sp.add_argument("--dest", help="folder inside the dataset")
+    sp.add_argument("ref", help="the draft")
+    sp.add_argument("paths", nargs="+", metavar="PATH", help="local files or folders")
+    sp.add_argument("--dest", help="folder inside the dataset (default: the top)")
     sp.add_argument("--wildcard", metavar="GLOB", help="only files whose name matches")
-    sp.add_argument("--non-recursive", action="store_true")
+    sp.add_argument("--non-recursive", action="store_true", help="only the top level of a folder")
 
     sp = command("remove", cmd_remove, "remove paths or glob matches from a draft", json_flag=True)
-    sp.add_argument("ref")
-    sp.add_argument("patterns", nargs="+", metavar="PATTERN")
-    sp.add_argument("--non-recursive", action="store_true")
+    sp.add_argument("ref", help="the draft")
+    sp.add_argument("patterns", nargs="+", metavar="PATTERN",
+                    help="a path, or a glob (a bare name glob matches at any depth)")
+    sp.add_argument("--non-recursive", action="store_true",
+                    help="refuse folders; globs match at the top level only")
 
     sp = command("sync", cmd_sync, "make a draft's subtree equal to a local folder", json_flag=True)
-    sp.add_argument("ref")
-    sp.add_argument("folder")
-    sp.add_argument("--dest")
+    sp.add_argument("ref", help="the draft")
+    sp.add_argument("folder", help="local folder, the source of truth")
+    sp.add_argument("--dest", help="folder inside the dataset (default: the top)")
 
     sp = command("publish", cmd_publish, "publish a draft (read-only forever)")
-    sp.add_argument("ref")
-    sp.add_argument("--name", help="rename while publishing")
+    sp.add_argument("ref", help="the draft")
+    sp.add_argument("--name", help="rename while publishing (unique in the dataset)")
 
     sp = command("snapshot", cmd_snapshot, "publish the current draft and start a new one", json_flag=True)
-    sp.add_argument("dataset")
-    sp.add_argument("--name")
-    sp.add_argument("--child-name")
-    sp.add_argument("--child-comment")
-    sp.add_argument("--child-meta", action="append", metavar="K=V")
+    sp.add_argument("dataset", help="dataset name (it must have exactly one draft)")
+    sp.add_argument("--name", help="name of the snapshot (default: snapshot DATE)")
+    sp.add_argument("--child-name", help="name of the new draft (default: Current)")
+    sp.add_argument("--child-comment", help="a note on the new draft")
+    sp.add_argument("--child-meta", action="append", metavar="K=V", help="metadata of the new draft (repeat)")
 
     sp = command("datasets", cmd_datasets, "list datasets", json_flag=True)
-    sp.add_argument("--project")
-    sp.add_argument("--tag", action="append")
+    sp.add_argument("--project", help="only this project's")
+    sp.add_argument("--tag", action="append", help="only those with this tag (repeat: all of them)")
 
     sp = command("versions", cmd_versions, "list a dataset's versions", json_flag=True)
-    sp.add_argument("dataset")
+    sp.add_argument("dataset", help="dataset name")
     group = sp.add_mutually_exclusive_group()
-    group.add_argument("--published", action="store_true")
-    group.add_argument("--drafts", action="store_true")
+    group.add_argument("--published", action="store_true", help="only published versions")
+    group.add_argument("--drafts", action="store_true", help="only drafts")
 
     sp = command("show", cmd_show, "show one version", json_flag=True)
-    sp.add_argument("ref")
+    sp.add_argument("ref", help="the version")
 
     sp = command("log", cmd_log, "draw a version's lineage", json_flag=True)
-    sp.add_argument("ref")
+    sp.add_argument("ref", help="the version")
 
     sp = command("tag", cmd_tag, "add or remove dataset tags", json_flag=True)
-    sp.add_argument("dataset")
-    sp.add_argument("--add", action="append", metavar="TAG")
-    sp.add_argument("--remove", action="append", metavar="TAG")
+    sp.add_argument("dataset", help="dataset name")
+    sp.add_argument("--add", action="append", metavar="TAG", help="a tag to add (repeat)")
+    sp.add_argument("--remove", action="append", metavar="TAG", help="a tag to remove (repeat)")
 
     sp = command("ls", cmd_ls, "list a version's files", json_flag=True)
-    sp.add_argument("ref")
-    sp.add_argument("path", nargs="?")
-    sp.add_argument("-r", "--recursive", action="store_true")
+    sp.add_argument("ref", help="the version")
+    sp.add_argument("path", nargs="?", help="a folder or file inside it (default: the top)")
+    sp.add_argument("-r", "--recursive", action="store_true", help="everything below, not one level")
 
     sp = command("diff", cmd_diff, "files added, modified and removed from A to B", json_flag=True)
-    sp.add_argument("ref_a")
-    sp.add_argument("ref_b")
+    sp.add_argument("ref_a", metavar="A", help="the older version")
+    sp.add_argument("ref_b", metavar="B", help="the newer version")
 
     sp = command("get", cmd_get, "a writable local copy of a version")
-    sp.add_argument("ref")
-    sp.add_argument("dest")
+    sp.add_argument("ref", help="the version")
+    sp.add_argument("dest", help="local folder to fill")
     sp.add_argument("--overwrite", action="store_true", help="allow a non-empty destination")
 
     sp = command("verify", cmd_verify, "check chunks (and with --hash every file's sha256)", json_flag=True)
-    sp.add_argument("ref")
-    sp.add_argument("--hash", action="store_true")
+    sp.add_argument("ref", help="the version")
+    sp.add_argument("--hash", action="store_true", help="read every byte and check its sha256")
 
     sp = command("squash", cmd_squash, "a new parentless version merging versions in order")
-    sp.add_argument("refs", nargs="+", metavar="REF")
-    sp.add_argument("--dataset", required=True)
-    sp.add_argument("--name")
+    sp.add_argument("refs", nargs="+", metavar="REF", help="published versions, later ones win")
+    sp.add_argument("--dataset", required=True, help="dataset of the new version")
+    sp.add_argument("--name", help="name of the new version")
 
     sp = command("delete", cmd_delete, "delete a version, or a dataset")
-    sp.add_argument("ref", nargs="?")
-    sp.add_argument("--dataset")
-    sp.add_argument("--all-versions", action="store_true")
+    sp.add_argument("ref", nargs="?", help="the version to delete")
+    sp.add_argument("--dataset", help="delete this dataset instead")
+    sp.add_argument("--all-versions", action="store_true", help="with --dataset: its versions too")
     sp.add_argument("--force", action="store_true", help="also published versions")
 
     sp = command("gc", cmd_gc, "remove chunks and change-sets no version references", json_flag=True)
     sp.add_argument("--grace", type=float, default=3600, help="keep objects younger than this (s)")
-    sp.add_argument("--dry-run", action="store_true")
+    sp.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
 
     try:
         from .mountd import cli as mount_cli
@@ -388,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
         mount_cli = None
     if mount_cli is not None:
         mount_cli.add_commands(sub, command)
+    for sp in sub.choices.values():  # usage lines say REF DEST, like the help text
+        for action in sp._actions:
+            if not action.option_strings and action.metavar is None:
+                action.metavar = action.dest.upper()
     return p
 
 

@@ -29,13 +29,14 @@ from .changeset.manifest import (
 )
 from .changeset.packer import Source, hash_sources, pack
 from .config import Settings
-from .errors import Conflict, InvalidInput, NotFound, ReadOnly
+from .errors import AlreadyExists, Conflict, InvalidInput, NotFound, ReadOnly
 from .paths import ancestors, check_path, join, normalize_dest
 from .progress import Progress
 from .resolver import Node, VersionIndex, ViewBuilder, check_against_view, latest_published, resolve_ref
 from .store import ObjectStore, open_store
 
 ProgressFactory = Callable[[str, int], Progress]
+_DEFAULT_NAME_ATTEMPTS = 20
 
 
 @dataclasses.dataclass
@@ -85,20 +86,26 @@ class Repository:
         if root and parents:
             raise InvalidInput("--root and --parent exclude each other")
         parent_ids = [self.resolve(p).id for p in parents or []]
-        record = self.catalog.ensure_dataset(dataset, project=project, tags=tags, description=description)
-        versions = self.catalog.versions(dataset)
+        self.catalog.ensure_dataset(dataset, project=project, tags=tags, description=description)
         if not parents and not root:
-            published = [v for v in versions if v.is_published]
+            published = [v for v in self.catalog.versions(dataset) if v.is_published]
             if published:
                 parent_ids = [latest_published(dataset, published).id]
-        if name is None:
-            taken = {v.name for v in versions}
-            n = len(record.versions) + 1
+        if name is not None:
+            return self.catalog.create_version(dataset, check_version_name(name), parent_ids,
+                                               comment=comment, metadata=metadata)
+        # The default name is the first free v<N>; a concurrent creator may claim it first.
+        for _ in range(_DEFAULT_NAME_ATTEMPTS):
+            taken = self.catalog.version_names(dataset)
+            n = len(taken) + 1
             while f"v{n}" in taken:
                 n += 1
-            name = f"v{n}"
-        check_version_name(name)
-        return self.catalog.create_version(dataset, name, parent_ids, comment=comment, metadata=metadata)
+            try:
+                return self.catalog.create_version(dataset, f"v{n}", parent_ids, comment=comment,
+                                                   metadata=metadata)
+            except AlreadyExists:
+                continue
+        raise Conflict(f"could not pick a free version name in dataset {dataset!r}; give one with --name")
 
     def publish(self, ref: str, name: str | None = None) -> VersionManifest:
         from .lease import check_not_leased

@@ -363,6 +363,9 @@ class DatasetRecord:
     description: str = ""
     created: str = ""
     versions: list[str] = dataclasses.field(default_factory=list)
+    # Version name -> id: where names are made unique (Catalog.claim_name). None in a record
+    # written by an older dsfs; rebuilt from the manifests on the next claim.
+    names: dict[str, str] | None = None
 
     def dumps(self) -> bytes:
         d = {"schema": SCHEMA, "kind": "dsfs-dataset", **dataclasses.asdict(self)}
@@ -373,10 +376,13 @@ class DatasetRecord:
         d = _load_json(data, key)
         _check_schema(d, "dsfs-dataset", key)
         try:
+            names = d.get("names")
+            if names is not None:
+                names = {str(k): str(v) for k, v in names.items()}
             return cls(name=d["name"], project=d.get("project", ""), tags=list(d.get("tags", [])),
                        description=d.get("description", ""), created=d.get("created", ""),
-                       versions=list(d["versions"]))
-        except (KeyError, TypeError) as exc:
+                       versions=list(d["versions"]), names=names)
+        except (KeyError, TypeError, AttributeError) as exc:
             raise Corrupt(f"corrupt dataset record {key!r}: bad field {exc}") from None
 
 

@@ -194,34 +194,36 @@ cmd_cache.needs_repo = False
 
 def add_commands(sub, command) -> None:
     sp = command("mount", cmd_mount, "mount a version as a folder")
-    sp.add_argument("ref")
-    sp.add_argument("mountpoint")
+    sp.add_argument("ref", help="the version (a draft mounts writable)")
+    sp.add_argument("mountpoint", help="an empty folder")
     sp.add_argument("--foreground", action="store_true", help="serve in this process")
     sp.add_argument("--cache-size", help="bound of the shared block cache (e.g. 20G)")
     sp.add_argument("--allow-other", action="store_true", help="let other users see the mount")
-    sp.add_argument("-o", dest="options", action="append", default=[], metavar="FUSE_OPTS")
+    sp.add_argument("-o", dest="options", action="append", default=[], metavar="FUSE_OPTS",
+                    help="extra FUSE mount options, comma-separated (repeat)")
     sp.add_argument("--adapter", default="auto", choices=["auto", "direct", "lowlevel"],
-                    help="FUSE adapter for read-only mounts (auto: direct, libfuse low-level via ctypes, for published)")
+                    help="how read-only mounts are served (default auto: the fastest that works)")
     sp.add_argument("--read-only", action="store_true", help="mount a draft read-only")
     sp.add_argument("--break-lease", action="store_true",
                     help="take over the write lease of an expired or dead holder")
 
     sp = command("umount", cmd_umount, "unmount; a writable draft commits its changes first")
-    sp.add_argument("mountpoint")
+    sp.add_argument("mountpoint", help="where the version is mounted")
     sp.add_argument("--lazy", action="store_true", help="detach now even if files are open")
     sp.add_argument("--publish", action="store_true", help="publish the draft after the commit")
     sp.add_argument("--discard", action="store_true", help="drop the pending changes instead")
     sp.add_argument("--yes", action="store_true", help="do not ask before discarding")
 
     sp = command("commit", cmd_commit, "commit a writable mount's closed changes now", json_flag=True)
-    sp.add_argument("mountpoint", nargs="?")
+    sp.add_argument("mountpoint", nargs="?", help="a writable draft mount")
     sp.add_argument("--pending", metavar="VERSION", help="commit changes a failed unmount left pending")
 
     command("status", cmd_status, "list live mounts", json_flag=True)
 
     sp = command("prefetch", cmd_prefetch, "warm the cache with a version's files")
-    sp.add_argument("ref")
-    sp.add_argument("paths", nargs="*", metavar="PATH")
+    sp.add_argument("ref", help="the version")
+    sp.add_argument("paths", nargs="*", metavar="PATH", help="files or folders inside it (default: all)")
 
     sp = command("cache", cmd_cache, "cache stats, prune or clear", json_flag=True)
-    sp.add_argument("action", choices=["stats", "prune", "clear"])
+    sp.add_argument("action", choices=["stats", "prune", "clear"],
+                    help="stats: show use; prune: shrink to the bound; clear: empty it")

@@ -1,0 +1,217 @@
+"""The command line as a newcomer meets it: options anywhere, help, typos, drafts, counts."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import threading
+
+from conftest import write_tree
+from dsfs.cli import build_parser, main
+from dsfs.config import load_settings
+from dsfs.errors import AlreadyExists
+from dsfs.repo import Repository
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    """``dsfs`` with exactly these arguments (no global options added)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 2
+    return code, out.getvalue(), err.getvalue()
+
+
+# -- options and help -------------------------------------------------------------------------
+
+
+def test_global_options_work_before_or_after_the_command(tmp_path, local_store_url, cache_dir):
+    store, cache = ["--store", local_store_url], ["--cache-dir", str(cache_dir)]
+    code, vid, err = run("create", "pets", *store, *cache, "-q")
+    assert code == 0, err
+    write_tree(tmp_path / "src", {"a.txt": "a"})
+    assert run(*store, "add", vid.strip(), str(tmp_path / "src"), *cache, "-q")[0] == 0
+    assert run("-q", *cache, "publish", "pets@draft", *store)[0] == 0
+    for argv in (["ls", "pets", *store, *cache, "-q"],
+                 [*store, *cache, "ls", "pets"],
+                 [*store, "ls", "pets", *cache, "--quiet"],
+                 ["ls", "--store", "/nowhere/at/all", "pets", *cache, *store]):  # the last one wins
+        code, out, err = run(*argv)
+        assert (code, err) == (0, ""), argv
+        assert out.split()[-1] == "a.txt"
+    # A value given before the command is not overwritten by the command's defaults.
+    args = build_parser().parse_args(["--store", "/s", "-v", "ls", "pets"])
+    assert (args.store, args.verbose, args.quiet, args.cache_dir) == ("/s", True, False, None)
+    args = build_parser().parse_args(["ls", "pets", "-v", "--cache-dir", "/c"])
+    assert (args.store, args.verbose, args.cache_dir) == (None, True, "/c")
+
+
+def _parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_every_option_and_argument_has_a_help_line():
+    missing = [f"{p.prog}: {a.option_strings or a.dest}" for p in _parsers(build_parser())
+               for a in p._actions if not a.help or a.help == argparse.SUPPRESS]
+    assert missing == []
+
+
+def test_help_shows_the_ref_grammar_and_examples():
+    code, out, _ = run("--help")
+    assert code == 0
+    for grammar in ("at least 6 hex digits", "DATASET@NAME", "DATASET@draft",
+                    "the dataset's latest published version"):
+        assert grammar in out
+    assert "examples:" in out and "dsfs mount pets@draft" in out
+    assert "before or after the command" in out
+
+
+# -- typos ------------------------------------------------------------------------------------
+
+
+def test_typos_get_a_did_you_mean(local_cli):
+    local_cli("create", "pets", "--name", "release-1")
+    local_cli("create", "pets", "--name", "release-2")
+    assert "did you mean 'pets'?" in local_cli.fails("ls", "pest")
+    assert "dataset not found: 'pest' (did you mean 'pets'?)" in local_cli.fails("ls", "pest@release-1")
+    assert "dataset not found: 'pest' (did you mean 'pets'?)" in local_cli.fails("versions", "pest")
+    err = local_cli.fails("ls", "pets@relase-2")
+    assert "version not found: 'pets@relase-2' (did you mean 'release-2'?)" in err
+    assert "versions of 'pets': release-1, release-2" in err
+    assert "did you mean" not in local_cli.fails("ls", "zebra")
+
+
+def test_an_unknown_version_lists_the_newest_names(local_cli):
+    for n in range(12):
+        local_cli("create", "ds", "--name", f"n{n:02d}")
+    err = local_cli.fails("ls", "ds@zz")
+    assert "newest 10 of 12 versions of 'ds': n02, n03," in err and err.rstrip().endswith("n11")
+
+
+def test_a_short_id_prefix_says_the_minimum(local_cli):
+    vid = local_cli("create", "ds").strip()
+    assert "at least 6 characters" in local_cli.fails("show", vid[:5])
+    assert json.loads(local_cli("show", vid[:6], "--json"))["id"] == vid
+
+
+# -- drafts and version names -----------------------------------------------------------------
+
+
+def test_a_second_draft_is_announced_and_named(local_store_url, cache_dir):
+    base = ["--store", local_store_url, "--cache-dir", str(cache_dir)]
+    code, _, err = run(*base, "create", "pets")
+    assert (code, err) == (0, "")
+    code, second, err = run(*base, "create", "pets")
+    assert code == 0
+    assert "dataset 'pets' has other drafts: pets@v1; pets@draft is ambiguous now" in err
+    assert "(this one is pets@v2)" in err
+    assert run(*base, "create", "pets", "-q")[2] == ""  # -q silences the notice
+    code, _, err = run(*base, "ls", "pets@draft")
+    assert code != 0
+    assert err.strip() == ("dsfs: error: dataset 'pets' has 3 drafts, name one as pets@NAME: "
+                           "pets@v1, pets@v2, pets@v3")
+    code, out, _ = run(*base, "show", "pets@v2", "--json")
+    assert json.loads(out)["id"] == second.strip()
+
+
+def test_version_names_stay_unique(cli):
+    cli("create", "ds", "--name", "one")
+    assert "version name already exists in dataset 'ds': 'one'" in cli.fails("create", "ds", "--name", "one")
+    two = cli("create", "ds", "--name", "two").strip()
+    assert "already exists" in cli.fails("publish", two, "--name", "one")
+    assert json.loads(cli("show", two, "--json"))["state"] == "draft"  # the refusal changed nothing
+    cli("publish", two, "--name", "2.0")  # a rename frees the old name...
+    three = cli("create", "ds", "--name", "two").strip()
+    assert json.loads(cli("show", "ds@two", "--json"))["id"] == three
+    assert "already exists" in cli.fails("create", "ds", "--name", "2.0")  # ...and holds the new one
+    cli("delete", "ds@one")  # deleting frees a name
+    assert cli("create", "ds", "--name", "one").strip() != ""
+    names = [v["name"] for v in json.loads(cli("versions", "ds", "--json"))]
+    assert sorted(names) == ["2.0", "one", "two"]
+
+
+def test_snapshot_keeps_names_unique(cli):
+    cli("create", "ds", "--name", "Current")
+    cli("create", "ds", "--root", "--name", "taken")
+    cli("delete", "ds@taken")
+    cli("snapshot", "ds", "--name", "s1")
+    assert [v["name"] for v in json.loads(cli("versions", "ds", "--drafts", "--json"))] == ["Current"]
+    assert "already exists" in cli.fails("snapshot", "ds", "--name", "s1")
+    assert "already exists" in cli.fails("create", "ds", "--name", "Current")
+
+
+def test_default_names_are_distinct(cli):
+    ids = [cli("create", "ds").strip() for _ in range(3)]
+    cli("delete", ids[1])
+    cli("create", "ds")
+    names = [v["name"] for v in json.loads(cli("versions", "ds", "--json"))]
+    assert sorted(names) == ["v1", "v3", "v4"]
+
+
+def test_racing_creators_of_one_name_only_one_wins(store_url, cache_dir):
+    """Names are enforced by the store (a compare-and-swap on the dataset record), not by a
+    check before the write: of eight threads creating the same name at once, exactly one wins."""
+    repo = Repository(load_settings(store=store_url, cache_dir=str(cache_dir)))
+    repo.create("ds", name="base")
+    start = threading.Barrier(8)
+    won, lost = [], []
+
+    def create() -> None:
+        start.wait()
+        try:
+            won.append(repo.create("ds", name="same").id)
+        except AlreadyExists:
+            lost.append(1)
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(lost) == 7
+    assert sorted(v.name for v in repo.catalog.versions("ds")) == ["base", "same"]
+    # The losers left no draft record behind.
+    drafts = {info.key.split("/")[1] for info in repo.store.list("versions/")}
+    assert drafts == {v.id for v in repo.catalog.versions("ds")}
+    # Unnamed creators racing each other all succeed, each with its own name.
+    start = threading.Barrier(4)
+    made = []
+
+    def create_default() -> None:
+        start.wait()
+        made.append(repo.create("ds").name)
+
+    threads = [threading.Thread(target=create_default) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(made)) == 4
+
+
+def test_a_record_without_names_gets_them_rebuilt(local_cli):
+    """A dataset record written by an older dsfs has no ``names``: the next claim rebuilds it
+    from the manifests, so old names stay taken."""
+    import pathlib
+
+    local_cli("create", "ds", "--name", "old")
+    path = pathlib.Path(local_cli.store) / "datasets/ds.json"
+    record = json.loads(path.read_text())
+    del record["names"]
+    path.write_text(json.dumps(record))
+    assert "already exists" in local_cli.fails("create", "ds", "--name", "old")
+    local_cli("create", "ds", "--name", "new")
+    assert json.loads(path.read_text())["names"].keys() == {"old", "new"}
+
+
+def test_version_names_may_hold_an_at_sign(local_cli):
+    vid = local_cli("create", "ds", "--name", "a@b").strip()
+    assert json.loads(local_cli("show", "ds@a@b", "--json"))["id"] == vid
