@@ -1,52 +1,59 @@
-"""A progress bar on stderr when it is a terminal; silent otherwise."""
+"""Progress bars on stderr (tqdm: total, rate, ETA), drawn only when stderr is a terminal.
+
+A ``Progress`` is what long operations report to: called with an amount from any thread, used as
+a context manager that closes the bar. Disabled (``-q``, not a terminal, nothing to measure) it
+only counts.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
-import time
+
+from tqdm import tqdm
 
 
 class Progress:
     def __init__(self, label: str, total: int, *, unit: str = "B", enabled: bool | None = None) -> None:
         self.label, self.total, self.unit = label, total, unit
         self.done = 0
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.enabled = bool(total) and (sys.stderr.isatty() if enabled is None else enabled)
         self._lock = threading.Lock()
-        self._last = 0.0
+        self._bar = None
+        if self.enabled:
+            # A terminal that reports no size (a bare pty) gets 80x24, not a hidden bar.
+            sized = _has_size()
+            self._bar = tqdm(total=total, desc=label, unit=unit, unit_scale=True,
+                             unit_divisor=1024 if unit == "B" else 1000, file=sys.stderr,
+                             dynamic_ncols=sized, ncols=None if sized else 80,
+                             nrows=None if sized else 24, mininterval=0.1, leave=True)
 
     def __call__(self, amount: int) -> None:
         with self._lock:
             self.done += amount
-            now = time.monotonic()
-            if self.enabled and now - self._last > 0.1:
-                self._last = now
-                self._draw()
-
-    def _draw(self) -> None:
-        frac = min(1.0, self.done / self.total) if self.total else 1.0
-        bar = "#" * int(frac * 30)
-        sys.stderr.write(f"\r{self.label:<12} [{bar:<30}] {frac * 100:5.1f}% {_human(self.done, self.unit)}")
-        sys.stderr.flush()
+            if self._bar is not None:
+                self._bar.update(amount)
 
     def __enter__(self) -> "Progress":
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self._draw()
-            sys.stderr.write("\n")
+        if self._bar is not None:
+            self._bar.close()
 
 
-def _human(n: int, unit: str) -> str:
-    if unit != "B":
-        return f"{n} {unit}"
+def _has_size() -> bool:
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return size.columns > 0 and size.lines > 0
+
+
+def human_size(n: int) -> str:
     for suffix in ("B", "KiB", "MiB", "GiB"):
         if n < 1024:
             return f"{n:.0f} {suffix}" if suffix == "B" else f"{n:.1f} {suffix}"
         n /= 1024
     return f"{n:.1f} TiB"
-
-
-def human_size(n: int) -> str:
-    return _human(n, "B")

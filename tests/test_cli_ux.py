@@ -215,3 +215,56 @@ def test_a_record_without_names_gets_them_rebuilt(local_cli):
 def test_version_names_may_hold_an_at_sign(local_cli):
     vid = local_cli("create", "ds", "--name", "a@b").strip()
     assert json.loads(local_cli("show", "ds@a@b", "--json"))["id"] == vid
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+
+def _on_a_terminal(*argv: str, size: tuple[int, int] = (0, 0)) -> tuple[int, str, str]:
+    """Run ``dsfs`` in a child whose stderr is a terminal (a pty of ``size`` rows, columns;
+    0, 0 is a terminal that reports no size); (code, stdout, what the terminal got)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "dsfs", *argv], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            data = os.read(master, 1 << 16)
+        except OSError:  # EIO: every holder of the terminal's other side is gone
+            break
+        if not data:
+            break
+        seen += data
+    os.close(master)
+    out = proc.stdout.read().decode()
+    return proc.wait(), out, seen.decode(errors="replace")
+
+
+def test_progress_bars_show_total_rate_and_eta_only_on_a_terminal(tmp_path, local_store_url, cache_dir):
+    base = ["--store", local_store_url, "--cache-dir", str(cache_dir)]
+    write_tree(tmp_path / "src", {"big.bin": bytes(3 << 20), "small.txt": "s"})
+    vid = run(*base, "create", "ds")[1].strip()
+    code, out, term = _on_a_terminal(*base, "add", vid, str(tmp_path / "src"))
+    assert code == 0 and out == "2 added, 0 modified, 0 removed; 3.0 MiB uploaded, 0 B deduplicated\n"
+    for label in ("hashing", "uploading"):
+        line = [part for part in term.replace("\r", "\n").splitlines() if part.startswith(label)][-1]
+        assert "100%" in line and "3.00M/3.00M" in line and "/s]" in line, line
+    code, _, term = _on_a_terminal(*base, "get", vid, str(tmp_path / "got1"), size=(30, 60))
+    assert code == 0
+    lines = [part for part in term.replace("\r", "\n").splitlines() if part.startswith("downloading")]
+    assert "100%" in lines[-1] and all(len(line) <= 60 for line in lines)
+    assert term.rstrip().endswith(f"2 files in {tmp_path / 'got1'}")
+    code, out, term = _on_a_terminal(*base, "get", vid, str(tmp_path / "got"), "-q", size=(30, 60))
+    assert (code, term) == (0, "")  # -q: no bar, no notice
+    code, _, err = run(*base, "get", vid, str(tmp_path / "got2"))
+    assert (code, err) == (0, "2 files in " + str(tmp_path / "got2") + "\n")  # not a terminal: no bar
