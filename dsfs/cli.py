@@ -17,7 +17,7 @@ import time
 from . import __version__
 from .config import load_settings
 from .errors import DsfsError, InvalidInput
-from .progress import human_size
+from .progress import human_size, plural
 
 log = logging.getLogger("dsfs")
 
@@ -47,16 +47,6 @@ def _version_json(v) -> dict:
     return {"id": v.id, "dataset": v.dataset, "name": v.name, "state": v.state, "parents": v.parents,
             "created": v.created, "published": v.published, "comment": v.comment,
             "metadata": v.metadata, "changesets": len(v.changesets)}
-
-
-def _plural(n: int, noun: str) -> str:
-    """'1 file', '2 files'."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-def _summary_line(s) -> str:
-    return (f"{s.added} added, {s.modified} modified, {s.removed} removed; "
-            f"{human_size(s.bytes_uploaded)} uploaded, {human_size(s.bytes_dedup)} deduplicated")
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -94,10 +84,8 @@ def _report(args, summary):
         _print_json({"version": summary.version_id, "changeset": summary.changeset,
                      "added": summary.added, "modified": summary.modified, "removed": summary.removed,
                      "bytes_uploaded": summary.bytes_uploaded, "bytes_dedup": summary.bytes_dedup})
-    elif summary.empty:
-        print("no changes")
     else:
-        print(_summary_line(summary))
+        print(summary.describe())
 
 
 def cmd_publish(repo, args):
@@ -126,7 +114,7 @@ def cmd_datasets(repo, args):
     for r in records:
         tags = f" [{', '.join(r.tags)}]" if r.tags else ""
         project = f" ({r.project})" if r.project else ""
-        print(f"{r.name}{project}{tags}  {len(r.versions)} versions")
+        print(f"{r.name}{project}{tags}  {plural(len(r.versions), 'version')}")
 
 
 def cmd_versions(repo, args):
@@ -158,9 +146,9 @@ def cmd_show(repo, args):
         print(f"comment   {v.comment}")
     for k, val in v.metadata.items():
         print(f"meta      {k}={val}")
-    print(f"content   {index.files} files, {human_size(index.total_size)}")
+    print(f"content   {plural(index.files, 'file')}, {human_size(index.total_size)}")
     for c in v.changesets:
-        print(f"changeset {c.id}: {c.entries} entries, {c.removals} removals, "
+        print(f"changeset {c.id}: {plural(c.entries, 'entry')}, {plural(c.removals, 'removal')}, "
               f"{human_size(c.bytes_new)} new, {human_size(c.bytes_dedup)} deduplicated")
 
 
@@ -231,14 +219,14 @@ def cmd_diff(repo, args):
     rows = sorted((n.path, marks[k]) for k, v in result.items() for n in v)
     for path, mark in rows:
         print(f"{mark} {path}")
-    print(f"{len(result['added'])} added, {len(result['modified'])} modified, "
+    print(f"{plural(len(result['added']), 'file')} added, {len(result['modified'])} modified, "
           f"{len(result['removed'])} removed", file=sys.stderr)
 
 
 def cmd_get(repo, args):
     n = repo.get(args.ref, args.dest, overwrite=args.overwrite)
     if not args.quiet:
-        print(f"{n} files in {args.dest}", file=sys.stderr)
+        print(f"{plural(n, 'file')} in {args.dest}", file=sys.stderr)
 
 
 def cmd_verify(repo, args):
@@ -248,7 +236,7 @@ def cmd_verify(repo, args):
     else:
         for p in problems:
             print(p)
-        print("ok" if not problems else f"{len(problems)} problems", file=sys.stderr)
+        print("ok" if not problems else plural(len(problems), "problem"), file=sys.stderr)
     return 1 if problems else 0
 
 
@@ -262,7 +250,7 @@ def cmd_delete(repo, args):
         if args.ref:
             raise InvalidInput("give a REF or --dataset NAME, not both")
         n = repo.delete_dataset(args.dataset, all_versions=args.all_versions, force=args.force)
-        print(f"deleted dataset {args.dataset!r} and {n} versions", file=sys.stderr)
+        print(f"deleted dataset {args.dataset!r} and {plural(n, 'version')}", file=sys.stderr)
     elif args.ref:
         v = repo.delete_version(args.ref, force=args.force)
         print(f"deleted version {v.id} ({v.dataset}@{v.name})", file=sys.stderr)
@@ -277,7 +265,7 @@ def cmd_gc(repo, args):
     else:
         for key in doomed:
             print(key)
-        print(f"{'would remove' if args.dry_run else 'removed'} {len(doomed)} objects", file=sys.stderr)
+        print(f"{'would remove' if args.dry_run else 'removed'} {plural(len(doomed), 'object')}", file=sys.stderr)
 
 
 # -- parser -----------------------------------------------------------------------------------

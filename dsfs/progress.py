@@ -51,6 +51,13 @@ def _has_size() -> bool:
     return size.columns > 0 and size.lines > 0
 
 
+def plural(n: int, noun: str) -> str:
+    """'1 file', '2 files', '2 entries'."""
+    if n == 1:
+        return f"{n} {noun}"
+    return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
+
+
 def human_size(n: int) -> str:
     for suffix in ("B", "KiB", "MiB", "GiB"):
         if n < 1024:

@@ -31,7 +31,7 @@ from .changeset.packer import Source, hash_sources, pack
 from .config import Settings
 from .errors import AlreadyExists, Conflict, InvalidInput, NotFound, ReadOnly
 from .paths import ancestors, check_path, join, normalize_dest
-from .progress import Progress
+from .progress import Progress, human_size, plural
 from .resolver import Node, VersionIndex, ViewBuilder, check_against_view, latest_published, resolve_ref
 from .store import ObjectStore, open_store
 
@@ -41,6 +41,9 @@ _DEFAULT_NAME_ATTEMPTS = 20
 
 @dataclasses.dataclass
 class CommitSummary:
+    """What one commit recorded. The counts are files and symlinks, as ``dsfs diff`` of the
+    draft before and after counts them; folders are recorded but not counted."""
+
     version_id: str
     added: int = 0
     modified: int = 0
@@ -51,7 +54,14 @@ class CommitSummary:
 
     @property
     def empty(self) -> bool:
-        return not (self.added or self.modified or self.removed)
+        """Nothing was recorded (no change-set)."""
+        return self.changeset is None
+
+    def describe(self) -> str:
+        if self.empty:
+            return "no changes"
+        return (f"{plural(self.added, 'file')} added, {self.modified} modified, {self.removed} removed; "
+                f"{human_size(self.bytes_uploaded)} uploaded, {human_size(self.bytes_dedup)} deduplicated")
 
 
 class Repository:
@@ -149,13 +159,9 @@ class Repository:
             if node is not None and not removed_first and _same(node, src):
                 continue
             changed.append(src)
-            if node is None or removed_first:
-                summary.added += 1
-            else:
-                summary.modified += 1
-        summary.removed = len(removals)
-        if summary.empty:
+        if not changed and not removals:
             return summary
+        summary.added, summary.modified, summary.removed = _count_files(index, changed, removals)
         check_against_view(index, [r.path for r in removals], [(s.path, s.type == DIR) for s in changed])
         changeset_id = f"{now_iso()[:19].replace(':', '').replace('-', '')}-{new_id()[:8]}"
         with self.progress("uploading", sum(s.size for s in changed if s.type == FILE)) as bar:
@@ -378,6 +384,27 @@ class Repository:
                                            sum(e.size for e in entries if e.type == FILE), [])
         self.catalog.record_changeset(new.id, ref)
         return self.catalog.publish(new.id)
+
+
+def _count_files(index: VersionIndex, sources: list[Source], removals: list[Removal]) -> tuple[int, int, int]:
+    """(added, modified, removed) files and symlinks, as a diff of the view before and after
+    counts them. A path removed and written again in one change-set (``sed -i`` and editors
+    rename a new file over the old) is modified, or nothing if its content came back the same."""
+    gone = set()
+    for removal in removals:
+        gone.update(n.path for n in index.walk(removal.path) if not n.is_dir)
+    added = modified = 0
+    written = set()
+    for src in sources:
+        if src.type == DIR:
+            continue
+        written.add(src.path)
+        node = index.by_path(src.path)
+        if node is None or node.is_dir:
+            added += 1
+        elif not _same(node, src):
+            modified += 1
+    return added, modified, len(gone - written)
 
 
 def _under_any(path: str, roots: set[str]) -> bool:

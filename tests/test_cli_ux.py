@@ -255,7 +255,7 @@ def test_progress_bars_show_total_rate_and_eta_only_on_a_terminal(tmp_path, loca
     write_tree(tmp_path / "src", {"big.bin": bytes(3 << 20), "small.txt": "s"})
     vid = run(*base, "create", "ds")[1].strip()
     code, out, term = _on_a_terminal(*base, "add", vid, str(tmp_path / "src"))
-    assert code == 0 and out == "2 added, 0 modified, 0 removed; 3.0 MiB uploaded, 0 B deduplicated\n"
+    assert code == 0 and out == "2 files added, 0 modified, 0 removed; 3.0 MiB uploaded, 0 B deduplicated\n"
     for label in ("hashing", "uploading"):
         line = [part for part in term.replace("\r", "\n").splitlines() if part.startswith(label)][-1]
         assert "100%" in line and "3.00M/3.00M" in line and "/s]" in line, line
@@ -268,3 +268,70 @@ def test_progress_bars_show_total_rate_and_eta_only_on_a_terminal(tmp_path, loca
     assert (code, term) == (0, "")  # -q: no bar, no notice
     code, _, err = run(*base, "get", vid, str(tmp_path / "got2"))
     assert (code, err) == (0, "2 files in " + str(tmp_path / "got2") + "\n")  # not a terminal: no bar
+
+
+# -- counts -----------------------------------------------------------------------------------
+
+
+def _diff_counts(cli, a: str, b: str) -> tuple[int, int, int]:
+    diff = json.loads(cli("diff", a, b, "--json"))
+    return len(diff["added"]), len(diff["modified"]), len(diff["removed"])
+
+
+def test_add_sync_and_diff_count_files_not_folders(cli, tmp_path):
+    src = write_tree(tmp_path / "src", {"a/b/c.txt": "c", "a/d.txt": "d", "top.txt": "t",
+                                        "link": "-> top.txt", "empty/": ""})
+    v1 = cli("create", "ds").strip()
+    out = json.loads(cli("add", v1, str(src), "--json"))
+    assert (out["added"], out["modified"], out["removed"]) == (4, 0, 0)
+    assert cli("add", v1, str(src)).strip() == "no changes"
+    cli("publish", v1)
+    v2 = cli("create", "ds").strip()
+    (src / "a/d.txt").write_text("changed")
+    (src / "a/b/c.txt").unlink()
+    (src / "a/b/new1").write_text("1")
+    (src / "new/deeper").mkdir(parents=True)
+    (src / "new/deeper/new2").write_text("2")
+    (src / "top.txt").unlink()
+    (src / "top.txt").mkdir()  # a file becomes a folder with a file in it
+    (src / "top.txt/inside").write_text("i")
+    out = json.loads(cli("sync", v2, str(src), "--json"))
+    assert (out["added"], out["modified"], out["removed"]) == (3, 1, 2)
+    assert _diff_counts(cli, v1, v2) == (3, 1, 2)
+    code, _, err = cli.run("diff", v1, v2)
+    assert code == 0 and err == "3 files added, 1 modified, 2 removed\n"
+    out = cli("remove", v2, "a")
+    assert out.startswith("0 files added, 0 modified, 2 removed;")  # a folder of two files
+    assert cli("sync", v2, str(src)).startswith("2 files added, 0 modified, 0 removed;")
+
+
+def test_draft_mount_counts_sed_in_place_as_modified(cli, mounts, tmp_path):
+    """``sed -i`` writes a temp file and renames it over the original: one modified file. The
+    umount summary, ``dsfs commit`` and ``dsfs diff`` count the same files."""
+    src = write_tree(tmp_path / "src", {"d/e/a.txt": "x marks\n", "d/b.txt": "b", "c.txt": "c"})
+    v1 = cli("create", "ds").strip()
+    cli("add", v1, str(src))
+    cli("publish", v1)
+    vid = cli("create", "ds").strip()
+    mnt = tmp_path / "mnt"
+    mounts.mount(vid, mnt)
+    assert mounts.umount(mnt) == "unmounted; no changes"
+    mounts.mount(vid, mnt)
+    subprocess_run(["sed", "-i", "s/x/y/", str(mnt / "d/e/a.txt")])
+    assert (mnt / "d/e/a.txt").read_text() == "y marks\n"
+    out = json.loads(cli("commit", str(mnt), "--json"))
+    assert (out["added"], out["modified"], out["removed"]) == (0, 1, 0)
+    subprocess_run(["sed", "-i", "s/b/b/", str(mnt / "d/b.txt")])  # same bytes: nothing to count
+    (mnt / "new/deeper").mkdir(parents=True)
+    (mnt / "new/deeper/n.txt").write_text("n")
+    (mnt / "c.txt").unlink()
+    note = mounts.umount(mnt)
+    assert note.startswith("unmounted; committed 1 file added, 0 modified, 1 removed;"), note
+    assert _diff_counts(cli, v1, vid) == (1, 1, 1)
+    assert json.loads(cli("diff", v1, vid, "--json"))["modified"][0]["path"] == "d/e/a.txt"
+
+
+def subprocess_run(argv: list[str]) -> None:
+    import subprocess
+
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)

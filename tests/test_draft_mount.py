@@ -133,7 +133,7 @@ def test_commit_while_mounted_and_publish_refused(cli, mounts, draft, tmp_path):
         assert "mounted writable by host" in cli.fails(*argv)  # one writer per draft
     (mnt / "n2.txt").write_text("two")
     note = mounts.umount(mnt)
-    assert "1 added" in note
+    assert "1 file added" in note
     assert {e["path"] for e in json.loads(cli("ls", vid, "--json"))} >= {"n1.txt", "n2.txt"}
     cli("publish", vid)
 

@@ -139,8 +139,9 @@ def cmd_commit(repo, args):
         json.dump(doc, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        print(f"{doc['added']} added, {doc['modified']} modified, {doc['removed']} removed; "
-              f"{human_size(doc['bytes_uploaded'])} uploaded, {human_size(doc['bytes_dedup'])} deduplicated")
+        from ..repo import CommitSummary
+
+        print(CommitSummary(**doc).describe())
 
 
 def cmd_prefetch(repo, args):

@@ -173,12 +173,13 @@ def _release_dead_lease(settings: Settings, record: registry.MountRecord) -> Non
 def _describe_result(result: dict) -> str:
     if result.get("discarded"):
         return "unmounted; pending changes discarded"
-    s = result.get("summary") or {}
-    from ..progress import human_size
+    from ..repo import CommitSummary
 
-    text = (f"unmounted; committed {s.get('added', 0)} added, {s.get('modified', 0)} modified, "
-            f"{s.get('removed', 0)} removed; {human_size(s.get('bytes_uploaded', 0))} uploaded, "
-            f"{human_size(s.get('bytes_dedup', 0))} deduplicated")
+    summary = CommitSummary(**result["summary"]) if result.get("summary") else None
+    if summary is None or summary.empty:
+        text = "unmounted; no changes"
+    else:
+        text = f"unmounted; committed {summary.describe()}"
     if result.get("published"):
         text += "; published"
     return text
