@@ -335,3 +335,47 @@ def subprocess_run(argv: list[str]) -> None:
     import subprocess
 
     subprocess.run(argv, check=True, capture_output=True, timeout=60)
+
+
+# -- extended attributes ----------------------------------------------------------------------
+
+
+def _xattrs(path) -> dict[str, str]:
+    import os
+
+    return {name: os.getxattr(path, name).decode() for name in os.listxattr(path)}
+
+
+def test_xattrs_name_the_mounted_version_and_each_files_source(cli, mounts, tmp_path):
+    """A version of dataset 'mix' with parents from datasets 'a' and 'b': every path says it is
+    'mix' at the mounted version; a file also names the version (and dataset) of its bytes."""
+    import hashlib
+
+    parents = {}
+    for name in ("a", "b"):
+        src = write_tree(tmp_path / name, {f"{name}/{name}.txt": name})
+        parents[name] = cli("create", name).strip()
+        cli("add", parents[name], str(src))
+        cli("publish", parents[name])
+    mix = cli("create", "mix", "--parent", "a", "--parent", "b").strip()
+    cli("add", mix, str(write_tree(tmp_path / "own", {"own.txt": "own"})))
+    cli("publish", mix)
+    draft = cli("create", "mix").strip()
+    for vid, adapter in ((mix, "auto"), (mix, "lowlevel"), (draft, "auto")):
+        mnt = tmp_path / f"mnt-{adapter}-{vid[:6]}"
+        mounts.mount(vid, mnt, adapter=adapter)
+        here = {"user.dsfs.version": vid, "user.dsfs.dataset": "mix"}
+        assert _xattrs(mnt) == here
+        assert _xattrs(mnt / "a") == here
+        assert _xattrs(mnt / "a/a.txt") == here | {
+            "user.dsfs.sha256": hashlib.sha256(b"a").hexdigest(),
+            "user.dsfs.source_version": parents["a"], "user.dsfs.source_dataset": "a"}
+        assert _xattrs(mnt / "own.txt")["user.dsfs.source_version"] == mix
+        assert _xattrs(mnt / "own.txt")["user.dsfs.source_dataset"] == "mix"
+        if vid == draft:  # a file written in the draft: its bytes come from the draft itself
+            (mnt / "new.txt").write_text("new")
+            assert _xattrs(mnt / "new.txt") == {
+                "user.dsfs.version": draft, "user.dsfs.dataset": "mix",
+                "user.dsfs.sha256": hashlib.sha256(b"new").hexdigest(),
+                "user.dsfs.source_version": draft, "user.dsfs.source_dataset": "mix"}
+        mounts.umount(mnt)

@@ -102,8 +102,9 @@ def test_merged_view_with_real_tools(merged, mounts, tmp_path, adapter):
     # Extended attributes.
     sha = hashlib.sha256(P1["images/a.jpg"]).hexdigest()
     assert os.getxattr(mnt / "images/a.jpg", "user.dsfs.sha256").decode() == sha
-    assert os.getxattr(mnt / "own.txt", "user.dsfs.version").decode() == vid
-    assert os.getxattr(mnt / "images/a.jpg", "user.dsfs.version").decode() != vid
+    assert os.getxattr(mnt / "images/a.jpg", "user.dsfs.version").decode() == vid  # the mounted one
+    assert os.getxattr(mnt / "own.txt", "user.dsfs.source_version").decode() == vid
+    assert os.getxattr(mnt / "images/a.jpg", "user.dsfs.source_version").decode() != vid
     assert os.getxattr(mnt / "own.txt", "user.dsfs.dataset") == b"ds"
     dump = subprocess.run(["getfattr", "-d", str(mnt / "table.csv")], capture_output=True, text=True).stdout
     assert "user.dsfs.sha256=" in dump

@@ -15,6 +15,7 @@ import os
 import stat
 
 from ..cache import BlockCache, ReadState
+from ..catalog import Catalog
 from ..changeset.manifest import DIR, SYMLINK, VersionManifest
 from ..errors import DsfsError, NotFound
 from ..resolver.index import ROOT_INO, Node, VersionIndex
@@ -23,8 +24,10 @@ from ..store.base import ObjectStore
 log = logging.getLogger(__name__)
 
 XATTR_SHA256 = "user.dsfs.sha256"
-XATTR_VERSION = "user.dsfs.version"
+XATTR_VERSION = "user.dsfs.version"  # the mounted version, on every path
 XATTR_DATASET = "user.dsfs.dataset"
+XATTR_SOURCE_VERSION = "user.dsfs.source_version"  # the version that provided a file's bytes
+XATTR_SOURCE_DATASET = "user.dsfs.source_dataset"
 BLOCK_SIZE = 4096
 
 
@@ -36,6 +39,37 @@ class NoAttribute(DsfsError):
     errno = errno.ENODATA
 
 
+class DatasetOf:
+    """The dataset of a version id, asked of the catalog once per version (ids never move)."""
+
+    def __init__(self, store: ObjectStore, known: VersionManifest) -> None:
+        self.catalog = Catalog(store)
+        self._known = {known.id: known.dataset}
+
+    def __call__(self, version_id: str) -> str | None:
+        if version_id not in self._known:
+            try:
+                self._known[version_id] = self.catalog.version(version_id).dataset
+            except NotFound:  # deleted since the index was built
+                self._known[version_id] = None
+        return self._known[version_id]
+
+
+def file_xattrs(mounted: VersionManifest, sha256: str | None, source: str | None,
+                dataset_of: DatasetOf) -> dict[str, bytes]:
+    """The ``user.dsfs.*`` attributes of a path: the mounted version and dataset everywhere;
+    a regular file also has its sha256 and the version (and dataset) its bytes came from."""
+    attrs = {XATTR_VERSION: mounted.id.encode(), XATTR_DATASET: mounted.dataset.encode()}
+    if sha256 is not None:
+        attrs[XATTR_SHA256] = sha256.encode()
+    if source is not None:
+        attrs[XATTR_SOURCE_VERSION] = source.encode()
+        source_dataset = dataset_of(source)
+        if source_dataset is not None:
+            attrs[XATTR_SOURCE_DATASET] = source_dataset.encode()
+    return attrs
+
+
 class VersionView:
     def __init__(self, manifest: VersionManifest, index: VersionIndex, store: ObjectStore,
                  cache: BlockCache) -> None:
@@ -45,6 +79,7 @@ class VersionView:
         self.cache = cache
         self.uid = os.getuid()
         self.gid = os.getgid()
+        self.dataset_of = DatasetOf(store, manifest)
         # A published index never changes, so its answers can be remembered instead of asked of
         # SQLite on every request.
         self._get = functools.lru_cache(maxsize=8192)(index.get) if self.immutable else index.get
@@ -106,10 +141,9 @@ class VersionView:
         return [n.to_entry() for n in self.index.near(chunk, lo, hi)]
 
     def xattrs(self, node: Node) -> dict[str, bytes]:
-        attrs = {XATTR_VERSION: node.version.encode(), XATTR_DATASET: self.manifest.dataset.encode()}
-        if not node.is_dir and node.type != SYMLINK:
-            attrs[XATTR_SHA256] = (node.sha256 or "").encode()
-        return attrs
+        if node.is_dir or node.type == SYMLINK:
+            return file_xattrs(self.manifest, None, None, self.dataset_of)
+        return file_xattrs(self.manifest, node.sha256 or "", node.version, self.dataset_of)
 
     def getxattr(self, node: Node, name: str) -> bytes:
         value = self.xattrs(node).get(name)

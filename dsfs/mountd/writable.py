@@ -15,11 +15,11 @@ import os
 import pyfuse3
 import trio
 
-from ..changeset.manifest import FILE
+from ..changeset.manifest import FILE, VersionManifest
 from ..errors import DsfsError
 from .lowlevel import translate_errors as _translate
 from .overlay import Attr, Overlay, stat_mode
-from .view import XATTR_DATASET, XATTR_SHA256, XATTR_VERSION
+from .view import DatasetOf, file_xattrs
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,12 @@ class WritableOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, overlay: Overlay, dataset: str, version_id: str, threads: int = 8) -> None:
+    def __init__(self, overlay: Overlay, manifest: VersionManifest, dataset_of: DatasetOf,
+                 threads: int = 8) -> None:
         super().__init__()
         self.overlay = overlay
-        self.dataset = dataset
-        self.version_id = version_id
+        self.manifest = manifest
+        self.dataset_of = dataset_of
         self.limiter = trio.CapacityLimiter(threads)
         self.uid, self.gid = os.getuid(), os.getgid()
         self._handles = itertools.count(1)
@@ -217,15 +218,13 @@ class WritableOperations(pyfuse3.Operations):
 
     def _xattrs(self, inode: int) -> dict[str, bytes]:
         attr = self.overlay.getattr(inode)
-        attrs = {XATTR_DATASET: self.dataset.encode()}
         node = attr.base_node
+        sha256 = source = None
         if attr.type == FILE and not attr.data and not attr.writing and node is not None:
-            attrs[XATTR_SHA256] = (node.sha256 or "").encode()
-            attrs[XATTR_VERSION] = node.version.encode()
+            sha256, source = node.sha256 or "", node.version
         elif attr.type == FILE and attr.data and attr.sha256:
-            attrs[XATTR_SHA256] = attr.sha256.encode()
-            attrs[XATTR_VERSION] = self.version_id.encode()
-        return attrs
+            sha256, source = attr.sha256, self.manifest.id  # written here, not committed yet
+        return file_xattrs(self.manifest, sha256, source, self.dataset_of)
 
     async def setxattr(self, inode, name, value, ctx):
         raise pyfuse3.FUSEError(errno.ENOTSUP)  # extended attributes are not versioned
@@ -247,7 +246,7 @@ class WritableOperations(pyfuse3.Operations):
 def serve(session, mountpoint: str, options: list[str], on_ready) -> None:
     """Mount a draft writable and serve until unmounted (blocking; its own trio loop)."""
     manifest = session.repo.catalog.version(session.version_id)
-    ops = WritableOperations(session.overlay, manifest.dataset, session.version_id)
+    ops = WritableOperations(session.overlay, manifest, DatasetOf(session.repo.store, manifest))
     fuse_options = set(pyfuse3.default_options)
     fuse_options.update({"fsname=dsfs", "subtype=dsfs", *options})
     fuse_options.discard("ro")
