@@ -24,8 +24,9 @@ class Progress:
         if self.enabled:
             # A terminal that reports no size (a bare pty) gets 80x24, not a hidden bar.
             sized = _has_size()
+            # Decimal prefixes: tqdm labels sizes kB/MB/GB, which are powers of 1000.
             self._bar = tqdm(total=total, desc=label, unit=unit, unit_scale=True,
-                             unit_divisor=1024 if unit == "B" else 1000, file=sys.stderr,
+                             unit_divisor=1000, file=sys.stderr,
                              dynamic_ncols=sized, ncols=None if sized else 80,
                              nrows=None if sized else 24, mininterval=0.1, leave=True)
 
