@@ -7,6 +7,7 @@ errors exit 2; nothing a user does wrong prints a traceback (``-v`` shows one fo
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import time
 from . import __version__
 from .config import load_settings
 from .errors import DsfsError, InvalidInput
+from .paths import name_bytes
 from .progress import human_size, plural
 
 log = logging.getLogger("dsfs")
@@ -38,9 +40,19 @@ def _print_json(doc) -> None:
 
 
 def _node_json(node) -> dict:
-    return {"path": node.path, "type": node.type, "size": node.size, "sha256": node.sha256,
-            "mode": f"{node.mode:04o}", "mtime_ns": node.mtime_ns, "target": node.target,
-            "version": node.version}
+    target = _name_json("target", node.target) if node.target is not None else {"target": None}
+    return {**_name_json("path", node.path), "type": node.type, "size": node.size, "sha256": node.sha256,
+            "mode": f"{node.mode:04o}", "mtime_ns": node.mtime_ns, **target, "version": node.version}
+
+
+def _name_json(key: str, name: str) -> dict:
+    """A name for JSON output: as text when its bytes are UTF-8; else the text with U+FFFD for
+    each bad byte, plus ``KEY_b64``, the exact bytes in base64 (docs/FORMAT.md)."""
+    raw = name_bytes(name)
+    try:
+        return {key: raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {key: raw.decode("utf-8", "replace"), f"{key}_b64": base64.b64encode(raw).decode()}
 
 
 def _version_json(v) -> dict:
@@ -442,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):  # names are bytes: print each one as its own bytes
+        sys.stdout.reconfigure(errors="surrogateescape")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,

@@ -33,6 +33,7 @@ from .errors import AlreadyExists, Conflict, InvalidInput, NotFound, ReadOnly
 from .paths import ancestors, check_path, join, normalize_dest
 from .progress import Progress, human_size, plural
 from .resolver import Node, VersionIndex, ViewBuilder, check_against_view, latest_published, resolve_ref
+from .resolver.index import path_order
 from .store import ObjectStore, open_store
 
 ProgressFactory = Callable[[str, int], Progress]
@@ -451,13 +452,13 @@ def _leaves(nodes: Iterable[Node]) -> Iterator[Node]:
 
 
 def _merge_join(a: Iterator[Node], b: Iterator[Node]) -> Iterator[tuple[Node | None, Node | None]]:
-    """Pair up two path-ordered streams by path."""
+    """Pair up two streams in index path order (bytewise, ``path_order``) by path."""
     x, y = next(a, None), next(b, None)
     while x is not None or y is not None:
-        if y is None or (x is not None and x.path < y.path):
+        if y is None or (x is not None and path_order(x.path) < path_order(y.path)):
             yield x, None
             x = next(a, None)
-        elif x is None or y.path < x.path:
+        elif x is None or path_order(y.path) < path_order(x.path):
             yield None, y
             y = next(b, None)
         else:

@@ -75,7 +75,8 @@ def extract_view(store: ObjectStore, index: VersionIndex, dest: str, tmp_dir: st
 
 def _write_file(store: ObjectStore, node: Node, target: str) -> None:
     entry = node.to_entry()
-    tmp = target + ".dsfs-part"
+    # Named by inode, not by the file's name: a name of 255 bytes leaves no room for a suffix.
+    tmp = os.path.join(os.path.dirname(target), f".dsfs-part-{node.ino}")
     digest = hashlib.sha256()
     with open(tmp, "wb") as out:
         for block in iter_member(store, entry):

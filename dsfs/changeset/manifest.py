@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from ..errors import Corrupt, InvalidInput
-from ..paths import check_path
+from ..paths import check_path, name_bytes
 
 SCHEMA = 1
 STORED = 0
@@ -137,7 +137,7 @@ class Entry:
             if self.blocks is not None:
                 d["blocks"] = self.blocks
         elif self.type == SYMLINK:
-            d.update(target=self.target, size=len(self.target.encode("utf-8", "surrogateescape")))
+            d.update(target=self.target, size=len(name_bytes(self.target)))
         return d
 
     @classmethod
@@ -169,7 +169,7 @@ class Entry:
                     entry.blocks = blocks
             elif kind == SYMLINK:
                 entry.target = str(d["target"])
-                entry.size = len(entry.target.encode("utf-8", "surrogateescape"))
+                entry.size = len(name_bytes(entry.target))
             return entry
         except InvalidInput as exc:
             raise Corrupt(f"corrupt manifest: {exc}") from None
@@ -215,8 +215,19 @@ class ChangeSet:
 _decode = json.JSONDecoder().decode
 
 
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
 def _line(d: dict) -> bytes:
-    return (json.dumps(d, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
+    """One JSON line in valid UTF-8. A name byte that is not UTF-8 (a PEP 383 surrogate, see
+    dsfs/paths.py) is written as the JSON escape ``\\udcXX``, which json.loads turns back into it.
+    (Files written before this kept the raw byte; reading decodes with surrogateescape, so both
+    forms read the same.)"""
+    text = json.dumps(d, ensure_ascii=False)
+    try:
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (_ESCAPED_BYTE.sub(lambda m: f"\\u{ord(m[0]):04x}", text) + "\n").encode("utf-8")
 
 
 def _line_batches(gz: gzip.GzipFile, size: int = 1 << 20) -> Iterator[list[bytes]]:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 from ..config import Settings
 from ..errors import InvalidInput, NoSpace
+from ..paths import name_bytes
 from ..store.base import ObjectStore
 from .manifest import DEFLATED, DIR, EMPTY_SHA256, FILE, HASH_BLOCK, STORED, SYMLINK, Entry, chunk_key
 
@@ -125,6 +126,20 @@ def choose_method(src: Source, settings: Settings) -> int:
     return DEFLATED if src.compressible else STORED
 
 
+class _MemberInfo(zipfile.ZipInfo):
+    """A zip member whose name is the dataset name's own bytes (see dsfs/paths.py): UTF-8 names
+    carry the zip UTF-8 flag as zipfile writes them; other byte names are written raw, without the
+    flag, as Info-ZIP does for names from a non-UTF-8 system. (zipfile would refuse them.)"""
+
+    __slots__ = ()
+
+    def _encodeFilenameFlags(self):  # zipfile's hook for the name bytes and flag bits
+        try:
+            return super()._encodeFilenameFlags()
+        except UnicodeEncodeError:
+            return name_bytes(self.filename), self.flag_bits
+
+
 class _ChunkWriter:
     """One zip chunk being written to a temp file, then uploaded as a whole."""
 
@@ -137,7 +152,7 @@ class _ChunkWriter:
         self.size = 0
 
     def add(self, src: Source, method: int) -> Entry:
-        info = zipfile.ZipInfo(src.path, date_time=_zip_time(src.mtime_ns))
+        info = _MemberInfo(src.path, date_time=_zip_time(src.mtime_ns))
         info.compress_type = zipfile.ZIP_DEFLATED if method == DEFLATED else zipfile.ZIP_STORED
         info.external_attr = (0o100000 | src.mode) << 16
         info.file_size = src.size  # lets zipfile choose zip64 headers for big files up front

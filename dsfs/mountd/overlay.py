@@ -5,6 +5,7 @@ Namespace: ``dirents`` rows override the base view's directory entries by (paren
 a row with a NULL inode is a whiteout. ``inodes`` rows override a node's attributes, or define a
 new node (inode numbers above the base index's). Renaming a folder moves one entry: its children
 keep pointing at its inode. Hard links are refused, so every inode has exactly one entry.
+Names and symlink targets are stored as BLOBs of their bytes, as in the index (dsfs/paths.py).
 
 Data: a file being written has a working copy ``data/<ino>.w``; when it is closed — at the
 FUSE flush of its only writer, which close(2) waits for, or at the last release — the copy is
@@ -36,6 +37,7 @@ from pathlib import Path
 from ..changeset.manifest import DIR, FILE, SYMLINK
 from ..changeset.packer import looks_compressible
 from ..errors import AlreadyExists, DsfsError, InvalidInput, NotFound
+from ..paths import check_name_length, name_bytes, name_str
 from ..resolver.index import ROOT_INO, Node, VersionIndex
 
 log = logging.getLogger(__name__)
@@ -43,13 +45,13 @@ log = logging.getLogger(__name__)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dirents(
-    parent INTEGER NOT NULL, name TEXT NOT NULL, ino INTEGER,
+    parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER,
     PRIMARY KEY(parent, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS inodes(
     ino INTEGER PRIMARY KEY,
-    parent INTEGER, name TEXT,
+    parent INTEGER, name BLOB,
     type TEXT NOT NULL, mode INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-    size INTEGER NOT NULL DEFAULT 0, target TEXT,
+    size INTEGER NOT NULL DEFAULT 0, target BLOB,
     base INTEGER,
     data INTEGER NOT NULL DEFAULT 0,
     sha256 TEXT,
@@ -114,6 +116,7 @@ class Overlay:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self._bytes_names()
         self._open: dict[int, _Open] = {}
         self._orphans: set[int] = set()  # unlinked while open: data kept until the last close
         with self.db:
@@ -132,11 +135,19 @@ class Overlay:
     def _set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
+    def _bytes_names(self) -> None:
+        """Journals written before names were bytes hold them as text: convert them once."""
+        with self.db:
+            self.db.execute("UPDATE dirents SET name = CAST(name AS BLOB) WHERE typeof(name) = 'text'")
+            self.db.execute("UPDATE inodes SET name = CAST(name AS BLOB) WHERE typeof(name) = 'text'")
+            self.db.execute("UPDATE inodes SET target = CAST(target AS BLOB) WHERE typeof(target) = 'text'")
+
     def _recover(self) -> None:
         """Roll back files that were open for writing when the previous daemon died."""
         with self.lock, self.db:
             rows = self.db.execute("SELECT ino, parent, name, base, data FROM inodes WHERE writing = 1").fetchall()
-            for ino, parent, name, base, data in rows:
+            for ino, parent, raw, base, data in rows:
+                name = name_str(raw)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._working(ino))
                 if base is None and not data:
@@ -181,7 +192,10 @@ class Overlay:
         row = self.db.execute("SELECT ino, parent, name, type, mode, mtime_ns, size, target, base, "
                               "data, sha256, writing, compressible FROM inodes WHERE ino = ?", (ino,)).fetchone()
         if row is not None:
-            attr = Attr(*row[:9], bool(row[9]), row[10], bool(row[11]), compressible=bool(row[12]))
+            name = None if row[2] is None else name_str(row[2])
+            target = None if row[7] is None else name_str(row[7])
+            attr = Attr(*row[:2], name, *row[3:7], target, row[8], bool(row[9]), row[10], bool(row[11]),
+                        compressible=bool(row[12]))
             if attr.base is not None:
                 attr.base_node = self.base.get(attr.base)
             state = self._open.get(ino)
@@ -194,11 +208,13 @@ class Overlay:
         return _from_base(node)
 
     def lookup(self, parent: int, name: str) -> Attr:
+        check_name_length(name)
         with self.lock:
             return self._attr(self._lookup_ino(parent, name))
 
     def _lookup_ino(self, parent: int, name: str) -> int:
-        row = self.db.execute("SELECT ino FROM dirents WHERE parent = ? AND name = ?", (parent, name)).fetchone()
+        row = self.db.execute("SELECT ino FROM dirents WHERE parent = ? AND name = ?",
+                              (parent, name_bytes(name))).fetchone()
         if row is not None:
             if row[0] is None:
                 raise NotFound(f"no entry {name!r}")
@@ -220,7 +236,8 @@ class Overlay:
             attr = self._attr(ino)
             if not attr.is_dir:
                 raise FsError(errno.ENOTDIR, f"not a folder: {attr.name!r}")
-            overlay = dict(self.db.execute("SELECT name, ino FROM dirents WHERE parent = ?", (ino,)))
+            overlay = {name_str(name): child for name, child in
+                       self.db.execute("SELECT name, ino FROM dirents WHERE parent = ?", (ino,))}
             merged: dict[str, int] = {}
             if self.base.get(ino) is not None:
                 after = None
@@ -236,7 +253,7 @@ class Overlay:
                     merged.pop(name, None)
                 else:
                     merged[name] = child
-            return sorted(merged.items())
+            return sorted(merged.items(), key=lambda item: name_bytes(item[0]))  # byte order, as the index
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
         with self.lock:
@@ -269,19 +286,21 @@ class Overlay:
         self.db.execute(
             "INSERT INTO inodes(ino, parent, name, type, mode, mtime_ns, size, target, base, data, sha256) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
-            (ino, node.parent, node.name, node.type, node.mode, node.mtime_ns, node.size, node.target,
-             ino, node.sha256))
+            (ino, node.parent, name_bytes(node.name), node.type, node.mode, node.mtime_ns, node.size,
+             None if node.target is None else name_bytes(node.target), ino, node.sha256))
 
     def _drop_entry(self, parent: int, name: str) -> None:
         """Remove the entry (parent, name): a whiteout if the base has it, else delete the row."""
+        raw = name_bytes(name)
         if self.base.lookup(parent, name) is not None and self.base.get(parent) is not None:
-            self.db.execute("INSERT OR REPLACE INTO dirents VALUES (?, ?, NULL)", (parent, name))
+            self.db.execute("INSERT OR REPLACE INTO dirents VALUES (?, ?, NULL)", (parent, raw))
         else:
-            self.db.execute("DELETE FROM dirents WHERE parent = ? AND name = ?", (parent, name))
+            self.db.execute("DELETE FROM dirents WHERE parent = ? AND name = ?", (parent, raw))
 
     def _link(self, parent: int, name: str, ino: int) -> None:
-        self.db.execute("INSERT OR REPLACE INTO dirents VALUES (?, ?, ?)", (parent, name, ino))
-        self.db.execute("UPDATE inodes SET parent = ?, name = ? WHERE ino = ?", (parent, name, ino))
+        raw = name_bytes(name)
+        self.db.execute("INSERT OR REPLACE INTO dirents VALUES (?, ?, ?)", (parent, raw, ino))
+        self.db.execute("UPDATE inodes SET parent = ?, name = ? WHERE ino = ?", (parent, raw, ino))
 
     def _check_dir(self, parent: int) -> Attr:
         attr = self._attr(parent)
@@ -292,8 +311,7 @@ class Overlay:
     def _check_name(self, name: str) -> None:
         if not name or "/" in name or "\x00" in name or name in (".", ".."):
             raise InvalidInput(f"invalid name: {name!r}")
-        if len(name.encode("utf-8", "surrogateescape")) > 255:
-            raise FsError(errno.ENAMETOOLONG, f"name too long: {name[:40]!r}...")
+        check_name_length(name)
 
     def _create_node(self, parent: int, name: str, kind: str, mode: int, target: str | None = None,
                      writing: bool = False) -> Attr:
@@ -302,12 +320,13 @@ class Overlay:
         if self._exists(parent, name) is not None:
             raise AlreadyExists(f"exists: {name!r}")
         ino = self._new_ino()
-        size = len(target.encode("utf-8", "surrogateescape")) if target is not None else 0
+        raw_target = name_bytes(target) if target is not None else None
         self.db.execute(
             "INSERT INTO inodes(ino, parent, name, type, mode, mtime_ns, size, target, base, data, "
             "sha256, writing) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, ?)",
-            (ino, parent, name, kind, mode & 0o7777, time.time_ns(), size, target, int(writing)))
-        self.db.execute("INSERT OR REPLACE INTO dirents VALUES (?, ?, ?)", (parent, name, ino))
+            (ino, parent, name_bytes(name), kind, mode & 0o7777, time.time_ns(), len(raw_target or b""),
+             raw_target, int(writing)))
+        self.db.execute("INSERT OR REPLACE INTO dirents VALUES (?, ?, ?)", (parent, name_bytes(name), ino))
         return self._attr(ino)
 
     def mkdir(self, parent: int, name: str, mode: int) -> Attr:
@@ -570,7 +589,7 @@ class Overlay:
             for parent, name, ino in self.db.execute("SELECT parent, name, ino FROM dirents").fetchall():
                 if self.base.get(parent) is None:
                     continue
-                node = self.base.lookup(parent, name)
+                node = self.base.lookup(parent, name_str(name))
                 if node is not None and node.ino != ino:
                     yield "", None, node.path
             touched: set[int] = set()

@@ -18,6 +18,7 @@ from ..cache import BlockCache, ReadState
 from ..catalog import Catalog
 from ..changeset.manifest import DIR, SYMLINK, VersionManifest
 from ..errors import DsfsError, NotFound
+from ..paths import check_name_length
 from ..resolver.index import ROOT_INO, Node, VersionIndex
 from ..store.base import ObjectStore
 
@@ -99,7 +100,7 @@ class VersionView:
             return self.getattr(parent)
         if name == "..":
             return self.getattr(self.getattr(parent).parent)
-        node = self.index.lookup(parent, name)
+        node = self.index.lookup(parent, check_name_length(name))
         if node is None:
             raise NotFound(f"no entry {name!r} in inode {parent}")
         return node

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from ..catalog import Catalog
 from ..changeset.manifest import DIR, Entry, Removal, VersionManifest
 from ..errors import Corrupt, InvalidInput
-from ..paths import ancestors, name_of, parent_of
+from ..paths import ancestors, name_bytes, name_str, parent_of
 from .index import INDEX_FORMAT, INDEX_SQL, ROOT_INO, SCHEMA_SQL, TYPE_CODES, VersionIndex
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,14 @@ class PathConflict(Exception):
 
 
 class _Work:
-    """The view under construction: a path-keyed table plus the set of its folders."""
+    """The view under construction: a path-keyed table plus the set of its folders.
+
+    The table holds paths and targets as bytes, as the index does; ``dirs`` holds str paths."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        conn.execute(f"CREATE TABLE scratch.work({_WORK_COLUMNS.replace('path', 'path TEXT PRIMARY KEY', 1)}) WITHOUT ROWID")
+        conn.execute(f"CREATE TABLE scratch.work({_WORK_COLUMNS.replace('path', 'path BLOB PRIMARY KEY', 1)}) "
+                     "WITHOUT ROWID")
         self.dirs: set[str] = set()
         self.pending: list[tuple] = []
 
@@ -68,19 +71,20 @@ class _Work:
 
     def _type_at(self, path: str) -> int | None:
         self.flush()
-        row = self.conn.execute("SELECT type FROM scratch.work WHERE path = ?", (path,)).fetchone()
+        row = self.conn.execute("SELECT type FROM scratch.work WHERE path = ?", (name_bytes(path),)).fetchone()
         return row[0] if row else None
 
     def remove(self, path: str) -> None:
         self.flush()
-        lo, hi = path + "/", path + "0"
+        raw = name_bytes(path)
+        lo, hi = raw + b"/", raw + b"0"
         if path in self.dirs:
             self.dirs.difference_update(
-                r[0] for r in self.conn.execute(
+                name_str(r[0]) for r in self.conn.execute(
                     "SELECT path FROM scratch.work WHERE type = ? AND path >= ? AND path < ?", (_DIR, lo, hi)))
             self.dirs.discard(path)
             self.conn.execute("DELETE FROM scratch.work WHERE path >= ? AND path < ?", (lo, hi))
-        self.conn.execute("DELETE FROM scratch.work WHERE path = ?", (path,))
+        self.conn.execute("DELETE FROM scratch.work WHERE path = ?", (raw,))
 
     def add(self, e: Entry, provider: str) -> None:
         path = e.path
@@ -93,7 +97,7 @@ class _Work:
                 if kind is not None and kind != _DIR:
                     raise PathConflict(folder)
                 if kind is None:
-                    self.pending.append((folder, _DIR, 0, 0o755, e.mtime_ns, None, None, None, None,
+                    self.pending.append((name_bytes(folder), _DIR, 0, 0o755, e.mtime_ns, None, None, None, None,
                                          None, None, provider, None))
                 self.dirs.add(folder)
         if e.type == DIR:
@@ -105,8 +109,9 @@ class _Work:
         elif path in self.dirs:
             raise PathConflict(path)
         sha = e.sha256 if e.type != DIR else None
-        self.pending.append((path, TYPE_CODES[e.type], e.size if e.type != DIR else 0, e.mode,
-                             e.mtime_ns, sha, e.target, e.chunk, e.offset, e.csize, e.method, provider,
+        target = None if e.target is None else name_bytes(e.target)
+        self.pending.append((name_bytes(path), TYPE_CODES[e.type], e.size if e.type != DIR else 0, e.mode,
+                             e.mtime_ns, sha, target, e.chunk, e.offset, e.csize, e.method, provider,
                              e.blocks))
         if len(self.pending) >= _BATCH:
             self.flush()
@@ -124,13 +129,13 @@ class _Work:
         self.flush()
         self.conn.execute("ATTACH DATABASE ? AS src", (f"file:{index_path}?mode=ro",))
         try:
-            clashes = [r[0] for r in self.conn.execute(
+            clashes = [name_str(r[0]) for r in self.conn.execute(
                 "SELECT w.path FROM scratch.work w JOIN src.nodes n ON n.path = w.path "
                 "WHERE w.type = ? AND n.type != ?", (_DIR, _DIR))]
             for path in clashes:
                 self.remove(path)
             self.conn.execute(f"INSERT OR REPLACE INTO scratch.work({_WORK_COLUMNS}) {_COPY_SELECT}")
-            self.dirs.update(r[0] for r in self.conn.execute(
+            self.dirs.update(name_str(r[0]) for r in self.conn.execute(
                 "SELECT path FROM src.nodes WHERE type = ? AND ino != 1", (_DIR,)))
             self.conn.commit()
         finally:
@@ -243,9 +248,9 @@ def _finalize(conn: sqlite3.Connection, manifest: VersionManifest) -> None:
     provider_ids = dict(conn.execute("SELECT version, id FROM providers"))
     stamp = manifest.published or manifest.created
     root_mtime = int(_dt.datetime.fromisoformat(stamp).timestamp() * 1e9) if stamp else 0
-    conn.execute("INSERT INTO nodes VALUES (1, 1, '', '', ?, 0, ?, ?, NULL, NULL, NULL, NULL, NULL, "
+    conn.execute("INSERT INTO nodes VALUES (1, 1, X'', X'', ?, 0, ?, ?, NULL, NULL, NULL, NULL, NULL, "
                  "NULL, ?, 2, NULL)", (_DIR, 0o755, root_mtime, provider_ids[manifest.id]))
-    dir_inos = {"": ROOT_INO}
+    dir_inos = {b"": ROOT_INO}
     subdirs: dict[int, int] = {}
     files = total = 0
     batch: list[tuple] = []
@@ -253,14 +258,15 @@ def _finalize(conn: sqlite3.Connection, manifest: VersionManifest) -> None:
     cursor = conn.execute(f"SELECT {_WORK_COLUMNS} FROM scratch.work ORDER BY path")
     for path, kind, size, mode, mtime, sha, target, chunk, offset, csize, method, provider, blocks in cursor:
         ino += 1
-        parent = dir_inos[parent_of(path)]
+        parent_path, _, name = path.rpartition(b"/")  # paths are bytes here
+        parent = dir_inos[parent_path]
         if kind == _DIR:
             dir_inos[path] = ino
             subdirs[parent] = subdirs.get(parent, 0) + 1
         else:
             files += 1
             total += size
-        batch.append((ino, parent, name_of(path), path, kind, size, mode, mtime,
+        batch.append((ino, parent, name, path, kind, size, mode, mtime,
                       sha, target, chunk_ids.get(chunk), offset, csize, method,
                       provider_ids[provider], 1 if kind != _DIR else 2, blocks))
         if len(batch) >= _BATCH:

@@ -5,6 +5,10 @@ inode 1) and rows are numbered in path order, so inodes are stable for a version
 (parent, name), listing is in name order from the same index, and each row keeps its provenance:
 the version whose change-set put it there. Published indexes are opened ``immutable`` (no locking).
 
+Names, paths and symlink targets are stored as BLOBs of their raw bytes (see dsfs/paths.py), so
+any byte name fits. SQLite compares BLOBs bytewise, so listings and walks are in byte order, and
+a folder's subtree is the range [path + '/', path + '0') ('0' is the byte after '/').
+
 Threading: a ``VersionIndex`` may be shared by threads; each thread gets its own connection.
 """
 
@@ -18,6 +22,7 @@ import threading
 from collections.abc import Iterator
 
 from ..changeset.manifest import DIR, FILE, SYMLINK, Entry
+from ..paths import name_bytes, name_str
 
 ROOT_INO = 1
 TYPE_CODES = {FILE: 0, DIR: 1, SYMLINK: 2}
@@ -30,14 +35,14 @@ CREATE TABLE providers(id INTEGER PRIMARY KEY, version TEXT NOT NULL UNIQUE);
 CREATE TABLE nodes(
     ino INTEGER PRIMARY KEY,
     parent INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    path TEXT NOT NULL,
+    name BLOB NOT NULL,
+    path BLOB NOT NULL,
     type INTEGER NOT NULL,
     size INTEGER NOT NULL,
     mode INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     sha256 TEXT,
-    target TEXT,
+    target BLOB,
     chunk_id INTEGER,
     offset INTEGER,
     csize INTEGER,
@@ -53,7 +58,7 @@ CREATE UNIQUE INDEX nodes_by_path ON nodes(path);
 CREATE INDEX nodes_by_sha ON nodes(sha256) WHERE sha256 IS NOT NULL;
 CREATE INDEX nodes_by_chunk ON nodes(chunk_id, offset) WHERE chunk_id IS NOT NULL;
 """
-INDEX_FORMAT = "3"  # an index file of another format is rebuilt (it is only a cache)
+INDEX_FORMAT = "4"  # an index file of another format is rebuilt (it is only a cache)
 
 # Chunk keys and provider versions are few and fixed once an index is built: they are mapped
 # in Python (``VersionIndex._names``), so a node lookup is one rowid probe with no join.
@@ -93,6 +98,9 @@ class Node:
                      self.blocks)
 
 
+def path_order(path: str) -> bytes:
+    """The sort key of a path in an index (its bytes): merges of index walks compare with it."""
+    return name_bytes(path)
 
 
 class VersionIndex:
@@ -135,8 +143,10 @@ class VersionIndex:
 
     def _node(self, row) -> Node:
         chunk_id, provider_id = row[10], row[14]
-        return Node(row[0], row[1], row[2], row[3], TYPE_NAMES[row[4]], row[5], row[6], row[7], row[8],
-                    row[9], None if chunk_id is None else self._chunks[chunk_id], row[11], row[12],
+        target = row[9]
+        return Node(row[0], row[1], name_str(row[2]), name_str(row[3]), TYPE_NAMES[row[4]], row[5], row[6],
+                    row[7], row[8], None if target is None else name_str(target),
+                    None if chunk_id is None else self._chunks[chunk_id], row[11], row[12],
                     row[13], self._providers[provider_id], row[15], row[16])
 
     def _one(self, sql: str, params: tuple) -> Node | None:
@@ -148,16 +158,17 @@ class VersionIndex:
         return self._one(_NODE_SELECT + "WHERE n.ino = ?", (ino,))
 
     def lookup(self, parent: int, name: str) -> Node | None:
-        return self._one(_NODE_SELECT + "WHERE n.parent = ? AND n.name = ? AND n.ino != 1", (parent, name))
+        return self._one(_NODE_SELECT + "WHERE n.parent = ? AND n.name = ? AND n.ino != 1",
+                         (parent, name_bytes(name)))
 
     def by_path(self, path: str) -> Node | None:
-        return self._one(_NODE_SELECT + "WHERE n.path = ?", (path,))
+        return self._one(_NODE_SELECT + "WHERE n.path = ?", (name_bytes(path),))
 
     def children(self, ino: int, after: str | None = None, limit: int = 1000) -> list[Node]:
-        """Children of a directory in name order, starting after the name ``after``."""
+        """Children of a directory in name (byte) order, starting after the name ``after``."""
         sql = _NODE_SELECT + "WHERE n.parent = ? AND n.ino != 1 AND n.name > ? ORDER BY n.name LIMIT ?"
         with self._conn() as conn:
-            return [self._node(r) for r in conn.execute(sql, (ino, after or "", limit))]
+            return [self._node(r) for r in conn.execute(sql, (ino, name_bytes(after or ""), limit))]
 
     def children_at(self, ino: int, skip: int, limit: int = 1000) -> list[Node]:
         """Children of a directory in name order, from the ``skip``-th on (seekdir)."""
@@ -166,11 +177,13 @@ class VersionIndex:
             return [self._node(r) for r in conn.execute(sql, (ino, limit, skip))]
 
     def walk(self, prefix: str = "") -> Iterator[Node]:
-        """Every node at or below ``prefix`` ('' is the whole view), in path order."""
+        """Every node at or below ``prefix`` ('' is the whole view), in path order: the order of
+        the paths' bytes (``path_order``), which is not Python's str order for every name."""
         with self._conn() as conn:
             if prefix:
+                raw = name_bytes(prefix)
                 sql = _NODE_SELECT + "WHERE n.path = ? OR (n.path >= ? AND n.path < ?) ORDER BY n.path"
-                rows = conn.execute(sql, (prefix, prefix + "/", prefix + "0"))
+                rows = conn.execute(sql, (raw, raw + b"/", raw + b"0"))
             else:
                 rows = conn.execute(_NODE_SELECT + "WHERE n.ino != 1 ORDER BY n.path")
             for row in rows:
