@@ -146,6 +146,17 @@ def test_add_ls_get_diff_sync_remove(bcli, tmp_path):
     assert "no files match" in bcli.fails("remove", v2, arg(b"caf\xe8.jpg"))
 
 
+def test_diff_follows_the_index_byte_order(bcli, tmp_path):
+    """U+E000 (bytes EE 80 80) sorts before the byte name EE FF, but after it as a Python str."""
+    src = build(tmp_path / "src", {b"\xee\x80\x80": b"private use\n", b"\xee\xff": b"bytes\n"}, {})
+    v1 = published(bcli, src)
+    v2 = bcli("create", "ds", "--parent", v1).strip()
+    bcli("remove", v2, arg(b"\xee\x80\x80"))
+    diff = json.loads(bcli("diff", "--json", v1, v2))
+    assert ([json_name(d, "path") for d in diff["removed"]], diff["added"], diff["modified"]) == \
+        ([b"\xee\x80\x80"], [], [])
+
+
 def test_ls_prints_names_as_their_bytes(bcli, tmp_path):
     """Text output is the names' own bytes, even when stdout is strict UTF-8."""
     v1 = published(bcli, build(tmp_path / "src"))

@@ -1,9 +1,13 @@
+import errno
+
 import pytest
 
 from dsfs.errors import InvalidInput
-from dsfs.paths import ancestors, check_path, normalize_dest, parent_of
+from dsfs.paths import (NameTooLong, ancestors, check_name_length, check_path, name_bytes, name_str,
+                        normalize_dest, parent_of)
 
-GOOD = ["a", "a/b", "a b/c.txt", "x" * 255, "é/ü", ".hidden", "a..b", "..a"]
+GOOD = ["a", "a/b", "a b/c.txt", "x" * 255, "é/ü", ".hidden", "a..b", "..a",
+        "caf\udce9.jpg", "\udcff/\udc80" * 3, "\udce9" * 255, "a\nb", "back\\slash"]
 BAD = [
     ("", "must not be empty"),
     ("/abs", "must be relative"),
@@ -14,6 +18,9 @@ BAD = [
     ("a/", "empty component"),
     ("a\x00b", "nul byte"),
     ("y" * 256, "longer than 255"),
+    ("é" * 128, "longer than 255"),
+    ("a/\ud800", "stands for no bytes"),         # a surrogate no byte decodes to
+    ("\udcc3\udca9", "stands for no bytes"),      # escapes spelling valid UTF-8 ('é')
 ]
 
 
@@ -42,3 +49,16 @@ def test_ancestors_and_parent():
     assert list(ancestors("a/b/c")) == ["a", "a/b"]
     assert list(ancestors("a")) == []
     assert parent_of("a/b/c") == "a/b" and parent_of("a") == ""
+
+
+def test_names_are_bytes_one_to_one():
+    for raw in [b"caf\xe9.jpg", b"\x83e\x83X\x83g.txt", "ünï".encode(), b"\xed\xb3\xa9", b"\xff" * 255]:
+        name = name_str(raw)
+        assert check_path(name) == name and name_bytes(name) == raw
+
+
+def test_name_length_is_counted_in_bytes():
+    assert check_name_length("é" * 127) == "é" * 127
+    with pytest.raises(NameTooLong, match="longer than 255 bytes") as exc:
+        check_name_length("é" * 128)
+    assert exc.value.errno == errno.ENAMETOOLONG
