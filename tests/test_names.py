@@ -10,6 +10,9 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
 import zipfile
@@ -17,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli, _mounts_for
+from conftest import Cli, _mounts_for, write_tree
+from mounting import wait_dead
 from dsfs.changeset.manifest import iter_changeset
 
 LATIN1 = b"caf\xe9.jpg"
@@ -245,3 +249,38 @@ def test_draft_mount_creates_renames_and_commits_byte_names(bcli, bmounts, tmp_p
     bmounts.mount(draft, published_mnt)
     assert snapshot(published_mnt) == snapshot(expected)
     bmounts.umount(published_mnt)
+
+
+def test_draft_staged_by_an_older_dsfs_still_commits(local_cli, local_mounts, tmp_path):
+    """Staging left by a dsfs that kept names as text (index format 3) is upgraded, not misread."""
+    local_mounts.allow(r"stale mount|recovery")
+    v1 = published(local_cli, write_tree(tmp_path / "src", {"é/ü.txt": "u\n", "a.txt": "a\n", "k.txt": "k\n"}))
+    draft = local_cli("create", "ds", "--parent", v1).strip()
+    mnt = tmp_path / "mnt"
+    record = local_mounts.mount(draft, mnt)
+    (mnt / "new ñ.txt").write_bytes(b"new\n")
+    os.rename(mnt / "a.txt", mnt / "é" / "b ø.txt")
+    os.symlink("é/ü.txt", mnt / "link ß")
+    os.unlink(mnt / "é/ü.txt")
+    os.kill(record.pid, signal.SIGKILL)
+    wait_dead(record.pid)
+    local_cli("umount", str(mnt))  # the dead daemon's mount; its staging stays
+    stage = local_mounts.settings.state_dir / "drafts" / draft
+    with sqlite3.connect(stage / "journal.sqlite") as db:  # names as an older dsfs wrote them
+        db.execute("UPDATE dirents SET name = CAST(name AS TEXT)")
+        db.execute("UPDATE inodes SET name = CAST(name AS TEXT), target = CAST(target AS TEXT)")
+    old = tmp_path / "old-base.sqlite"
+    shutil.copyfile(stage / "base.sqlite", old)
+    with sqlite3.connect(old) as db:
+        db.execute("UPDATE nodes SET name = CAST(name AS TEXT), path = CAST(path AS TEXT), "
+                   "target = CAST(target AS TEXT)")
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'format'")
+    os.replace(old, stage / "base.sqlite")
+
+    local_mounts.mount(draft, mnt)
+    assert sorted(os.listdir(mnt)) == ["k.txt", "link ß", "new ñ.txt", "é"]
+    assert os.listdir(mnt / "é") == ["b ø.txt"] and (mnt / "é/b ø.txt").read_bytes() == b"a\n"
+    local_mounts.umount(mnt)
+    listing = {d["path"]: d for d in json.loads(local_cli("ls", "-r", "--json", draft))}
+    assert sorted(listing) == ["k.txt", "link ß", "new ñ.txt", "é", "é/b ø.txt"]
+    assert listing["link ß"]["target"] == "é/ü.txt"

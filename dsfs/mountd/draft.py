@@ -20,6 +20,7 @@ from ..config import Settings
 from ..errors import DsfsError
 from ..lease import Lease
 from ..repo import CommitSummary, Repository
+from ..resolver.build import upgrade_pinned
 from ..resolver.index import VersionIndex
 from .commit import commit_overlay
 from .overlay import Overlay
@@ -51,6 +52,8 @@ def open_overlay(repo: Repository, version_id: str, read_base) -> Overlay:
     if not pinned.exists():
         index = repo.index(repo.catalog.version(version_id))
         os.link(index.path, pinned)
+    else:
+        upgrade_pinned(str(pinned))  # staged by an older dsfs
     return Overlay(stage, VersionIndex(str(pinned), immutable=False), read_base)
 
 

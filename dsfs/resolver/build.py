@@ -20,6 +20,7 @@ import datetime as _dt
 import hashlib
 import logging
 import os
+import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterable
@@ -235,6 +236,35 @@ def _current(path: str) -> bool:
     except sqlite3.Error:
         return False
     return row is not None and row[0] == INDEX_FORMAT
+
+
+def upgrade_pinned(path: str) -> None:
+    """Bring a pinned index (a staged draft's base, whose inode numbers its journal names) of
+    format 3, which held names as UTF-8 text, to the current format in place, every row kept.
+    Format 3 could hold only UTF-8 names, whose text order is their byte order, so a rebuild
+    would number them the same. Any other old format is refused: its inodes cannot be trusted."""
+    if _current(path):
+        return
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".upgrade-", suffix=".sqlite")
+    os.close(fd)
+    try:
+        shutil.copyfile(path, tmp)  # a copy: the pin may be a hard link of a shared index
+        conn = sqlite3.connect(tmp)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+            if row is None or row[0] != "3":
+                raise Corrupt(f"index of format {row and row[0]!r} cannot be upgraded: {path!r}")
+            with conn:
+                conn.execute("UPDATE nodes SET name = CAST(name AS BLOB), path = CAST(path AS BLOB), "
+                             "target = CAST(target AS BLOB)")
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'format'", (INDEX_FORMAT,))
+        finally:
+            conn.close()
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _finalize(conn: sqlite3.Connection, manifest: VersionManifest) -> None:
