@@ -14,6 +14,15 @@ fsync'd, hashed and renamed to ``data/<ino>`` and the journal row is committed w
 file is there; a file open at the crash is rolled back to its last closed state (absent if it
 was never closed). Metadata changes are journaled in WAL mode as they happen.
 
+Unlinked inodes: removing an entry only detaches its inode (``parent`` NULL), so open handles
+keep reading, writing and stat-ing it; the adapter calls ``forget`` once the kernel drops its
+last reference, and only then are the row and its staged bytes deleted. A detached inode never
+reaches a commit, and the next open of the journal deletes any left over.
+
+Times: ``ctime_ns`` changes with every change to a node; ``atime_ns`` starts as the node's
+mtime (or its creation time) and changes only when set explicitly: reads and writes leave it.
+NULL in either (a journal from before they existed) reads as the mtime.
+
 Threading: every public method is blocking and takes ``self.lock``, except that file data is
 read and written outside it; adapters call them from worker threads.
 """
@@ -56,8 +65,16 @@ CREATE TABLE IF NOT EXISTS inodes(
     data INTEGER NOT NULL DEFAULT 0,
     sha256 TEXT,
     compressible INTEGER NOT NULL DEFAULT 1,
-    writing INTEGER NOT NULL DEFAULT 0);
+    writing INTEGER NOT NULL DEFAULT 0,
+    ctime_ns INTEGER,
+    atime_ns INTEGER);
 """
+# Columns added after the first journal format, with their definitions (for older journals).
+_ADDED_COLUMNS = {"ctime_ns": "INTEGER", "atime_ns": "INTEGER"}
+
+# The largest file a draft holds, whatever the staging filesystem allows (ext4's limit): a
+# sparse file of exabytes would otherwise be hashed for ever at close and never be committed.
+MAX_FILE_SIZE = 1 << 44
 
 
 class FsError(DsfsError):
@@ -73,7 +90,7 @@ class Attr:
     """What stat shows for a node of the merged (base + overlay) tree."""
 
     ino: int
-    parent: int
+    parent: int | None        # None: unlinked, alive only while the kernel still holds it
     name: str
     type: str
     mode: int
@@ -86,6 +103,8 @@ class Attr:
     writing: bool
     base_node: Node | None = None
     compressible: bool = True
+    ctime_ns: int = 0
+    atime_ns: int = 0
 
     @property
     def is_dir(self) -> bool:
@@ -94,12 +113,14 @@ class Attr:
 
 class _Open:
     """State of an inode with open write handles. ``fd`` is the working copy, or None once it
-    was journaled at a close while the handle itself stays open (a later write reopens it)."""
+    was journaled at a close while the handle itself stays open (a later write reopens it).
+    ``changed_ns`` is the time of the last change to the bytes not yet journaled: stat shows it
+    as mtime and ctime right away, the journal records it at close."""
 
-    def __init__(self, fd: int | None) -> None:
+    def __init__(self, fd: int | None, changed_ns: int | None = None) -> None:
         self.fd = fd
-        self.writers = 0
-        self.dirty = False
+        self.writers = 1
+        self.changed_ns = changed_ns
 
 
 class Overlay:
@@ -117,8 +138,9 @@ class Overlay:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
         self._bytes_names()
+        self._add_columns()
         self._open: dict[int, _Open] = {}
-        self._orphans: set[int] = set()  # unlinked while open: data kept until the last close
+        self._detached: set[int] = set()  # unlinked, waiting for the kernel to forget them
         with self.db:
             self._set_meta("version", base.version_id)
         max_base = self._max_base_ino()
@@ -131,6 +153,12 @@ class Overlay:
     def _max_base_ino(self) -> int:
         with self.base._conn() as conn:
             return conn.execute("SELECT max(ino) FROM nodes").fetchone()[0] or ROOT_INO
+
+    def _add_columns(self) -> None:
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(inodes)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in have:
+                self.db.execute(f"ALTER TABLE inodes ADD COLUMN {column} {kind}")
 
     def _set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
@@ -145,7 +173,8 @@ class Overlay:
     def _recover(self) -> None:
         """Roll back files that were open for writing when the previous daemon died."""
         with self.lock, self.db:
-            rows = self.db.execute("SELECT ino, parent, name, base, data FROM inodes WHERE writing = 1").fetchall()
+            rows = self.db.execute("SELECT ino, parent, name, base, data FROM inodes "
+                                   "WHERE writing = 1 AND parent IS NOT NULL").fetchall()
             for ino, parent, raw, base, data in rows:
                 name = name_str(raw)
                 with contextlib.suppress(FileNotFoundError):
@@ -159,7 +188,7 @@ class Overlay:
                                     (self._closed_size(ino, base, data), ino))
             for leftover in self.data_dir.glob("*.w"):
                 leftover.unlink()
-            # Data of inodes no entry refers to any more (unlinked while open).
+            # Inodes no entry refers to any more (unlinked while the kernel held them).
             for ino, in self.db.execute("SELECT ino FROM inodes WHERE parent IS NULL").fetchall():
                 self._forget_inode(ino)
 
@@ -172,7 +201,8 @@ class Overlay:
     def close(self) -> None:
         with self.lock:
             for state in self._open.values():
-                os.close(state.fd)
+                if state.fd is not None:
+                    os.close(state.fd)
             self._open.clear()
             self.db.close()
 
@@ -190,17 +220,23 @@ class Overlay:
 
     def _attr(self, ino: int) -> Attr:
         row = self.db.execute("SELECT ino, parent, name, type, mode, mtime_ns, size, target, base, "
-                              "data, sha256, writing, compressible FROM inodes WHERE ino = ?", (ino,)).fetchone()
+                              "data, sha256, writing, compressible, ctime_ns, atime_ns FROM inodes "
+                              "WHERE ino = ?", (ino,)).fetchone()
         if row is not None:
             name = None if row[2] is None else name_str(row[2])
             target = None if row[7] is None else name_str(row[7])
             attr = Attr(*row[:2], name, *row[3:7], target, row[8], bool(row[9]), row[10], bool(row[11]),
                         compressible=bool(row[12]))
+            attr.ctime_ns = row[13] or attr.mtime_ns
             if attr.base is not None:
                 attr.base_node = self.base.get(attr.base)
             state = self._open.get(ino)
             if state is not None and state.fd is not None:
                 attr.size = os.fstat(state.fd).st_size
+            if state is not None and state.changed_ns is not None:
+                attr.mtime_ns = state.changed_ns
+                attr.ctime_ns = max(attr.ctime_ns, state.changed_ns)
+            attr.atime_ns = row[14] or attr.mtime_ns
             return attr
         node = self.base.get(ino)
         if node is None:
@@ -213,6 +249,7 @@ class Overlay:
             return self._attr(self._lookup_ino(parent, name))
 
     def _lookup_ino(self, parent: int, name: str) -> int:
+        check_name_length(name)
         row = self.db.execute("SELECT ino FROM dirents WHERE parent = ? AND name = ?",
                               (parent, name_bytes(name))).fetchone()
         if row is not None:
@@ -284,10 +321,21 @@ class Overlay:
         if node is None:
             raise NotFound(f"no inode {ino}")
         self.db.execute(
-            "INSERT INTO inodes(ino, parent, name, type, mode, mtime_ns, size, target, base, data, sha256) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+            "INSERT INTO inodes(ino, parent, name, type, mode, mtime_ns, size, target, base, data, sha256, "
+            "ctime_ns, atime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
             (ino, node.parent, name_bytes(node.name), node.type, node.mode, node.mtime_ns, node.size,
-             None if node.target is None else name_bytes(node.target), ino, node.sha256))
+             None if node.target is None else name_bytes(node.target), ino, node.sha256,
+             node.mtime_ns, node.mtime_ns))
+
+    def _touch(self, ino: int, *, content: bool) -> None:
+        """Record a change of ``ino`` now: its ctime, and its mtime as well if its content (a
+        folder's entries) changed."""
+        self._ensure_row(ino)
+        now = time.time_ns()
+        if content:
+            self.db.execute("UPDATE inodes SET mtime_ns = ?, ctime_ns = ? WHERE ino = ?", (now, now, ino))
+        else:
+            self.db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, ino))
 
     def _drop_entry(self, parent: int, name: str) -> None:
         """Remove the entry (parent, name): a whiteout if the base has it, else delete the row."""
@@ -321,12 +369,14 @@ class Overlay:
             raise AlreadyExists(f"exists: {name!r}")
         ino = self._new_ino()
         raw_target = name_bytes(target) if target is not None else None
+        now = time.time_ns()
         self.db.execute(
             "INSERT INTO inodes(ino, parent, name, type, mode, mtime_ns, size, target, base, data, "
-            "sha256, writing) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, ?)",
-            (ino, parent, name_bytes(name), kind, mode & 0o7777, time.time_ns(), len(raw_target or b""),
-             raw_target, int(writing)))
+            "sha256, writing, ctime_ns, atime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, ?, ?, ?)",
+            (ino, parent, name_bytes(name), kind, mode & 0o7777, now, len(raw_target or b""),
+             raw_target, int(writing), now, now))
         self.db.execute("INSERT OR REPLACE INTO dirents VALUES (?, ?, ?)", (parent, name_bytes(name), ino))
+        self._touch(parent, content=True)
         return self._attr(ino)
 
     def mkdir(self, parent: int, name: str, mode: int) -> Attr:
@@ -343,10 +393,7 @@ class Overlay:
             with self.db:
                 attr = self._create_node(parent, name, FILE, mode, writing=True)
             fd = os.open(self._working(attr.ino), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            state = _Open(fd)
-            state.writers = 1
-            state.dirty = True
-            self._open[attr.ino] = state
+            self._open[attr.ino] = _Open(fd, attr.mtime_ns)
             return attr
 
     def open_write(self, ino: int, truncate: bool) -> None:
@@ -358,28 +405,26 @@ class Overlay:
                 if truncate:
                     self._reopen(ino, state)
                     os.ftruncate(state.fd, 0)
-                    state.dirty = True
+                    state.changed_ns = time.time_ns()
                 return
             attr = self._attr(ino)
             if attr.type != FILE:
                 raise FsError(errno.EISDIR if attr.is_dir else errno.EINVAL, f"not a file: {attr.name!r}")
             work = self._working(ino)
-            if truncate:
-                work.write_bytes(b"")
-            elif attr.data:
-                shutil.copyfile(self._closed(ino), work)
-            elif attr.base_node is not None and attr.size:
-                self._copy_up(attr.base_node, work)
-            else:
-                work.write_bytes(b"")
+            with _file_size_errors():
+                if truncate:
+                    work.write_bytes(b"")
+                elif attr.data:
+                    shutil.copyfile(self._closed(ino), work)
+                elif attr.base_node is not None and attr.size:
+                    self._copy_up(attr.base_node, work)
+                else:
+                    work.write_bytes(b"")
             fd = os.open(work, os.O_RDWR)
             with self.db:
                 self._ensure_row(ino)
                 self.db.execute("UPDATE inodes SET writing = 1 WHERE ino = ?", (ino,))
-            state = _Open(fd)
-            state.writers = 1
-            state.dirty = truncate
-            self._open[ino] = state
+            self._open[ino] = _Open(fd, time.time_ns() if truncate else None)
 
     def _copy_up(self, node: Node, dest: Path) -> None:
         block = 4 << 20
@@ -403,20 +448,28 @@ class Overlay:
         """A write after the handle's data was journaled: start a new working copy."""
         if state.fd is not None:
             return
-        shutil.copyfile(self._closed(ino), self._working(ino))
+        with _file_size_errors():
+            shutil.copyfile(self._closed(ino), self._working(ino))
         state.fd = os.open(self._working(ino), os.O_RDWR)
         with self.db:
             self.db.execute("UPDATE inodes SET writing = 1 WHERE ino = ?", (ino,))
 
     def write(self, ino: int, offset: int, data: bytes) -> int:
+        # As the kernel does: a write that crosses the limit is cut short, one at it fails.
+        check_file_size(offset + 1)
+        data = data[:MAX_FILE_SIZE - offset]
         state = self._writable_state(ino)
-        state.dirty = True
-        return os.pwrite(state.fd, data, offset)
+        with _file_size_errors():
+            written = os.pwrite(state.fd, data, offset)
+        state.changed_ns = time.time_ns()
+        return written
 
     def truncate_open(self, ino: int, size: int) -> None:
+        check_file_size(size)
         state = self._writable_state(ino)
-        state.dirty = True
-        os.ftruncate(state.fd, size)
+        with _file_size_errors():
+            os.ftruncate(state.fd, size)
+        state.changed_ns = time.time_ns()
 
     def fsync(self, ino: int) -> None:
         state = self._open.get(ino)
@@ -442,51 +495,51 @@ class Overlay:
             del self._open[ino]
             if state.fd is not None:
                 self._journal(ino, state)
-            if ino in self._orphans:
-                self._orphans.discard(ino)
-                with self.db:
-                    self._forget_inode(ino)
 
     def _journal(self, ino: int, state: _Open) -> None:
+        # A detached file is journaled too: its handles still read it, but no commit sees it.
         os.fsync(state.fd)
         digest, size, compressible = _hash_fd(state.fd)
         os.close(state.fd)
         state.fd = None
-        if ino in self._orphans:
-            os.unlink(self._working(ino))
-            return
         os.rename(self._working(ino), self._closed(ino))
         _fsync_dir(self.data_dir)
-        mtime = time.time_ns() if state.dirty else self._attr(ino).mtime_ns
-        state.dirty = False
+        changed, state.changed_ns = state.changed_ns, None
         self.db.execute("PRAGMA synchronous=FULL")
         try:
             with self.db:
                 self.db.execute("UPDATE inodes SET data = 1, sha256 = ?, size = ?, writing = 0, "
-                                "mtime_ns = ?, compressible = ? WHERE ino = ?",
-                                (digest, size, mtime, int(compressible), ino))
+                                "mtime_ns = coalesce(?, mtime_ns), ctime_ns = coalesce(?, ctime_ns), "
+                                "compressible = ? WHERE ino = ?",
+                                (digest, size, changed, changed, int(compressible), ino))
         finally:
             self.db.execute("PRAGMA synchronous=NORMAL")
 
     def setattr(self, ino: int, *, mode: int | None = None, mtime_ns: int | None = None,
-                size: int | None = None) -> Attr:
+                atime_ns: int | None = None, size: int | None = None) -> Attr:
         with self.lock:
             if size is not None:
+                check_file_size(size)
                 if ino in self._open:
                     self.truncate_open(ino, size)
                 else:
                     self.open_write(ino, truncate=size == 0)
-                    self.truncate_open(ino, size)
-                    self.release_write(ino)
+                    try:
+                        self.truncate_open(ino, size)
+                    finally:
+                        self.release_write(ino)
+            if mode is None and mtime_ns is None and atime_ns is None:
+                return self._attr(ino)
             with self.db:
-                if mode is not None or mtime_ns is not None:
-                    self._ensure_row(ino)
+                self._touch(ino, content=False)
                 if mode is not None:
                     self.db.execute("UPDATE inodes SET mode = ? WHERE ino = ?", (mode & 0o7777, ino))
                 if mtime_ns is not None:
                     self.db.execute("UPDATE inodes SET mtime_ns = ? WHERE ino = ?", (mtime_ns, ino))
                     if ino in self._open:
-                        self._open[ino].dirty = False  # an explicit mtime outlives earlier writes
+                        self._open[ino].changed_ns = None  # an explicit mtime outlives earlier writes
+                if atime_ns is not None:
+                    self.db.execute("UPDATE inodes SET atime_ns = ? WHERE ino = ?", (atime_ns, ino))
             return self._attr(ino)
 
     def unlink(self, parent: int, name: str) -> None:
@@ -496,6 +549,7 @@ class Overlay:
             if attr.is_dir:
                 raise FsError(errno.EISDIR, f"is a folder: {name!r}")
             self._remove(parent, name, ino)
+            self._touch(parent, content=True)
 
     def rmdir(self, parent: int, name: str) -> None:
         with self.lock, self.db:
@@ -506,15 +560,26 @@ class Overlay:
             if self.listdir(ino):
                 raise FsError(errno.ENOTEMPTY, f"folder not empty: {name!r}")
             self._remove(parent, name, ino)
+            self._touch(parent, content=True)
 
     def _remove(self, parent: int, name: str, ino: int) -> None:
+        """Drop the entry and detach its inode; ``forget`` frees it."""
         self._drop_entry(parent, name)
-        if ino in self._open:
-            self._orphans.add(ino)
-            self._ensure_row(ino)
-            self.db.execute("UPDATE inodes SET parent = NULL WHERE ino = ?", (ino,))
-        else:
-            self._forget_inode(ino)
+        self._touch(ino, content=False)
+        self.db.execute("UPDATE inodes SET parent = NULL WHERE ino = ?", (ino,))
+        self._detached.add(ino)
+
+    def is_detached(self, ino: int) -> bool:
+        """Was ``ino`` unlinked (lock-free: a set lookup the adapter makes on its loop)?"""
+        return ino in self._detached
+
+    def forget(self, inodes: list[int]) -> None:
+        """The kernel holds no more references to ``inodes``: delete the detached ones."""
+        with self.lock, self.db:
+            for ino in inodes:
+                if ino in self._detached and ino not in self._open:
+                    self._detached.discard(ino)
+                    self._forget_inode(ino)
 
     def _forget_inode(self, ino: int) -> None:
         self.db.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
@@ -540,10 +605,11 @@ class Overlay:
                 dst = self._attr(target)
                 if dst.is_dir and self._is_ancestor(target, parent):
                     raise FsError(errno.EINVAL, f"cannot move a folder into itself: {new_name!r}")
-                self._ensure_row(ino)
-                self._ensure_row(target)
+                self._touch(target, content=False)
+                self._touch(ino, content=False)
                 self._link(new_parent, new_name, ino)
                 self._link(parent, name, target)
+                self._touch_folders(parent, new_parent)
                 return
             if target is not None:
                 if noreplace:
@@ -556,9 +622,14 @@ class Overlay:
                 if dst.is_dir and self.listdir(target):
                     raise FsError(errno.ENOTEMPTY, f"folder not empty: {new_name!r}")
                 self._remove(new_parent, new_name, target)
-            self._ensure_row(ino)
+            self._touch(ino, content=False)
             self._drop_entry(parent, name)
             self._link(new_parent, new_name, ino)
+            self._touch_folders(parent, new_parent)
+
+    def _touch_folders(self, *folders: int) -> None:
+        for folder in set(folders):
+            self._touch(folder, content=True)
 
     def _is_ancestor(self, ino: int, of: int) -> bool:
         """Is ``ino`` ``of`` itself or one of its ancestors?"""
@@ -575,7 +646,7 @@ class Overlay:
     def has_changes(self) -> bool:
         with self.lock:
             return bool(self.db.execute("SELECT 1 FROM dirents LIMIT 1").fetchone()
-                        or self.db.execute("SELECT 1 FROM inodes LIMIT 1").fetchone())
+                        or self.db.execute("SELECT 1 FROM inodes WHERE parent IS NOT NULL LIMIT 1").fetchone())
 
     def changes(self) -> Iterator[tuple[str, Attr | None, str | None]]:
         """(path, attr, removed_base_path) of everything the overlay touched.
@@ -625,9 +696,26 @@ class Overlay:
         return str(self._closed(ino))
 
 
+def check_file_size(size: int) -> None:
+    if size > MAX_FILE_SIZE:
+        raise FsError(errno.EFBIG, f"file too large: {size} bytes (at most {MAX_FILE_SIZE})")
+
+
+@contextlib.contextmanager
+def _file_size_errors() -> Iterator[None]:
+    """The staging filesystem's own file size limit (or RLIMIT_FSIZE) is the caller's EFBIG."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.EFBIG:
+            raise
+        raise FsError(errno.EFBIG, f"file too large for the staging area: {exc.strerror}") from None
+
+
 def _from_base(node: Node) -> Attr:
     return Attr(node.ino, node.parent, node.name, node.type, node.mode, node.mtime_ns, node.size,
-                node.target, node.ino, False, node.sha256, False, node)
+                node.target, node.ino, False, node.sha256, False, node,
+                ctime_ns=node.mtime_ns, atime_ns=node.mtime_ns)
 
 
 def _hash_fd(fd: int) -> tuple[str, int, bool]:

@@ -43,6 +43,12 @@ class WritableOperations(pyfuse3.Operations):
         self._handles = itertools.count(1)
         self._files: dict[int, tuple[int, bool]] = {}
         self._dirs: dict[int, list[tuple[str, int]]] = {}
+        self._lookups: dict[int, int] = {}  # inode -> the kernel's lookup count
+
+    def _known(self, entry: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
+        """An entry the kernel will hold a reference to until it forgets it."""
+        self._lookups[entry.st_ino] = self._lookups.get(entry.st_ino, 0) + 1
+        return entry
 
     async def _run(self, fn, *args):
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
@@ -51,10 +57,12 @@ class WritableOperations(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = attr.ino
         e.st_mode = stat_mode(attr)
-        e.st_nlink = 1  # folders too: "unknown", so tools never skip a subfolder on nlink
+        # Folders too: 1 is "unknown", so tools never skip a subfolder on nlink. An unlinked
+        # inode still open somewhere has none.
+        e.st_nlink = 0 if attr.parent is None else 1
         e.st_size = attr.size
         e.st_uid, e.st_gid = self.uid, self.gid
-        e.st_mtime_ns = e.st_ctime_ns = e.st_atime_ns = attr.mtime_ns
+        e.st_mtime_ns, e.st_ctime_ns, e.st_atime_ns = attr.mtime_ns, attr.ctime_ns, attr.atime_ns
         e.st_blksize = 1 << 17
         e.st_blocks = (attr.size + 511) // 512
         e.entry_timeout = e.attr_timeout = TIMEOUT
@@ -65,11 +73,27 @@ class WritableOperations(pyfuse3.Operations):
     async def lookup(self, parent_inode, name, ctx=None):
         name = os.fsdecode(name)
         if name == ".":
-            return self._entry(await self._run(self.overlay.getattr, parent_inode))
+            return self._known(self._entry(await self._run(self.overlay.getattr, parent_inode)))
         if name == "..":
             attr = await self._run(self.overlay.getattr, parent_inode)
-            return self._entry(await self._run(self.overlay.getattr, attr.parent))
-        return self._entry(await self._run(self.overlay.lookup, parent_inode, name))
+            if attr.parent is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)  # a removed folder has no parent
+            return self._known(self._entry(await self._run(self.overlay.getattr, attr.parent)))
+        return self._known(self._entry(await self._run(self.overlay.lookup, parent_inode, name)))
+
+    async def forget(self, inode_list):
+        gone = []
+        for inode, nlookup in inode_list:
+            left = self._lookups.pop(inode, 0) - nlookup
+            if left > 0:
+                self._lookups[inode] = left
+            elif self.overlay.is_detached(inode):
+                gone.append(inode)
+        if gone:
+            try:
+                await self._run(self.overlay.forget, gone)
+            except Exception:  # forget answers no request: nothing may leave it
+                log.exception("forget(%s) failed", gone)
 
     @_translate
     async def getattr(self, inode, ctx=None):
@@ -78,15 +102,15 @@ class WritableOperations(pyfuse3.Operations):
     @_translate
     async def setattr(self, inode, attr, fields, fh, ctx):
         mode = attr.st_mode & 0o7777 if fields.update_mode else None
-        mtime = None
-        if fields.update_mtime:
-            mtime = attr.st_mtime_ns
+        mtime = attr.st_mtime_ns if fields.update_mtime else None
+        atime = attr.st_atime_ns if fields.update_atime else None
         size = attr.st_size if fields.update_size else None
         if (fields.update_uid and attr.st_uid not in (self.uid, -1)) or \
                 (fields.update_gid and attr.st_gid not in (self.gid, -1)):
             raise pyfuse3.FUSEError(errno.EPERM)
         return self._entry(await self._run(
-            functools.partial(self.overlay.setattr, inode, mode=mode, mtime_ns=mtime, size=size)))
+            functools.partial(self.overlay.setattr, inode, mode=mode, mtime_ns=mtime, atime_ns=atime,
+                              size=size)))
 
     @_translate
     async def readlink(self, inode, ctx):
@@ -115,8 +139,11 @@ class WritableOperations(pyfuse3.Operations):
                 attr = await self._run(self.overlay.getattr, ino)
             except DsfsError:
                 continue  # removed since opendir
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(attr), index + 1):
+            entry = self._entry(attr)
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), entry, index + 1):
                 return
+            if name not in (".", ".."):  # the kernel keeps a reference to every other entry
+                self._known(entry)
 
     async def releasedir(self, fh):
         self._dirs.pop(fh, None)
@@ -140,7 +167,7 @@ class WritableOperations(pyfuse3.Operations):
         attr = await self._run(self.overlay.create, parent_inode, os.fsdecode(name), mode)
         fh = next(self._handles)
         self._files[fh] = (attr.ino, True)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False), self._entry(attr)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False), self._known(self._entry(attr))
 
     @_translate
     async def read(self, fh, off, size):
@@ -186,12 +213,13 @@ class WritableOperations(pyfuse3.Operations):
 
     @_translate
     async def mkdir(self, parent_inode, name, mode, ctx):
-        return self._entry(await self._run(self.overlay.mkdir, parent_inode, os.fsdecode(name), mode))
+        return self._known(self._entry(await self._run(self.overlay.mkdir, parent_inode, os.fsdecode(name),
+                                                       mode)))
 
     @_translate
     async def symlink(self, parent_inode, name, target, ctx):
-        return self._entry(await self._run(self.overlay.symlink, parent_inode, os.fsdecode(name),
-                                           os.fsdecode(target)))
+        return self._known(self._entry(await self._run(self.overlay.symlink, parent_inode, os.fsdecode(name),
+                                                       os.fsdecode(target))))
 
     @_translate
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
