@@ -15,8 +15,8 @@ import time
 import pytest
 
 from conftest import write_tree
-from dsfs.mountd import registry
 from dsfs.mountd.overlay import MAX_FILE_SIZE
+from mounting import wait_dead
 
 PAST_NS = 1_000_000_000_000_000_000  # 2001-09-09
 
@@ -234,8 +234,7 @@ def test_unlinked_files_of_a_killed_daemon_are_dropped_from_an_older_journal(loc
     gone_ino = os.fstat(held).st_ino
     os.unlink(mnt / "gone.txt")
     os.kill(record.pid, signal.SIGKILL)
-    while registry.pid_alive(record.pid):
-        time.sleep(0.02)
+    wait_dead(record.pid)
     with pytest.raises(OSError):
         os.close(held)
     local_cli("umount", str(mnt))  # cleans up the dead daemon's mount
