@@ -79,7 +79,7 @@ def cmd_create(repo, args):
 
 def cmd_add(repo, args):
     s = repo.add(args.ref, args.paths, dest=args.dest, wildcard=args.wildcard,
-                 recursive=not args.non_recursive)
+                 recursive=not args.non_recursive, strict=args.strict)
     _report(args, s)
 
 
@@ -88,7 +88,7 @@ def cmd_remove(repo, args):
 
 
 def cmd_sync(repo, args):
-    _report(args, repo.sync(args.ref, args.folder, dest=args.dest))
+    _report(args, repo.sync(args.ref, args.folder, dest=args.dest, strict=args.strict))
 
 
 def _report(args, summary):
@@ -362,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dest", help="folder inside the dataset (default: the top)")
     sp.add_argument("--wildcard", metavar="GLOB", help="only files whose name matches")
     sp.add_argument("--non-recursive", action="store_true", help="only the top level of a folder")
+    sp.add_argument("--strict", action="store_true",
+                    help="refuse a fifo, socket or device instead of skipping it")
 
     sp = command("remove", cmd_remove, "remove paths or glob matches from a draft", json_flag=True)
     sp.add_argument("ref", help="the draft")
@@ -374,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("ref", help="the draft")
     sp.add_argument("folder", help="local folder, the source of truth")
     sp.add_argument("--dest", help="folder inside the dataset (default: the top)")
+    sp.add_argument("--strict", action="store_true",
+                    help="refuse a fifo, socket or device instead of skipping it")
 
     sp = command("publish", cmd_publish, "publish a draft (read-only forever)")
     sp.add_argument("ref", help="the draft")

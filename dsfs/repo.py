@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import logging
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 
 from .catalog import Catalog
@@ -38,6 +40,7 @@ from .store import ObjectStore, open_store
 
 ProgressFactory = Callable[[str, int], Progress]
 _DEFAULT_NAME_ATTEMPTS = 20
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -186,12 +189,13 @@ class Repository:
         return manifest
 
     def add(self, ref: str, paths: list[str], *, dest: str | None = None, wildcard: str | None = None,
-            recursive: bool = True) -> CommitSummary:
+            recursive: bool = True, strict: bool = False) -> CommitSummary:
         manifest = self._unleased_draft(ref)
         base = normalize_dest(dest)
         sources: dict[str, Source] = {}
         for local in paths:
-            for src in collect_sources(local, base, wildcard=wildcard, recursive=recursive):
+            for src in collect_sources(local, base, wildcard=wildcard, recursive=recursive,
+                                       strict=strict):
                 sources[src.path] = src
         if not sources:
             raise NotFound(f"nothing to add: no files match in {', '.join(map(repr, paths))}")
@@ -209,14 +213,14 @@ class Repository:
                 removals[node.path] = Removal(node.path, node.is_dir)
         return self.commit_changes(manifest, [], _outermost(removals.values()))
 
-    def sync(self, ref: str, folder: str, *, dest: str | None = None) -> CommitSummary:
+    def sync(self, ref: str, folder: str, *, dest: str | None = None, strict: bool = False) -> CommitSummary:
         """Make the subtree DEST of a draft equal to a local folder (the source of truth)."""
         manifest = self._unleased_draft(ref)
         if not os.path.isdir(folder):
             raise InvalidInput(f"not a folder: {folder!r}")
         base = normalize_dest(dest)
         index = self.index(manifest)
-        sources = sorted(collect_sources(folder, base), key=lambda s: s.path)
+        sources = sorted(collect_sources(folder, base, strict=strict), key=lambda s: s.path)
         local_paths = {s.path for s in sources}
         removals = []
         for node in index.walk(base):
@@ -253,7 +257,8 @@ class Repository:
                 result["added"].append(new)
             elif new is None:
                 result["removed"].append(old)
-            elif (old.type, old.sha256, old.target, old.mode) != (new.type, new.sha256, new.target, new.mode):
+            elif (old.type, old.sha256, old.target, old.mode, old.mtime_ns) != (
+                    new.type, new.sha256, new.target, new.mode, new.mtime_ns):
                 result["modified"].append(new)
         return result
 
@@ -416,7 +421,9 @@ def _under_any(path: str, roots: set[str]) -> bool:
 
 
 def _same(node: Node, src: Source) -> bool:
-    if node.type != src.type or node.mode != src.mode:
+    """Nothing to record: same type, mode, mtime and content. A change of mode or mtime alone
+    is recorded as a metadata-only entry that points at the bytes already stored."""
+    if node.type != src.type or node.mode != src.mode or node.mtime_ns != src.mtime_ns:
         return False
     if src.type == FILE:
         return node.sha256 == src.sha256
@@ -467,15 +474,29 @@ def _merge_join(a: Iterator[Node], b: Iterator[Node]) -> Iterator[tuple[Node | N
 
 
 def collect_sources(local: str, base: str, *, wildcard: str | None = None,
-                    recursive: bool = True) -> Iterator[Source]:
-    """Sources for a local file or folder: a folder's contents land under ``base``."""
+                    recursive: bool = True, strict: bool = False) -> Iterator[Source]:
+    """Sources for a local file or folder: a folder's contents land under ``base``.
+
+    A fifo, socket or device has no bytes to store: it is skipped with a warning, or refused
+    with ``strict``.
+    """
     local = os.path.abspath(local)
     if not os.path.lexists(local):
         raise NotFound(f"no such file or folder: {local!r}")
+
+    def source(rel: str, full: str) -> Iterator[Source]:
+        kind = special_kind(full)
+        if kind is None:
+            yield Source.from_local(check_path(join(base, rel)), full)
+        elif strict:
+            raise InvalidInput(f"cannot add a {kind}: {full!r}")
+        else:
+            log.warning("skipped a %s: %r", kind, full)
+
     if not os.path.isdir(local) or os.path.islink(local):
         name = os.path.basename(local)
         if wildcard is None or fnmatch.fnmatch(name, wildcard):
-            yield Source.from_local(check_path(join(base, name)), local)
+            yield from source(name, local)
         return
     for dirpath, dirnames, filenames in os.walk(local):
         rel_dir = os.path.relpath(dirpath, local)
@@ -486,7 +507,7 @@ def collect_sources(local: str, base: str, *, wildcard: str | None = None,
             for d in dirnames:
                 full = os.path.join(dirpath, d)
                 if os.path.islink(full) and (wildcard is None or fnmatch.fnmatch(d, wildcard)):
-                    yield Source.from_local(check_path(join(base, d)), full)
+                    yield from source(d, full)
             dirnames[:] = []
         for d in list(dirnames):
             full = os.path.join(dirpath, d)
@@ -494,14 +515,26 @@ def collect_sources(local: str, base: str, *, wildcard: str | None = None,
             if os.path.islink(full):
                 dirnames.remove(d)
                 if wildcard is None or fnmatch.fnmatch(d, wildcard):
-                    yield Source.from_local(check_path(join(base, rel)), full)
+                    yield from source(rel, full)
             elif wildcard is None:
-                yield Source.from_local(check_path(join(base, rel)), full)
+                yield from source(rel, full)
         for f in sorted(filenames):
             if wildcard is not None and not fnmatch.fnmatch(f, wildcard):
                 continue
-            full = os.path.join(dirpath, f)
-            yield Source.from_local(check_path(join(base, join(rel_dir, f))), full)
+            yield from source(join(rel_dir, f), os.path.join(dirpath, f))
+
+
+def special_kind(local: str) -> str | None:
+    """'fifo', 'socket', 'character device' or 'block device'; None for what a dataset holds."""
+    try:
+        mode = os.lstat(local).st_mode
+    except FileNotFoundError:
+        raise InvalidInput(f"file vanished while being added: {local!r}") from None
+    for test, kind in ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return kind
+    return None
 
 
 def match_paths(index: VersionIndex, pattern: str, *, recursive: bool) -> Iterator[Node]:

@@ -169,12 +169,14 @@ def test_dedup_rename_of_a_large_lower_file_uploads_nothing(cli, mounts, tmp_pat
     os.rename(mnt / "big.bin", mnt / "renamed.bin")
     summary = json.loads(cli("commit", str(mnt), "--json"))
     assert summary["bytes_uploaded"] == 0 and summary["bytes_dedup"] == 100 << 20
-    # Rewriting a file with the same content records nothing.
+    # Rewriting a file with the same content uploads nothing: only its new mtime is recorded.
     (mnt / "small.txt").write_text("same")
     cli("commit", str(mnt))
     (mnt / "small.txt").write_text("same")
     summary = json.loads(cli("commit", str(mnt), "--json"))
-    assert (summary["added"], summary["modified"], summary["removed"]) == (0, 0, 0)
+    assert (summary["added"], summary["modified"], summary["removed"]) == (0, 1, 0)
+    assert summary["bytes_uploaded"] == 0
+    assert json.loads(cli("commit", str(mnt), "--json"))["modified"] == 0
     mounts.umount(mnt)
     listing = {e["path"]: e for e in json.loads(cli("ls", vid, "--json"))}
     assert "big.bin" not in listing and listing["renamed.bin"]["size"] == 100 << 20
