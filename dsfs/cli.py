@@ -11,8 +11,10 @@ import base64
 import json
 import logging
 import os
+import signal
 import stat
 import sys
+import threading
 import time
 
 from . import __version__
@@ -457,9 +459,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C so partial uploads are cleaned up on the way out."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     if hasattr(sys.stdout, "reconfigure"):  # names are bytes: print each one as its own bytes
         sys.stdout.reconfigure(errors="surrogateescape")
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)  # only the main thread can take signals
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -483,9 +503,9 @@ def main(argv: list[str] | None = None) -> int:
             log.exception("failed")
         print(f"dsfs: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("dsfs: interrupted; nothing was recorded", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -30,6 +30,7 @@ from .changeset.manifest import (
     now_iso,
 )
 from .changeset.packer import Source, hash_sources, pack
+from .changeset.uploads import PendingUploads, chunk_of_record, record_key
 from .config import Settings
 from .errors import AlreadyExists, Conflict, InvalidInput, NotFound, ReadOnly
 from .paths import ancestors, check_path, join, normalize_dest
@@ -168,13 +169,17 @@ class Repository:
         summary.added, summary.modified, summary.removed = _count_files(index, changed, removals)
         check_against_view(index, [r.path for r in removals], [(s.path, s.type == DIR) for s in changed])
         changeset_id = f"{now_iso()[:19].replace(':', '').replace('-', '')}-{new_id()[:8]}"
+        # Bytes an interrupted commit to this draft already uploaded are reused, not sent again.
+        pending = PendingUploads(self.store, manifest.id)
         with self.progress("uploading", sum(s.size for s in changed if s.type == FILE)) as bar:
-            entries, stats = pack(self.store, manifest.id, changeset_id, changed, index.find_blob,
+            entries, stats = pack(self.store, manifest.id, changeset_id, changed,
+                                  lambda sha: index.find_blob(sha) or pending.find(sha),
                                   self.settings, self.tmp_dir, bar)
         changeset = ChangeSet(manifest.id, changeset_id, now_iso(), entries, removals)
         ref = self.catalog.write_changeset(changeset, len(entries), stats.bytes_new, stats.bytes_dedup,
                                            stats.chunks)
         self.catalog.record_changeset(manifest.id, ref)
+        pending.forget(stats.chunks + sorted(pending.reused))
         summary.bytes_uploaded, summary.bytes_dedup = stats.bytes_new, stats.bytes_dedup
         summary.changeset = changeset_id
         return summary
@@ -330,10 +335,11 @@ class Repository:
 
     def gc(self, *, grace_seconds: float | None = 3600, only_versions: set[str] | None = None,
            dry_run: bool = False) -> list[str]:
-        """Delete chunks and change-set files no live manifest references.
+        """Delete chunks, change-set files and upload records no live manifest needs.
 
         Objects younger than ``grace_seconds`` are kept: they may belong to an add in flight
-        whose manifest update has not happened yet.
+        whose manifest update has not happened yet. So is a chunk whose upload record is young:
+        a commit resuming an interrupted add rewrites the record before it points at the chunk.
         """
         import time
 
@@ -346,22 +352,50 @@ class Repository:
                     if isinstance(item, Entry) and item.chunk:
                         live_chunks.add(item.chunk)
         now = time.time()
-        doomed = []
+
+        def young(info) -> bool:
+            return grace_seconds is not None and bool(info.mtime) and now - info.mtime < grace_seconds
+
+        candidates = {}
         for info in self.store.list("versions/"):
             parts = info.key.split("/")
-            if len(parts) != 4 or parts[2] not in ("chunks", "changesets"):
+            if len(parts) != 4 or parts[2] not in ("chunks", "changesets", "uploads"):
                 continue
-            if only_versions is not None and parts[1] not in only_versions:
+            if only_versions is None or parts[1] in only_versions:
+                candidates[info.key] = info
+        doomed_chunks, doomed_records = [], []
+        for key, info in candidates.items():
+            if key.split("/")[2] == "uploads":
+                chunk = chunk_of_record(key)
+                if chunk in live_chunks or chunk not in candidates or not young(info):
+                    doomed_records.append(key)
                 continue
-            if info.key in live_chunks or info.key in live_changesets:
+            if key in live_chunks or key in live_changesets or young(info):
                 continue
-            if grace_seconds is not None and info.mtime and now - info.mtime < grace_seconds:
+            record = candidates.get(record_key(key))
+            if record is not None and young(record):
                 continue
-            doomed.append(info.key)
+            doomed_chunks.append(key)
         if not dry_run:
-            for key in doomed:
-                self.store.delete(key)
-        return doomed
+            kept = set()
+            for key in doomed_chunks:
+                if self._claimed_since(key, young):
+                    kept.add(record_key(key))
+                else:
+                    self.store.delete(key)
+            # Records go after their chunks: a resuming commit that rewrites a record checks
+            # that its chunk still exists before pointing at it.
+            for key in doomed_records:
+                if key not in kept:
+                    self.store.delete(key)
+        return sorted(doomed_chunks + doomed_records)
+
+    def _claimed_since(self, chunk: str, young: Callable) -> bool:
+        """Did a resuming commit rewrite this chunk's upload record since the listing?"""
+        try:
+            return young(self.store.head(record_key(chunk)))
+        except NotFound:
+            return False
 
     def squash(self, refs: list[str], dataset: str, *, name: str | None = None) -> VersionManifest:
         """A new parentless, published version holding the merged content of ``refs`` in order.

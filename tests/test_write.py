@@ -6,9 +6,11 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +116,93 @@ def test_strict_refuses_a_fifo_and_records_nothing(local_cli, odd_folder):
     assert json.loads(local_cli("show", draft, "--json"))["changesets"] == 0
     assert "cannot add a fifo" in _dsfs(local_cli, "add", draft, str(odd_folder / "pipe"),
                                         "--strict").stderr
+
+
+# -- an interrupted add, and its retry ---------------------------------------------------------
+
+_FILES = 8
+
+
+def _text(i: int, lines: int) -> bytes:
+    """Distinct, compressible, all of one length."""
+    return b"".join(b"%06d,%08d,some text value\n" % (i, j) for j in range(lines))
+
+
+@pytest.fixture
+def big_folder(cli, tmp_path):
+    """(folder, config file, file size): one file per chunk, slow enough to interrupt. On the
+    local store deflating keeps the packer busy; on S3 stored chunks over 8 MiB go up multipart."""
+    on_s3 = cli.store.startswith("s3://")
+    lines = 350_000 if on_s3 else 150_000
+    src = tmp_path / "big"
+    src.mkdir()
+    for i in range(_FILES):
+        (src / f"part-{i}.csv").write_bytes(_text(i, lines))
+    config = tmp_path / "config.yaml"
+    config.write_text("chunk_size: 1M\n" + ("compression: store\n" if on_s3 else ""))
+    return src, config, (src / "part-0.csv").stat().st_size
+
+
+def _store_keys(cli, prefix: str) -> list[str]:
+    from dsfs.config import load_settings
+    from dsfs.store import open_store
+
+    store = open_store(cli.store, load_settings(store=cli.store, cache_dir=str(cli.cache_dir)))
+    return [info.key for info in store.list(prefix)]
+
+
+def _partial_uploads(cli) -> list:
+    """What an interrupted upload could leave: temp files (local) or multipart uploads (S3)."""
+    if not cli.store.startswith("s3://"):
+        return [p for p in Path(cli.store).rglob(".tmp-*")]
+    from dsfs.config import load_settings
+    from dsfs.store import open_store
+
+    store = open_store(cli.store, load_settings(store=cli.store, cache_dir=str(cli.cache_dir)))
+    listing = store._client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix)
+    return listing.get("Uploads", [])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_interrupted_add_cleans_up_and_its_retry_resumes(cli, big_folder, sig):
+    src, config, size = big_folder
+    draft = cli("create", "ds").strip()
+    env = {**os.environ, "DSFS_STORE": cli.store, "DSFS_CACHE_DIR": str(cli.cache_dir)}
+    # A runner that started us in the background may have SIGINT ignored, which the child would
+    # inherit (and Python then raises no KeyboardInterrupt): give the child the default back.
+    proc = subprocess.Popen([sys.executable, "-m", "dsfs", "--config", str(config), "add", draft,
+                             str(src)], env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    chunks, uploads = f"versions/{draft}/chunks/", f"versions/{draft}/uploads/"
+    # The first chunk's upload record says it is fully stored.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not _store_keys(cli, uploads) and proc.poll() is None:
+        time.sleep(0.005)
+    assert proc.poll() is None, "add finished before it could be interrupted"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig and err == "dsfs: interrupted; nothing was recorded\n"
+    # Nothing recorded, nothing half-written: no temp chunk, no partial object.
+    assert json.loads(cli("show", draft, "--json"))["changesets"] == 0
+    assert not list((cli.cache_dir / "tmp").glob("chunk-*"))
+    assert _partial_uploads(cli) == []
+    stored = _store_keys(cli, chunks)
+    records = _store_keys(cli, uploads)
+    assert 1 <= len(records) < _FILES
+    assert {k.rsplit("/", 1)[1].removesuffix(".jsonl.gz") for k in records} <= \
+        {k.rsplit("/", 1)[1].removesuffix(".zip") for k in stored}
+    # gc sees the orphans (and keeps them in the grace period).
+    assert sorted(json.loads(cli("gc", "--grace", "0", "--dry-run", "--json"))) == sorted(stored + records)
+    assert json.loads(cli("gc", "--dry-run", "--json")) == []
+    # The retry reuses every chunk that has its record, and uploads only the rest.
+    code, out, err = cli.run("--config", str(config), "add", draft, str(src), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["added"] == _FILES
+    assert report["bytes_dedup"] == len(records) * size
+    assert report["bytes_uploaded"] == (_FILES - len(records)) * size
+    assert _store_keys(cli, uploads) == []
+    unrecorded = set(stored) - {k.replace("/uploads/", "/chunks/").replace(".jsonl.gz", ".zip")
+                                for k in records}
+    assert set(json.loads(cli("gc", "--grace", "0", "--dry-run", "--json"))) == unrecorded
+    assert json.loads(cli("verify", draft, "--hash", "--json"))["ok"]

@@ -4,7 +4,9 @@ A file is never split across chunks; a chunk is closed when the next file would 
 the chunk size. Content whose sha256 is already stored (in the lineage, or earlier in this same
 change-set) becomes an entry pointing at the existing bytes, so renames and copies upload nothing.
 Chunks are uploaded before the caller records the change-set, so an interrupted pack leaves at
-worst orphaned chunks, which ``dsfs gc`` removes.
+worst orphaned chunks: each fully uploaded one with an upload record (``uploads.py``) that lets
+the next commit to the draft reuse its bytes, and ``dsfs gc`` removes what nobody reuses. The
+chunk being written when the interruption comes is removed on the way out.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..errors import InvalidInput, NoSpace
 from ..paths import name_bytes
 from ..store.base import ObjectStore
 from .manifest import DEFLATED, DIR, EMPTY_SHA256, FILE, HASH_BLOCK, STORED, SYMLINK, Entry, chunk_key
+from .uploads import write_record
 
 Progress = Callable[[int], None]
 BlobLookup = Callable[[str], Entry | None]
@@ -110,10 +113,14 @@ def hash_sources(sources: Sequence[Source], progress: Progress | None = None, th
             progress(src.size)
 
     # In batches, so a million files never means a million pending futures in memory.
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(threads)
+    try:
         for start in range(0, len(files), 1024):
             for fut in [pool.submit(work, s) for s in files[start:start + 1024]]:
                 fut.result()
+    finally:
+        # On an error or an interruption, files not started yet are not hashed at all.
+        pool.shutdown(cancel_futures=True)
 
 
 def choose_method(src: Source, settings: Settings) -> int:
@@ -243,6 +250,7 @@ def pack(
         if writer is not None:
             writer.finish(None)
             stats.chunks.append(writer.key)
+            write_record(store, version_id, writer.key, [entry for _, entry in writer.members])
             writer = None
 
     try:

@@ -247,8 +247,14 @@ class S3Store(ObjectStore):
         # counts as parts go out (negative if s3transfer rewinds a retried part).
         full = self._key(key)
         subscribers = [ProgressCallbackInvoker(progress)] if progress else None
+        future = self._manager().upload(str(path), self.bucket, full, subscribers=subscribers)
         try:
-            self._manager().upload(str(path), self.bucket, full, subscribers=subscribers).result()
+            future.result()
+        except KeyboardInterrupt:
+            # s3transfer cancels the upload; wait for it to abort the multipart upload, so an
+            # interrupted process leaves no partial object (nor its parts) behind.
+            self._shutdown_transfers(cancel=True)
+            raise
         except FileNotFoundError:
             raise NotFound(f"file to upload not found: {str(path)!r}") from None
         except Exception as exc:
@@ -341,11 +347,14 @@ class S3Store(ObjectStore):
                 mapped = Conflict(f"object changed while downloading: {key!r}")
             raise mapped from exc
 
-    def close(self) -> None:
+    def _shutdown_transfers(self, cancel: bool = False) -> None:
         with self._transfer_lock:
             if self._transfer is not None:
-                self._transfer.shutdown()
+                self._transfer.shutdown(cancel=cancel)
                 self._transfer = None
+
+    def close(self) -> None:
+        self._shutdown_transfers()
         self._client.close()
 
 
