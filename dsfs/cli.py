@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -467,36 +468,41 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
-def main(argv: list[str] | None = None) -> int:
-    if hasattr(sys.stdout, "reconfigure"):  # names are bytes: print each one as its own bytes
-        sys.stdout.reconfigure(errors="surrogateescape")
-    if threading.current_thread() is not threading.main_thread():
-        return _main(argv)  # only the main thread can take signals
+@contextlib.contextmanager
+def _sigterm_as_interrupt(enabled: bool):
+    """SIGTERM raises ``Terminated`` meanwhile. Not for the mount commands: a foreground daemon
+    leaves SIGTERM to libfuse, which installs its handler only over the default one."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return _main(argv)
+        yield
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _main(argv: list[str] | None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):  # names are bytes: print each one as its own bytes
+        sys.stdout.reconfigure(errors="surrogateescape")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="dsfs: %(levelname)s: %(message)s")
     if not hasattr(args, "json"):
         args.json = False
+    needs_repo = getattr(args.func, "needs_repo", True)
     try:
         from .repo import Repository
 
-        settings = load_settings(store=args.store, cache_dir=args.cache_dir, config=args.config)
-        needs_repo = getattr(args.func, "needs_repo", True)
-        repo = Repository(settings) if needs_repo else settings
-        if args.quiet and needs_repo:
-            from .progress import Progress
+        with _sigterm_as_interrupt(needs_repo):
+            settings = load_settings(store=args.store, cache_dir=args.cache_dir, config=args.config)
+            repo = Repository(settings) if needs_repo else settings
+            if args.quiet and needs_repo:
+                from .progress import Progress
 
-            repo.progress = lambda label, total: Progress(label, total, enabled=False)
-        code = args.func(repo, args)
+                repo.progress = lambda label, total: Progress(label, total, enabled=False)
+            code = args.func(repo, args)
         return code or 0
     except DsfsError as exc:
         if args.verbose:
