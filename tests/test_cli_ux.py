@@ -321,14 +321,16 @@ def test_draft_mount_counts_sed_in_place_as_modified(cli, mounts, tmp_path):
     assert (mnt / "d/e/a.txt").read_text() == "y marks\n"
     out = json.loads(cli("commit", str(mnt), "--json"))
     assert (out["added"], out["modified"], out["removed"]) == (0, 1, 0)
-    subprocess_run(["sed", "-i", "s/b/b/", str(mnt / "d/b.txt")])  # same bytes: nothing to count
+    # The same bytes again: only the mtime changed, recorded without an upload (still modified).
+    subprocess_run(["sed", "-i", "s/b/b/", str(mnt / "d/b.txt")])
     (mnt / "new/deeper").mkdir(parents=True)
     (mnt / "new/deeper/n.txt").write_text("n")
     (mnt / "c.txt").unlink()
     note = mounts.umount(mnt)
-    assert note.startswith("unmounted; committed 1 file added, 0 modified, 1 removed;"), note
-    assert _diff_counts(cli, v1, vid) == (1, 1, 1)
-    assert json.loads(cli("diff", v1, vid, "--json"))["modified"][0]["path"] == "d/e/a.txt"
+    assert note.startswith("unmounted; committed 1 file added, 1 modified, 1 removed; 1 B uploaded"), note
+    assert _diff_counts(cli, v1, vid) == (1, 2, 1)
+    modified = json.loads(cli("diff", v1, vid, "--json"))["modified"]
+    assert sorted(m["path"] for m in modified) == ["d/b.txt", "d/e/a.txt"]
 
 
 def subprocess_run(argv: list[str]) -> None:
