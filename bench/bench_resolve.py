@@ -178,7 +178,7 @@ def build_store(store_dir: Path, args) -> dict:
     from dsfs.store.local import LocalStore
 
     rng = random.Random(args.seed)
-    catalog = Catalog(LocalStore(store_dir))
+    catalog = Catalog(LocalStore(store_dir, create=True))
     catalog.ensure_dataset(DATASET, description="synthetic resolve benchmark")
     model = Model(rng)
     timings = []

@@ -1,7 +1,8 @@
 """The ``dsfs`` command line.
 
-Global options work before or after the command. Errors print one line on stderr and exit 1; usage
-errors exit 2; nothing a user does wrong prints a traceback (``-v`` shows one for bugs).
+Global options work before or after the command. Errors print one line on stderr and exit with
+their class's code (``errors.EXIT_CODES``; usage errors exit 2, as argparse's do); nothing a user
+does wrong prints a traceback (``-v`` shows one for bugs).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 
 from . import __version__
 from .config import load_settings
-from .errors import DsfsError, InvalidInput
+from .errors import Corrupt, DsfsError, InvalidInput
 from .paths import name_bytes
 from .progress import human_size, plural
 
@@ -78,6 +79,9 @@ def cmd_create(repo, args):
         print(f"dsfs: note: dataset {v.dataset!r} has other drafts: {names}; {v.dataset}@draft is "
               f"ambiguous now, name drafts as {v.dataset}@NAME (this one is {v.dataset}@{v.name})",
               file=sys.stderr)
+
+
+cmd_create.creates_store = True  # the one command that may start a new store
 
 
 def cmd_add(repo, args):
@@ -252,7 +256,7 @@ def cmd_verify(repo, args):
         for p in problems:
             print(p)
         print("ok" if not problems else plural(len(problems), "problem"), file=sys.stderr)
-    return 1 if problems else 0
+    return Corrupt.exit_code if problems else 0
 
 
 def cmd_squash(repo, args):
@@ -497,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
 
         with _sigterm_as_interrupt(needs_repo):
             settings = load_settings(store=args.store, cache_dir=args.cache_dir, config=args.config)
-            repo = Repository(settings) if needs_repo else settings
+            creates = getattr(args.func, "creates_store", False)
+            repo = Repository(settings, create_store=creates) if needs_repo else settings
             if args.quiet and needs_repo:
                 from .progress import Progress
 

@@ -2,6 +2,7 @@
 
 Every error a user can cause or meet is a ``DsfsError`` subclass that knows its errno (what a
 FUSE handler answers) and its CLI exit code. Messages are short, lowercase and name the value.
+Code raises the most specific class; the bare base class is never raised (a test checks).
 """
 
 from __future__ import annotations
@@ -16,47 +17,102 @@ class DsfsError(Exception):
     exit_code: int = 1
 
 
-class NotFound(DsfsError):
-    errno = _errno.ENOENT
-
-
-class AlreadyExists(DsfsError):
-    errno = _errno.EEXIST
-
-
-class Conflict(DsfsError):
-    """A concurrent writer changed a record first, or a lease is held elsewhere."""
-
-    errno = _errno.EBUSY
-
-
 class InvalidInput(DsfsError):
     """A bad value: a path that escapes, a malformed ref, a bad option value."""
 
     errno = _errno.EINVAL
+    exit_code = 2
 
 
 class Ambiguous(InvalidInput):
     pass
 
 
-class ReadOnly(DsfsError):
-    """A write to a published version."""
+class NotFound(DsfsError):
+    errno = _errno.ENOENT
+    exit_code = 3
 
-    errno = _errno.EROFS
+
+class Conflict(DsfsError):
+    """A concurrent writer changed a record first, or a lease is held elsewhere."""
+
+    errno = _errno.EBUSY
+    exit_code = 4
+
+
+class AlreadyExists(DsfsError):
+    """A name or record that must be new is taken. Not a Conflict: a compare-and-swap loop
+    retries a Conflict, and retrying cannot free a name."""
+
+    errno = _errno.EEXIST
+    exit_code = 4
+
+
+class Busy(DsfsError):
+    """Something is in use: a mountpoint with open files."""
+
+    errno = _errno.EBUSY
+    exit_code = 4
 
 
 class Corrupt(DsfsError):
     """Bytes or records in the store are not what their manifest promises."""
 
     errno = _errno.EIO
+    exit_code = 5
+
+
+class ReadOnly(DsfsError):
+    """A write to a published version."""
+
+    errno = _errno.EROFS
+    exit_code = 6
 
 
 class StoreUnavailable(DsfsError):
-    """The object store could not be reached (after retries)."""
+    """The object store is missing or could not be reached (after retries)."""
 
     errno = _errno.EIO
+    exit_code = 7
 
 
 class NoSpace(DsfsError):
     errno = _errno.ENOSPC
+    exit_code = 8
+
+
+class MountError(DsfsError):
+    """A mount could not be made or ended: a bad mountpoint, FUSE refusing, a daemon gone."""
+
+    exit_code = 9
+
+
+class NotRecorded(DsfsError):
+    """A draft mount's changes were not recorded; they stay pending for ``dsfs commit --pending``."""
+
+    exit_code = 10
+
+
+EXIT_CODES = """\
+exit codes:
+  0   success
+  1   other error
+  2   usage error or invalid input
+  3   not found (dataset, version, path, object)
+  4   conflict: a concurrent change, a name taken, a lease held, a busy mountpoint
+  5   corrupt data in the store (also: verify found problems)
+  6   read-only: the version is published
+  7   store unavailable: not found, unreachable, access denied
+  8   no space left
+  9   mount error
+  10  a draft mount's changes were not recorded (run: dsfs commit --pending VERSION)
+  130 interrupted"""
+
+
+def from_kind(kind: str | None, message: str) -> DsfsError:
+    """An error a mount daemon reported by class name, rebuilt on the caller's side of its
+    control socket (so the caller exits with the daemon's code); MountError if unknown."""
+    cls = globals().get(kind or "")
+    if not (isinstance(cls, type) and issubclass(cls, DsfsError)) or cls is DsfsError:
+        cls = MountError
+    return cls(message)

@@ -70,9 +70,10 @@ class CommitSummary:
 
 
 class Repository:
-    def __init__(self, settings: Settings, store: ObjectStore | None = None) -> None:
+    def __init__(self, settings: Settings, store: ObjectStore | None = None, *,
+                 create_store: bool = False) -> None:
         self.settings = settings
-        self.store = store or open_store(settings.store, settings)
+        self.store = store or open_store(settings.store, settings, create=create_store)
         self.catalog = Catalog(self.store)
         self.tmp_dir = os.path.join(settings.cache_dir, "tmp")
         self.views = ViewBuilder(self.catalog, os.path.join(settings.cache_dir, "index"))
@@ -100,7 +101,12 @@ class Repository:
         check_dataset_name(dataset)
         if root and parents:
             raise InvalidInput("--root and --parent exclude each other")
-        parent_ids = [self.resolve(p).id for p in parents or []]
+        # Everything is checked before the first write: a refused create leaves nothing behind.
+        parent_ids = [self._published_parent(p) for p in parents or []]
+        if len(set(parent_ids)) != len(parent_ids):
+            raise InvalidInput("the same parent is given twice")
+        if name is not None:
+            check_version_name(name)
         self.catalog.ensure_dataset(dataset, project=project, tags=tags, description=description)
         if not parents and not root:
             published = [v for v in self.catalog.versions(dataset) if v.is_published]
@@ -121,6 +127,12 @@ class Repository:
             except AlreadyExists:
                 continue
         raise Conflict(f"could not pick a free version name in dataset {dataset!r}; give one with --name")
+
+    def _published_parent(self, ref: str) -> str:
+        parent = self.resolve(ref)
+        if not parent.is_published:
+            raise InvalidInput(f"parent must be published, {parent.id!r} ({parent.name!r}) is a draft")
+        return parent.id
 
     def publish(self, ref: str, name: str | None = None) -> VersionManifest:
         from .lease import check_not_leased
@@ -308,8 +320,8 @@ class Repository:
     def _delete_versions(self, doomed: list[VersionManifest], *, force: bool) -> None:
         published = [v for v in doomed if v.is_published]
         if published and not force:
-            raise InvalidInput(f"version is published: {published[0].id!r} ({published[0].name!r}); "
-                               "use --force to delete published versions")
+            raise ReadOnly(f"version is published: {published[0].id!r} ({published[0].name!r}); "
+                           "use --force to delete published versions")
         doomed_ids = {v.id for v in doomed}
         for other in self.all_versions():
             if other.id in doomed_ids:

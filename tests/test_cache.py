@@ -32,7 +32,7 @@ class CountingStore(LocalStore):
     """A LocalStore that counts ranged GETs and can hold them until ``gate`` is set."""
 
     def __init__(self, root) -> None:
-        super().__init__(root)
+        super().__init__(root, create=True)
         self.gets = 0
         self.lock = threading.Lock()
         self.gate: threading.Event | None = None

@@ -197,14 +197,14 @@ def test_delete_rules(cli, tmp_path):
     cli("add", v1, str(tmp_path / "src"))
     cli("publish", v1)
     v2 = cli("create", "ds").strip()
-    assert "published" in cli.fails("delete", v1)
-    assert "is a parent of" in cli.fails("delete", v1, "--force")
-    assert "--all-versions" in cli.fails("delete", "--dataset", "ds")
-    assert "--force" in cli.fails("delete", "--dataset", "ds", "--all-versions")
+    assert "published" in cli.fails("delete", v1, code=6)
+    assert "is a parent of" in cli.fails("delete", v1, "--force", code=4)
+    assert "--all-versions" in cli.fails("delete", "--dataset", "ds", code=2)
+    assert "--force" in cli.fails("delete", "--dataset", "ds", "--all-versions", code=6)
     cli("delete", v2)
     cli("delete", "--dataset", "ds", "--all-versions", "--force")
     assert json.loads(cli("datasets", "--json")) == []
-    assert "no dataset or version matches ref" in cli.fails("show", v1)
+    assert "no dataset or version matches ref" in cli.fails("show", v1, code=3)
 
 
 def test_tags(cli):

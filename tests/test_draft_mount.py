@@ -126,11 +126,11 @@ def test_commit_while_mounted_and_publish_refused(cli, mounts, draft, tmp_path):
     assert (out["added"], out["modified"], out["removed"]) == (1, 0, 0)
     again = json.loads(cli("commit", str(mnt), "--json"))  # nothing new: idempotent
     assert (again["added"], again["modified"], again["removed"]) == (0, 0, 0)
-    assert "mounted writable by host" in cli.fails("publish", vid)
+    assert "mounted writable by host" in cli.fails("publish", vid, code=4)
     write_tree(tmp_path / "more", {"m.txt": "m"})
     for argv in (("add", vid, str(tmp_path / "more")), ("remove", vid, "n1.txt"),
                  ("sync", vid, str(tmp_path / "more"))):
-        assert "mounted writable by host" in cli.fails(*argv)  # one writer per draft
+        assert "mounted writable by host" in cli.fails(*argv, code=4)  # one writer per draft
     (mnt / "n2.txt").write_text("two")
     note = mounts.umount(mnt)
     assert "1 file added" in note
@@ -143,7 +143,7 @@ def test_umount_publish_and_discard(cli, mounts, draft, tmp_path):
     mnt = tmp_path / "mnt"
     mounts.mount(vid, mnt)
     (mnt / "gone.txt").write_text("x")
-    assert "refusing to discard" in cli.fails("umount", "--discard", str(mnt))
+    assert "refusing to discard" in cli.fails("umount", "--discard", str(mnt), code=2)
     cli("umount", "--discard", "--yes", str(mnt))
     assert "gone.txt" not in {e["path"] for e in json.loads(cli("ls", vid, "--json"))}
     mounts.mount(vid, mnt)
@@ -252,7 +252,8 @@ def test_kill_minus_nine_mid_burst(local_cli, local_mounts, tmp_path):
     with pytest.raises(OSError):
         partial.close()
     wait_dead(record.pid)
-    local_cli("umount", str(mnt))  # cleans up the dead daemon's mount; nothing to commit there
+    err = local_cli.fails("umount", str(mnt), code=10)  # cleans up the dead daemon's mount
+    assert f"the daemon died before recording the changes; they are kept pending: run 'dsfs commit --pending {vid}'" in err
     status = json.loads(local_cli("status", "--json"))
     assert [s["health"] for s in status] == ["pending"]
     local_mounts.mount(vid, mnt)
@@ -274,7 +275,7 @@ def test_lease_refuses_a_second_writer(cli, mounts, draft, tmp_path):
     m1, m2, m3 = tmp_path / "m1", tmp_path / "m2", tmp_path / "m3"
     mounts.mount(vid, m1)
     m2.mkdir()
-    err = cli.fails("mount", vid, str(m2))
+    err = cli.fails("mount", vid, str(m2), code=4)
     assert "already mounted writable by host" in err and "pid" in err
     record = mounts.mount(vid, m3, read_only=True)
     assert not record.writable
@@ -292,7 +293,7 @@ def test_break_lease_of_a_dead_holder(local_cli, local_mounts, tmp_path):
     os.kill(record.pid, signal.SIGKILL)
     wait_dead(record.pid)
     other.mkdir()
-    err = local_cli.fails("mount", vid, str(other))
+    err = local_cli.fails("mount", vid, str(other), code=4)
     assert "whose holder is dead; use --break-lease" in err
     local_mounts.mount(vid, other, break_lease=True)
     assert (other / "kept.txt").read_text() == "kept"
@@ -310,7 +311,7 @@ def test_expired_lease_needs_break_lease(local_cli, local_mounts, tmp_path):
                                  "token": "t", "expires": time.time() - 5}))
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    err = local_cli.fails("mount", vid, str(mnt))
+    err = local_cli.fails("mount", vid, str(mnt), code=4)
     assert "'elsewhere'" in err and "expired" in err
     local_mounts.mount(vid, mnt, break_lease=True)
     local_mounts.umount(mnt)
@@ -335,8 +336,9 @@ def test_store_failure_during_commit_keeps_changes_pending(moto_server, monkeypa
         (mnt / "precious.txt").write_text("do not lose me")
         moto_server.stop()
         try:
-            err = cli.fails("umount", str(mnt))
+            err = cli.fails("umount", str(mnt), code=10)
             assert "commit failed and the changes are kept pending" in err
+            assert f"run 'dsfs commit --pending {vid}' to retry" in err
             assert not os.path.ismount(mnt)
             status = json.loads(cli("status", "--json"))
             assert status[0]["health"] == "pending" and status[0]["version"] == vid

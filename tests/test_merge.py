@@ -31,7 +31,7 @@ class Lineage:
     """Tiny builder: versions by name, each with parents and one change-set of specs."""
 
     def __init__(self, tmp_path):
-        self.catalog = Catalog(LocalStore(tmp_path / "store"))
+        self.catalog = Catalog(LocalStore(tmp_path / "store", create=True))
         self.catalog.ensure_dataset("ds")
         self.builder = ViewBuilder(self.catalog, str(tmp_path / "index"))
         self.ids: dict[str, str] = {}

@@ -295,16 +295,16 @@ def test_mount_errors_are_clear(local_cli, tmp_path, local_mounts):
     vid = local_cli("create", "ds").strip()
     local_cli("add", vid, str(tmp_path / "src"))
     local_cli("publish", vid)
-    err = local_cli.fails("mount", vid, str(tmp_path / "missing"))
+    err = local_cli.fails("mount", vid, str(tmp_path / "missing"), code=9)
     assert "mountpoint does not exist" in err
     full = tmp_path / "full"
     full.mkdir()
     (full / "x").write_text("x")
-    assert "mountpoint is not empty" in local_cli.fails("mount", vid, str(full))
+    assert "mountpoint is not empty" in local_cli.fails("mount", vid, str(full), code=9)
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "no dataset or version matches ref: 'nope'" in local_cli.fails("mount", "nope", str(empty))
-    assert "not a dsfs mount" in local_cli.fails("umount", str(empty))
+    assert "no dataset or version matches ref: 'nope'" in local_cli.fails("mount", "nope", str(empty), code=3)
+    assert "not a dsfs mount" in local_cli.fails("umount", str(empty), code=3)
     assert not os.path.ismount(full) and not os.path.ismount(empty)
 
 

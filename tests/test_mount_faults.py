@@ -119,7 +119,7 @@ def test_prefetch_warms_the_cache(local_cli, local_mounts, tmp_path, monkeypatch
     mnt = tmp_path / "mnt"
     local_mounts.mount(vid, mnt)
     assert (mnt / "a/f.bin").read_bytes() == data
-    assert "no such path" in local_cli.fails("prefetch", vid, "nope")
+    assert "no such path" in local_cli.fails("prefetch", vid, "nope", code=3)
 
 
 def test_local_store_is_read_in_place_not_cached(local_cli, local_mounts, tmp_path):
@@ -153,7 +153,7 @@ def test_daemon_killed_then_umount_cleans_up(local_cli, local_mounts, tmp_path):
     # The first access after the daemon died says ECONNABORTED, later ones ENOTCONN.
     assert exc.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     assert json.loads(local_cli("status", "--json"))[0]["health"] == "dead"
-    assert "stale mount" in local_cli.fails("mount", vid, str(mnt))
+    assert "stale mount" in local_cli.fails("mount", vid, str(mnt), code=9)
     local_cli("umount", str(mnt))
     assert not os.path.ismount(mnt) and os.listdir(mnt) == []
     assert json.loads(local_cli("status", "--json")) == []
@@ -275,3 +275,4 @@ def test_s3_outage_mid_read_then_recovery(moto_server, monkeypatch, tmp_path, ca
         mounts.umount(mnt)
     finally:
         mounts.cleanup()
+

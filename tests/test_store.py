@@ -30,7 +30,7 @@ STORES = [
 @pytest.fixture(params=STORES)
 def store(request, tmp_path, monkeypatch):
     if request.param == "local":
-        s = LocalStore(tmp_path / "store")
+        s = LocalStore(tmp_path / "store", create=True)
     else:
         server = request.getfixturevalue(f"{request.param}_server")
         server.apply_env(monkeypatch)
@@ -212,7 +212,7 @@ def test_list_in_key_order_with_prefixes(store):
 
 
 def test_local_list_hides_lock_and_temp_files(tmp_path):
-    store = LocalStore(tmp_path / "store")
+    store = LocalStore(tmp_path / "store", create=True)
     store.put_if_absent("a/x", b"1")  # takes the store's .lock
     (tmp_path / "store" / "a" / ".tmp-leftover").write_bytes(b"partial")
     assert (tmp_path / "store" / ".lock").exists()
@@ -351,3 +351,4 @@ def _sha256(path) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+

@@ -8,7 +8,7 @@ import os
 import sys
 
 from ..config import parse_size
-from ..errors import InvalidInput
+from ..errors import InvalidInput, NotFound
 from ..progress import human_size
 
 
@@ -131,7 +131,7 @@ def cmd_commit(repo, args):
         finally:
             cache.close()
         if summary is None:
-            raise InvalidInput(f"no pending changes for {manifest.id!r}")
+            raise NotFound(f"no pending changes for {manifest.id!r}")
         doc = summary.__dict__
     else:
         doc = request(args.mountpoint, {"op": "commit"})["summary"]
@@ -151,7 +151,7 @@ def cmd_prefetch(repo, args):
     for path in args.paths or [""]:
         rel = path.strip("/")
         if rel and index.by_path(rel) is None:
-            raise InvalidInput(f"no such path in {manifest.name!r}: {path!r}")
+            raise NotFound(f"no such path in {manifest.name!r}: {path!r}")
         nodes += [n for n in index.walk(rel) if n.chunk is not None]
     cache = _open_cache(repo.settings, repo.store)
     try:

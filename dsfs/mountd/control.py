@@ -10,9 +10,9 @@ import threading
 import time
 
 from ..config import Settings
-from ..errors import DsfsError, NotFound
+from ..errors import Busy, InvalidInput, MountError, NotFound, NotRecorded, from_kind
 from . import registry
-from .daemon import MountError, log_file
+from .daemon import log_file
 
 FUSERMOUNT = "fusermount3"
 
@@ -56,8 +56,9 @@ def spawn(settings: Settings, ref: str, mountpoint: str, *, cache_size: str | No
         return record
     if proc.poll() is None and not line:
         proc.kill()
-    if line.startswith("error: "):
-        raise MountError(line[len("error: "):])
+    if line.startswith("error"):
+        kind, _, message = line[len("error"):].partition(": ")
+        raise from_kind(kind.strip(), message)
     proc.wait(timeout=10)
     raise MountError(f"mount daemon exited ({proc.returncode}) before the mount was ready; "
                      f"see {log_path}")
@@ -86,7 +87,7 @@ def request(mountpoint: str, message: dict, timeout: float = 3600) -> dict:
         try:
             sock.connect(control_address(mountpoint))
         except OSError:
-            raise DsfsError(f"no writable dsfs mount answers at {os.path.abspath(mountpoint)!r}") from None
+            raise NotFound(f"no writable dsfs mount answers at {os.path.abspath(mountpoint)!r}") from None
         sock.sendall(json.dumps(message).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
@@ -96,29 +97,26 @@ def request(mountpoint: str, message: dict, timeout: float = 3600) -> dict:
             data += chunk
     reply = json.loads(data or b'{"ok": false, "error": "the daemon closed the connection"}')
     if not reply.get("ok"):
-        raise DsfsError(reply.get("error", "request failed"))
+        raise from_kind(reply.get("kind"), reply.get("error", "request failed"))
     return reply
 
 
 def unmount(settings: Settings, mountpoint: str, *, timeout: float = 3600, lazy: bool = False,
             mode: str | None = None) -> str:
     """Unmount and wait for the daemon to exit (and, for a writable draft, finish its commit);
-    clean up after a dead daemon. Returns a note; raises if the commit failed."""
-    import json
-
-    from .draft import result_path
-
+    clean up after a dead daemon. Returns a note; raises NotRecorded if the changes of a
+    writable draft were not recorded."""
     path = os.path.abspath(mountpoint)
     record = registry.read_record(settings.state_dir, path)
     if record is not None and record.writable and registry.pid_alive(record.pid):
         request(path, {"op": "finish", "mode": mode or "commit"}, timeout=30)
     elif mode not in (None, "commit") and (record is None or not record.writable):
-        raise DsfsError(f"--{mode} needs a writable draft mount: {path!r}")
+        raise InvalidInput(f"--{mode} needs a writable draft mount: {path!r}")
     fstype = registry.mount_fstype(path)
     if fstype is None and record is None:
         raise NotFound(f"not a dsfs mount: {path!r}")
     if fstype is not None and fstype != registry.FSTYPE:
-        raise DsfsError(f"not a dsfs mount ({fstype}): {path!r}")
+        raise NotFound(f"not a dsfs mount ({fstype}): {path!r}")
     note = "unmounted"
     if fstype is not None:
         stale = registry.is_stale(path)
@@ -127,12 +125,10 @@ def unmount(settings: Settings, mountpoint: str, *, timeout: float = 3600, lazy:
         if result.returncode != 0:
             message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"
             if "busy" in message.lower():
-                raise DsfsError(f"mountpoint is busy: {path!r} (close files using it, or --lazy)")
-            raise DsfsError(f"cannot unmount {path!r}: {message}")
+                raise Busy(f"mountpoint is busy: {path!r} (close files using it, or --lazy)")
+            raise MountError(f"cannot unmount {path!r}: {message}")
         if stale:
             note = "cleaned up a stale mount (its daemon had died)"
-    if record is not None and record.writable and not registry.pid_alive(record.pid):
-        _release_dead_lease(settings, record)
     if record is not None:
         deadline = time.monotonic() + timeout
         while registry.pid_alive(record.pid) and time.monotonic() < deadline:
@@ -144,30 +140,53 @@ def unmount(settings: Settings, mountpoint: str, *, timeout: float = 3600, lazy:
                 os.kill(record.pid, signal.SIGKILL)
         registry.remove_record(settings.state_dir, path)
         if record.writable:
-            result_file = result_path(settings, path)
-            if result_file.exists():
-                result = json.loads(result_file.read_text())
-                result_file.unlink()
-                if not result.get("ok"):
-                    raise DsfsError(f"unmounted, but the commit failed and the changes are kept pending "
-                                    f"(dsfs commit --pending {record.version[:12]} retries): {result['error']}")
-                note = _describe_result(result)
-            elif note == "unmounted":
-                note = "unmounted (the daemon left no commit result; see dsfs status)"
+            note = _draft_outcome(settings, path, record, note)
     return note
 
 
+def _draft_outcome(settings: Settings, path: str, record: registry.MountRecord, note: str) -> str:
+    """What became of a writable mount's changes: the daemon's result, or NotRecorded when
+    they were not recorded (the commit failed, or the daemon died before it finished)."""
+    import json
+
+    from .draft import pending_drafts, result_path
+
+    retry = f"run 'dsfs commit --pending {record.version}'"
+    result_file = result_path(settings, path)
+    if result_file.exists():
+        result = json.loads(result_file.read_text())
+        result_file.unlink()
+        if not result.get("ok"):
+            raise NotRecorded(f"unmounted, but the commit failed and the changes are kept pending "
+                              f"({retry} to retry): {result['error']}")
+        return _describe_result(result)
+    _release_dead_lease(settings, record)  # no result: the daemon died (or was killed by us)
+    others = [r.mountpoint for r in registry.all_records(settings.state_dir)
+              if r.version == record.version and r.writable and registry.pid_alive(r.pid)]
+    if others:  # a writer that broke the dead daemon's lease took the staging area over
+        return f"{note}; its changes are in the writable mount at {others[0]!r}"
+    if record.version in pending_drafts(settings):
+        raise NotRecorded(f"{note}, but the daemon died before recording the changes; they are "
+                          f"kept pending: {retry}")
+    # No staging area is left: the daemon recorded (or discarded) the changes and died after.
+    return f"{note} (the daemon ended without a report; no changes are pending)"
+
+
 def _release_dead_lease(settings: Settings, record: registry.MountRecord) -> None:
-    """The daemon died holding the draft's write lease: it was ours, so give it back."""
+    """The daemon died holding the draft's write lease: it was ours, so give it back (if the
+    store answers; if not, the next mount takes it over with --break-lease)."""
+    import contextlib
     import socket
 
+    from ..errors import DsfsError
     from ..lease import lease_key, read_lease
     from ..store import open_store
 
-    store = open_store(settings.store, settings)
-    found = read_lease(store, record.version)
-    if found and found[0].get("pid") == record.pid and found[0].get("host") == socket.gethostname():
-        store.delete(lease_key(record.version))
+    with contextlib.suppress(DsfsError):
+        store = open_store(settings.store, settings)
+        found = read_lease(store, record.version)
+        if found and found[0].get("pid") == record.pid and found[0].get("host") == socket.gethostname():
+            store.delete(lease_key(record.version))
 
 
 def _describe_result(result: dict) -> str:

@@ -1,7 +1,8 @@
 """The mount daemon: resolve a ref, check the mountpoint, mount, serve, clean up.
 
 ``dsfs mount`` runs this module as a detached child (``python -m dsfs.mountd.daemon``) and waits
-on a pipe for one line: ``ready`` or ``error: <message>``; ``--foreground`` (and systemd) run it
+on a pipe for one line: ``ready``, ``error <ErrorClass>: <message>`` (so the caller raises the
+same class and exits with its code) or ``error: <message>`` for a bug; ``--foreground`` (and systemd) run it
 in the calling process. Readiness also goes to systemd (READY=1 / STOPPING=1).
 """
 
@@ -17,17 +18,13 @@ import sys
 from pathlib import Path
 
 from ..config import Settings, load_settings, parse_size
-from ..errors import DsfsError, InvalidInput
+from ..errors import DsfsError, InvalidInput, MountError
 from . import registry
 from .notify import sd_notify
 
 log = logging.getLogger("dsfs.mountd")
 
 ADAPTERS = ("auto", "direct", "lowlevel")  # drafts mounted writable always use the writable adapter
-
-
-class MountError(DsfsError):
-    pass
 
 
 def check_mountpoint(mountpoint: str, *, nonempty: bool = False) -> str:
@@ -241,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                      break_lease=args.break_lease)
     except DsfsError as exc:
         log.error("mount failed: %s", exc)
-        tell(f"error: {exc}")
+        tell(f"error {type(exc).__name__}: {exc}")
         if args.foreground:
             print(f"dsfs: error: {exc}", file=sys.stderr)
         return exc.exit_code

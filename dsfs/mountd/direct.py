@@ -36,7 +36,7 @@ from ctypes import CFUNCTYPE, POINTER, Structure, c_char_p, c_double, c_int, c_i
 from ctypes import c_uint, c_uint64, c_void_p
 
 from ..cache import ReadState
-from ..errors import DsfsError
+from ..errors import DsfsError, MountError
 from ..resolver.index import ROOT_INO, Node
 from .libfuse import mfusepy_bound_to_libfuse3
 from .view import VersionView
@@ -373,19 +373,19 @@ def serve(view: VersionView, mountpoint: str, options: list[str], on_ready, *, m
     args = _Args(len(argv), (c_char_p * len(argv))(*argv), 0)
     session = _session_new(ctypes.byref(args), ctypes.byref(ops), ctypes.sizeof(ops), None)
     if not session:
-        raise DsfsError(f"libfuse refused the mount options: {mount_opts!r}")
+        raise MountError(f"libfuse refused the mount options: {mount_opts!r}")
     try:
         if _session_mount(session, os.fsencode(mountpoint)) != 0:
-            raise DsfsError(f"cannot mount at {mountpoint!r} (see the log for libfuse's reason)")
+            raise MountError(f"cannot mount at {mountpoint!r} (see the log for libfuse's reason)")
         try:
             if _set_signal_handlers(session) != 0:
-                raise DsfsError("cannot install the signal handlers")
+                raise MountError("cannot install the signal handlers")
             try:
                 status = _loop_mt(session, max_threads)
             finally:
                 _remove_signal_handlers(session)
             if status not in (0, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, -signal.SIGTERM):
-                raise DsfsError(f"fuse loop ended with status {status}")
+                raise MountError(f"fuse loop ended with status {status}")
         finally:
             _session_unmount(session)
     finally:

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from ..config import Settings
-from ..errors import DsfsError
+from ..errors import Conflict, DsfsError
 from ..lease import Lease
 from ..repo import CommitSummary, Repository
 from ..resolver.build import upgrade_pinned
@@ -86,7 +86,7 @@ class DraftSession:
 
     def commit_now(self) -> CommitSummary:
         if self.lease.lost:
-            raise DsfsError("lost the draft's lease to another writer; not committing")
+            raise Conflict("lost the draft's lease to another writer; not committing")
         with self.overlay.lock:
             return commit_overlay(self.repo, self.version_id, self.overlay)
 

@@ -17,7 +17,7 @@ import importlib
 import os
 import sys
 
-from ..errors import DsfsError
+from ..errors import MountError
 
 SONAME = "libfuse3.so.3"
 _SEARCH = ("/usr/lib/*-linux-gnu", "/lib/*-linux-gnu", "/usr/lib64", "/lib64", "/usr/lib",
@@ -26,7 +26,7 @@ MISSING = ("libfuse 3 not found: install the fuse3 package "
            "(Debian/Ubuntu: apt-get install fuse3; Fedora: dnf install fuse3-libs)")
 
 
-class LibfuseMissing(DsfsError):
+class LibfuseMissing(MountError):
     """No libfuse 3 on this machine (libfuse 2 does not count)."""
 
 

@@ -17,7 +17,7 @@ import stat
 from ..cache import BlockCache, ReadState
 from ..catalog import Catalog
 from ..changeset.manifest import DIR, SYMLINK, VersionManifest
-from ..errors import DsfsError, NotFound
+from ..errors import DsfsError, InvalidInput, NotFound
 from ..paths import check_name_length
 from ..resolver.index import ROOT_INO, Node, VersionIndex
 from ..store.base import ObjectStore
@@ -127,7 +127,7 @@ class VersionView:
 
     def readlink(self, node: Node) -> str:
         if node.type != SYMLINK:
-            raise DsfsError(f"not a symlink: {node.path!r}")
+            raise InvalidInput(f"not a symlink: {node.path!r}")
         return node.target
 
     def read(self, node: Node, offset: int, size: int, state: ReadState | None = None) -> bytes:

@@ -16,7 +16,7 @@ import pyfuse3
 import trio
 
 from ..changeset.manifest import FILE, VersionManifest
-from ..errors import DsfsError
+from ..errors import DsfsError, InvalidInput
 from .lowlevel import translate_errors as _translate
 from .overlay import Attr, Overlay, stat_mode
 from .view import DatasetOf, file_xattrs
@@ -332,15 +332,15 @@ async def _control_request(session, conn) -> None:
             elif op == "finish":
                 mode = request.get("mode", "commit")
                 if mode not in ("commit", "discard", "publish"):
-                    raise DsfsError(f"unknown finish mode: {mode!r}")
+                    raise InvalidInput(f"unknown finish mode: {mode!r}")
                 session.exit_mode = mode
                 reply = {"ok": True}
             elif op == "pending":
                 reply = {"ok": True, "pending": await trio.to_thread.run_sync(session.overlay.has_changes)}
             else:
-                raise DsfsError(f"unknown control request: {op!r}")
+                raise InvalidInput(f"unknown control request: {op!r}")
         except DsfsError as exc:
-            reply = {"ok": False, "error": str(exc)}
+            reply = {"ok": False, "error": str(exc), "kind": type(exc).__name__}
         except Exception as exc:
             log.exception("control request failed")
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}

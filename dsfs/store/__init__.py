@@ -9,8 +9,9 @@ from .local import LocalStore
 __all__ = ["ObjectInfo", "ObjectStore", "LocalStore", "open_store"]
 
 
-def open_store(url: str, settings: Settings | None = None) -> ObjectStore:
-    """``s3://bucket/prefix`` opens an S3 store; anything else is a local folder."""
+def open_store(url: str, settings: Settings | None = None, *, create: bool = False) -> ObjectStore:
+    """``s3://bucket/prefix`` opens an S3 store; anything else is a local folder, made if
+    ``create`` (a missing bucket is never made: that is the administrator's choice)."""
     if url.startswith("s3://"):
         from .s3 import S3Store  # boto3 is slow to import; only pay for it when used
 
@@ -19,4 +20,4 @@ def open_store(url: str, settings: Settings | None = None) -> ObjectStore:
         from ..errors import InvalidInput
 
         raise InvalidInput(f"unsupported store url: {url!r} (use a folder or s3://bucket/prefix)")
-    return LocalStore(url)
+    return LocalStore(url, create=create)

@@ -1,6 +1,8 @@
 """A store in a local folder: the zero-setup default.
 
-Writes go to a temp file in the same folder, are fsync'd and renamed into place, so a reader sees
+Only a command that creates records makes the folder (``create=True``); any other command on a
+folder that does not exist fails with "store not found", so a typo in ``--store`` is not taken
+for an empty store. Writes go to a temp file in the same folder, are fsync'd and renamed into place, so a reader sees
 the old object or the new one, never a torn one. Conditional writes hold an flock on the store's
 lock file while they check and swap, which serializes them across processes on this host.
 """
@@ -30,9 +32,11 @@ def _etag(st: os.stat_result) -> str:
 class LocalStore(ObjectStore):
     is_local = True
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, *, create: bool = False) -> None:
         self.root = Path(root).expanduser().absolute()
         self.url = str(self.root)
+        if not self.root.exists() and not create:
+            raise StoreUnavailable(f"store not found: {self.url!r}")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
