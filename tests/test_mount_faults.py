@@ -276,3 +276,35 @@ def test_s3_outage_mid_read_then_recovery(moto_server, monkeypatch, tmp_path, ca
     finally:
         mounts.cleanup()
 
+
+@pytest.mark.s3
+def test_fresh_mounts_read_byte_exact_while_bodies_are_cut(moto_server, monkeypatch, tmp_path, cache_dir):
+    """One in three S3 response bodies breaks off halfway: every fresh mount comes up and every
+    first read of every file is byte-exact (the store sends a new request for a broken body)."""
+    from conftest import Cli
+    from mounting import Mounts, unexpected_log_lines
+    from s3proxy import CuttingProxy
+
+    moto_server.apply_env(monkeypatch)
+    config = tmp_path / "dsfs.yaml"
+    config.write_text("neighbour_bytes: 0\n")  # one ranged GET per small file
+    monkeypatch.setenv("DSFS_CONFIG", str(config))
+    cli = Cli(moto_server.new_bucket(), cache_dir)
+    files = {f"d{i % 4}/f{i:03d}.bin": _rand(3000 + 97 * i, i) for i in range(60)}
+    files["big.bin"] = _rand(9 << 20, 99)
+    vid = _publish(cli, tmp_path, "v", files)
+    with CuttingProxy(moto_server.endpoint, cut=lambda method, path, n: n % 3 == 1) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        for attempt in range(2):
+            cache = tmp_path / f"cache-{attempt}"  # fresh: index, manifests and bytes all fetched
+            mounts = Mounts(cli.store, cache)
+            mnt = tmp_path / f"mnt-{attempt}"
+            try:
+                mounts.mount(vid, mnt)
+                for rel, data in files.items():
+                    assert (mnt / rel).read_bytes() == data, rel
+                mounts.umount(mnt)
+            finally:
+                mounts.cleanup()
+            assert not unexpected_log_lines(cache)
+    assert proxy.cuts >= 40

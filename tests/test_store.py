@@ -352,3 +352,76 @@ def _sha256(path) -> str:
             h.update(block)
     return h.hexdigest()
 
+
+@pytest.fixture
+def cut_store(moto_server, monkeypatch):
+    """An S3 store that reaches moto through a proxy cutting response bodies (``proxy.cut``);
+    3 attempts per request."""
+    from s3proxy import CuttingProxy
+
+    moto_server.apply_env(monkeypatch)
+    url = moto_server.new_bucket()
+    with CuttingProxy(moto_server.endpoint) as proxy:
+        store = open_store(url, Settings(s3_endpoint=proxy.endpoint, s3_max_attempts=3))
+        yield store, proxy
+        store.close()
+
+
+@pytest.mark.s3
+def test_bodies_cut_short_are_read_again(cut_store, tmp_path):
+    """Every other GET body of each key breaks off halfway (full Content-Length, then the
+    connection closes): get, get_range and download_file send a new request and return every
+    byte exactly."""
+    store, proxy = cut_store
+    small = os.urandom(10_000)
+    big = os.urandom(10 * MiB + 123)  # over the multipart threshold: parallel ranged GETs
+    store.put("small", small)
+    path = tmp_path / "big"
+    path.write_bytes(big)
+    store.put_file("big", str(path))
+    proxy.cut = lambda method, key, n: n % 2 == 1
+    assert store.get("small") == (small, hashlib.md5(small).hexdigest())
+    for start, length in [(0, 1), (17, 5000), (9_000, 5000), (0, 10_000)]:
+        assert store.get_range("small", start, length) == small[start:start + length]
+    assert store.get_range("big", 4 * MiB - 3, 2 * MiB) == big[4 * MiB - 3:6 * MiB - 3]
+    store.download_file("big", str(tmp_path / "copy"))
+    assert (tmp_path / "copy").read_bytes() == big
+    assert proxy.cuts >= 7
+
+
+@pytest.mark.s3
+def test_a_short_ranged_body_is_read_again(moto_server, monkeypatch):
+    """A server that loses bytes and sends a matching Content-Length: the ranged answer is
+    checked against its Content-Range."""
+    from s3proxy import CuttingProxy
+
+    moto_server.apply_env(monkeypatch)
+    url = moto_server.new_bucket()
+    data = os.urandom(10_000)
+    with CuttingProxy(moto_server.endpoint, honest_length=False) as proxy:
+        store = open_store(url, Settings(s3_endpoint=proxy.endpoint, s3_max_attempts=3))
+        store.put("k", data)
+        proxy.cut = lambda method, key, n: n <= 2
+        assert store.get_range("k", 100, 8_000) == data[100:8_100]
+        assert proxy.cuts == 2
+        proxy.cut = lambda method, key, n: True
+        with pytest.raises(StoreUnavailable, match=r"broke off the response body 3 times "
+                                                   r"\(get_range 'k'\): 4000 of 8000 bytes"):
+            store.get_range("k", 0, 8_000)
+        store.close()
+
+
+@pytest.mark.s3
+def test_a_body_always_cut_fails_clearly_after_the_bound(cut_store, tmp_path):
+    store, proxy = cut_store
+    store.put("doomed", os.urandom(10_000))
+    store.put("fine", b"fine")
+    proxy.cut = lambda method, key, n: key.endswith("/doomed")
+    with pytest.raises(StoreUnavailable, match=r"broke off the response body 3 times \(get 'doomed'\)"):
+        store.get("doomed")
+    assert proxy.gets[f"/{store.bucket}/{store.prefix}doomed"] == 3
+    with pytest.raises(StoreUnavailable, match=r"broke off the response body 3 times \(get_range 'doomed'\)"):
+        store.get_range("doomed", 0, 100)
+    with pytest.raises(StoreUnavailable, match=r"download_file 'doomed'"):
+        store.download_file("doomed", str(tmp_path / "out"))
+    assert store.get("fine")[0] == b"fine"

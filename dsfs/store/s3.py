@@ -4,9 +4,12 @@
 ``Settings.s3_endpoint`` or ``AWS_ENDPOINT_URL`` (path-style addressing is used whenever an
 endpoint is given); credentials and region come from boto3's usual chain.
 
-Retrying is botocore's job ("standard" mode, ``Settings.s3_max_attempts`` attempts); this module
-never loops itself. What is left after the retries is mapped to the dsfs error tree once, in
-``_translate``: a missing key is NotFound, a failed precondition is AlreadyExists or Conflict, and
+Retrying a request is botocore's job ("standard" mode, ``Settings.s3_max_attempts`` attempts), but
+botocore's retries end once the response headers arrive: a body that breaks off after them (a
+dropped connection, a read timeout, fewer bytes than promised) would reach the caller. Reads of a
+body are therefore retried here, as a whole new request, up to the same number of attempts with
+backoff (``_read_retrying``); s3transfer does the same for ``download_file``. What is left after
+the retries is mapped to the dsfs error tree once, in ``_translate``: a missing key is NotFound, a failed precondition is AlreadyExists or Conflict, and
 anything else (refused connection, timeout, a missing bucket, an access error) is
 StoreUnavailable with a one-line message naming the endpoint, bucket and key.
 
@@ -22,8 +25,12 @@ One boto3 client (thread-safe, its own connection pool) serves every thread usin
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import random
+import re
 import threading
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -32,6 +39,7 @@ import botocore.exceptions as bexc
 from boto3.s3.transfer import ProgressCallbackInvoker, TransferConfig, create_transfer_manager
 from botocore.config import Config
 from s3transfer.exceptions import RetriesExceededError
+from urllib3.exceptions import ProtocolError
 
 from ..config import MiB, Settings
 from ..errors import (
@@ -49,6 +57,14 @@ MAX_POOL_CONNECTIONS = 32
 MULTIPART_THRESHOLD = 8 * MiB
 MULTIPART_CHUNK = 8 * MiB
 TRANSFER_THREADS = 8
+
+log = logging.getLogger(__name__)
+
+# A response body that broke off after its headers: worth a new request.
+_BROKEN_BODY = (bexc.IncompleteReadError, bexc.ResponseStreamingError, bexc.ReadTimeoutError,
+                bexc.ConnectionClosedError, ProtocolError, ConnectionError, TimeoutError)
+_BACKOFF_BASE = 0.05  # seconds; doubles each attempt, up to _BACKOFF_MAX, with jitter
+_BACKOFF_MAX = 2.0
 
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 _PRECONDITION_CODES = {"PreconditionFailed", "412"}
@@ -99,8 +115,9 @@ class S3Store(ObjectStore):
         self.bucket = bucket
         self.prefix = prefix
         self.url = f"s3://{bucket}/{prefix}".rstrip("/")
+        self.max_attempts = max(1, int(max_attempts))
         config = Config(
-            retries={"mode": "standard", "max_attempts": max(1, int(max_attempts))},
+            retries={"mode": "standard", "max_attempts": self.max_attempts},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             signature_version="s3v4",
@@ -120,6 +137,7 @@ class S3Store(ObjectStore):
             multipart_threshold=MULTIPART_THRESHOLD,
             multipart_chunksize=MULTIPART_CHUNK,
             max_concurrency=TRANSFER_THREADS,
+            num_download_attempts=self.max_attempts,
             preferred_transfer_client="classic",
         )
         self._transfer = None
@@ -195,6 +213,27 @@ class S3Store(ObjectStore):
                 raise
             raise mapped from exc
 
+    def _body_retried(self, op: str, key: str, read):
+        """``read`` (one GET and its body) made to send a new request while the body breaks off;
+        StoreUnavailable naming the cause once ``max_attempts`` bodies have broken."""
+
+        def attempts(**kwargs):
+            for attempt in range(1, self.max_attempts + 1):
+                try:
+                    return read(**kwargs)
+                except (*_BROKEN_BODY, _ShortBody) as exc:
+                    if attempt == self.max_attempts:
+                        cause = exc if isinstance(exc, _ShortBody) else _cause(exc)
+                        raise StoreUnavailable(
+                            f"s3 store at {self._where()} broke off the response body "
+                            f"{attempt} times ({op} {key!r}): {cause}") from exc
+                    delay = min(_BACKOFF_MAX, _BACKOFF_BASE * 2 ** attempt) * random.uniform(0.5, 1)
+                    log.debug("%s %r: response body broke off (%s); retrying in %.2f s",
+                              op, key, exc, delay)
+                    time.sleep(delay)
+
+        return attempts
+
     def _put(self, op: str, key: str, data: bytes, **conditions) -> str:
         response = self._call(op, key, self._client.put_object, Key=self._key(key), Body=data,
                               **conditions)
@@ -213,7 +252,7 @@ class S3Store(ObjectStore):
             response = self._client.get_object(**kwargs)
             return response["Body"].read(), _unquote(response["ETag"])
 
-        return self._call("get", key, read, Key=self._key(key))
+        return self._call("get", key, self._body_retried("get", key, read), Key=self._key(key))
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         if start < 0 or length < 0:
@@ -233,11 +272,12 @@ class S3Store(ObjectStore):
                 raise
             data = response["Body"].read()
             if response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 200:
-                data = data[start:start + length]  # a server that ignored the Range header
+                return data[start:start + length]  # a server that ignored the Range header
+            _check_range_length(data, response.get("ContentRange"), start, length)
             return data
 
-        return self._call("get_range", key, read, Key=self._key(key),
-                          Range=f"bytes={start}-{start + length - 1}")
+        return self._call("get_range", key, self._body_retried("get_range", key, read),
+                          Key=self._key(key), Range=f"bytes={start}-{start + length - 1}")
 
     def put(self, key: str, data: bytes) -> str:
         return self._put("put", key, data)
@@ -356,6 +396,28 @@ class S3Store(ObjectStore):
     def close(self) -> None:
         self._shutdown_transfers()
         self._client.close()
+
+
+class _ShortBody(Exception):
+    """A ranged body with fewer bytes than its Content-Range promised."""
+
+
+def _check_range_length(data: bytes, content_range: str | None, start: int, length: int) -> None:
+    """A ranged body must hold the whole range, or everything up to the end of the object."""
+    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (content_range or "").strip())
+    if not m:
+        return
+    total = int(m.group(3)) if m.group(3) != "*" else None
+    expected = min(length, total - start) if total is not None else int(m.group(2)) - start + 1
+    if len(data) < expected:
+        raise _ShortBody(f"{len(data)} of {expected} bytes")
+
+
+def _cause(exc: BaseException) -> str:
+    for kind, cause in _CAUSES:
+        if isinstance(exc, kind):
+            return cause
+    return str(exc).lower() or type(exc).__name__
 
 
 def _is_precondition(exc: BaseException | None) -> bool:
