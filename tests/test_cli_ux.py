@@ -80,25 +80,25 @@ def test_help_shows_the_ref_grammar_and_examples():
 def test_typos_get_a_did_you_mean(local_cli):
     local_cli("create", "pets", "--name", "release-1")
     local_cli("create", "pets", "--name", "release-2")
-    assert "did you mean 'pets'?" in local_cli.fails("ls", "pest")
-    assert "dataset not found: 'pest' (did you mean 'pets'?)" in local_cli.fails("ls", "pest@release-1")
-    assert "dataset not found: 'pest' (did you mean 'pets'?)" in local_cli.fails("versions", "pest")
-    err = local_cli.fails("ls", "pets@relase-2")
+    assert "did you mean 'pets'?" in local_cli.fails("ls", "pest", code=3)
+    assert "dataset not found: 'pest' (did you mean 'pets'?)" in local_cli.fails("ls", "pest@release-1", code=3)
+    assert "dataset not found: 'pest' (did you mean 'pets'?)" in local_cli.fails("versions", "pest", code=3)
+    err = local_cli.fails("ls", "pets@relase-2", code=3)
     assert "version not found: 'pets@relase-2' (did you mean 'release-2'?)" in err
     assert "versions of 'pets': release-1, release-2" in err
-    assert "did you mean" not in local_cli.fails("ls", "zebra")
+    assert "did you mean" not in local_cli.fails("ls", "zebra", code=3)
 
 
 def test_an_unknown_version_lists_the_newest_names(local_cli):
     for n in range(12):
         local_cli("create", "ds", "--name", f"n{n:02d}")
-    err = local_cli.fails("ls", "ds@zz")
+    err = local_cli.fails("ls", "ds@zz", code=3)
     assert "newest 10 of 12 versions of 'ds': n02, n03," in err and err.rstrip().endswith("n11")
 
 
 def test_a_short_id_prefix_says_the_minimum(local_cli):
     vid = local_cli("create", "ds").strip()
-    assert "at least 6 characters" in local_cli.fails("show", vid[:5])
+    assert "at least 6 characters" in local_cli.fails("show", vid[:5], code=3)
     assert json.loads(local_cli("show", vid[:6], "--json"))["id"] == vid
 
 
@@ -124,14 +124,14 @@ def test_a_second_draft_is_announced_and_named(local_store_url, cache_dir):
 
 def test_version_names_stay_unique(cli):
     cli("create", "ds", "--name", "one")
-    assert "version name already exists in dataset 'ds': 'one'" in cli.fails("create", "ds", "--name", "one")
+    assert "version name already exists in dataset 'ds': 'one'" in cli.fails("create", "ds", "--name", "one", code=4)
     two = cli("create", "ds", "--name", "two").strip()
-    assert "already exists" in cli.fails("publish", two, "--name", "one")
+    assert "already exists" in cli.fails("publish", two, "--name", "one", code=4)
     assert json.loads(cli("show", two, "--json"))["state"] == "draft"  # the refusal changed nothing
     cli("publish", two, "--name", "2.0")  # a rename frees the old name...
     three = cli("create", "ds", "--name", "two").strip()
     assert json.loads(cli("show", "ds@two", "--json"))["id"] == three
-    assert "already exists" in cli.fails("create", "ds", "--name", "2.0")  # ...and holds the new one
+    assert "already exists" in cli.fails("create", "ds", "--name", "2.0", code=4)  # ...and holds the new one
     cli("delete", "ds@one")  # deleting frees a name
     assert cli("create", "ds", "--name", "one").strip() != ""
     names = [v["name"] for v in json.loads(cli("versions", "ds", "--json"))]
@@ -144,8 +144,8 @@ def test_snapshot_keeps_names_unique(cli):
     cli("delete", "ds@taken")
     cli("snapshot", "ds", "--name", "s1")
     assert [v["name"] for v in json.loads(cli("versions", "ds", "--drafts", "--json"))] == ["Current"]
-    assert "already exists" in cli.fails("snapshot", "ds", "--name", "s1")
-    assert "already exists" in cli.fails("create", "ds", "--name", "Current")
+    assert "already exists" in cli.fails("snapshot", "ds", "--name", "s1", code=4)
+    assert "already exists" in cli.fails("create", "ds", "--name", "Current", code=4)
 
 
 def test_default_names_are_distinct(cli):
@@ -159,7 +159,7 @@ def test_default_names_are_distinct(cli):
 def test_racing_creators_of_one_name_only_one_wins(store_url, cache_dir):
     """Names are enforced by the store (a compare-and-swap on the dataset record), not by a
     check before the write: of eight threads creating the same name at once, exactly one wins."""
-    repo = Repository(load_settings(store=store_url, cache_dir=str(cache_dir)))
+    repo = Repository(load_settings(store=store_url, cache_dir=str(cache_dir)), create_store=True)
     repo.create("ds", name="base")
     start = threading.Barrier(8)
     won, lost = [], []
@@ -207,7 +207,7 @@ def test_a_record_without_names_gets_them_rebuilt(local_cli):
     record = json.loads(path.read_text())
     del record["names"]
     path.write_text(json.dumps(record))
-    assert "already exists" in local_cli.fails("create", "ds", "--name", "old")
+    assert "already exists" in local_cli.fails("create", "ds", "--name", "old", code=4)
     local_cli("create", "ds", "--name", "new")
     assert json.loads(path.read_text())["names"].keys() == {"old", "new"}
 
