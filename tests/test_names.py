@@ -147,7 +147,7 @@ def test_add_ls_get_diff_sync_remove(bcli, tmp_path):
     names = {json_name(d, "path") for d in json.loads(bcli("ls", "-r", "--json", v2))}
     assert SJIS not in names and NEWLINE not in names and BAD_DIR + b"/inner\xfe.bin" not in names
     assert BAD_DIR in names and QUOTES in names and b"\x93\xfa\x96\x7b.txt" in names
-    assert "no files match" in bcli.fails("remove", v2, arg(b"caf\xe8.jpg"))
+    assert "no files match" in bcli.fails("remove", v2, arg(b"caf\xe8.jpg"), code=3)
 
 
 def test_diff_follows_the_index_byte_order(bcli, tmp_path):
@@ -265,7 +265,7 @@ def test_draft_staged_by_an_older_dsfs_still_commits(local_cli, local_mounts, tm
     os.unlink(mnt / "é/ü.txt")
     os.kill(record.pid, signal.SIGKILL)
     wait_dead(record.pid)
-    local_cli("umount", str(mnt))  # the dead daemon's mount; its staging stays
+    local_cli.fails("umount", str(mnt), code=10)  # the dead daemon's mount; its staging stays
     stage = local_mounts.settings.state_dir / "drafts" / draft
     with sqlite3.connect(stage / "journal.sqlite") as db:  # names as an older dsfs wrote them
         db.execute("UPDATE dirents SET name = CAST(name AS TEXT)")
