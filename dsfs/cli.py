@@ -21,7 +21,7 @@ import time
 
 from . import __version__
 from .config import load_settings
-from .errors import Corrupt, DsfsError, InvalidInput
+from .errors import EXIT_CODES, Corrupt, DsfsError, InvalidInput
 from .paths import name_bytes
 from .progress import human_size, plural
 
@@ -313,7 +313,8 @@ examples:
   dsfs versions pets --store s3://bucket/prefix -q
 
 Global options work before or after the command. `dsfs COMMAND --help` describes a command.
-"""
+
+""" + EXIT_CODES + "\n"
 
 
 def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:

@@ -106,7 +106,7 @@ exit codes:
   8   no space left
   9   mount error
   10  a draft mount's changes were not recorded (run: dsfs commit --pending VERSION)
-  130 interrupted"""
+  130 interrupted (Ctrl-C); 143 terminated (SIGTERM)"""
 
 
 def from_kind(kind: str | None, message: str) -> DsfsError:

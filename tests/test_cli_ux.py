@@ -72,6 +72,7 @@ def test_help_shows_the_ref_grammar_and_examples():
         assert grammar in out
     assert "examples:" in out and "dsfs mount pets@draft" in out
     assert "before or after the command" in out
+    assert "exit codes:" in out and "10  a draft mount's changes were not recorded" in out
 
 
 # -- typos ------------------------------------------------------------------------------------
