@@ -184,7 +184,7 @@ def test_interrupted_add_cleans_up_and_its_retry_resumes(cli, big_folder, sig):
     assert proc.returncode == 128 + sig and err == "dsfs: interrupted; nothing was recorded\n"
     # Nothing recorded, nothing half-written: no temp chunk, no partial object.
     assert json.loads(cli("show", draft, "--json"))["changesets"] == 0
-    assert not list((cli.cache_dir / "tmp").glob("chunk-*"))
+    assert [p for p in (cli.cache_dir / "tmp").rglob("*") if not p.is_dir()] == []
     assert _partial_uploads(cli) == []
     stored = _store_keys(cli, chunks)
     records = _store_keys(cli, uploads)

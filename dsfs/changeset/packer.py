@@ -15,6 +15,8 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import os
+import secrets
+import shutil
 import struct
 import tempfile
 import zipfile
@@ -244,6 +246,9 @@ def pack(
     aliases: list[tuple[int, Source, Entry]] = []
     writer: _ChunkWriter | None = None
     os.makedirs(tmp_dir, exist_ok=True)
+    # Chunks are written in a folder of this run's own, named before it exists: however early an
+    # interrupt (Ctrl-C, SIGTERM) lands, the cleanup below knows what to remove.
+    work = os.path.join(tmp_dir, f"pack-{os.getpid()}-{secrets.token_hex(4)}")
 
     def close_writer() -> None:
         nonlocal writer
@@ -254,6 +259,7 @@ def pack(
             writer = None
 
     try:
+        os.mkdir(work)
         for src in sources:
             if src.type != FILE:
                 entries.append(Entry(src.path, src.type, mode=src.mode, mtime_ns=src.mtime_ns,
@@ -278,7 +284,7 @@ def pack(
                 raise InvalidInput(f"no bytes for {src.path!r}: not staged and not stored")
             if writer is None:
                 key = chunk_key(version_id, changeset_id, len(stats.chunks))
-                writer = _ChunkWriter(store, key, tmp_dir, settings.compress_level)
+                writer = _ChunkWriter(store, key, work, settings.compress_level)
             entry = writer.add(src, choose_method(src, settings))
             packed[src.sha256] = entry
             entries.append(entry)
@@ -298,4 +304,6 @@ def pack(
         if writer is not None:
             writer.abort()
         raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return entries, stats
