@@ -37,16 +37,29 @@ def fuse_unusable() -> str | None:
     return None
 
 
+def _mounts(item) -> bool:
+    return bool(FUSE_FIXTURES & set(getattr(item, "fixturenames", ()))) or bool(item.get_closest_marker("fuse"))
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
 def pytest_collection_modifyitems(config, items):
     """Tests that mount (the mounts fixtures, or marked ``fuse``) skip, with the reason, where
-    FUSE cannot work, instead of erroring one by one."""
+    FUSE cannot work, instead of erroring one by one.
+
+    A mount test runs on the local store and on SeaweedFS (a real S3 server) by default; its moto
+    variant is marked ``slow``. The store client itself is tested on all three everywhere else
+    (test_store, test_cli, the fault tests), and the mount layer above it does not change with
+    the server: the duplicate costs minutes of every run and finds nothing the others do not."""
     reason = fuse_unusable()
-    if reason is None:
-        return
-    skip = pytest.mark.skip(reason=f"FUSE is unusable here: {reason}")
+    skip = pytest.mark.skip(reason=f"FUSE is unusable here: {reason}") if reason else None
     for item in items:
-        if FUSE_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("fuse"):
+        if not _mounts(item):
+            continue
+        if skip is not None:
             item.add_marker(skip)
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("store_url") == "moto":
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

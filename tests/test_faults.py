@@ -173,12 +173,12 @@ def test_interrupted_add_leaves_the_draft_unchanged(local_cli, tmp_path, cache_d
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     tmp = cache_dir / "tmp"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (tmp.exists() and any(tmp.glob("chunk-*"))):
+    while time.monotonic() < deadline and not (tmp.exists() and any(tmp.glob("pack-*/chunk-*"))):
         time.sleep(0.01)
     assert proc.poll() is None, "add finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted; nothing was recorded" in err
     assert json.loads(local_cli("show", draft, "--json"))["changesets"] == 0
-    assert not any(tmp.glob("chunk-*"))
+    assert [p for p in tmp.rglob("*") if not p.is_dir()] == []  # the partial chunk is gone
     assert local_cli("ls", draft, "-r") == ""
