@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from .catalog import Catalog
 from .changeset.manifest import (
     DIR,
+    DRAFT,
     FILE,
     SYMLINK,
     ChangeSet,
@@ -357,7 +358,8 @@ class Repository:
 
         live_changesets = set()
         live_chunks = set()
-        for manifest in self.all_versions():
+        versions = self.all_versions()
+        for manifest in versions:
             for ref in manifest.changesets:
                 live_changesets.add(ref.key)
                 for item in self.catalog.changeset_items(ref, self.tmp_dir):
@@ -369,8 +371,11 @@ class Repository:
             return grace_seconds is not None and bool(info.mtime) and now - info.mtime < grace_seconds
 
         candidates = {}
+        drafts = {}
         for info in self.store.list("versions/"):
             parts = info.key.split("/")
+            if len(parts) == 3 and parts[2] == "draft.json":
+                drafts[parts[1]] = info
             if len(parts) != 4 or parts[2] not in ("chunks", "changesets", "uploads"):
                 continue
             if only_versions is None or parts[1] in only_versions:
@@ -388,7 +393,12 @@ class Repository:
             if record is not None and young(record):
                 continue
             doomed_chunks.append(key)
+        # A create that died between writing its draft record and listing it in the dataset
+        # (FORMAT.md §9.3) leaves an empty draft nothing names: past the grace period, it goes.
+        unlisted = [] if only_versions is not None else self._unlisted_empty_drafts(versions, drafts, young)
         if not dry_run:
+            for key in unlisted:
+                self.store.delete(key)
             kept = set()
             for key in doomed_chunks:
                 if self._claimed_since(key, young):
@@ -400,7 +410,13 @@ class Repository:
             for key in doomed_records:
                 if key not in kept:
                     self.store.delete(key)
-        return sorted(doomed_chunks + doomed_records)
+        return sorted(doomed_chunks + doomed_records + unlisted)
+
+    def _unlisted_empty_drafts(self, versions, drafts, young: Callable) -> list[str]:
+        listed = {vid for record in self.catalog.datasets() for vid in record.versions}
+        return [drafts[m.id].key for m in versions
+                if m.state == DRAFT and not m.changesets and m.id not in listed
+                and m.id in drafts and not young(drafts[m.id])]
 
     def _claimed_since(self, chunk: str, young: Callable) -> bool:
         """Did a resuming commit rewrite this chunk's upload record since the listing?"""

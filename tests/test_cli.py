@@ -257,3 +257,22 @@ def test_an_index_of_an_older_format_is_rebuilt(local_cli, tmp_path, cache_dir):
     with sqlite3.connect(index.path) as conn:
         assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'nodes_by_chunk'").fetchone()
     conn.close()
+
+
+def test_gc_removes_the_draft_record_of_a_create_that_died_before_listing_it(cli, cache_dir):
+    """FORMAT.md §9.3: a create that dies between writing ``draft.json`` and listing the version
+    in its dataset leaves an empty draft nothing names; gc removes it after the grace period,
+    and never touches a listed draft, empty or not."""
+    from dsfs.changeset.manifest import VersionManifest, draft_key, new_id, now_iso
+    from dsfs.config import load_settings
+    from dsfs.store import open_store
+
+    listed = cli("create", "ds").strip()
+    store = open_store(cli.store, load_settings(store=cli.store, cache_dir=str(cache_dir)))
+    orphan = VersionManifest(new_id(), "ds", "half-made", [], "draft", now_iso())
+    store.put_if_absent(draft_key(orphan.id), orphan.dumps())
+    assert json.loads(cli("gc", "--dry-run", "--json")) == []  # young: a create may be in flight
+    assert json.loads(cli("gc", "--grace", "0", "--json")) == [draft_key(orphan.id)]
+    assert "no dataset or version matches ref" in cli.fails("show", orphan.id, code=3)
+    assert json.loads(cli("show", listed, "--json"))["state"] == "draft"
+    assert json.loads(cli("gc", "--grace", "0", "--dry-run", "--json")) == []
