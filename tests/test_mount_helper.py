@@ -87,6 +87,11 @@ def test_fstab_line_and_mount_a(local_cli, local_mounts, published, mount_helper
     done = subprocess.run(["mount", "-T", str(fstab), "-a"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (mnt / "a.txt").read_text() == "alpha\n"
+    # The mount's source is the fstab line's spec, so a second `mount -a` sees it mounted.
+    assert subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(mnt)], capture_output=True,
+                          text=True).stdout.strip() == "pets@v1"
+    again = subprocess.run(["mount", "-T", str(fstab), "-a", "-v"], capture_output=True, text=True)
+    assert again.returncode == 0 and "already mounted" in again.stdout + again.stderr, again
     _unmount_and_wait(local_mounts, mnt)
 
 

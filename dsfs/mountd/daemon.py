@@ -14,6 +14,7 @@ import ctypes
 import datetime as _dt
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -115,6 +116,8 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
     options = list(fuse_options or [])
     if allow_other:
         options.append("allow_other")
+    if not any(o.startswith("fsname=") for o in options):
+        options.append(f"fsname={_fsname(ref)}")
     if writable:
         return _serve_draft(repo, manifest, view, cache, mountpoint, options, on_ready,
                             break_lease=break_lease, settings=settings)
@@ -138,6 +141,13 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
             pin.unlink(missing_ok=True)
         log.info("unmounted %s", mountpoint)
     return 0
+
+
+def _fsname(ref: str) -> str:
+    """The mount's source as mount(8) and /proc/mounts show it: the ref as given, so ``mount -a``
+    sees an fstab line as mounted; "dsfs" for a ref that FUSE's option syntax or the mount table
+    would have to escape."""
+    return ref if re.fullmatch(r"[A-Za-z0-9._@+:-]{1,200}", ref) else "dsfs"
 
 
 def _pin_index(settings: Settings, path: str) -> Path:

@@ -194,7 +194,9 @@ def serve(view: VersionView, mountpoint: str, options: list[str], on_ready) -> N
     """Mount and serve until unmounted (blocking; runs its own trio loop)."""
     ops = LowLevelOperations(view)
     fuse_options = set(pyfuse3.default_options)
-    fuse_options.update({"fsname=dsfs", "subtype=dsfs", "ro", *options})
+    fuse_options.update({"subtype=dsfs", "ro", *options})
+    if not any(o.startswith("fsname=") for o in fuse_options):
+        fuse_options.add("fsname=dsfs")
     pyfuse3.init(ops, mountpoint, fuse_options)
     try:
         trio.run(_main, on_ready)

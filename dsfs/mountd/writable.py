@@ -276,7 +276,9 @@ def serve(session, mountpoint: str, options: list[str], on_ready) -> None:
     manifest = session.repo.catalog.version(session.version_id)
     ops = WritableOperations(session.overlay, manifest, DatasetOf(session.repo.store, manifest))
     fuse_options = set(pyfuse3.default_options)
-    fuse_options.update({"fsname=dsfs", "subtype=dsfs", *options})
+    fuse_options.update({"subtype=dsfs", *options})
+    if not any(o.startswith("fsname=") for o in fuse_options):
+        fuse_options.add("fsname=dsfs")
     fuse_options.discard("ro")
     pyfuse3.init(ops, mountpoint, fuse_options)
     try:
