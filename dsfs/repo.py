@@ -591,7 +591,7 @@ def special_kind(local: str) -> str | None:
     try:
         mode = os.lstat(local).st_mode
     except FileNotFoundError:
-        raise InvalidInput(f"file vanished while being added: {local!r}") from None
+        raise Conflict(f"file vanished while being added: {local!r}") from None
     for test, kind in ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"),
                        (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
         if test(mode):

@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Callable, Sequence
 
 from ..config import Settings
-from ..errors import InvalidInput, NoSpace
+from ..errors import Conflict, InvalidInput, NoSpace
 from ..paths import name_bytes
 from ..store.base import ObjectStore
 from .manifest import DEFLATED, DIR, EMPTY_SHA256, FILE, HASH_BLOCK, STORED, SYMLINK, Entry, chunk_key
@@ -108,7 +108,7 @@ def hash_sources(sources: Sequence[Source], progress: Progress | None = None, th
         try:
             src.sha256, src.size, src.compressible = hash_file(src.local)
         except FileNotFoundError:
-            raise InvalidInput(f"file vanished while being added: {src.local!r}") from None
+            raise Conflict(f"file vanished while being added: {src.local!r}") from None
         except PermissionError:
             raise InvalidInput(f"cannot read file: {src.local!r}") from None
         if progress:
@@ -181,7 +181,7 @@ class _ChunkWriter:
         if pieces is not None and piece_len:
             pieces.append(piece.hexdigest())
         if digest.hexdigest() != src.sha256:
-            raise InvalidInput(f"file changed while being added: {src.local!r}")
+            raise Conflict(f"file changed while being added: {src.local!r}")
         entry = Entry(src.path, FILE, src.size, src.sha256, src.mode, src.mtime_ns,
                       chunk=self.key, csize=info.compress_size, method=method,
                       blocks=None if pieces is None else "".join(pieces))
