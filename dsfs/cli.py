@@ -102,7 +102,8 @@ def _report(args, summary):
     if args.json:
         _print_json({"version": summary.version_id, "changeset": summary.changeset,
                      "added": summary.added, "modified": summary.modified, "removed": summary.removed,
-                     "bytes_uploaded": summary.bytes_uploaded, "bytes_dedup": summary.bytes_dedup})
+                     "bytes_uploaded": summary.bytes_uploaded, "bytes_dedup": summary.bytes_dedup,
+                     "folders": summary.folders})
     else:
         print(summary.describe())
 

@@ -57,6 +57,7 @@ class CommitSummary:
     bytes_uploaded: int = 0
     bytes_dedup: int = 0
     changeset: str | None = None
+    folders: int = 0  # folders added, changed or removed (not part of the file counts)
 
     @property
     def empty(self) -> bool:
@@ -66,6 +67,8 @@ class CommitSummary:
     def describe(self) -> str:
         if self.empty:
             return "no changes"
+        if not (self.added or self.modified or self.removed):
+            return f"no files changed, {plural(self.folders, 'folder')} changed"
         return (f"{plural(self.added, 'file')} added, {self.modified} modified, {self.removed} removed; "
                 f"{human_size(self.bytes_uploaded)} uploaded, {human_size(self.bytes_dedup)} deduplicated")
 
@@ -180,6 +183,7 @@ class Repository:
         if not changed and not removals:
             return summary
         summary.added, summary.modified, summary.removed = _count_files(index, changed, removals)
+        summary.folders = sum(s.type == DIR for s in changed) + sum(r.is_dir for r in removals)
         check_against_view(index, [r.path for r in removals], [(s.path, s.type == DIR) for s in changed])
         changeset_id = f"{now_iso()[:19].replace(':', '').replace('-', '')}-{new_id()[:8]}"
         # Bytes an interrupted commit to this draft already uploaded are reused, not sent again.

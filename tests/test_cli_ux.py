@@ -382,3 +382,15 @@ def test_xattrs_name_the_mounted_version_and_each_files_source(cli, mounts, tmp_
                 "user.dsfs.sha256": hashlib.sha256(b"new").hexdigest(),
                 "user.dsfs.source_version": draft, "user.dsfs.source_dataset": "mix"}
         mounts.umount(mnt)
+
+
+def test_a_commit_of_folders_only_says_so(local_cli, local_mounts, tmp_path):
+    """Counts are files; a change-set that only adds or removes folders says that instead of
+    "0 files added, 0 modified, 0 removed"."""
+    vid = local_cli("create", "ds").strip()
+    mnt = tmp_path / "mnt"
+    local_mounts.mount(vid, mnt)
+    (mnt / "empty").mkdir()
+    assert local_mounts.umount(mnt) == "unmounted; committed no files changed, 1 folder changed"
+    out = json.loads(local_cli("remove", vid, "empty", "--json"))
+    assert (out["added"], out["modified"], out["removed"], out["folders"]) == (0, 0, 0, 1)
