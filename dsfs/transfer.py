@@ -16,7 +16,8 @@ import os
 import tempfile
 
 from .changeset.manifest import SYMLINK
-from .changeset.reader import iter_member
+from .changeset.reader import iter_member, read_tree
+from .changeset.tree import TreeBuilder, member_size
 from .errors import Corrupt, NotFound
 from .resolver.index import Node, VersionIndex
 from .store.base import ObjectStore
@@ -109,6 +110,8 @@ def verify_view(store: ObjectStore, index: VersionIndex, *, hash_files: bool, pr
     for node in index.walk():
         if node.chunk is not None:
             needed[node.chunk] = max(needed[node.chunk], (node.offset or 0) + (node.csize or 0))
+            if node.tree is not None:
+                needed[node.chunk] = max(needed[node.chunk], node.tree_offset + member_size(node.size))
             files.append(node)
     bad_chunks = set()
     for chunk, end in sorted(needed.items()):
@@ -127,17 +130,25 @@ def verify_view(store: ObjectStore, index: VersionIndex, *, hash_files: bool, pr
     def check(node: Node) -> str | None:
         if node.chunk in bad_chunks:
             return None
+        entry = node.to_entry()
         digest = hashlib.sha256()
+        tree = TreeBuilder() if entry.tree is not None else None
         try:
-            for block in iter_member(store, node.to_entry()):
+            for block in iter_member(store, entry):
                 digest.update(block)
+                if tree is not None:
+                    tree.update(block)
+            if digest.hexdigest() != node.sha256:
+                return f"sha256 mismatch: {node.path}"
+            if tree is not None:
+                root, member = tree.finish()
+                if root != entry.tree or read_tree(store, entry, 0, len(member)) != member:
+                    return f"hash tree mismatch: {node.path}"
         except Corrupt as exc:
             return str(exc)
         finally:
             if progress:
                 progress(node.size)
-        if digest.hexdigest() != node.sha256:
-            return f"sha256 mismatch: {node.path}"
         return None
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:

@@ -7,6 +7,7 @@ LocalStore subclass counts (and can hold) ranged GETs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -531,15 +532,23 @@ def test_a_small_miss_fetches_its_uncached_neighbours_in_one_get(store, cache_di
         c.close()
 
 
+def old_format(entry: Entry, data: bytes) -> Entry:
+    """``entry`` as a change-set written before hash trees says it: a sha256 per 4 MiB block."""
+    from dsfs.changeset.manifest import HASH_BLOCK
+
+    blocks = "".join(hashlib.sha256(data[i:i + HASH_BLOCK]).hexdigest() for i in range(0, len(data), HASH_BLOCK))
+    return dataclasses.replace(entry, tree=None, tree_offset=0, blocks=blocks)
+
+
 @pytest.mark.parametrize("persist", [True, False])
 def test_block_hashes_catch_corruption_in_any_part_of_a_big_file(store, cache_dir, tmp_path, persist):
-    """A big stored file carries a sha256 per 4 MiB block: a read anywhere in a block whose bytes
-    were damaged in the store fails (after one refetch) without reading the whole file, and the
-    other blocks still read, with or without a disk cache."""
+    """A big stored file of an older change-set carries a sha256 per 4 MiB block: a read anywhere
+    in a block whose bytes were damaged in the store fails (after one refetch) without reading
+    the whole file, and the other blocks still read, with or without a disk cache."""
     from dsfs.changeset.manifest import HASH_BLOCK
 
     data = random.Random(21).randbytes(2 * HASH_BLOCK + 12345)
-    entry = pack_files(store, tmp_path, {"big": data})["big"]
+    entry = old_format(pack_files(store, tmp_path, {"big": data})["big"], data)
     assert entry.method == STORED and len(entry.blocks) == 3 * 64
     assert entry.block_sha256(1) == hashlib.sha256(data[HASH_BLOCK:2 * HASH_BLOCK]).hexdigest()
     chunk = store.root / entry.chunk

@@ -276,6 +276,8 @@ def test_draft_staged_by_an_older_dsfs_still_commits(local_cli, local_mounts, tm
         db.execute("UPDATE nodes SET name = CAST(name AS TEXT), path = CAST(path AS TEXT), "
                    "target = CAST(target AS TEXT)")
         db.execute("UPDATE meta SET value = '3' WHERE key = 'format'")
+        db.execute("ALTER TABLE nodes DROP COLUMN tree")  # format 3 had no hash tree columns
+        db.execute("ALTER TABLE nodes DROP COLUMN tree_offset")
     os.replace(old, stage / "base.sqlite")
 
     local_mounts.mount(draft, mnt)

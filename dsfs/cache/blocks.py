@@ -42,8 +42,10 @@ import diskcache
 
 from ..changeset.manifest import EMPTY_SHA256, HASH_BLOCK, STORED, Entry
 from ..changeset.reader import iter_member, read_range
+from ..changeset.tree import LEAF
 from ..errors import Corrupt, InvalidInput, NotFound
 from ..store.base import ObjectStore, Progress
+from .hashtree import TreeCheck
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,8 @@ class ReadState:
         self.last_block = -1  # last block the previous read touched
         self.window = 0  # blocks to read ahead; 0 while access looks random
         self.sequential = False  # whether the last read began where the one before ended
+        self.start = -1  # offset of the previous read
+        self.forward = False  # sequential, and began past where the one before began
         self.ahead = -1  # highest block already queued for read-ahead
         self.hasher = hashlib.sha256()  # None once reads left the in-order path
         self.hashed = 0
@@ -239,6 +243,7 @@ class BlockCache:
         self._touched: set[str] = set()
         self._last_touch = 0.0
         self._counts = collections.Counter()
+        self._trees = TreeCheck(load=self._load_list, save=self._save_list, count=self._count)
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -260,6 +265,10 @@ class BlockCache:
         first, last = offset // bs, (end - 1) // bs
         if state is not None:
             self._read_ahead(store, entry, state, offset, end, last)
+        if entry.tree is not None and not (state and state.forward):
+            # A random read of a file with a hash tree costs about its own size: the 64 KiB
+            # leaves it touches, each checked on its own (sequential reads take whole blocks).
+            return self._read_leaves(store, entry, offset, end)
         if (not self.persist and not self._whole_fetch(entry) and not (state and state.sequential)
                 and self._in_place_ok(entry, first, last)):
             # A local store's stored member, read at random: read just the asked range in
@@ -278,7 +287,7 @@ class BlockCache:
             block = self._block(store, entry, i, foreground=True, remember=keep, near=near)
             parts.append(block[max(offset - i * bs, 0):end - i * bs])
         data = b"".join(parts)
-        if state is not None and not self._whole_fetch(entry):
+        if state is not None and not self._whole_fetch(entry) and not self._checkable(entry):
             self._hash_along(entry, state, offset, data)
         return data
 
@@ -307,6 +316,11 @@ class BlockCache:
     def block_key(self, sha256: str, index: int) -> str:
         return f"{sha256}:{self.block_size}:{index}"
 
+    @staticmethod
+    def leaf_key(sha256: str, index: int) -> str:
+        """A leaf is cached as a block of LEAF bytes would be: the same key names the same bytes."""
+        return f"{sha256}:{LEAF}:{index}"
+
     def stats(self) -> dict:
         """Cache-wide size/limit/count; hits, misses and the rest count this instance's work."""
         self._wait_for_writes()
@@ -324,6 +338,9 @@ class BlockCache:
             "neighbours": counts.get("neighbours", 0),
             "corrupt": counts.get("corrupt", 0),
             "readahead": counts.get("readahead", 0),
+            "hashed": counts.get("hashed", 0),
+            "tree_fetched": counts.get("tree_fetched", 0),
+            "leaf_reads": counts.get("leaf_reads", 0),
         }
 
     def prune(self) -> int:
@@ -334,6 +351,7 @@ class BlockCache:
     def clear(self) -> None:
         self._wait_for_writes()
         self._memory.clear()
+        self._trees.clear()
         self._cache.clear(retry=True)
 
     def drain(self) -> None:
@@ -569,7 +587,6 @@ class BlockCache:
             except Corrupt:
                 self._count("corrupt")
                 raise
-        self._count("fetched", len(data))
         if tally is not None:
             tally[0] += len(data)
         self._put(self.block_key(entry.sha256, i), data, remember=False)  # the caller decides
@@ -577,12 +594,16 @@ class BlockCache:
 
     def _checkable(self, entry: Entry) -> bool:
         """Whether the blocks of ``entry`` can each be checked on their own."""
-        return entry.blocks is not None and self.block_size == HASH_BLOCK
+        return entry.tree is not None or (entry.blocks is not None and self.block_size == HASH_BLOCK)
 
     def _checked_range(self, store: ObjectStore, entry: Entry, i: int, start: int, length: int) -> bytes:
+        if entry.tree is not None:
+            return self._tree_checked_range(store, entry, start, length)
         data = read_range(store, entry, start, length)
+        self._count("fetched", len(data))  # failed attempts too: counts what the store sent
         if not self._checkable(entry):
             return data
+        self._count("hashed", len(data))
         got = hashlib.sha256(data).hexdigest()
         if got != entry.block_sha256(i):
             raise Corrupt(f"sha256 mismatch for block {i} of {entry.path!r} in {entry.chunk!r}: "
@@ -594,6 +615,81 @@ class BlockCache:
                 while len(self._verified) > 1 << 16:
                     self._verified.popitem(last=False)
         return data
+
+    def _tree_checked_range(self, store: ObjectStore, entry: Entry, start: int, length: int) -> bytes:
+        """Bytes of a file with a hash tree, read out to leaf boundaries to be checked."""
+        lo, hi = start - start % LEAF, min(-(-(start + length) // LEAF) * LEAF, entry.size)
+        data = read_range(store, entry, lo, hi - lo)
+        self._count("fetched", len(data))
+        self._trees.check(store, entry, lo, data)
+        return data if (lo, hi) == (start, start + length) else data[start - lo:start - lo + length]
+
+    def _read_leaves(self, store: ObjectStore, entry: Entry, offset: int, end: int) -> bytes:
+        """Bytes ``[offset, end)`` of a file with a hash tree: from cached blocks when every one
+        the read touches is at hand, else from its leaves, fetching (and checking) only those
+        not cached, one ranged read per run of them."""
+        bs = self.block_size
+        blocks = []
+        for i in range(offset // bs, (end - 1) // bs + 1):
+            block = self._lookup(self.block_key(entry.sha256, i), self._length(entry, i), remember=False)
+            if block is None:
+                break
+            blocks.append(block[max(offset - i * bs, 0):end - i * bs])
+        else:
+            self._count("hits")
+            return b"".join(blocks)
+        first, last = offset // LEAF, (end - 1) // LEAF
+        leaves: dict[int, memoryview | None] = {
+            j: self._lookup(self.leaf_key(entry.sha256, j), self._leaf_length(entry, j), remember=False)
+            for j in range(first, last + 1)}
+        missing = [j for j, leaf in leaves.items() if leaf is None]
+        self._count("misses" if missing else "hits")
+        self._count("leaf_reads")
+        # Without a disk cache, keep only the leaf this read stops inside (the next may want it).
+        keep = last if end < min((last + 1) * LEAF, entry.size) else None
+        while missing:
+            run = 1
+            while run < len(missing) and missing[run] == missing[0] + run:
+                run += 1
+            a, b = missing[0], missing[run - 1]
+            key = f"{self.leaf_key(entry.sha256, a)}-{b}"
+            _leader, data = self._single_flight(key, functools.partial(
+                self._fill_leaves, store, entry, a, b, keep))
+            for j in range(a, b + 1):
+                leaves[j] = data[(j - a) * LEAF:(j - a + 1) * LEAF]
+            missing = missing[run:]
+        return b"".join(leaves[j][max(offset - j * LEAF, 0):end - j * LEAF] for j in range(first, last + 1))
+
+    def _fill_leaves(self, store: ObjectStore, entry: Entry, a: int, b: int, keep: int | None) -> memoryview:
+        """Leaves ``a..b`` of a file, by one ranged read, checked against its hash tree (read
+        once more if short or wrong) and cached."""
+        start = a * LEAF
+        length = min((b + 1) * LEAF, entry.size) - start
+        try:
+            data = self._tree_checked_range(store, entry, start, length)
+        except Corrupt as exc:
+            log.warning("refetching leaves %d-%d of %r: %s", a, b, entry.path, exc)
+            try:
+                data = self._tree_checked_range(store, entry, start, length)
+            except Corrupt:
+                self._count("corrupt")
+                raise
+        view = memoryview(data)
+        for j in range(a, b + 1):
+            piece = view[(j - a) * LEAF:(j - a + 1) * LEAF]
+            self._put(self.leaf_key(entry.sha256, j), piece, remember=j == keep)
+        return view
+
+    def _leaf_length(self, entry: Entry, j: int) -> int:
+        return min(LEAF, entry.size - j * LEAF)
+
+    def _load_list(self, key: str, length: int) -> memoryview | None:
+        """A verified hash tree digest list from the disk cache (see hashtree.py)."""
+        return self._lookup(key, length, remember=False) if self.persist else None
+
+    def _save_list(self, key: str, value: bytes) -> None:
+        if self.persist:
+            self._put(key, value, remember=False)
 
     def _in_place_ok(self, entry: Entry, first: int, last: int) -> bool:
         """A read in place needs no check, or only blocks already checked in this process."""
@@ -695,6 +791,7 @@ class BlockCache:
         self._count("fetched", entry.csize)
         if tally is not None:
             tally[0] += entry.csize
+        self._count("hashed", entry.size)
         if error is None and digest.hexdigest() != entry.sha256:
             error = Corrupt(f"sha256 mismatch for {entry.path!r} in {entry.chunk!r}: "
                             f"expected {entry.sha256}, got {digest.hexdigest()}")
@@ -719,6 +816,7 @@ class BlockCache:
                     data = self._block(store, entry, i, tally=tally)
                 digest.update(data)
                 sink(i, data)
+            self._count("hashed", entry.size)
             if digest.hexdigest() == entry.sha256:
                 return
             log.warning("sha256 mismatch for %r; dropping its cached blocks", entry.path)
@@ -734,6 +832,9 @@ class BlockCache:
         slack = min(SEQUENTIAL_SLACK, self.block_size)
         with state.lock:
             sequential = state.sequential = state.end is not None and abs(offset - state.end) <= slack
+            # A read retried by the kernel after an error begins where the failed one began: it
+            # is not the reader moving on, so it must not turn a small read into a block fetch.
+            state.forward, state.start = sequential and offset > state.start, offset
             if not sequential:
                 state.window, state.ahead = 0, -1
             elif state.window == 0:
@@ -780,6 +881,7 @@ class BlockCache:
             if offset + len(data) <= state.hashed:
                 return
             state.hasher.update(memoryview(data)[state.hashed - offset:])
+            self._count("hashed", offset + len(data) - state.hashed)
             state.hashed = offset + len(data)
             if state.hashed < entry.size:
                 return

@@ -42,8 +42,9 @@ PUBLISHING = "publishing"
 PUBLISHED = "published"
 
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-# Files larger than this carry a sha256 per HASH_BLOCK-sized piece ("blocks"), so a read of any
-# part of them can be checked without reading all of it.
+# Stored files larger than this carry a hash tree (``tree``, see tree.py), so a read of any part
+# of them can be checked without reading all of it. Change-sets written before trees carry a
+# sha256 per HASH_BLOCK-sized piece instead ("blocks"), for big files of either method.
 HASH_BLOCK = 4 << 20
 _HEX = frozenset("0123456789abcdef")
 
@@ -122,7 +123,9 @@ class Entry:
     offset: int = 0
     csize: int = 0
     method: int = STORED
-    blocks: str | None = None  # sha256 hex of each HASH_BLOCK piece, concatenated (big files)
+    blocks: str | None = None  # sha256 hex of each HASH_BLOCK piece, concatenated (older big files)
+    tree: str | None = None  # root of the hash tree, hex (big stored files)
+    tree_offset: int = 0  # where the tree member's data starts in ``chunk``
 
     def block_sha256(self, i: int) -> str | None:
         return None if self.blocks is None else self.blocks[64 * i:64 * (i + 1)]
@@ -136,6 +139,8 @@ class Entry:
                 d.update(chunk=self.chunk, offset=self.offset, csize=self.csize, method=self.method)
             if self.blocks is not None:
                 d["blocks"] = self.blocks
+            if self.tree is not None:
+                d.update(tree=self.tree, tree_offset=self.tree_offset)
         elif self.type == SYMLINK:
             d.update(target=self.target, size=len(name_bytes(self.target)))
         return d
@@ -167,6 +172,11 @@ class Entry:
                     if len(blocks) != 64 * block_count(entry.size) or not _HEX.issuperset(blocks):
                         raise Corrupt(f"manifest entry has bad block hashes: {path!r}")
                     entry.blocks = blocks
+                if "tree" in d:
+                    entry.tree, entry.tree_offset = str(d["tree"]), int(d["tree_offset"])
+                    if (len(entry.tree) != 64 or not _HEX.issuperset(entry.tree) or entry.tree_offset < 0
+                            or entry.method != STORED or entry.size <= HASH_BLOCK):
+                        raise Corrupt(f"manifest entry has a bad hash tree: {path!r}")
             elif kind == SYMLINK:
                 entry.target = str(d["target"])
                 entry.size = len(name_bytes(entry.target))

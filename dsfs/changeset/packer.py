@@ -28,13 +28,14 @@ from ..errors import Conflict, InvalidInput, NoSpace
 from ..paths import name_bytes
 from ..store.base import ObjectStore
 from .manifest import DEFLATED, DIR, EMPTY_SHA256, FILE, HASH_BLOCK, STORED, SYMLINK, Entry, chunk_key
+from .tree import TreeBuilder
+from .tree import member_name as tree_member_name
 from .uploads import write_record
 
 Progress = Callable[[int], None]
 BlobLookup = Callable[[str], Entry | None]
 
 _READ_BLOCK = 1 << 20
-assert HASH_BLOCK % _READ_BLOCK == 0
 _PROBE_BYTES = 16 << 10  # enough to tell text from noise; deflating more costs real CPU
 # Types whose bytes are already compressed: deflating them again costs CPU and saves nothing.
 ALREADY_COMPRESSED = frozenset(
@@ -157,7 +158,8 @@ class _ChunkWriter:
         fd, self.tmp = tempfile.mkstemp(dir=tmp_dir, prefix="chunk-", suffix=".zip")
         os.close(fd)
         self.zip = zipfile.ZipFile(self.tmp, "w", allowZip64=True, compresslevel=level)
-        self.members: list[tuple[zipfile.ZipInfo, Entry]] = []
+        # (file member, its entry, its tree member or None)
+        self.members: list[tuple[zipfile.ZipInfo, Entry, zipfile.ZipInfo | None]] = []
         self.size = 0
 
     def add(self, src: Source, method: int) -> Entry:
@@ -166,34 +168,42 @@ class _ChunkWriter:
         info.external_attr = (0o100000 | src.mode) << 16
         info.file_size = src.size  # lets zipfile choose zip64 headers for big files up front
         digest = hashlib.sha256()
-        pieces = [] if src.size > HASH_BLOCK else None  # per-HASH_BLOCK sha256s of big files
-        piece, piece_len = hashlib.sha256(), 0
+        # Big stored files get a hash tree, so a small read of them can be checked on its own.
+        tree = TreeBuilder() if method == STORED and src.size > HASH_BLOCK else None
         with open(src.local, "rb") as f, self.zip.open(info, "w", force_zip64=src.size > (1 << 31) - 1) as out:
-            while block := f.read(_READ_BLOCK):  # _READ_BLOCK divides HASH_BLOCK
+            while block := f.read(_READ_BLOCK):
                 digest.update(block)
                 out.write(block)
-                if pieces is not None:
-                    piece.update(block)
-                    piece_len += len(block)
-                    if piece_len == HASH_BLOCK:
-                        pieces.append(piece.hexdigest())
-                        piece, piece_len = hashlib.sha256(), 0
-        if pieces is not None and piece_len:
-            pieces.append(piece.hexdigest())
+                if tree is not None:
+                    tree.update(block)
         if digest.hexdigest() != src.sha256:
             raise Conflict(f"file changed while being added: {src.local!r}")
         entry = Entry(src.path, FILE, src.size, src.sha256, src.mode, src.mtime_ns,
-                      chunk=self.key, csize=info.compress_size, method=method,
-                      blocks=None if pieces is None else "".join(pieces))
-        self.members.append((info, entry))
+                      chunk=self.key, csize=info.compress_size, method=method)
+        tree_info = None
+        if tree is not None:
+            entry.tree, hashes = tree.finish()
+            tree_info = self._add_tree(src, hashes)
+        self.members.append((info, entry, tree_info))
         self.size += info.compress_size + 100 + len(info.filename)
         return entry
+
+    def _add_tree(self, src: Source, hashes: bytes) -> zipfile.ZipInfo:
+        """Write a file's tree member (its block and leaf digests) right after the file."""
+        info = zipfile.ZipInfo(tree_member_name(src.sha256), date_time=_zip_time(src.mtime_ns))
+        info.compress_type = zipfile.ZIP_STORED
+        info.external_attr = 0o100444 << 16
+        self.zip.writestr(info, hashes)
+        self.size += len(hashes) + 100 + len(info.filename)
+        return info
 
     def finish(self, progress: Progress | None) -> None:
         self.zip.close()
         with open(self.tmp, "rb") as f:
-            for info, entry in self.members:
+            for info, entry, tree_info in self.members:
                 entry.offset = _data_offset(f, info.header_offset)
+                if tree_info is not None:
+                    entry.tree_offset = _data_offset(f, tree_info.header_offset)
         try:
             self.store.put_file(self.key, self.tmp, progress)
         finally:
@@ -255,7 +265,7 @@ def pack(
         if writer is not None:
             writer.finish(None)
             stats.chunks.append(writer.key)
-            write_record(store, version_id, writer.key, [entry for _, entry in writer.members])
+            write_record(store, version_id, writer.key, [entry for _, entry, _ in writer.members])
             writer = None
 
     try:

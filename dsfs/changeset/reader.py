@@ -73,6 +73,15 @@ def read_range(store: ObjectStore, entry: Entry, start: int, length: int) -> byt
     return data
 
 
+def read_tree(store: ObjectStore, entry: Entry, start: int, length: int) -> bytes:
+    """Bytes [start, start+length) of a file's tree member (see tree.py), which the caller
+    checks against the entry's root."""
+    data = _get(store, entry, entry.tree_offset + start, length)
+    if len(data) != length:
+        raise Corrupt(f"chunk is truncated: {entry.chunk!r} (hash tree of {entry.path!r})")
+    return data
+
+
 def _get(store: ObjectStore, entry: Entry, start: int, length: int) -> bytes:
     try:
         return store.get_range(entry.chunk, start, length)

@@ -36,10 +36,10 @@ log = logging.getLogger(__name__)
 _DIR = TYPE_CODES[DIR]
 _BATCH = 20000
 _WORK_COLUMNS = ("path, type, size, mode, mtime_ns, sha256, target, chunk, offset, csize, method, provider, "
-                 "blocks")
+                 "blocks, tree, tree_offset")
 _COPY_SELECT = (
     "SELECT n.path, n.type, n.size, n.mode, n.mtime_ns, n.sha256, n.target, c.key, n.offset, "
-    "n.csize, n.method, p.version, n.blocks FROM src.nodes n LEFT JOIN src.chunks c ON c.id = n.chunk_id "
+    "n.csize, n.method, p.version, n.blocks, n.tree, n.tree_offset FROM src.nodes n LEFT JOIN src.chunks c ON c.id = n.chunk_id "
     "JOIN src.providers p ON p.id = n.provider_id WHERE n.ino != 1"
 )
 
@@ -66,7 +66,7 @@ class _Work:
 
     def flush(self) -> None:
         if self.pending:
-            self.conn.executemany(f"INSERT OR REPLACE INTO scratch.work VALUES ({','.join('?' * 13)})",
+            self.conn.executemany(f"INSERT OR REPLACE INTO scratch.work VALUES ({','.join('?' * 15)})",
                                   self.pending)
             self.pending.clear()
 
@@ -99,7 +99,7 @@ class _Work:
                     raise PathConflict(folder)
                 if kind is None:
                     self.pending.append((name_bytes(folder), _DIR, 0, 0o755, e.mtime_ns, None, None, None, None,
-                                         None, None, provider, None))
+                                         None, None, provider, None, None, None))
                 self.dirs.add(folder)
         if e.type == DIR:
             if path not in self.dirs:
@@ -113,7 +113,7 @@ class _Work:
         target = None if e.target is None else name_bytes(e.target)
         self.pending.append((name_bytes(path), TYPE_CODES[e.type], e.size if e.type != DIR else 0, e.mode,
                              e.mtime_ns, sha, target, e.chunk, e.offset, e.csize, e.method, provider,
-                             e.blocks))
+                             e.blocks, e.tree, e.tree_offset if e.tree is not None else None))
         if len(self.pending) >= _BATCH:
             self.flush()
 
@@ -240,9 +240,10 @@ def _current(path: str) -> bool:
 
 def upgrade_pinned(path: str) -> None:
     """Bring a pinned index (a staged draft's base, whose inode numbers its journal names) of
-    format 3, which held names as UTF-8 text, to the current format in place, every row kept.
-    Format 3 could hold only UTF-8 names, whose text order is their byte order, so a rebuild
-    would number them the same. Any other old format is refused: its inodes cannot be trusted."""
+    format 3 or 4 to the current format in place, every row kept. Format 3 held names as UTF-8
+    text; it could hold only UTF-8 names, whose text order is their byte order, so a rebuild
+    would number them the same. Format 4 lacked the hash tree columns: its files read as those
+    of change-sets without trees. Any other old format is refused: its inodes cannot be trusted."""
     if _current(path):
         return
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".upgrade-", suffix=".sqlite")
@@ -252,11 +253,14 @@ def upgrade_pinned(path: str) -> None:
         conn = sqlite3.connect(tmp)
         try:
             row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-            if row is None or row[0] != "3":
+            if row is None or row[0] not in ("3", "4"):
                 raise Corrupt(f"index of format {row and row[0]!r} cannot be upgraded: {path!r}")
             with conn:
-                conn.execute("UPDATE nodes SET name = CAST(name AS BLOB), path = CAST(path AS BLOB), "
-                             "target = CAST(target AS BLOB)")
+                if row[0] == "3":
+                    conn.execute("UPDATE nodes SET name = CAST(name AS BLOB), path = CAST(path AS BLOB), "
+                                 "target = CAST(target AS BLOB)")
+                conn.execute("ALTER TABLE nodes ADD COLUMN tree TEXT")
+                conn.execute("ALTER TABLE nodes ADD COLUMN tree_offset INTEGER")
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'format'", (INDEX_FORMAT,))
         finally:
             conn.close()
@@ -279,14 +283,14 @@ def _finalize(conn: sqlite3.Connection, manifest: VersionManifest) -> None:
     stamp = manifest.published or manifest.created
     root_mtime = int(_dt.datetime.fromisoformat(stamp).timestamp() * 1e9) if stamp else 0
     conn.execute("INSERT INTO nodes VALUES (1, 1, X'', X'', ?, 0, ?, ?, NULL, NULL, NULL, NULL, NULL, "
-                 "NULL, ?, 2, NULL)", (_DIR, 0o755, root_mtime, provider_ids[manifest.id]))
+                 "NULL, ?, 2, NULL, NULL, NULL)", (_DIR, 0o755, root_mtime, provider_ids[manifest.id]))
     dir_inos = {b"": ROOT_INO}
     subdirs: dict[int, int] = {}
     files = total = 0
     batch: list[tuple] = []
     ino = ROOT_INO
     cursor = conn.execute(f"SELECT {_WORK_COLUMNS} FROM scratch.work ORDER BY path")
-    for path, kind, size, mode, mtime, sha, target, chunk, offset, csize, method, provider, blocks in cursor:
+    for path, kind, size, mode, mtime, sha, target, chunk, offset, csize, method, provider, blocks, tree, tree_offset in cursor:
         ino += 1
         parent_path, _, name = path.rpartition(b"/")  # paths are bytes here
         parent = dir_inos[parent_path]
@@ -298,7 +302,7 @@ def _finalize(conn: sqlite3.Connection, manifest: VersionManifest) -> None:
             total += size
         batch.append((ino, parent, name, path, kind, size, mode, mtime,
                       sha, target, chunk_ids.get(chunk), offset, csize, method,
-                      provider_ids[provider], 1 if kind != _DIR else 2, blocks))
+                      provider_ids[provider], 1 if kind != _DIR else 2, blocks, tree, tree_offset))
         if len(batch) >= _BATCH:
             _insert_nodes(conn, batch)
     _insert_nodes(conn, batch)
@@ -311,7 +315,7 @@ def _finalize(conn: sqlite3.Connection, manifest: VersionManifest) -> None:
 
 
 def _insert_nodes(conn: sqlite3.Connection, batch: list[tuple]) -> None:
-    conn.executemany(f"INSERT INTO nodes VALUES ({','.join('?' * 17)})", batch)
+    conn.executemany(f"INSERT INTO nodes VALUES ({','.join('?' * 19)})", batch)
     batch.clear()
 
 

@@ -49,7 +49,9 @@ CREATE TABLE nodes(
     method INTEGER,
     provider_id INTEGER NOT NULL,
     nlink INTEGER NOT NULL DEFAULT 1,
-    blocks TEXT
+    blocks TEXT,
+    tree TEXT,
+    tree_offset INTEGER
 );
 """
 INDEX_SQL = """
@@ -58,13 +60,14 @@ CREATE UNIQUE INDEX nodes_by_path ON nodes(path);
 CREATE INDEX nodes_by_sha ON nodes(sha256) WHERE sha256 IS NOT NULL;
 CREATE INDEX nodes_by_chunk ON nodes(chunk_id, offset) WHERE chunk_id IS NOT NULL;
 """
-INDEX_FORMAT = "4"  # an index file of another format is rebuilt (it is only a cache)
+INDEX_FORMAT = "5"  # an index file of another format is rebuilt (it is only a cache)
 
 # Chunk keys and provider versions are few and fixed once an index is built: they are mapped
 # in Python (``VersionIndex._names``), so a node lookup is one rowid probe with no join.
 _NODE_SELECT = (
     "SELECT n.ino, n.parent, n.name, n.path, n.type, n.size, n.mode, n.mtime_ns, n.sha256, "
-    "n.target, n.chunk_id, n.offset, n.csize, n.method, n.provider_id, n.nlink, n.blocks FROM nodes n "
+    "n.target, n.chunk_id, n.offset, n.csize, n.method, n.provider_id, n.nlink, n.blocks, n.tree, "
+    "n.tree_offset FROM nodes n "
 )
 
 
@@ -87,6 +90,8 @@ class Node:
     version: str
     nlink: int = 1
     blocks: str | None = None
+    tree: str | None = None
+    tree_offset: int | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -95,7 +100,7 @@ class Node:
     def to_entry(self) -> Entry:
         return Entry(self.path, self.type, self.size, self.sha256 or "", self.mode, self.mtime_ns,
                      self.target, self.chunk, self.offset or 0, self.csize or 0, self.method or 0,
-                     self.blocks)
+                     self.blocks, self.tree, self.tree_offset or 0)
 
 
 def path_order(path: str) -> bytes:
@@ -147,7 +152,7 @@ class VersionIndex:
         return Node(row[0], row[1], name_str(row[2]), name_str(row[3]), TYPE_NAMES[row[4]], row[5], row[6],
                     row[7], row[8], None if target is None else name_str(target),
                     None if chunk_id is None else self._chunks[chunk_id], row[11], row[12],
-                    row[13], self._providers[provider_id], row[15], row[16])
+                    row[13], self._providers[provider_id], row[15], row[16], row[17], row[18])
 
     def _one(self, sql: str, params: tuple) -> Node | None:
         with self._conn() as conn:

@@ -1,0 +1,339 @@
+"""Hash trees of big stored files: a small random read fetches and checks about a 64 KiB leaf, not
+a 4 MiB block, and still never serves a byte that fails its check.
+
+The cache tests run against a real LocalStore holding zip chunks made by the packer and count
+bytes fetched and hashed (never time); the mount tests corrupt a real store and read through a
+real FUSE mount, on the local store and on S3.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import write_tree
+from dsfs.cache import BlockCache, ReadState
+from dsfs.changeset.manifest import HASH_BLOCK, STORED, Entry
+from dsfs.changeset.tree import LEAF, TreeBuilder, member_name, member_size, top_size
+from dsfs.errors import Corrupt
+from dsfs.resolver.index import VersionIndex
+from dsfs.store import open_store
+from test_cache import CountingStore, compressible, old_format, pack_files, random_bytes
+
+SIZE = 2 * HASH_BLOCK + 12345  # two whole blocks and a short one
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = CountingStore(tmp_path / "store")
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def data() -> bytes:
+    return random_bytes(SIZE, 7)
+
+
+def big_entry(store, tmp_path, data: bytes) -> Entry:
+    return pack_files(store, tmp_path, {"big.bin": data})["big.bin"]
+
+
+def flip(store: CountingStore, entry: Entry, at: int) -> None:
+    """Flip one byte of the chunk, ``at`` bytes from its start."""
+    with open(store.local_path(entry.chunk), "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def new_cache(tmp_path, store, persist: bool, name: str = "cache") -> BlockCache:
+    return BlockCache(tmp_path / name, store, size_limit=256 << 20, persist=persist)
+
+
+# -- the format --------------------------------------------------------------------------------
+
+
+def test_big_stored_files_get_a_tree_member_right_after_their_bytes(store, tmp_path, data):
+    entries = pack_files(store, tmp_path, {"big.bin": data, "big.txt": compressible(HASH_BLOCK + 1),
+                                           "edge.bin": data[:HASH_BLOCK]}, compression="auto")
+    big, text, edge = entries["big.bin"], entries["big.txt"], entries["edge.bin"]
+    assert big.method == STORED and big.blocks is None and big.tree is not None
+    assert text.tree is None and edge.tree is None  # deflated: fetched whole; 4 MiB: one block
+    builder = TreeBuilder()
+    for i in range(0, len(data), 100_000):  # pieces that do not line up with leaves
+        builder.update(data[i:i + 100_000])
+    root, member = builder.finish()
+    assert root == big.tree and len(member) == member_size(SIZE) == 32 * (3 + 129)
+    with zipfile.ZipFile(store.local_path(big.chunk)) as z:
+        info = z.getinfo(member_name(big.sha256))
+        assert info.compress_type == zipfile.ZIP_STORED and z.read(info) == member
+        assert sorted(z.namelist()) == sorted(["big.bin", "big.txt", "edge.bin", member_name(big.sha256)])
+    raw = Path(store.local_path(big.chunk)).read_bytes()
+    assert raw[big.tree_offset:big.tree_offset + len(member)] == member
+    assert big.offset + SIZE < big.tree_offset  # the tree follows the file's bytes
+    line = big.to_json()
+    assert line["tree"] == root and line["tree_offset"] == big.tree_offset and "blocks" not in line
+    assert Entry.from_json(line) == big
+
+
+def test_bad_hash_trees_in_a_manifest_are_rejected():
+    good = {"op": "add", "path": "f", "type": "file", "mode": 0o644, "mtime_ns": 0, "size": HASH_BLOCK + 1,
+            "sha256": "a" * 64, "chunk": "c", "offset": 0, "csize": HASH_BLOCK + 1, "method": 0,
+            "tree": "b" * 64, "tree_offset": 9}
+    assert Entry.from_json(good).tree_offset == 9
+    for bad in ({"tree": "b" * 63}, {"tree": "B" * 64}, {"tree_offset": -1}, {"size": HASH_BLOCK, "csize": HASH_BLOCK},
+                {"method": 8}):
+        with pytest.raises(Corrupt, match="bad hash tree"):
+            Entry.from_json({**good, **bad})
+    with pytest.raises(Corrupt, match="bad field"):
+        Entry.from_json({k: v for k, v in good.items() if k != "tree_offset"})
+
+
+# -- what a random read costs --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("persist", [True, False])
+def test_a_random_small_read_fetches_and_hashes_about_a_leaf(store, tmp_path, data, persist):
+    """A cold 4 KiB read: with a tree, the leaf it touches plus the file's block digests and the
+    leaf digests of the blocks up to its own (one ranged read for both); before trees, the whole
+    4 MiB block."""
+    new = big_entry(store, tmp_path, data)
+    costs = {}
+    for name, entry in (("tree", new), ("blocks", old_format(new, data))):
+        with new_cache(tmp_path, store, persist, f"cache-{name}") as cache:
+            store.gets = 0
+            at = HASH_BLOCK + 5 * LEAF + 1000
+            assert cache.read(store, entry, at, 4096) == data[at:at + 4096]
+            costs[name] = {**{k: cache.stats()[k] for k in ("fetched", "hashed", "tree_fetched")},
+                           "gets": store.gets}
+    print("cold random 4 KiB read:", costs)
+    assert costs["tree"] == {"fetched": LEAF + top_size(SIZE) + 2 * 32 * 64, "hashed": LEAF,
+                             "tree_fetched": top_size(SIZE) + 2 * 32 * 64, "gets": 2}
+    assert costs["blocks"] == {"fetched": HASH_BLOCK, "hashed": HASH_BLOCK, "tree_fetched": 0, "gets": 1}
+
+
+@pytest.mark.parametrize("persist", [True, False])
+def test_later_reads_need_only_their_leaves(store, tmp_path, data, persist):
+    entry = big_entry(store, tmp_path, data)
+    with new_cache(tmp_path, store, persist) as cache:
+        cache.read(store, entry, 10, 100)
+        store.gets, before = 0, cache.stats()
+        at = 7 * LEAF - 100  # in block 0, across two leaves: one ranged read for both
+        assert cache.read(store, entry, at, 200) == data[at:at + 200]
+        at = HASH_BLOCK + 3  # block 1: its leaf digests (2 KiB, kept since), then its leaf
+        assert cache.read(store, entry, at, 5000) == data[at:at + 5000]
+        at = 2 * HASH_BLOCK + 3  # block 2 is one short leaf: checked against its block digest
+        assert cache.read(store, entry, at, 5000) == data[at:at + 5000]
+        after = cache.stats()
+        tail = SIZE - 2 * HASH_BLOCK
+        assert store.gets == 4
+        assert after["fetched"] - before["fetched"] == 2 * LEAF + 32 * 64 + LEAF + tail
+        assert after["hashed"] - before["hashed"] == 2 * LEAF + LEAF + tail
+
+
+# -- correct bytes, old format and new ---------------------------------------------------------
+
+_RANGES = [(0, 1), (0, 4096), (LEAF - 1, 2), (LEAF, LEAF), (3 * LEAF - 7, 2 * LEAF + 14),
+           (HASH_BLOCK - 1, 2), (HASH_BLOCK - LEAF, 2 * LEAF), (HASH_BLOCK, 4096), (2 * HASH_BLOCK - 5, 10),
+           (HASH_BLOCK - 100, HASH_BLOCK + 200), (SIZE - LEAF, LEAF), (SIZE - 1, 1), (SIZE - 100, 4096),
+           (SIZE - 12345, 12345), (1234567, 131072), (SIZE, 10)]
+
+
+@pytest.mark.parametrize("persist", [True, False])
+@pytest.mark.parametrize("fmt", ["tree", "blocks"])
+def test_random_reads_at_leaf_and_block_boundaries(store, tmp_path, data, fmt, persist):
+    entry = big_entry(store, tmp_path, data)
+    entry = entry if fmt == "tree" else old_format(entry, data)
+    with new_cache(tmp_path, store, persist) as cache:
+        for offset, length in _RANGES + _RANGES[::-1]:  # cold, then from what the first pass kept
+            assert cache.read(store, entry, offset, length) == data[offset:offset + length], (offset, length)
+        state, parts = ReadState(), []
+        for offset in range(0, SIZE, 128 << 10):  # in order, as a sequential reader would
+            parts.append(cache.read(store, entry, offset, 128 << 10, state))
+        assert b"".join(parts) == data
+        cache.drain()
+        assert cache.read_all(store, entry) == data
+        for offset, length in _RANGES:  # whole blocks are at hand now (with a disk cache)
+            assert cache.read(store, entry, offset, length) == data[offset:offset + length], (offset, length)
+
+
+def test_leaves_and_blocks_share_the_disk_cache_under_their_own_keys(store, tmp_path, data):
+    entry = big_entry(store, tmp_path, data)
+    with new_cache(tmp_path, store, True) as cache:
+        cache.read(store, entry, HASH_BLOCK + 100, 100)
+        cache.drain()
+    store.gets = 0
+    with new_cache(tmp_path, store, True) as cache:  # another process: leaf and digests on disk
+        assert cache.read(store, entry, HASH_BLOCK + 50, 200) == data[HASH_BLOCK + 50:HASH_BLOCK + 250]
+        assert store.gets == 0 and cache.stats()["fetched"] == 0
+        state = ReadState()
+        for offset in range(0, SIZE, 1 << 20):
+            assert cache.read(store, entry, offset, 1 << 20, state) == data[offset:offset + (1 << 20)]
+        cache.drain()
+    store.gets = 0
+    with new_cache(tmp_path, store, True) as cache:  # random reads of cached blocks fetch nothing
+        for offset, length in _RANGES:
+            assert cache.read(store, entry, offset, length) == data[offset:offset + length]
+        assert store.gets == 0 and cache.stats()["misses"] == 0
+
+
+# -- corruption ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("persist", [True, False])
+def test_a_corrupt_byte_fails_only_reads_of_its_leaf(store, tmp_path, data, persist):
+    entry = big_entry(store, tmp_path, data)
+    bad = HASH_BLOCK + 3 * LEAF + 100  # leaf 67, in block 1
+    flip(store, entry, entry.offset + bad)
+    with new_cache(tmp_path, store, persist) as cache:
+        with pytest.raises(Corrupt, match=r"leaf 67 \(block 1\)"):
+            cache.read(store, entry, bad - 50, 4096)
+        stats = cache.stats()
+        assert stats["corrupt"] == 1 and stats["fetched"] < 4 * LEAF  # the leaf, twice, and digests
+        with pytest.raises(Corrupt, match="leaf 67"):
+            cache.read(store, entry, bad - 100 - 10, 20)  # across into the bad leaf
+        for at in (bad - 100 - 4096, bad - 100 + LEAF, HASH_BLOCK, 2 * HASH_BLOCK):
+            assert cache.read(store, entry, at, 4096) == data[at:at + 4096]
+        state = ReadState()
+        with pytest.raises(Corrupt, match="block 1"):  # in order: whole blocks, checked as such
+            for offset in range(0, SIZE, 1 << 20):
+                assert cache.read(store, entry, offset, 1 << 20, state) == data[offset:offset + (1 << 20)]
+        assert offset == HASH_BLOCK
+        with pytest.raises(Corrupt):
+            cache.read_all(store, entry)
+
+
+@pytest.mark.parametrize("persist", [True, False])
+@pytest.mark.parametrize("where, message", [(5, "does not match its root"),
+                                           (top_size(SIZE) + 64 * 32 + 7, "leaf digests of block 1")])
+def test_a_corrupt_hash_tree_serves_nothing(store, tmp_path, data, persist, where, message):
+    entry = big_entry(store, tmp_path, data)
+    flip(store, entry, entry.tree_offset + where)
+    with new_cache(tmp_path, store, persist) as cache:
+        with pytest.raises(Corrupt, match=message):
+            cache.read(store, entry, HASH_BLOCK + 10, 100)
+
+
+# -- through a mount ---------------------------------------------------------------------------
+
+
+def _publish(cli, tmp_path, name: str, files: dict) -> str:
+    src = write_tree(tmp_path / f"src-{name}", files)
+    vid = cli("create", name, "--root").strip()
+    cli("add", vid, str(src))
+    cli("publish", vid)
+    return vid
+
+
+def _corrupt(store_url: str, vid: str, needle: bytes) -> None:
+    """Flip the first byte of ``needle`` where it sits in the version's chunk, on any store."""
+    store = open_store(store_url)
+    try:
+        [chunk] = [o.key for o in store.list(f"versions/{vid}/chunks/")]
+        raw, _ = store.get(chunk)
+        at = raw.index(needle)
+        store.put(chunk, raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1:])
+    finally:
+        store.close()
+
+
+def _cache_stats(mnt: Path) -> dict:
+    return json.loads(os.getxattr(mnt, "user.dsfs.stats"))["cache"]
+
+
+def test_a_corrupted_byte_in_a_big_file_is_caught_by_a_random_read(cli, mounts, tmp_path, data):
+    """The issue's test: a byte damaged in the store fails a random read of its leaf with EIO,
+    without the read fetching the 4 MiB block around it; the rest of that block still reads."""
+    mounts.allow(r"refetching leaves|sha256 mismatch for leaf")
+    vid = _publish(cli, tmp_path, "ds", {"big.bin": data})
+    bad = HASH_BLOCK + 3 * LEAF + 100
+    _corrupt(cli.store, vid, data[bad:bad + 64])
+    mnt = tmp_path / "mnt"
+    mounts.mount(vid, mnt)
+    fd = os.open(mnt / "big.bin", os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as exc:
+            os.pread(fd, 4096, bad - 100)
+        assert exc.value.errno == errno.EIO
+        stats = _cache_stats(mnt)
+        # The kernel may retry the failed read once: the leaf again, never its block.
+        assert 1 <= stats["corrupt"] <= 2 and stats["fetched"] < 1 << 20, stats
+        for at in (HASH_BLOCK + 20 * LEAF, 10):
+            assert os.pread(fd, 4096, at) == data[at:at + 4096]
+        assert _cache_stats(mnt)["fetched"] < 2 << 20
+    finally:
+        os.close(fd)
+
+
+def _as_before_trees(store_url: str, cache_dir: Path, vid: str, data: bytes) -> None:
+    """Rewrite a version's change-set as a dsfs from before hash trees wrote it ("blocks")."""
+    store = open_store(store_url)
+    try:
+        [key] = [o.key for o in store.list(f"versions/{vid}/changesets/")]
+        raw, _ = store.get(key)
+        lines = [json.loads(line) for line in gzip.decompress(raw).splitlines()]
+        for line in lines:
+            if line.pop("tree", None) is not None:
+                del line["tree_offset"]
+                line["blocks"] = "".join(hashlib.sha256(data[i:i + HASH_BLOCK]).hexdigest()
+                                         for i in range(0, len(data), HASH_BLOCK))
+        store.put(key, gzip.compress(b"".join(json.dumps(line).encode() + b"\n" for line in lines)))
+    finally:
+        store.close()
+    shutil.rmtree(cache_dir / "index", ignore_errors=True)
+
+
+def test_change_sets_with_and_without_trees_read_alike(local_cli, local_mounts, tmp_path, cache_dir, data):
+    new = _publish(local_cli, tmp_path, "new", {"big.bin": data})
+    old = _publish(local_cli, tmp_path, "old", {"big.bin": data})
+    _as_before_trees(local_cli.store, cache_dir, old, data)
+    (line,) = [e for e in json.loads(local_cli("ls", old, "--json"))]
+    for vid in (new, old):
+        assert local_cli("verify", "--hash", vid) == ""
+        mnt = tmp_path / f"mnt-{vid}"
+        local_mounts.mount(vid, mnt)
+        index = VersionIndex(str(cache_dir / "index" / f"{vid}.sqlite"), immutable=True)
+        node = index.by_path("big.bin")
+        index.close()
+        assert (node.tree is not None, node.blocks is not None) == (vid == new, vid == old)
+        fd = os.open(mnt / "big.bin", os.O_RDONLY)
+        try:
+            for offset, length in _RANGES:
+                assert os.pread(fd, length, offset) == data[offset:offset + length], (vid, offset)
+        finally:
+            os.close(fd)
+        assert (mnt / "big.bin").read_bytes() == data
+        local_mounts.umount(mnt)
+    assert line["size"] == SIZE
+
+
+def test_verify_hash_checks_the_hash_tree(local_cli, tmp_path, data):
+    vid = _publish(local_cli, tmp_path, "ds", {"big.bin": data})
+    store = open_store(local_cli.store)
+    try:
+        [chunk] = [o.key for o in store.list(f"versions/{vid}/chunks/")]
+        raw, _ = store.get(chunk)
+    finally:
+        store.close()
+    builder = TreeBuilder()
+    builder.update(data)
+    tree = raw.index(builder.finish()[1])
+    path = Path(local_cli.store) / chunk
+    damaged = bytearray(raw)
+    damaged[tree + 40] ^= 0xFF  # a block digest: the file's bytes are intact
+    path.write_bytes(bytes(damaged))
+    assert local_cli("verify", vid) == ""  # without --hash: chunks are only sized
+    out = local_cli.fails("verify", "--hash", vid, code=5)
+    assert "1 problem" in out
+    code, stdout, _ = local_cli.run("verify", "--hash", vid)
+    assert code == 5 and stdout.strip() == "hash tree mismatch: big.bin"
