@@ -141,6 +141,33 @@ def test_later_reads_need_only_their_leaves(store, tmp_path, data, persist):
         assert after["hashed"] - before["hashed"] == 2 * LEAF + LEAF + tail
 
 
+@pytest.mark.parametrize("persist", [True, False])
+def test_reads_in_order_take_whole_blocks_and_read_ahead(store, tmp_path, data, persist):
+    """Once reads stream (two in a row that each moved on), a file with a hash tree is read in
+    whole 4 MiB blocks, checked against their block digests, with read-ahead; only the first two
+    reads take leaves. No byte is fetched twice but those two reads' leaves."""
+    entry = big_entry(store, tmp_path, data)
+    with new_cache(tmp_path, store, persist) as cache:
+        state = ReadState()
+        for offset in range(0, SIZE, 128 << 10):
+            assert cache.read(store, entry, offset, 128 << 10, state) == data[offset:offset + (128 << 10)]
+        cache.drain()
+        stats = cache.stats()
+    assert stats["leaf_reads"] == 2 and stats["readahead"] >= 1
+    assert SIZE <= stats["fetched"] - stats["tree_fetched"] <= SIZE + 4 * LEAF
+    assert stats["tree_fetched"] == top_size(SIZE) + 32 * 64  # block digests, and block 0's leaves
+
+
+def test_a_random_read_near_the_last_one_stays_small(store, tmp_path, data):
+    entry = big_entry(store, tmp_path, data)
+    with new_cache(tmp_path, store, False) as cache:
+        state = ReadState()
+        for offset in (HASH_BLOCK + 500_000, HASH_BLOCK + 300_000, HASH_BLOCK + 600_000, HASH_BLOCK + 300_000):
+            assert cache.read(store, entry, offset, 4096, state) == data[offset:offset + 4096]
+        stats = cache.stats()
+    assert stats["leaf_reads"] == 4 and stats["readahead"] == 0 and stats["fetched"] < 5 * LEAF
+
+
 # -- correct bytes, old format and new ---------------------------------------------------------
 
 _RANGES = [(0, 1), (0, 4096), (LEAF - 1, 2), (LEAF, LEAF), (3 * LEAF - 7, 2 * LEAF + 14),

@@ -107,7 +107,7 @@ class ReadState:
         self.window = 0  # blocks to read ahead; 0 while access looks random
         self.sequential = False  # whether the last read began where the one before ended
         self.start = -1  # offset of the previous read
-        self.forward = False  # sequential, and began past where the one before began
+        self.streak = 0  # reads in a row that were sequential and began past the one before
         self.ahead = -1  # highest block already queued for read-ahead
         self.hasher = hashlib.sha256()  # None once reads left the in-order path
         self.hashed = 0
@@ -265,7 +265,7 @@ class BlockCache:
         first, last = offset // bs, (end - 1) // bs
         if state is not None:
             self._read_ahead(store, entry, state, offset, end, last)
-        if entry.tree is not None and not (state and state.forward):
+        if entry.tree is not None and not (state and state.window):
             # A random read of a file with a hash tree costs about its own size: the 64 KiB
             # leaves it touches, each checked on its own (sequential reads take whole blocks).
             return self._read_leaves(store, entry, offset, end)
@@ -832,12 +832,15 @@ class BlockCache:
         slack = min(SEQUENTIAL_SLACK, self.block_size)
         with state.lock:
             sequential = state.sequential = state.end is not None and abs(offset - state.end) <= slack
-            # A read retried by the kernel after an error begins where the failed one began: it
-            # is not the reader moving on, so it must not turn a small read into a block fetch.
-            state.forward, state.start = sequential and offset > state.start, offset
+            state.streak = state.streak + 1 if sequential and offset > state.start else 0
+            state.start = offset
             if not sequential:
                 state.window, state.ahead = 0, -1
-            elif state.window == 0:
+            elif state.window == 0 and (entry.tree is None or state.streak >= 2):
+                # A file with a hash tree opens the window (whole blocks, read ahead) only once
+                # reads stream: two in a row that each moved on. A random read that lands near
+                # the last one, or a read the kernel retries after an error (it begins where
+                # the failed one began), stays leaf-sized.
                 state.window = 1
             elif last > state.last_block:
                 state.window = min(state.window * 2, self.readahead_max)
