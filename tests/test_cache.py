@@ -303,6 +303,23 @@ def test_reading_more_than_fits_evicts_and_stays_correct(store, cache_dir, tmp_p
         assert cache.read_all(store, entry) == data
 
 
+def test_a_small_cache_evicts_just_enough_and_keeps_the_newest(store, cache_dir, tmp_path):
+    """Eviction drops the least recently stored blocks until the cache fits, never the whole
+    cache (diskcache's own culling drops ten at a time, the block just stored included)."""
+    bs = 64 << 10
+    data = random_bytes(32 * bs, seed=11)
+    entry = pack_files(store, tmp_path, {"big.bin": data})["big.bin"]
+    limit = 512 << 10
+    with BlockCache(cache_dir, block_size=bs, size_limit=limit, memory_limit=0) as cache:
+        for i in range(32):
+            assert cache.read(store, entry, i * bs, bs) == data[i * bs:(i + 1) * bs]
+            cache.drain()
+            stats = cache.stats()
+            assert stats["size"] <= limit
+            assert stats["count"] >= min(i + 1, 5)
+            assert cache.block_key(entry.sha256, i) in cache._cache
+
+
 def test_prune_evicts_down_to_a_smaller_limit(store, cache_dir, tmp_path):
     bs = 64 << 10
     data = random_bytes(16 * bs, seed=10)

@@ -219,6 +219,9 @@ class BlockCache:
             # power cut; skipping fsyncs keeps writes cheap.
             sqlite_synchronous=0,
             sqlite_mmap_size=1 << 26,
+            # diskcache's own culling drops ten items per step, the one just stored included: a
+            # small cache would empty itself. The writer evicts just enough itself (``_evict``).
+            cull_limit=0,
             **({} if size_limit is None else {"size_limit": size_limit}),
         )
         if size_limit is None:
@@ -346,7 +349,24 @@ class BlockCache:
     def prune(self) -> int:
         """Evict least-recently-used blocks until the cache fits its limit; returns how many."""
         self._wait_for_writes()
-        return self._cache.cull(retry=True)
+        with self._db_lock:
+            return self._evict()
+
+    def _evict(self) -> int:
+        """Drop the least recently stored blocks, just enough to fit the limit (the caller holds
+        ``_db_lock``); returns how many."""
+        dropped = 0
+        while (over := self._cache.volume() - self._cache.size_limit) > 0:
+            rows = self._cache._sql("SELECT key, size FROM Cache ORDER BY store_time LIMIT 64").fetchall()
+            if not rows:
+                break
+            for key, size in rows:
+                self._cache.delete(key, retry=True)
+                dropped += 1
+                over -= size
+                if over <= 0:
+                    break
+        return dropped
 
     def clear(self) -> None:
         self._wait_for_writes()
@@ -488,9 +508,11 @@ class BlockCache:
             stop = any(b is None for b in batch)
             batch = [b for b in batch if b is not None]
             try:
-                with self._db_lock, self._cache.transact(retry=True):
-                    for key, payload in batch:
-                        self._cache.set(key, _wrap(key, payload), retry=True)
+                with self._db_lock:
+                    with self._cache.transact(retry=True):
+                        for key, payload in batch:
+                            self._cache.set(key, _wrap(key, payload), retry=True)
+                    self._evict()
             except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
                 # The bytes were already served; they are just not kept (disk full, say).
                 log.warning("block cache write failed for %d blocks: %s", len(batch), exc)
