@@ -14,14 +14,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __version__ = "0.1.0"
-__all__ = ["mounted", "__version__"]
+__all__ = ["mounted", "prefetch", "__version__"]
+
+
+def prefetch(mountpoint: str | os.PathLike, paths) -> int:
+    """Tell a published mount the order its files will be read in (paths relative to the mount,
+    or absolute inside it). Returns at once, with how many paths were sent; the daemon fetches a
+    bounded distance ahead of the reads it sees. See ``dsfs.torch`` for a sampler that does this."""
+    from .mountd import control
+
+    return control.prefetch(os.fspath(mountpoint), [os.fspath(p) for p in paths])
 
 
 @contextlib.contextmanager
 def mounted(ref: str, path: str | os.PathLike | None = None, *, store: str | None = None,
             cache_dir: str | None = None, config: str | None = None, cache_size: str | None = None,
-            adapter: str = "auto") -> Iterator[Path]:
-    """Mount ``ref`` at ``path`` (a new temp folder when None) for the duration of the block."""
+            adapter: str = "auto", warm: bool = False) -> Iterator[Path]:
+    """Mount ``ref`` at ``path`` (a new temp folder when None) for the duration of the block;
+    ``warm`` warms the whole version in the background."""
     from .config import load_settings
     from .mountd import control
 
@@ -30,7 +40,8 @@ def mounted(ref: str, path: str | os.PathLike | None = None, *, store: str | Non
     if path is None:
         made = tempfile.mkdtemp(prefix="dsfs-mount-")
         path = made
-    record = control.spawn(settings, ref, str(path), cache_size=cache_size, adapter=adapter, config=config)
+    record = control.spawn(settings, ref, str(path), cache_size=cache_size, adapter=adapter, config=config,
+                           warm=warm)
     try:
         yield Path(record.mountpoint)
     finally:

@@ -51,11 +51,11 @@ class Mounts:
 
     def mount(self, ref: str, mountpoint: Path, *, adapter: str = "auto", cache_size: str | None = None,
               options: list[str] | None = None, read_only: bool = False,
-              break_lease: bool = False) -> registry.MountRecord:
+              break_lease: bool = False, warm: bool = False) -> registry.MountRecord:
         mountpoint.mkdir(parents=True, exist_ok=True)
         record = control.spawn(self.settings, ref, str(mountpoint), adapter=adapter,
                                cache_size=cache_size, options=options, timeout=120,
-                               read_only=read_only, break_lease=break_lease)
+                               read_only=read_only, break_lease=break_lease, warm=warm)
         self.live.append((record.mountpoint, record.pid))
         return record
 

@@ -294,10 +294,11 @@ class BlockCache:
             self._hash_along(entry, state, offset, data)
         return data
 
-    def read_all(self, store: ObjectStore | None, entry: Entry) -> bytes:
-        """The whole file, checked against its sha256."""
+    def read_all(self, store: ObjectStore | None, entry: Entry,
+                 near: Callable[[str, int, int], list[Entry]] | None = None) -> bytes:
+        """The whole file, checked against its sha256 (``near``: as for ``read``)."""
         parts: dict[int, memoryview] = {}
-        self._scan(self._store(store), entry, parts.__setitem__, None)
+        self._scan(self._store(store), entry, parts.__setitem__, None, near)
         return b"".join(parts[i] for i in range(len(parts)))
 
     def prefetch(self, store: ObjectStore | None, entry: Entry,
@@ -820,7 +821,8 @@ class BlockCache:
         return error
 
     def _scan(self, store: ObjectStore, entry: Entry, sink: Callable[[int, memoryview], None],
-              tally: list[int] | None) -> None:
+              tally: list[int] | None,
+              near: Callable[[str, int, int], list[Entry]] | None = None) -> None:
         """Hand every block of a file to ``sink`` in order and check the file's sha256; on a
         mismatch drop its blocks and go through it once more before raising Corrupt."""
         if not self._has_bytes(entry):
@@ -831,9 +833,11 @@ class BlockCache:
             for i in range(self._nblocks(entry)):
                 key = self.block_key(entry.sha256, i)
                 data = self._lookup(key, self._length(entry, i), remember=False)
-                if data is None and whole:
+                if data is None and whole and near is None:
                     self._fill_whole(store, entry, sink=sink, tally=tally)  # checks the sha256
                     return
+                if data is None and whole:  # the same check, with the neighbours fetched along
+                    data = self._block(store, entry, i, tally=tally, near=near)
                 if data is None:
                     data = self._block(store, entry, i, tally=tally)
                 digest.update(data)

@@ -39,6 +39,8 @@ def cmd_mount(settings, args):
             argv.append("--read-only")
         if args.break_lease:
             argv.append("--break-lease")
+        if args.warm:
+            argv.append("--warm")
         return daemon_main(argv + ["--", args.ref, args.mountpoint])
     from .control import spawn
 
@@ -47,7 +49,7 @@ def cmd_mount(settings, args):
     record = spawn(settings, args.ref, args.mountpoint, cache_size=args.cache_size,
                    allow_other=args.allow_other, options=args.options, adapter=args.adapter,
                    verbose=args.verbose, config=args.config, read_only=args.read_only,
-                   break_lease=args.break_lease)
+                   break_lease=args.break_lease, warm=args.warm)
     if not args.quiet:
         mode = "read-write" if record.writable else "read-only"
         print(f"mounted {record.dataset} {record.version[:12]} ({record.state}, {mode}) at "
@@ -103,12 +105,20 @@ def cmd_status(settings, args):
             continue
         mode = "rw" if m.get("writable") else "ro"
         print(f"{m['mountpoint']}  {m['ref']}  {m['version'][:12]}  {m['state']} {mode}  "
-              f"pid {m['pid']}  {m['health']}")
+              f"pid {m['pid']}  {m['health']}{_warm_note(m.get('warm'))}")
     if mounts:
         print(f"cache: {human_size(used)} used of {human_size(limit)}")
 
 
 cmd_status.needs_repo = False
+
+
+def _warm_note(warm: dict | None) -> str:
+    if not warm:
+        return ""
+    total, done = warm.get("total") or 0, warm.get("done") or 0
+    share = f" {100 * done // total}%" if total else ""
+    return f"  warm {warm.get('state')}{share} ({human_size(done)} of {human_size(total)})"
 
 
 def cmd_commit(repo, args):
@@ -144,7 +154,47 @@ def cmd_commit(repo, args):
         print(CommitSummary(**doc).describe())
 
 
-def cmd_prefetch(repo, args):
+def cmd_prefetch(settings, args):
+    """``TARGET`` a dsfs mountpoint: tell it the read order; else a ref: warm the cache now."""
+    from . import registry
+
+    target = os.path.abspath(args.target)
+    if args.order is not None or registry.mount_fstype(target) == registry.FSTYPE:
+        return _prefetch_mount(target, args)
+    from ..repo import Repository
+
+    repo = Repository(settings)
+    if args.quiet:
+        from ..progress import Progress
+
+        repo.progress = lambda label, total: Progress(label, total, enabled=False)
+    args.ref = args.target
+    return _prefetch_ref(repo, args)
+
+
+cmd_prefetch.needs_repo = False
+
+
+def _prefetch_mount(mountpoint: str, args) -> None:
+    from . import registry
+    from .control import prefetch
+
+    if registry.mount_fstype(mountpoint) != registry.FSTYPE:  # before reading a long order
+        raise NotFound(f"not a dsfs mount: {mountpoint!r}")
+    paths = list(args.paths)
+    if args.order is not None:
+        try:
+            with (sys.stdin if args.order == "-" else open(args.order, encoding="utf-8",
+                                                           errors="surrogateescape")) as f:
+                paths += [line.rstrip("\n") for line in f if line.strip()]
+        except OSError as exc:
+            raise InvalidInput(f"cannot read the order file {args.order!r}: {exc.strerror or exc}") from None
+    count = prefetch(mountpoint, paths or [""])
+    if not args.quiet:
+        print(f"order of {count} paths sent to {mountpoint}", file=sys.stderr)
+
+
+def _prefetch_ref(repo, args):
     manifest = repo.resolve(args.ref)
     index = repo.index(manifest)
     nodes = []
@@ -207,6 +257,8 @@ def add_commands(sub, command) -> None:
     sp.add_argument("--read-only", action="store_true", help="mount a draft read-only")
     sp.add_argument("--break-lease", action="store_true",
                     help="take over the write lease of an expired or dead holder")
+    sp.add_argument("--warm", action="store_true",
+                    help="warm the whole version in the background, at the lowest priority")
 
     sp = command("umount", cmd_umount, "unmount; a writable draft commits its changes first")
     sp.add_argument("mountpoint", help="where the version is mounted")
@@ -221,9 +273,13 @@ def add_commands(sub, command) -> None:
 
     command("status", cmd_status, "list live mounts", json_flag=True)
 
-    sp = command("prefetch", cmd_prefetch, "warm the cache with a version's files")
-    sp.add_argument("ref", help="the version")
+    sp = command("prefetch", cmd_prefetch,
+                 "warm the cache with a version's files, or tell a mount the order it will be read in")
+    sp.add_argument("target", metavar="REF|MOUNTPOINT",
+                    help="a version (warm its files now) or a published mount (prefetch ahead of its reads)")
     sp.add_argument("paths", nargs="*", metavar="PATH", help="files or folders inside it (default: all)")
+    sp.add_argument("--order", metavar="FILE",
+                    help="with a MOUNTPOINT: paths in read order, one a line ('-': stdin)")
 
     sp = command("cache", cmd_cache, "cache stats, prune or clear", json_flag=True)
     sp.add_argument("action", choices=["stats", "prune", "clear"],

@@ -20,7 +20,7 @@ FUSERMOUNT = "fusermount3"
 def spawn(settings: Settings, ref: str, mountpoint: str, *, cache_size: str | None = None,
           allow_other: bool = False, options: list[str] | None = None, adapter: str = "auto",
           verbose: bool = False, config: str | None = None, timeout: float = 600,
-          read_only: bool = False, break_lease: bool = False) -> registry.MountRecord:
+          read_only: bool = False, break_lease: bool = False, warm: bool = False) -> registry.MountRecord:
     """Start a detached daemon and return once the mount is ready (or raise its error)."""
     read_fd, write_fd = os.pipe()
     cmd = [sys.executable, "-m", "dsfs.mountd.daemon", "--store", settings.store,
@@ -39,6 +39,8 @@ def spawn(settings: Settings, ref: str, mountpoint: str, *, cache_size: str | No
         cmd.append("--read-only")
     if break_lease:
         cmd.append("--break-lease")
+    if warm:
+        cmd.append("--warm")
     cmd += ["--", ref, mountpoint]
     log_path = log_file(settings, mountpoint)
     with open(log_path, "ab") as log:
@@ -76,7 +78,8 @@ def _read_line(pipe, timeout: float) -> str:
 
 
 def request(mountpoint: str, message: dict, timeout: float = 3600) -> dict:
-    """One request to a writable mount's daemon over its control socket."""
+    """One request to a mount's daemon over its control socket (a writable draft's: commit and
+    finish; a published mount's: prefetch)."""
     import json
     import socket
 
@@ -87,7 +90,7 @@ def request(mountpoint: str, message: dict, timeout: float = 3600) -> dict:
         try:
             sock.connect(control_address(mountpoint))
         except OSError:
-            raise NotFound(f"no writable dsfs mount answers at {os.path.abspath(mountpoint)!r}") from None
+            raise NotFound(f"no dsfs mount answers at {os.path.abspath(mountpoint)!r}") from None
         sock.sendall(json.dumps(message).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
@@ -202,6 +205,25 @@ def _describe_result(result: dict) -> str:
     if result.get("published"):
         text += "; published"
     return text
+
+
+def prefetch(mountpoint: str, paths: list[str]) -> int:
+    """Tell a published mount the order its files will be read in; returns at once (the daemon
+    prefetches a bounded distance ahead of the reads it sees). Paths are relative to the mount,
+    or absolute paths inside it."""
+    root = os.path.abspath(mountpoint)
+    if registry.mount_fstype(root) != registry.FSTYPE:
+        raise NotFound(f"not a dsfs mount: {root!r}")
+    rel = []
+    for path in paths:
+        path = os.fspath(path)
+        if os.path.isabs(path):
+            inside = os.path.relpath(os.path.abspath(path), root)
+            if inside == ".." or inside.startswith("../"):
+                raise InvalidInput(f"path is not inside the mount {root!r}: {path!r}")
+            path = inside
+        rel.append("" if path == "." else path)
+    return request(root, {"op": "prefetch", "paths": rel}, timeout=60)["paths"]
 
 
 def status(settings: Settings) -> list[dict]:

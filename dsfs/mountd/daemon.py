@@ -68,8 +68,9 @@ def setup_logging(path: Path, *, verbose: bool, to_stderr: bool) -> None:
 def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | None = None,
           allow_other: bool = False, fuse_options: list[str] | None = None, adapter: str = "auto",
           ready=lambda: None, log_path: str = "", read_only: bool = False,
-          break_lease: bool = False) -> int:
-    """Resolve, mount and serve until unmounted. Calls ``ready()`` once the mount works."""
+          break_lease: bool = False, warm: bool = False) -> int:
+    """Resolve, mount and serve until unmounted. Calls ``ready()`` once the mount works.
+    ``warm``: warm the whole version in the background (published mounts)."""
     from ..cache import BlockCache
     from ..repo import Repository
     from ..resolver.index import VersionIndex
@@ -105,8 +106,22 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
         state=manifest.state, writable=writable, pid=os.getpid(),
         started=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), adapter=adapter,
         log=log_path, cache_dir=settings.cache_dir, cache_limit=cache.size_limit)
+    prefetch = None
+    if adapter == "direct":
+        from .prefetchd import PrefetchService
+
+        def on_progress(progress: dict) -> None:
+            record.warm = progress
+            registry.write_record(settings.state_dir, record)
+
+        prefetch = PrefetchService(view, workers=2 if repo.store.is_local else 4, on_progress=on_progress)
+    elif warm:
+        raise InvalidInput("--warm needs a published version mounted with the direct adapter")
 
     def on_ready() -> None:
+        if prefetch is not None:
+            prefetch.start(mountpoint, warm=warm)
+            record.warm = dict(prefetch.warm) if prefetch.warm else None
         registry.write_record(settings.state_dir, record)
         log.info("mounted %s (%s@%s) at %s with the %s adapter", manifest.id, manifest.dataset,
                  manifest.name, mountpoint, adapter)
@@ -127,13 +142,16 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
 
             # Python work is GIL-bound: a few workers serve a local folder best (measured in
             # bench_mount); a remote store's misses wait on the network, so they get more.
-            direct.serve(view, mountpoint, options, on_ready, max_threads=4 if repo.store.is_local else 16)
+            direct.serve(view, mountpoint, options, on_ready, max_threads=4 if repo.store.is_local else 16,
+                         prefetch=prefetch)
         else:
             from . import lowlevel
 
             lowlevel.serve(view, mountpoint, options, on_ready)
     finally:
         sd_notify("STOPPING=1")
+        if prefetch is not None:
+            prefetch.close()
         registry.remove_record(settings.state_dir, mountpoint, os.getpid())
         cache.close()
         index.close()
@@ -219,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--foreground", action="store_true")
     p.add_argument("--read-only", action="store_true")
     p.add_argument("--break-lease", action="store_true")
+    p.add_argument("--warm", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("ref")
     p.add_argument("mountpoint")
@@ -245,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve(settings, args.ref, args.mountpoint, cache_size=cache_size,
                      allow_other=args.allow_other, fuse_options=options, adapter=args.adapter,
                      ready=lambda: tell("ready"), log_path=str(path), read_only=args.read_only,
-                     break_lease=args.break_lease)
+                     break_lease=args.break_lease, warm=args.warm)
     except DsfsError as exc:
         log.error("mount failed: %s", exc)
         tell(f"error {type(exc).__name__}: {exc}")

@@ -18,6 +18,11 @@ libfuse 2, whatever else is installed). libfuse's worker threads
 call the handlers below; the view is thread-safe, and ctypes drops the GIL around every libfuse
 call. Only errors with an errno leave a handler as a reply; anything else is logged with the
 operation and inode and answered with EIO, so a bad request never kills the daemon.
+
+Prefetch (``prefetchd``) pushes verified file bytes into the kernel's page cache with
+``fuse_lowlevel_notify_store``. The kernel takes them only for inodes it knows, so the adapter
+keeps each inode's lookup count (lookups and readdirplus entries up, forgets down) and pushes
+only to inodes with a count.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from ..cache import ReadState
 from ..errors import DsfsError, MountError
 from ..resolver.index import ROOT_INO, Node
 from .libfuse import mfusepy_bound_to_libfuse3
+from .prefetchd import PrefetchService
 from .view import VersionView
 
 log = logging.getLogger(__name__)
@@ -46,6 +52,7 @@ log = logging.getLogger(__name__)
 mfusepy = mfusepy_bound_to_libfuse3()
 LONG_TIMEOUT = 86400.0
 XATTR_STATS = "user.dsfs.stats"
+PUSH_PIECE = 1 << 20  # bytes per notify_store message
 _lib = mfusepy._libfuse
 _stat_t = mfusepy.c_stat
 _fi_p = POINTER(mfusepy.fuse_file_info)
@@ -54,6 +61,19 @@ _fi_p = POINTER(mfusepy.fuse_file_info)
 class _EntryParam(Structure):
     _fields_ = [("ino", c_uint64), ("generation", c_uint64), ("attr", _stat_t),
                 ("attr_timeout", c_double), ("entry_timeout", c_double)]
+
+
+class _Buf(Structure):  # struct fuse_buf
+    _fields_ = [("size", c_size_t), ("flags", c_int), ("mem", c_void_p), ("fd", c_int),
+                ("pos", c_int64)]
+
+
+class _BufVec(Structure):  # struct fuse_bufvec with one buffer
+    _fields_ = [("count", c_size_t), ("idx", c_size_t), ("off", c_size_t), ("buf", _Buf * 1)]
+
+
+class _Forget(Structure):  # struct fuse_forget_data
+    _fields_ = [("ino", c_uint64), ("nlookup", c_uint64)]
 
 
 class _Args(Structure):
@@ -112,6 +132,8 @@ _session_new = _bind("fuse_session_new", c_void_p, POINTER(_Args), POINTER(_Ops)
 _session_mount = _bind("fuse_session_mount", c_int, c_void_p, c_char_p)
 _session_unmount = _bind("fuse_session_unmount", None, c_void_p)
 _session_destroy = _bind("fuse_session_destroy", None, c_void_p)
+_notify_store = _bind("fuse_lowlevel_notify_store", c_int, c_void_p, c_uint64, c_int64,
+                      POINTER(_BufVec), c_int)
 _set_signal_handlers = _bind("fuse_set_signal_handlers", c_int, c_void_p)
 _remove_signal_handlers = _bind("fuse_remove_signal_handlers", None, c_void_p)
 
@@ -181,9 +203,12 @@ def _handler(method):
 class DirectOperations:
     """The handlers, bound to one read-only view."""
 
-    def __init__(self, view: VersionView, on_ready=None) -> None:
+    def __init__(self, view: VersionView, on_ready=None, prefetch: PrefetchService | None = None) -> None:
         self.view = view
         self.on_ready = on_ready
+        self.prefetch = prefetch
+        self.session: int | None = None  # set once libfuse made it; pushes go through it
+        self._known: collections.Counter[int] = collections.Counter()  # the kernel's lookup counts
         self.timeout = LONG_TIMEOUT if view.immutable else 1.0
         # Where a listing left off, so the next readdir call resumes by name, not by counting.
         self._cursors: OrderedDict[tuple[int, int], str] = OrderedDict()
@@ -202,7 +227,32 @@ class DirectOperations:
         counters, so a user can see whether a second epoch still reaches the daemon."""
         with self._lock:
             requests = dict(self.requests)
-        return json.dumps({"requests": requests, "cache": self.view.cache.stats()}).encode()
+        doc = {"requests": requests, "cache": self.view.cache.stats()}
+        if self.prefetch is not None:
+            doc["prefetch"] = self.prefetch.stats()
+        return json.dumps(doc).encode()
+
+    def _learn(self, ino: int, n: int = 1) -> None:
+        with self._lock:
+            self._known[ino] += n
+            if self._known[ino] <= 0:
+                del self._known[ino]
+
+    def push(self, ino: int, data: bytes) -> str:
+        """Put a file's verified bytes into the kernel's page cache: "pushed", "unknown" (the
+        kernel holds no inode for it) or "refused" (the kernel said no)."""
+        with self._lock:
+            known = self._known.get(ino, 0) > 0
+        if not known or self.session is None:
+            return "unknown"
+        view = memoryview(data)
+        for start in range(0, len(data), PUSH_PIECE):
+            piece = bytes(view[start:start + PUSH_PIECE])
+            vec = _BufVec(1, 0, 0)
+            vec.buf[0] = _Buf(len(piece), 0, ctypes.cast(ctypes.c_char_p(piece), c_void_p), -1, 0)
+            if _notify_store(self.session, ino, start, ctypes.byref(vec), 0) != 0:
+                return "refused"
+        return "pushed"
 
     # stat(2) fields into a C struct stat
     def _fill(self, st, node: Node) -> None:
@@ -238,12 +288,17 @@ class DirectOperations:
             if exc.errno != errno.ENOENT:
                 raise
             node = None
+        if node is not None:
+            self._learn(node.ino)
         _reply_entry(req, ctypes.byref(self._entry(node)))
 
     def forget(self, req, ino, nlookup) -> None:
-        _reply_none(req)  # inodes are index rows: nothing to free
+        self._learn(ino, -nlookup)  # inodes are index rows: nothing else to free
+        _reply_none(req)
 
     def forget_multi(self, req, count, forgets) -> None:
+        for item in ctypes.cast(forgets, POINTER(_Forget))[:count]:
+            self._learn(item.ino, -item.nlookup)
         _reply_none(req)
 
     @_handler
@@ -265,6 +320,8 @@ class DirectOperations:
     @_handler
     def read(self, req, ino, size, off, fi) -> None:
         node = self.view.getattr(ino)
+        if self.prefetch is not None:
+            self.prefetch.on_read(node, off)
         data = self.view.read(node, off, size, self._state(node, off))
         _reply_buf(req, data, len(data))
 
@@ -320,6 +377,8 @@ class DirectOperations:
                 n = _add_direntry(req, base + used, size - used, raw, ctypes.byref(st), pos + 1)
             if n > size - used:
                 break
+            if plus and name not in (".", ".."):
+                self._learn(node.ino)
             used += n
             pos += 1
             last = name
@@ -361,9 +420,11 @@ class DirectOperations:
             _reply_buf(req, value, len(value))
 
 
-def serve(view: VersionView, mountpoint: str, options: list[str], on_ready, *, max_threads: int = 16) -> None:
-    """Mount read-only and serve until unmounted or signalled (blocking)."""
-    handlers = DirectOperations(view, on_ready)
+def serve(view: VersionView, mountpoint: str, options: list[str], on_ready, *, max_threads: int = 16,
+          prefetch: PrefetchService | None = None) -> None:
+    """Mount read-only and serve until unmounted or signalled (blocking). ``prefetch`` pushes
+    through this session while it lives."""
+    handlers = DirectOperations(view, on_ready, prefetch)
     ops = _Ops(**{name: proto(_keep_thread_state(getattr(handlers, name), handlers.tally))
                   for name, proto in _CALLBACKS.items()})
     fsname = [o for o in options if o.startswith("fsname=")] or ["fsname=dsfs"]
@@ -374,6 +435,9 @@ def serve(view: VersionView, mountpoint: str, options: list[str], on_ready, *, m
     session = _session_new(ctypes.byref(args), ctypes.byref(ops), ctypes.sizeof(ops), None)
     if not session:
         raise MountError(f"libfuse refused the mount options: {mount_opts!r}")
+    handlers.session = session
+    if prefetch is not None:
+        prefetch.push = handlers.push
     try:
         if _session_mount(session, os.fsencode(mountpoint)) != 0:
             raise MountError(f"cannot mount at {mountpoint!r} (see the log for libfuse's reason)")
@@ -384,6 +448,8 @@ def serve(view: VersionView, mountpoint: str, options: list[str], on_ready, *, m
                 status = _loop_mt(session, max_threads)
             finally:
                 _remove_signal_handlers(session)
+                if prefetch is not None:
+                    prefetch.close()  # no push may outlive the session
             if status not in (0, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, -signal.SIGTERM):
                 raise MountError(f"fuse loop ended with status {status}")
         finally:

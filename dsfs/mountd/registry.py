@@ -32,6 +32,7 @@ class MountRecord:
     log: str
     cache_dir: str
     cache_limit: int = 0  # the daemon's disk-cache bound (its --cache-size or the default)
+    warm: dict | None = None  # --warm's progress: state, done and total bytes
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -203,6 +203,10 @@ class VersionIndex:
         with self._conn() as conn:
             return [self._node(r) for r in conn.execute(sql, (cid, start, end, limit))]
 
+    def chunks(self) -> list[str]:
+        """The keys of the chunks this version's files live in, in key order."""
+        return sorted(self._chunks.values())
+
     def find_blob(self, sha256: str) -> Entry | None:
         node = self._one(_NODE_SELECT + "WHERE n.sha256 = ? AND n.chunk_id IS NOT NULL LIMIT 1", (sha256,))
         return node.to_entry() if node else None

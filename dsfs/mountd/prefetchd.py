@@ -1,0 +1,344 @@
+"""The daemon side of prefetch for a published mount: jobs, warm, and the control socket.
+
+``PrefetchService`` carries out what the policy (``dsfs.cache.prefetch``) decides. A job reads a
+file through the block cache, which checks its sha256 (a remote store's bytes land in the disk
+cache on the way), and hands the verified bytes to ``push`` (the direct adapter's
+``notify_store``), so the reader's read is answered by the kernel. A local store's members are
+first announced to the kernel with ``posix_fadvise(WILLNEED)`` on their chunk range, so the disk
+reads run in parallel ahead of the checks. Bytes that are not verified are never pushed.
+
+Orders come from three places: a cold read of a small file (the members after it in its chunk,
+i.e. folder order), a hint on the control socket (``dsfs prefetch MOUNTPOINT --order FILE``,
+``dsfs.prefetch``), and ``--warm`` (every chunk of the version, at the lowest CPU and I/O
+priority, pausing while demand reads arrive).
+
+Threading: ``workers`` job threads, one warm thread and one control thread, all daemons of
+this object; ``on_read`` is called from the adapter's request threads and only takes locks.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from ..cache.prefetch import AHEAD_FILES, Item, Job, Prefetcher
+from ..errors import DsfsError
+from ..resolver.index import Node
+from .view import VersionView
+
+log = logging.getLogger(__name__)
+
+PUSH_MAX = 8 << 20  # files up to this size are pushed into the page cache whole
+PUSH_PIECE = 1 << 20
+FOLLOW_SPAN = 4 << 20  # bytes of a chunk one folder-order step looks at
+WARM_PIECE = 8 << 20
+WARM_QUIET = 0.2  # warm pauses until demand reads have been quiet this long (seconds)
+WARM_CACHE_SHARE = 0.5  # a remote warm fills at most this share of the disk cache
+JOB_BATCH = 8
+# files prepared ahead; pushed into the page cache (and their bytes); pushes the kernel had no
+# inode for, or refused; chunk ranges advised; jobs that failed; hints and their unknown paths
+COUNTERS = ("prepared", "pushed", "pushed_bytes", "unknown", "refused", "advised", "failed",
+            "hints", "hint_unknown")
+
+Push = Callable[[int, bytes], str]  # (inode, whole file) -> "pushed" | "unknown" | "refused"
+
+
+class PrefetchService:
+    def __init__(self, view: VersionView, *, workers: int = 2, ahead_bytes: int | None = None,
+                 on_progress: Callable[[dict], None] | None = None) -> None:
+        self.view = view
+        self.store = view.store
+        self.cache = view.cache
+        self.local = bool(view.store.is_local)
+        if ahead_bytes is None:
+            # A remote store prefetches into the disk cache: never more than a small share of it,
+            # so what was fetched ahead cannot push out what the reader needs next.
+            ahead_bytes = 64 << 20 if self.local else max(1 << 20, min(64 << 20, self.cache.size_limit // 8))
+        self.policy = Prefetcher(ahead_bytes=ahead_bytes)
+        self.push: Push | None = None
+        self.on_progress = on_progress
+        self.workers = workers
+        self.counts: collections.Counter[str] = collections.Counter(dict.fromkeys(COUNTERS, 0))
+        self.warm: dict | None = None
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._closing = threading.Event()
+        self._last_demand = 0.0
+
+    # -- life -----------------------------------------------------------------------------------
+
+    def start(self, mountpoint: str, *, warm: bool = False) -> None:
+        self._spawn(self._control, mountpoint, name="dsfs-control")
+        for i in range(self.workers):
+            self._spawn(self._work, name=f"dsfs-prefetch-{i}")
+        if warm:
+            self.warm = {"state": "starting", "done": 0, "total": 0}
+            self._spawn(self._warm, name="dsfs-warm")
+
+    def _spawn(self, target, *args, name: str) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def close(self) -> None:
+        """Stop every thread and wait for them (before the session they push into goes away)."""
+        self._closing.set()
+        self.policy.stop()
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+
+    def stats(self) -> dict:
+        with self._lock:
+            counts = dict(self.counts)
+        doc = {**self.policy.stats(), **counts}
+        if self.warm is not None:
+            doc["warm"] = dict(self.warm)
+        return doc
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[name] += n
+
+    # -- demand reads ---------------------------------------------------------------------------
+
+    def on_read(self, node: Node, offset: int) -> None:
+        """A demand read reached the daemon: tell the policy; a cold small file that is not in
+        the current order starts a folder-order follow from it."""
+        self._last_demand = time.monotonic()
+        if offset != 0 or node.chunk is None:
+            return
+        if self.policy.saw(node.ino) == "off" and self.policy.wants_follow():
+            self._follow(node)
+
+    def _follow(self, node: Node) -> None:
+        nodes = [node] + [n for n in self.view.index.near(node.chunk, node.offset + 1,
+                                                            node.offset + FOLLOW_SPAN, AHEAD_FILES)]
+        if self.local:
+            last = nodes[-1]
+            self._advise(node.chunk, node.offset, last.offset + last.csize - node.offset)
+        self.policy.follow([Item(n.ino, n.size) for n in nodes], extend=self._after)
+
+    def _after(self, last: Item) -> list[Item]:
+        node = self.view.getattr(last.key)
+        found = self.view.index.near(node.chunk, node.offset + 1, node.offset + FOLLOW_SPAN, AHEAD_FILES)
+        return [Item(n.ino, n.size) for n in found]
+
+    # -- hints ----------------------------------------------------------------------------------
+
+    def hint(self, paths: list[str]) -> None:
+        """Make ``paths`` (relative to the mount; a folder stands for its files) the order."""
+        items: list[Item] = []
+        unknown = 0
+        for path in paths:
+            try:
+                node = self.view.by_path(path)
+            except DsfsError:
+                unknown += 1
+                continue
+            if node.is_dir:
+                items += [Item(n.ino, n.size) for n in self.view.index.walk(node.path)
+                          if n.chunk is not None]
+            elif node.chunk is not None:
+                items.append(Item(node.ino, node.size))
+        if unknown:
+            log.info("order hint: %d of %d paths are not in this version", unknown, len(paths))
+        self._count("hints")
+        self._count("hint_unknown", unknown)
+        self.policy.hint(items)
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._closing.is_set():
+            jobs = self.policy.wait(JOB_BATCH, timeout=1.0)
+            nodes = []
+            for job in jobs:
+                try:
+                    nodes.append(self.view.getattr(job.key))
+                except DsfsError:
+                    nodes.append(None)
+            if self.local:  # let the disk work on the whole batch while we check them one by one
+                for node in nodes:
+                    if node is not None and node.chunk is not None:
+                        self._advise(node.chunk, node.offset, node.csize)
+            for job, node in zip(jobs, nodes):
+                ok = node is not None and not self._closing.is_set() and self._prepare(job, node)
+                self.policy.done(job, ok)
+
+    def _prepare(self, job: Job, node: Node) -> bool:
+        try:
+            if job.push and self.push is not None and node.size <= PUSH_MAX:
+                data = self.cache.read_all(self.store, node.to_entry(), near=self.view._near)
+                self._push(node.ino, data)
+            elif not self.local:
+                self.cache.read_all(self.store, node.to_entry(), near=self.view._near) \
+                    if node.size <= PUSH_MAX else self.cache.prefetch(self.store, node.to_entry())
+            self._count("prepared")
+            return True
+        except Exception as exc:  # the demand read meets (and reports) the same failure
+            log.debug("prefetch of %r failed: %s", node.path, exc)
+            self._count("failed")
+            return False
+
+    def _push(self, ino: int, data: bytes) -> None:
+        outcome = self.push(ino, data)
+        self._count(outcome)
+        if outcome == "pushed":
+            self._count("pushed_bytes", len(data))
+
+    def _advise(self, chunk: str, offset: int, length: int) -> None:
+        path = self.store.local_path(chunk)
+        if path is None:
+            return
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+            self._count("advised")
+
+    # -- warm -----------------------------------------------------------------------------------
+
+    def _warm(self) -> None:
+        _lowest_priority()
+        try:
+            chunks = self.view.index.chunks()
+            if self.local:
+                self._warm_chunks(chunks)
+            else:
+                self._warm_files(chunks)
+        except Exception as exc:
+            log.warning("warm stopped: %s", exc)
+            self._progress(state="failed")
+            return
+        if self.warm["state"] == "running":
+            self._progress(state="stopped" if self._closing.is_set() else "done")
+
+    def _warm_chunks(self, chunks: list[str]) -> None:
+        """A local store: every chunk file read in order, so the page cache holds it."""
+        paths = [p for p in (self.store.local_path(c) for c in chunks) if p and os.path.exists(p)]
+        self._progress(state="running", total=sum(os.path.getsize(p) for p in paths))
+        buf = bytearray(WARM_PIECE)
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                pos = 0
+                while self._yield_to_readers():
+                    n = os.preadv(fd, [buf], pos)
+                    if not n:
+                        break
+                    pos += n
+                    self._progress(add=n)
+            finally:
+                os.close(fd)
+            if self._closing.is_set():
+                return
+
+    def _warm_files(self, chunks: list[str]) -> None:
+        """A remote store: every file, in chunk order, into the disk cache (verified), up to a
+        share of the cache so the warm does not evict itself."""
+        total = self.view.index.total_size
+        budget = int(self.cache.size_limit * WARM_CACHE_SHARE)
+        self._progress(state="running", total=total)
+        for chunk in chunks:
+            offset = 0
+            while True:
+                nodes = self.view.index.near(chunk, offset, 1 << 62, 256)
+                if not nodes:
+                    break
+                for node in nodes:
+                    if not self._yield_to_readers():
+                        return
+                    if self.warm["done"] + node.size > budget:
+                        self._progress(state="budget")
+                        return
+                    with contextlib.suppress(DsfsError):
+                        self.cache.read_all(self.store, node.to_entry(), near=self.view._near) \
+                            if node.size <= PUSH_MAX else self.cache.prefetch(self.store, node.to_entry())
+                    self._progress(add=node.size)
+                offset = nodes[-1].offset + 1
+
+    def _yield_to_readers(self) -> bool:
+        """Wait while demand reads are arriving; False once the mount is closing."""
+        while time.monotonic() - self._last_demand < WARM_QUIET:
+            if self._closing.wait(WARM_QUIET):
+                return False
+        return not self._closing.is_set()
+
+    def _progress(self, *, add: int = 0, **fields) -> None:
+        with self._lock:
+            self.warm["done"] += add
+            self.warm.update(fields)
+            snapshot = dict(self.warm)
+            now = time.monotonic()
+            due = fields or now - self.warm.get("_saved", 0) >= 1.0
+            if due:
+                self.warm["_saved"] = now
+        if due and self.on_progress is not None:
+            snapshot.pop("_saved", None)
+            self.on_progress(snapshot)
+
+    # -- control socket -------------------------------------------------------------------------
+
+    def _control(self, mountpoint: str) -> None:
+        from .draft import control_address
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+            try:
+                server.bind(control_address(mountpoint))
+            except OSError as exc:
+                log.warning("no control socket (order hints are off): %s", exc)
+                return
+            server.listen(8)
+            server.settimeout(0.5)
+            while not self._closing.is_set():
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    continue
+                with conn:
+                    self._answer(conn)
+
+    def _answer(self, conn: socket.socket) -> None:
+        conn.settimeout(30)
+        data = b""
+        try:
+            while not data.endswith(b"\n"):
+                piece = conn.recv(1 << 20)
+                if not piece:
+                    break
+                data += piece
+            request = json.loads(data)
+            if request.get("op") != "prefetch" or not isinstance(request.get("paths"), list):
+                reply = {"ok": False, "kind": "InvalidInput",
+                         "error": f"unknown control request: {request.get('op')!r}"}
+            else:
+                reply = {"ok": True, "paths": len(request["paths"])}
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+        except (OSError, ValueError, AttributeError) as exc:
+            log.info("bad control request: %s", exc)
+            return
+        if reply["ok"]:  # the caller returns at once; paths resolve here
+            self.hint([str(p) for p in request["paths"]])
+
+
+def _lowest_priority() -> None:
+    """This thread at nice 19 and in the idle I/O class (best effort)."""
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid, 19)
+    numbers = {"x86_64": 251, "aarch64": 30}  # SYS_ioprio_set
+    number = numbers.get(os.uname().machine)
+    if number is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).syscall(number, 1, tid, 3 << 13)  # WHO_PROCESS, CLASS_IDLE

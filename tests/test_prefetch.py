@@ -1,0 +1,303 @@
+"""Prefetch: the policy driven with a fake clock and fake reads (no FUSE), then real mounts:
+an order hint before a shuffled multi-process epoch, folder-order pushes, a tiny cache, --warm,
+and S3 faults during prefetch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import time
+
+import pytest
+
+from conftest import write_tree
+from dsfs.cache.prefetch import Item, Prefetcher
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def items(n: int, size: int = 100) -> list[Item]:
+    return [Item(key, size) for key in range(1, n + 1)]
+
+
+def run(policy: Prefetcher, limit: int = 1000) -> list[int]:
+    """Take every job the window allows and finish it; the keys, in order."""
+    jobs = policy.take(limit)
+    for job in jobs:
+        policy.done(job)
+    return [j.key for j in jobs]
+
+
+@pytest.mark.parametrize("ahead_files, ahead_bytes, expected", [
+    (4, 10_000, [1, 2, 3, 4]),      # bounded by files
+    (100, 350, [1, 2, 3]),          # bounded by bytes
+    (100, 50, [1]),                 # one file bigger than the budget still goes
+])
+def test_a_hint_prefetches_a_bounded_window(ahead_files, ahead_bytes, expected):
+    policy = Prefetcher(ahead_files=ahead_files, ahead_bytes=ahead_bytes, clock=Clock())
+    policy.hint(items(20))
+    assert run(policy) == expected
+    assert run(policy) == []  # the window is full until the reader moves
+
+
+def test_reads_move_the_window_and_count_what_was_ahead():
+    policy = Prefetcher(ahead_files=4, clock=Clock())
+    policy.hint(items(20))
+    run(policy)
+    assert [policy.saw(k) for k in (1, 2)] == ["ahead", "ahead"]
+    assert run(policy) == [5, 6]
+    assert policy.saw(9) == "miss"  # the reader jumped: 7 and 8 are skipped, not fetched
+    assert run(policy) == [10, 11, 12, 13]
+    stats = policy.stats()
+    assert (stats["ahead"], stats["misses"], stats["skipped"]) == (2, 1, 2)
+
+
+def test_a_job_in_flight_is_late_not_a_miss_and_failures_are_not_retried():
+    policy = Prefetcher(ahead_files=2, clock=Clock())
+    policy.hint(items(5))
+    first, second = policy.take(2)
+    assert policy.saw(first.key) == "late"
+    policy.done(first)
+    policy.done(second, ok=False)
+    assert [j.key for j in policy.take(5)] == [3]  # 2 failed: its read will meet the failure
+    assert policy.saw(second.key) == "miss"
+
+
+def test_every_mark_every_th_item_is_not_pushed():
+    policy = Prefetcher(ahead_files=10, mark_every=4, clock=Clock())
+    policy.hint(items(10))
+    assert [j.push for j in policy.take(10)] == [True, True, True, False] * 2 + [True, True]
+
+
+def test_leaving_the_order_stops_and_coming_back_resumes():
+    policy = Prefetcher(ahead_files=2, leave_after=3, clock=Clock())
+    policy.hint(items(10))
+    run(policy)
+    for key in (100, 101):
+        assert policy.saw(key) == "off"
+    assert not policy.wants_follow()
+    policy.saw(102)
+    assert policy.wants_follow()
+    policy.saw(2)  # back in order: window is 3..4
+    assert run(policy) == [3, 4]
+    policy.saw(4)
+    for key in (100, 101, 102):
+        policy.saw(key)
+    assert run(policy) == []  # left again: nothing more
+
+
+def test_idle_stops_and_a_read_resumes():
+    clock = Clock()
+    policy = Prefetcher(ahead_files=2, idle=10, clock=clock)
+    policy.hint(items(10))
+    assert run(policy) == [1, 2]
+    policy.saw(2)
+    clock.now = 11
+    assert run(policy) == []  # nobody read for 11 s
+    policy.saw(3)
+    assert run(policy) == [4, 5]
+
+
+def test_follow_extends_in_folder_order():
+    asked = []
+
+    def extend(last: Item) -> list[Item]:
+        asked.append(last.key)
+        return [Item(k, 10) for k in range(last.key + 1, min(last.key + 4, 12))]
+
+    policy = Prefetcher(ahead_files=5, clock=Clock())
+    policy.follow([Item(1, 10), Item(2, 10)], extend)
+    assert run(policy) == [2, 3, 4, 5, 6]  # item 1 is the read that started it
+    policy.saw(6)
+    assert run(policy) == [7, 8, 9, 10, 11]
+    policy.saw(11)
+    assert run(policy) == [] and asked == [2, 5, 8, 11]
+
+
+def test_stop_wakes_waiting_workers():
+    policy = Prefetcher(clock=Clock())
+    policy.stop()
+    policy.hint(items(3))
+    assert policy.wait(4, timeout=5) == []
+
+
+# -- real mounts ----------------------------------------------------------------------------------
+
+def _rand(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def _publish(cli, tmp_path, files: dict[str, bytes]) -> str:
+    write_tree(tmp_path / "src", files)
+    vid = cli("create", "ds").strip()
+    cli("add", vid, str(tmp_path / "src"))
+    cli("publish", vid)
+    return vid
+
+
+def _stats(mnt) -> dict:
+    return json.loads(os.getxattr(mnt, "user.dsfs.stats"))
+
+
+def _wait_for(check, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+    return found
+
+
+def _digests(args):
+    root, paths = args
+    out = []
+    for p in paths:
+        with open(os.path.join(root, p), "rb") as f:
+            out.append((p, hashlib.sha256(f.read()).hexdigest()))
+    return out
+
+
+def test_an_order_hint_serves_a_shuffled_four_process_epoch_ahead(cli, mounts, tmp_path):
+    """The loader lists the version, sends the epoch's shuffled order, and four processes read
+    their share of it: every byte is right, and most files never reach the daemon as a read
+    (their verified bytes were pushed into the page cache) or were prepared before their read."""
+    files = {f"d{i % 5}/f{i:04d}.bin": _rand(2000 + 53 * i, i) for i in range(400)}
+    vid = _publish(cli, tmp_path, files)
+    mnt = tmp_path / "mnt"
+    mounts.mount(vid, mnt)
+    listed = sorted(os.path.relpath(os.path.join(d, n), mnt) for d, _, ns in os.walk(mnt) for n in ns)
+    assert listed == sorted(files)
+    order = list(files)
+    random.Random(3).shuffle(order)
+    (tmp_path / "order.txt").write_text("".join(p + "\n" for p in order))
+    cli("prefetch", str(mnt), "--order", str(tmp_path / "order.txt"))
+    _wait_for(lambda: _stats(mnt)["prefetch"]["prepared"] >= 200, "the first window")
+    shares = [(str(mnt), order[i:i + 25]) for i in range(0, len(order), 25)]  # batches, in order
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        got = dict(pair for share in pool.imap(_digests, shares) for pair in share)
+    assert got == {p: hashlib.sha256(d).hexdigest() for p, d in files.items()}
+    stats = _stats(mnt)
+    prefetch, reads = stats["prefetch"], stats["requests"].get("read", 0)
+    assert prefetch["hints"] == 1 and prefetch["order"] == len(files) and prefetch["hint_unknown"] == 0
+    assert prefetch["pushed"] >= len(files) * 3 // 4, prefetch
+    assert reads <= len(files) // 4, (reads, prefetch)  # mostly served by the kernel
+    assert prefetch["misses"] <= len(files) // 10, prefetch
+
+
+def test_cold_reads_in_folder_order_push_the_next_files(local_cli, local_mounts, tmp_path):
+    """Without a hint, a cold read of a small file prepares the files after it in its chunk
+    (folder order) and pushes them: a walk that reads every file lets most of them be answered
+    by the kernel, and the bytes are right."""
+    files = {f"d{i // 100}/f{i:04d}.bin": _rand(1000 + 31 * i, i) for i in range(300)}
+    vid = _publish(local_cli, tmp_path, files)
+    mnt = tmp_path / "mnt"
+    local_mounts.mount(vid, mnt)
+    for folder, _dirs, names in sorted(os.walk(mnt)):
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                assert f.read() == files[os.path.relpath(path, mnt)]
+            time.sleep(0.001)  # a reader that does some work per file
+    prefetch = _stats(mnt)["prefetch"]
+    assert prefetch["advised"] >= 1 and prefetch["pushed"] >= 100, prefetch
+    assert prefetch["hinted"] is False
+
+
+@pytest.mark.fuse
+def test_prefetch_under_a_tiny_cache_never_evicts_what_comes_next(seaweed_server, monkeypatch,
+                                                                   tmp_path, cache_dir):
+    """An S3 mount with an 8 MiB disk cache and a hint over 24 MB of files: prefetch stays a
+    small share of the cache ahead, so every file is fetched from the store once, never evicted
+    before its read and fetched again."""
+    from conftest import Cli
+    from mounting import Mounts
+
+    seaweed_server.apply_env(monkeypatch)
+    cli = Cli(seaweed_server.new_bucket(), cache_dir)
+    files = {f"f{i:03d}.bin": _rand(200_000 + 1000 * i, 500 + i) for i in range(120)}
+    vid = _publish(cli, tmp_path, files)
+    mounts = Mounts(cli.store, cache_dir)
+    mnt = tmp_path / "mnt"
+    try:
+        mounts.mount(vid, mnt, cache_size="8M")
+        order = sorted(files)
+        random.Random(5).shuffle(order)
+        os.listdir(mnt)
+        from dsfs import prefetch
+
+        assert prefetch(mnt, [str(mnt / p) for p in order]) == len(order)
+        for rel in order:
+            assert (mnt / rel).read_bytes() == files[rel]
+        stats = _stats(mnt)
+        total = sum(len(d) for d in files.values())
+        assert stats["cache"]["fetched"] <= total * 1.05, stats
+        assert stats["prefetch"]["prepared"] >= len(files) // 2, stats["prefetch"]
+        assert json.loads(cli("cache", "stats", "--json"))["size"] <= 12 << 20
+    finally:
+        mounts.cleanup()
+
+
+def test_warm_reads_the_whole_version_and_status_shows_it(local_cli, local_mounts, tmp_path):
+    files = {f"d{i % 3}/f{i:03d}.bin": _rand(20_000 + i, i) for i in range(90)}
+    vid = _publish(local_cli, tmp_path, files)
+    mnt = tmp_path / "mnt"
+    local_mounts.mount(vid, mnt, warm=True)
+
+    def finished():
+        (doc,) = json.loads(local_cli("status", "--json"))
+        return doc["warm"] if doc["warm"]["state"] == "done" else None
+
+    warm = _wait_for(finished, "the warm to finish")
+    assert warm["done"] == warm["total"] >= sum(len(d) for d in files.values())
+    assert "warm done 100%" in local_cli("status")
+    assert _stats(mnt)["prefetch"]["warm"]["state"] == "done"
+    assert all((mnt / p).read_bytes() == d for p, d in files.items())
+
+
+def test_the_hint_cli_and_api_errors(local_cli, local_mounts, tmp_path):
+    import dsfs
+
+    vid = _publish(local_cli, tmp_path, {"a.bin": b"a" * 10})
+    assert "not a dsfs mount" in local_cli.fails("prefetch", str(tmp_path), "--order", "-", code=3)
+    with pytest.raises(dsfs.errors.NotFound, match="not a dsfs mount"):
+        dsfs.prefetch(tmp_path, ["a.bin"])
+    mnt = tmp_path / "mnt"
+    local_mounts.mount(vid, mnt)
+    assert "cannot read the order file" in local_cli.fails("prefetch", str(mnt), "--order",
+                                                           str(tmp_path / "nope"), code=2)
+    with pytest.raises(dsfs.errors.InvalidInput, match="not inside the mount"):
+        dsfs.prefetch(mnt, [str(tmp_path / "a.bin")])
+    local_cli("prefetch", str(mnt), "a.bin", "missing.bin")
+    _wait_for(lambda: _stats(mnt)["prefetch"].get("hints") == 1, "the hint")
+    assert _stats(mnt)["prefetch"]["hint_unknown"] == 1
+    local_cli("prefetch", vid)  # a ref still warms the cache now
+
+
+def test_hinted_sampler_sends_each_epoch_order(local_cli, local_mounts, tmp_path):
+    from dsfs.torch import HintedSampler
+
+    files = {f"f{i}.bin": _rand(100 + i, i) for i in range(20)}
+    vid = _publish(local_cli, tmp_path, files)
+    mnt = tmp_path / "mnt"
+    local_mounts.mount(vid, mnt)
+
+    class Dataset:  # ImageFolder's shape: (path, target) pairs
+        samples = [(str(mnt / name), 0) for name in sorted(files)]
+
+        def __getitem__(self, i):
+            return open(self.samples[i][0], "rb").read()
+
+    sampler = HintedSampler(random.Random(1).sample(range(20), 20), Dataset())
+    assert len(sampler) == 20
+    for epoch in (1, 2):
+        assert sorted(sampler) == list(range(20))
+        _wait_for(lambda: _stats(mnt)["prefetch"].get("hints") == epoch, f"epoch {epoch}'s hint")
+    assert _stats(mnt)["prefetch"]["order"] == 20
