@@ -301,3 +301,43 @@ def test_hinted_sampler_sends_each_epoch_order(local_cli, local_mounts, tmp_path
         assert sorted(sampler) == list(range(20))
         _wait_for(lambda: _stats(mnt)["prefetch"].get("hints") == epoch, f"epoch {epoch}'s hint")
     assert _stats(mnt)["prefetch"]["order"] == 20
+
+
+@pytest.mark.s3
+def test_s3_faults_during_prefetch_never_give_wrong_bytes(moto_server, monkeypatch, tmp_path, cache_dir):
+    """Every ranged GET of a chunk comes back with a lost tail that its Content-Length hides on
+    the first two tries: prefetch jobs fail their checks and leave the files to the demand reads,
+    which get byte-exact data; nothing unverified was pushed."""
+    from conftest import Cli
+    from mounting import Mounts
+    from s3proxy import CuttingProxy
+
+    moto_server.apply_env(monkeypatch)
+    cli = Cli(moto_server.new_bucket(), cache_dir)
+    files = {f"d{i % 3}/f{i:03d}.bin": _rand(3000 + 97 * i, 700 + i) for i in range(80)}
+    vid = _publish(cli, tmp_path, files)
+    chunk_gets = lambda method, path, n: method == "GET" and "/chunks/" in path and n % 3 != 0  # noqa: E731
+    with CuttingProxy(moto_server.endpoint, cut=chunk_gets, honest_length=False) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        mounts = Mounts(cli.store, cache_dir)
+        mounts.allow(r"failed its checks|sha256 mismatch|chunk is truncated|size mismatch|refetching")
+        mnt = tmp_path / "mnt"
+        try:
+            mounts.mount(vid, mnt)
+            os.listdir(mnt)
+            order = sorted(files)
+            random.Random(8).shuffle(order)
+            from dsfs import prefetch
+
+            prefetch(mnt, order)
+            _wait_for(lambda: _stats(mnt)["prefetch"]["hints"] == 1, "the hint")
+            for rel in order:
+                try:
+                    data = (mnt / rel).read_bytes()
+                except OSError:
+                    continue  # EIO when both tries were cut: an error, never wrong bytes
+                assert data == files[rel], rel
+            assert _stats(mnt)["prefetch"]["failed"] + _stats(mnt)["prefetch"]["prepared"] >= 1
+        finally:
+            mounts.cleanup()
+    assert proxy.cuts > 0
