@@ -76,7 +76,9 @@ class PrefetchService:
     # -- life -----------------------------------------------------------------------------------
 
     def start(self, mountpoint: str, *, warm: bool = False) -> None:
-        self._spawn(self._control, mountpoint, name="dsfs-control")
+        server = self._listen(mountpoint)  # bound before the mount is reported ready
+        if server is not None:
+            self._spawn(self._control, server, name="dsfs-control")
         for i in range(self.workers):
             self._spawn(self._work, name=f"dsfs-prefetch-{i}")
         if warm:
@@ -290,17 +292,23 @@ class PrefetchService:
 
     # -- control socket -------------------------------------------------------------------------
 
-    def _control(self, mountpoint: str) -> None:
+    @staticmethod
+    def _listen(mountpoint: str) -> socket.socket | None:
         from .draft import control_address
 
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
-            try:
-                server.bind(control_address(mountpoint))
-            except OSError as exc:
-                log.warning("no control socket (order hints are off): %s", exc)
-                return
-            server.listen(8)
-            server.settimeout(0.5)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            server.bind(control_address(mountpoint))
+        except OSError as exc:
+            server.close()
+            log.warning("no control socket (order hints are off): %s", exc)
+            return None
+        server.listen(8)
+        server.settimeout(0.5)
+        return server
+
+    def _control(self, server: socket.socket) -> None:
+        with server:
             while not self._closing.is_set():
                 try:
                     conn, _ = server.accept()
