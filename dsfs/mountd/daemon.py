@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 from ..config import Settings, load_settings, parse_size
@@ -107,22 +108,25 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
         started=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), adapter=adapter,
         log=log_path, cache_dir=settings.cache_dir, cache_limit=cache.size_limit)
     prefetch = None
+    record_lock = threading.Lock()  # the warm thread rewrites the record too (one temp file)
     if adapter == "direct":
         from .prefetchd import PrefetchService
 
         def on_progress(progress: dict) -> None:
-            record.warm = progress
-            registry.write_record(settings.state_dir, record)
+            with record_lock:
+                record.warm = progress
+                registry.write_record(settings.state_dir, record)
 
         prefetch = PrefetchService(view, workers=2 if repo.store.is_local else 4, on_progress=on_progress)
     elif warm:
         raise InvalidInput("--warm needs a published version mounted with the direct adapter")
 
     def on_ready() -> None:
-        if prefetch is not None:
-            prefetch.start(mountpoint, warm=warm)
-            record.warm = dict(prefetch.warm) if prefetch.warm else None
-        registry.write_record(settings.state_dir, record)
+        with record_lock:
+            if prefetch is not None:
+                prefetch.start(mountpoint, warm=warm)
+                record.warm = dict(prefetch.warm) if prefetch.warm else None
+            registry.write_record(settings.state_dir, record)
         log.info("mounted %s (%s@%s) at %s with the %s adapter", manifest.id, manifest.dataset,
                  manifest.name, mountpoint, adapter)
         sd_notify("READY=1")

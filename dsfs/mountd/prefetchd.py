@@ -118,7 +118,8 @@ class PrefetchService:
         self._last_demand = time.monotonic()
         if offset != 0 or node.chunk is None:
             return
-        if self.policy.saw(node.ino) == "off" and self.policy.wants_follow():
+        # neighbour_bytes 0 ("one GET per file") turns the folder-order follow off as well
+        if self.policy.saw(node.ino) == "off" and self.cache.neighbour_bytes and self.policy.wants_follow():
             self._follow(node)
 
     def _follow(self, node: Node) -> None:
