@@ -221,6 +221,9 @@ def test_prefetch_under_a_tiny_cache_never_evicts_what_comes_next(seaweed_server
     from mounting import Mounts
 
     seaweed_server.apply_env(monkeypatch)
+    config = tmp_path / "dsfs.yaml"
+    config.write_text("neighbour_bytes: 0\n")  # demand misses fetch no neighbours: count prefetch alone
+    monkeypatch.setenv("DSFS_CONFIG", str(config))
     cli = Cli(seaweed_server.new_bucket(), cache_dir)
     files = {f"f{i:03d}.bin": _rand(200_000 + 1000 * i, 500 + i) for i in range(120)}
     vid = _publish(cli, tmp_path, files)
@@ -238,7 +241,8 @@ def test_prefetch_under_a_tiny_cache_never_evicts_what_comes_next(seaweed_server
             assert (mnt / rel).read_bytes() == files[rel]
         stats = _stats(mnt)
         total = sum(len(d) for d in files.values())
-        assert stats["cache"]["fetched"] <= total * 1.05, stats
+        # 'fetched' also counts failed store attempts: a little slack, far below a refetch epoch
+        assert stats["cache"]["fetched"] <= total * 1.15, stats
         assert stats["prefetch"]["prepared"] >= len(files) // 2, stats["prefetch"]
         assert json.loads(cli("cache", "stats", "--json"))["size"] <= 12 << 20
     finally:

@@ -178,12 +178,17 @@ class PrefetchService:
                 self.policy.done(job, ok)
 
     def _prepare(self, job: Job, node: Node) -> bool:
+        # Neighbours in the chunk help a folder-order follow; under a (shuffled) hint they would
+        # be bytes nobody reads soon, taking cache space from what the reader needs next.
+        # Passing ``near`` (even one that finds none) also routes the fetch through the cache's
+        # single flight, so a demand read of a file being prepared waits for it, not refetches.
+        near = _no_neighbours if self.policy.stats()["hinted"] else self.view._near
         try:
             if job.push and self.push is not None and node.size <= PUSH_MAX:
-                data = self.cache.read_all(self.store, node.to_entry(), near=self.view._near)
+                data = self.cache.read_all(self.store, node.to_entry(), near=near)
                 self._push(node.ino, data)
             elif not self.local:
-                self.cache.read_all(self.store, node.to_entry(), near=self.view._near) \
+                self.cache.read_all(self.store, node.to_entry(), near=near) \
                     if node.size <= PUSH_MAX else self.cache.prefetch(self.store, node.to_entry())
             self._count("prepared")
             return True
@@ -339,6 +344,10 @@ class PrefetchService:
             return
         if reply["ok"]:  # the caller returns at once; paths resolve here
             self.hint([str(p) for p in request["paths"]])
+
+
+def _no_neighbours(chunk: str, start: int, end: int) -> list:
+    return []
 
 
 def _lowest_priority() -> None:
