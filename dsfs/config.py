@@ -11,8 +11,6 @@ import os
 import re
 from pathlib import Path
 
-import yaml
-
 from .errors import InvalidInput
 
 MiB = 1 << 20
@@ -94,6 +92,8 @@ def load_settings(
 
 
 def _apply_file(settings: Settings, path: Path) -> None:
+    import yaml  # only when there is a file to read: it is slow to import (a mount pays for it)
+
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:

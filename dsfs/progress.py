@@ -11,8 +11,6 @@ import os
 import sys
 import threading
 
-from tqdm import tqdm
-
 
 class Progress:
     def __init__(self, label: str, total: int, *, unit: str = "B", enabled: bool | None = None) -> None:
@@ -22,6 +20,8 @@ class Progress:
         self._lock = threading.Lock()
         self._bar = None
         if self.enabled:
+            from tqdm import tqdm  # only for a bar: the mount daemon never draws one
+
             # A terminal that reports no size (a bare pty) gets 80x24, not a hidden bar.
             sized = _has_size()
             # Decimal prefixes: tqdm labels sizes kB/MB/GB, which are powers of 1000.

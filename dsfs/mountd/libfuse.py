@@ -16,6 +16,7 @@ import glob
 import importlib
 import os
 import sys
+from collections.abc import Iterator
 
 from ..errors import MountError
 
@@ -43,19 +44,33 @@ def major_version(path: str) -> int | None:
 def candidates() -> list[str]:
     """Where libfuse 3 may be, best first: its soname (the dynamic loader's own search), what
     ldconfig knows as ``fuse3``, then the usual library folders."""
-    found = [SONAME]
+    return list(dict.fromkeys(_search()))
+
+
+def _search() -> Iterator[str]:
+    # Lazily: the soname almost always loads, and the rest costs an ``ldconfig -p`` run and a
+    # scan of the library folders (a mount's start-up would pay for them).
+    yield SONAME
     by_name = ctypes.util.find_library("fuse3")
     if by_name:
-        found.append(by_name)
+        yield by_name
     for folder in _SEARCH:
-        found += sorted(glob.glob(os.path.join(folder, "libfuse3.so*")), reverse=True)
-    return list(dict.fromkeys(found))
+        yield from sorted(glob.glob(os.path.join(folder, "libfuse3.so*")), reverse=True)
+
+
+_found: str | None = None
 
 
 def find(paths: list[str] | None = None) -> str:
-    """The first of ``paths`` (default: ``candidates()``) that loads and is libfuse 3."""
-    for path in candidates() if paths is None else paths:
+    """The first of ``paths`` (default: ``candidates()``, searched lazily and remembered) that
+    loads and is libfuse 3."""
+    global _found
+    if paths is None and _found is not None:
+        return _found
+    for path in _search() if paths is None else paths:
         if major_version(path) == 3:
+            if paths is None:
+                _found = path
             return path
     raise LibfuseMissing(MISSING)
 
