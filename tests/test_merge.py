@@ -217,3 +217,64 @@ def test_published_index_is_built_once(tmp_path):
     mtime = (tmp_path / "index" / first.rsplit("/", 1)[1]).stat().st_mtime_ns
     assert lineage.builder.index_for(manifest).path == first
     assert (tmp_path / "index" / first.rsplit("/", 1)[1]).stat().st_mtime_ns == mtime
+
+
+def test_paths_and_subtree_walks_without_stored_paths(tmp_path):
+    """Paths are derived from names, and a folder's walk is its subtree in byte order (where
+    'a-b' and 'a.b' sort between 'a' and 'a/...'), including across an overlaid parent."""
+    lineage = Lineage(tmp_path)
+    lineage.version("r", [], "+a/b/c=1", "+a/b-c=2", "+a/b/d/e=3", "+a-b=4", "+a/e/", "+a.b/x=5", "+z=6")
+    lineage.version("c", ["r"], "+a/b/d/f=7", "-a/b-c", "+a/b.x=8")
+    lineage.version("m", ["c", "r"], "+a/n=9")  # r overlaid on c: its a/b-c comes back
+    for name in ("r", "c", "m"):
+        index = lineage.builder.index_for(lineage.catalog.version(lineage.ids[name]))
+        every = list(index.walk())
+        paths = [n.path for n in every]
+        assert paths == sorted(paths, key=lambda p: p.encode())
+        assert [n.ino for n in every] == list(range(2, len(every) + 2))
+        for node in every:
+            assert index.get(node.ino) == node == index.by_path(node.path)
+            assert index.lookup(node.parent, node.name) == node
+            below = [n for n in every if n.path == node.path or n.path.startswith(node.path + "/")]
+            assert list(index.walk(node.path)) == below
+            if node.is_dir:
+                assert index.children(node.ino) == [n for n in every if n.parent == node.ino]
+        assert list(index.walk("a/nothing")) == [] and index.by_path("a/b/c/x") is None
+    assert "a/b-c" in [n.path for n in index.walk("a")]
+
+
+@pytest.mark.parametrize("old", ["3", "4", "5"])
+def test_pinned_index_of_an_older_format_upgrades_to_the_same_rows(tmp_path, old):
+    import shutil
+    import sqlite3
+
+    from dsfs.resolver.build import upgrade_pinned
+
+    lineage = Lineage(tmp_path)
+    lineage.version("r", [], "+a/b/c=1", "+a/b-c=2", "+a/e/", "+l->a/b-c", "+z=3")
+    path = lineage.builder.index_for(lineage.catalog.version(lineage.ids["r"])).path
+    pin = str(tmp_path / "pin.sqlite")
+    shutil.copyfile(path, pin)
+    with sqlite3.connect(pin) as db:  # as format 5 held it: paths, hashes in hex
+        db.execute("ALTER TABLE nodes ADD COLUMN path BLOB")
+        db.execute("WITH RECURSIVE t(ino, path) AS (SELECT ino, name FROM nodes WHERE parent = 1 AND ino != 1 "
+                   "UNION ALL SELECT n.ino, CAST(t.path || '/' || n.name AS BLOB) FROM t JOIN nodes n "
+                   "ON n.parent = t.ino) UPDATE nodes SET path = coalesce((SELECT path FROM t "
+                   "WHERE t.ino = nodes.ino), X'')")
+        db.execute("CREATE UNIQUE INDEX nodes_by_path ON nodes(path)")
+        db.execute("UPDATE nodes SET sha256 = lower(hex(sha256)) WHERE sha256 IS NOT NULL")
+        db.execute("UPDATE nodes SET last = NULL")
+        if old in ("3", "4"):  # before hash trees
+            db.execute("ALTER TABLE nodes DROP COLUMN tree")
+            db.execute("ALTER TABLE nodes DROP COLUMN tree_offset")
+        if old == "3":
+            db.execute("UPDATE nodes SET name = CAST(name AS TEXT), path = CAST(path AS TEXT)")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (old,))
+    db.close()
+    upgrade_pinned(pin)
+    rows = []
+    for db in (sqlite3.connect(path), sqlite3.connect(pin)):
+        rows.append((db.execute("SELECT * FROM nodes ORDER BY ino").fetchall(),
+                     db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()))
+        db.close()
+    assert rows[0] == rows[1]

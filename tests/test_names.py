@@ -272,9 +272,17 @@ def test_draft_staged_by_an_older_dsfs_still_commits(local_cli, local_mounts, tm
         db.execute("UPDATE inodes SET name = CAST(name AS TEXT), target = CAST(target AS TEXT)")
     old = tmp_path / "old-base.sqlite"
     shutil.copyfile(stage / "base.sqlite", old)
-    with sqlite3.connect(old) as db:
-        db.execute("UPDATE nodes SET name = CAST(name AS TEXT), path = CAST(path AS TEXT), "
-                   "target = CAST(target AS TEXT)")
+    with sqlite3.connect(old) as db:  # format 3: paths stored, hashes as hex, names as text
+        db.execute("ALTER TABLE nodes ADD COLUMN path BLOB")
+        db.execute("WITH RECURSIVE t(ino, path) AS (SELECT ino, name FROM nodes WHERE parent = 1 AND ino != 1 "
+                   "UNION ALL SELECT n.ino, t.path || '/' || n.name FROM t JOIN nodes n ON n.parent = t.ino) "
+                   "UPDATE nodes SET path = (SELECT path FROM t WHERE t.ino = nodes.ino) WHERE ino != 1")
+        db.execute("UPDATE nodes SET path = '' WHERE ino = 1")
+        db.execute("CREATE UNIQUE INDEX nodes_by_path ON nodes(path)")
+        db.execute("UPDATE nodes SET name = CAST(name AS TEXT), target = CAST(target AS TEXT), "
+                   "sha256 = lower(hex(sha256)), blocks = lower(hex(blocks)), last = NULL")
+        db.execute("UPDATE nodes SET sha256 = NULL WHERE sha256 = ''")
+        db.execute("UPDATE nodes SET blocks = NULL WHERE blocks = ''")
         db.execute("UPDATE meta SET value = '3' WHERE key = 'format'")
         db.execute("ALTER TABLE nodes DROP COLUMN tree")  # format 3 had no hash tree columns
         db.execute("ALTER TABLE nodes DROP COLUMN tree_offset")

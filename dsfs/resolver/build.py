@@ -29,7 +29,7 @@ from ..catalog import Catalog
 from ..changeset.manifest import DIR, Entry, Removal, VersionManifest
 from ..errors import Corrupt, InvalidInput
 from ..paths import ancestors, name_bytes, name_str, parent_of
-from .index import INDEX_FORMAT, INDEX_SQL, ROOT_INO, SCHEMA_SQL, TYPE_CODES, VersionIndex
+from .index import INDEX_FORMAT, INDEX_SQL, NODES_SQL, ROOT_INO, SCHEMA_SQL, TYPE_CODES, VersionIndex
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,18 @@ _DIR = TYPE_CODES[DIR]
 _BATCH = 20000
 _WORK_COLUMNS = ("path, type, size, mode, mtime_ns, sha256, target, chunk, offset, csize, method, provider, "
                  "blocks, tree, tree_offset")
+# Every node of an attached index with its path, built down from the root's children.
 _COPY_SELECT = (
-    "SELECT n.path, n.type, n.size, n.mode, n.mtime_ns, n.sha256, n.target, c.key, n.offset, "
-    "n.csize, n.method, p.version, n.blocks, n.tree, n.tree_offset FROM src.nodes n LEFT JOIN src.chunks c ON c.id = n.chunk_id "
-    "JOIN src.providers p ON p.id = n.provider_id WHERE n.ino != 1"
+    "WITH RECURSIVE t(path, ino, type, size, mode, mtime_ns, sha256, target, chunk_id, offset, csize, "
+    "method, provider_id, blocks, tree, tree_offset) AS ("
+    "SELECT name, ino, type, size, mode, mtime_ns, sha256, target, chunk_id, offset, csize, method, "
+    "provider_id, blocks, tree, tree_offset FROM src.nodes WHERE parent = 1 AND ino != 1 "
+    "UNION ALL SELECT CAST(t.path || X'2f' || n.name AS BLOB), n.ino, n.type, n.size, n.mode, n.mtime_ns, "
+    "n.sha256, n.target, n.chunk_id, n.offset, n.csize, n.method, n.provider_id, n.blocks, n.tree, "
+    "n.tree_offset FROM t JOIN src.nodes n ON n.parent = t.ino WHERE t.type = ?) "
+    "SELECT t.path, t.type, t.size, t.mode, t.mtime_ns, t.sha256, t.target, c.key, t.offset, t.csize, "
+    "t.method, p.version, t.blocks, t.tree, t.tree_offset FROM t LEFT JOIN src.chunks c ON c.id = t.chunk_id "
+    "JOIN src.providers p ON p.id = t.provider_id"
 )
 
 
@@ -109,11 +117,13 @@ class _Work:
                 self.dirs.add(path)
         elif path in self.dirs:
             raise PathConflict(path)
-        sha = e.sha256 if e.type != DIR else None
+        sha = bytes.fromhex(e.sha256) if e.type != DIR else None
         target = None if e.target is None else name_bytes(e.target)
         self.pending.append((name_bytes(path), TYPE_CODES[e.type], e.size if e.type != DIR else 0, e.mode,
                              e.mtime_ns, sha, target, e.chunk, e.offset, e.csize, e.method, provider,
-                             e.blocks, e.tree, e.tree_offset if e.tree is not None else None))
+                             None if e.blocks is None else bytes.fromhex(e.blocks),
+                             None if e.tree is None else bytes.fromhex(e.tree),
+                             e.tree_offset if e.tree is not None else None))
         if len(self.pending) >= _BATCH:
             self.flush()
 
@@ -130,17 +140,35 @@ class _Work:
         self.flush()
         self.conn.execute("ATTACH DATABASE ? AS src", (f"file:{index_path}?mode=ro",))
         try:
-            clashes = [name_str(r[0]) for r in self.conn.execute(
-                "SELECT w.path FROM scratch.work w JOIN src.nodes n ON n.path = w.path "
-                "WHERE w.type = ? AND n.type != ?", (_DIR, _DIR))]
-            for path in clashes:
+            src_dirs = _folders(self.conn)
+            for path in [d for d in self.dirs if self._file_in(src_dirs, name_bytes(d))]:
                 self.remove(path)
-            self.conn.execute(f"INSERT OR REPLACE INTO scratch.work({_WORK_COLUMNS}) {_COPY_SELECT}")
-            self.dirs.update(name_str(r[0]) for r in self.conn.execute(
-                "SELECT path FROM src.nodes WHERE type = ? AND ino != 1", (_DIR,)))
+            self.conn.execute(f"INSERT OR REPLACE INTO scratch.work({_WORK_COLUMNS}) {_COPY_SELECT}", (_DIR,))
+            self.dirs.update(name_str(path) for path in src_dirs if path)
             self.conn.commit()
         finally:
             self.conn.execute("DETACH DATABASE src")
+
+    def _file_in(self, src_dirs: dict[bytes, int], path: bytes) -> bool:
+        """Whether the attached index has a file or symlink at ``path``."""
+        if path in src_dirs:
+            return False
+        parent, _, name = path.rpartition(b"/")
+        if parent not in src_dirs:
+            return False  # nothing there, or an ancestor is a file (that one is a clash itself)
+        row = self.conn.execute("SELECT type FROM src.nodes WHERE parent = ? AND name = ? AND ino != 1",
+                                (src_dirs[parent], name)).fetchone()
+        return row is not None and row[0] != _DIR
+
+
+def _folders(conn: sqlite3.Connection) -> dict[bytes, int]:
+    """The attached index's folders: path -> inode (the root is b'')."""
+    paths = {ROOT_INO: b""}
+    for ino, parent, name in conn.execute("SELECT ino, parent, name FROM src.nodes WHERE type = ? AND ino != 1 "
+                                          "ORDER BY ino", (_DIR,)):
+        base = paths[parent]  # a folder's parent comes before it in inode (path) order
+        paths[ino] = base + b"/" + name if base else name
+    return {path: ino for ino, path in paths.items()}
 
 
 class ViewBuilder:
@@ -240,10 +268,11 @@ def _current(path: str) -> bool:
 
 def upgrade_pinned(path: str) -> None:
     """Bring a pinned index (a staged draft's base, whose inode numbers its journal names) of
-    format 3 or 4 to the current format in place, every row kept. Format 3 held names as UTF-8
-    text; it could hold only UTF-8 names, whose text order is their byte order, so a rebuild
-    would number them the same. Format 4 lacked the hash tree columns: its files read as those
-    of change-sets without trees. Any other old format is refused: its inodes cannot be trusted."""
+    format 3, 4 or 5 to the current format in place, every row and inode number kept. Format 3
+    held names as UTF-8 text, whose order is their byte order; 4 lacked the hash tree columns
+    (its files read as those of change-sets without trees); 5 is 6 with paths stored and hashes
+    as hex. So a rebuild would number them the same. Any other old format is refused: its inodes
+    cannot be trusted."""
     if _current(path):
         return
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".upgrade-", suffix=".sqlite")
@@ -253,15 +282,18 @@ def upgrade_pinned(path: str) -> None:
         conn = sqlite3.connect(tmp)
         try:
             row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-            if row is None or row[0] not in ("3", "4"):
+            if row is None or row[0] not in ("3", "4", "5"):
                 raise Corrupt(f"index of format {row and row[0]!r} cannot be upgraded: {path!r}")
+            conn.create_function("unhex", 1, lambda h: None if h is None else bytes.fromhex(h),
+                                 deterministic=True)
             with conn:
                 if row[0] == "3":
                     conn.execute("UPDATE nodes SET name = CAST(name AS BLOB), path = CAST(path AS BLOB), "
                                  "target = CAST(target AS BLOB)")
-                conn.execute("ALTER TABLE nodes ADD COLUMN tree TEXT")
-                conn.execute("ALTER TABLE nodes ADD COLUMN tree_offset INTEGER")
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'format'", (INDEX_FORMAT,))
+                if row[0] in ("3", "4"):
+                    conn.execute("ALTER TABLE nodes ADD COLUMN tree TEXT")
+                    conn.execute("ALTER TABLE nodes ADD COLUMN tree_offset INTEGER")
+                _upgrade_5(conn)
         finally:
             conn.close()
         os.replace(tmp, path)
@@ -269,6 +301,26 @@ def upgrade_pinned(path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _upgrade_5(conn: sqlite3.Connection) -> None:
+    """Format 5 -> 6: drop the paths (each folder gets ``last`` from its path range first) and store
+    hashes as bytes."""
+    for name in ("nodes_by_parent", "nodes_by_sha", "nodes_by_chunk"):
+        conn.execute(f"DROP INDEX IF EXISTS {name}")
+    conn.execute("ALTER TABLE nodes RENAME TO old_nodes")
+    for statement in (NODES_SQL + INDEX_SQL).split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(
+        "INSERT INTO nodes SELECT ino, parent, name, type, size, mode, mtime_ns, unhex(sha256), target, chunk_id, "
+        "offset, csize, method, provider_id, nlink, unhex(blocks), unhex(tree), tree_offset, CASE "
+        "WHEN o.ino = 1 THEN (SELECT max(ino) FROM old_nodes) "
+        "WHEN o.type = ? THEN (SELECT coalesce(max(m.ino), o.ino) FROM old_nodes m "
+        "WHERE m.path >= CAST(o.path || '/' AS BLOB) AND m.path < CAST(o.path || '0' AS BLOB)) END "
+        "FROM old_nodes o ORDER BY ino", (_DIR,))
+    conn.execute("DROP TABLE old_nodes")
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'format'", (INDEX_FORMAT,))
 
 
 def _finalize(conn: sqlite3.Connection, manifest: VersionManifest) -> None:
@@ -282,10 +334,11 @@ def _finalize(conn: sqlite3.Connection, manifest: VersionManifest) -> None:
     provider_ids = dict(conn.execute("SELECT version, id FROM providers"))
     stamp = manifest.published or manifest.created
     root_mtime = int(_dt.datetime.fromisoformat(stamp).timestamp() * 1e9) if stamp else 0
-    conn.execute("INSERT INTO nodes VALUES (1, 1, X'', X'', ?, 0, ?, ?, NULL, NULL, NULL, NULL, NULL, "
-                 "NULL, ?, 2, NULL, NULL, NULL)", (_DIR, 0o755, root_mtime, provider_ids[manifest.id]))
+    conn.execute("INSERT INTO nodes VALUES (1, 1, X'', ?, 0, ?, ?, NULL, NULL, NULL, NULL, NULL, "
+                 "NULL, ?, 2, NULL, NULL, NULL, NULL)", (_DIR, 0o755, root_mtime, provider_ids[manifest.id]))
     dir_inos = {b"": ROOT_INO}
-    subdirs: dict[int, int] = {}
+    dir_parents: dict[int, int] = {}  # folder -> its parent (in inode order)
+    last: dict[int, int] = {}  # folder -> its last child's inode, then its subtree's last inode
     files = total = 0
     batch: list[tuple] = []
     ino = ROOT_INO
@@ -294,20 +347,26 @@ def _finalize(conn: sqlite3.Connection, manifest: VersionManifest) -> None:
         ino += 1
         parent_path, _, name = path.rpartition(b"/")  # paths are bytes here
         parent = dir_inos[parent_path]
+        last[parent] = ino
         if kind == _DIR:
             dir_inos[path] = ino
-            subdirs[parent] = subdirs.get(parent, 0) + 1
+            dir_parents[ino] = parent
         else:
             files += 1
             total += size
-        batch.append((ino, parent, name, path, kind, size, mode, mtime,
-                      sha, target, chunk_ids.get(chunk), offset, csize, method,
-                      provider_ids[provider], 1 if kind != _DIR else 2, blocks, tree, tree_offset))
+        batch.append((ino, parent, name, kind, size, mode, mtime, sha, target, chunk_ids.get(chunk), offset,
+                      csize, method, provider_ids[provider], 1, blocks, tree, tree_offset))
         if len(batch) >= _BATCH:
             _insert_nodes(conn, batch)
     _insert_nodes(conn, batch)
-    conn.executemany("UPDATE nodes SET nlink = 2 + ? WHERE ino = ?",
-                     [(count, parent) for parent, count in subdirs.items()])
+    subdirs = dict.fromkeys(dir_inos.values(), 0)
+    for folder in sorted(dir_parents, reverse=True):  # a subtree's folders before the folder above
+        parent = dir_parents[folder]
+        subdirs[parent] += 1
+        last[folder] = last.get(folder, folder)
+        last[parent] = max(last[parent], last[folder])
+    conn.executemany("UPDATE nodes SET nlink = ?, last = ? WHERE ino = ?",
+                     [(2 + subdirs[folder], last.get(folder, folder), folder) for folder in subdirs])
     conn.executescript(INDEX_SQL)
     conn.executemany("INSERT INTO meta VALUES (?, ?)", [
         ("version", manifest.id), ("dataset", manifest.dataset), ("files", str(files)),
@@ -315,7 +374,7 @@ def _finalize(conn: sqlite3.Connection, manifest: VersionManifest) -> None:
 
 
 def _insert_nodes(conn: sqlite3.Connection, batch: list[tuple]) -> None:
-    conn.executemany(f"INSERT INTO nodes VALUES ({','.join('?' * 19)})", batch)
+    conn.executemany(f"INSERT INTO nodes VALUES ({','.join('?' * 18)}, NULL)", batch)
     batch.clear()
 
 

@@ -5,9 +5,10 @@ inode 1) and rows are numbered in path order, so inodes are stable for a version
 (parent, name), listing is in name order from the same index, and each row keeps its provenance:
 the version whose change-set put it there. Published indexes are opened ``immutable`` (no locking).
 
-Names, paths and symlink targets are stored as BLOBs of their raw bytes (see dsfs/paths.py), so
-any byte name fits. SQLite compares BLOBs bytewise, so listings and walks are in byte order, and
-a folder's subtree is the range [path + '/', path + '0') ('0' is the byte after '/').
+Names and symlink targets are stored as BLOBs of their raw bytes (see dsfs/paths.py), so any byte
+name fits; SQLite compares BLOBs bytewise, so listings are in byte order. Paths are not stored:
+a node's path is its folder's (found up the parents, and remembered) plus its name. A folder's
+subtree is contiguous in path order, so in inode order: its first child's inode to its ``last``.
 
 Threading: a ``VersionIndex`` may be shared by threads; each thread gets its own connection.
 """
@@ -27,21 +28,24 @@ from ..paths import name_bytes, name_str
 ROOT_INO = 1
 TYPE_CODES = {FILE: 0, DIR: 1, SYMLINK: 2}
 TYPE_NAMES = {v: k for k, v in TYPE_CODES.items()}
+_DIR_CODE = TYPE_CODES[DIR]
+_DIR_PATHS = 65536  # folder paths remembered per index
 
 SCHEMA_SQL = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
 CREATE TABLE chunks(id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
 CREATE TABLE providers(id INTEGER PRIMARY KEY, version TEXT NOT NULL UNIQUE);
+"""
+NODES_SQL = """
 CREATE TABLE nodes(
     ino INTEGER PRIMARY KEY,
     parent INTEGER NOT NULL,
     name BLOB NOT NULL,
-    path BLOB NOT NULL,
     type INTEGER NOT NULL,
     size INTEGER NOT NULL,
     mode INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
-    sha256 TEXT,
+    sha256 BLOB,
     target BLOB,
     chunk_id INTEGER,
     offset INTEGER,
@@ -49,25 +53,32 @@ CREATE TABLE nodes(
     method INTEGER,
     provider_id INTEGER NOT NULL,
     nlink INTEGER NOT NULL DEFAULT 1,
-    blocks TEXT,
-    tree TEXT,
-    tree_offset INTEGER
+    blocks BLOB,
+    tree BLOB,
+    tree_offset INTEGER,
+    last INTEGER
 );
 """
+SCHEMA_SQL += NODES_SQL
 INDEX_SQL = """
 CREATE UNIQUE INDEX nodes_by_parent ON nodes(parent, name);
-CREATE UNIQUE INDEX nodes_by_path ON nodes(path);
-CREATE INDEX nodes_by_sha ON nodes(sha256) WHERE sha256 IS NOT NULL;
+CREATE INDEX nodes_by_sha ON nodes(substr(sha256, 1, 8)) WHERE chunk_id IS NOT NULL;
 CREATE INDEX nodes_by_chunk ON nodes(chunk_id, offset) WHERE chunk_id IS NOT NULL;
 """
-INDEX_FORMAT = "5"  # an index file of another format is rebuilt (it is only a cache)
+INDEX_FORMAT = "6"  # an index file of another format is rebuilt (it is only a cache)
 
 # Chunk keys and provider versions are few and fixed once an index is built: they are mapped
 # in Python (``VersionIndex._names``), so a node lookup is one rowid probe with no join.
 _NODE_SELECT = (
-    "SELECT n.ino, n.parent, n.name, n.path, n.type, n.size, n.mode, n.mtime_ns, n.sha256, "
-    "n.target, n.chunk_id, n.offset, n.csize, n.method, n.provider_id, n.nlink, n.blocks, n.tree, "
-    "n.tree_offset FROM nodes n "
+    "SELECT n.ino, n.parent, n.name, n.type, n.size, n.mode, n.mtime_ns, n.sha256, n.target, n.chunk_id, "
+    "n.offset, n.csize, n.method, n.provider_id, n.nlink, n.blocks, n.tree, n.tree_offset FROM nodes n "
+)
+# The names from a node up to (not including) the root, nearest first.
+_UP_SQL = (
+    "WITH RECURSIVE up(ino, parent, name, depth) AS ("
+    "SELECT ino, parent, name, 0 FROM nodes WHERE ino = ? "
+    "UNION ALL SELECT n.ino, n.parent, n.name, up.depth + 1 FROM nodes n JOIN up ON n.ino = up.parent "
+    "WHERE up.ino != 1) SELECT name FROM up WHERE ino != 1 ORDER BY depth"
 )
 
 
@@ -129,6 +140,7 @@ class VersionIndex:
         self.total_size = int(meta["bytes"])
         self.format = meta.get("format")
         self._chunk_ids = {key: cid for cid, key in self._chunks.items()}
+        self._dir_paths: dict[int, bytes] = {ROOT_INO: b""}
 
     @contextlib.contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
@@ -146,18 +158,30 @@ class VersionIndex:
         finally:
             self._pool.put(conn)
 
-    def _node(self, row) -> Node:
-        chunk_id, provider_id = row[10], row[14]
-        target = row[9]
-        return Node(row[0], row[1], name_str(row[2]), name_str(row[3]), TYPE_NAMES[row[4]], row[5], row[6],
-                    row[7], row[8], None if target is None else name_str(target),
-                    None if chunk_id is None else self._chunks[chunk_id], row[11], row[12],
-                    row[13], self._providers[provider_id], row[15], row[16], row[17], row[18])
+    def _node(self, row, parent_path: bytes) -> Node:
+        ino, name, chunk_id, target, sha, blocks, tree = row[0], row[2], row[9], row[8], row[7], row[15], row[16]
+        path = name if not parent_path else parent_path + b"/" + name
+        return Node(ino, row[1], name_str(name), name_str(path),
+                    TYPE_NAMES[row[3]], row[4], row[5], row[6], None if sha is None else sha.hex(),
+                    None if target is None else name_str(target),
+                    None if chunk_id is None else self._chunks[chunk_id], row[10], row[11],
+                    row[12], self._providers[row[13]], row[14], None if blocks is None else blocks.hex(),
+                    None if tree is None else tree.hex(), row[17])
+
+    def _dir_path(self, conn: sqlite3.Connection, ino: int) -> bytes:
+        """The path of folder ``ino`` (remembered: a folder's path is asked for again and again)."""
+        path = self._dir_paths.get(ino)
+        if path is None:
+            path = b"/".join(reversed([r[0] for r in conn.execute(_UP_SQL, (ino,))]))
+            if len(self._dir_paths) >= _DIR_PATHS:
+                self._dir_paths = {ROOT_INO: b""}
+            self._dir_paths[ino] = path
+        return path
 
     def _one(self, sql: str, params: tuple) -> Node | None:
         with self._conn() as conn:
             row = conn.execute(sql, params).fetchone()
-        return self._node(row) if row else None
+            return self._node(row, self._dir_path(conn, row[1])) if row else None
 
     def get(self, ino: int) -> Node | None:
         return self._one(_NODE_SELECT + "WHERE n.ino = ?", (ino,))
@@ -167,32 +191,65 @@ class VersionIndex:
                          (parent, name_bytes(name)))
 
     def by_path(self, path: str) -> Node | None:
-        return self._one(_NODE_SELECT + "WHERE n.path = ?", (name_bytes(path),))
+        """The node at ``path``, found name by name from the root."""
+        if not path:
+            return self.get(ROOT_INO)
+        *folders, last = name_bytes(path).split(b"/")
+        parent, parent_path = ROOT_INO, b""
+        with self._conn() as conn:
+            for name in folders:
+                row = conn.execute("SELECT ino, type FROM nodes WHERE parent = ? AND name = ? AND ino != 1",
+                                   (parent, name)).fetchone()
+                if row is None or row[1] != _DIR_CODE:
+                    return None
+                parent, parent_path = row[0], parent_path + b"/" + name if parent_path else name
+                self._dir_paths.setdefault(parent, parent_path)
+            row = conn.execute(_NODE_SELECT + "WHERE n.parent = ? AND n.name = ? AND n.ino != 1",
+                               (parent, last)).fetchone()
+            return self._node(row, parent_path) if row else None
 
     def children(self, ino: int, after: str | None = None, limit: int = 1000) -> list[Node]:
         """Children of a directory in name (byte) order, starting after the name ``after``."""
         sql = _NODE_SELECT + "WHERE n.parent = ? AND n.ino != 1 AND n.name > ? ORDER BY n.name LIMIT ?"
         with self._conn() as conn:
-            return [self._node(r) for r in conn.execute(sql, (ino, name_bytes(after or ""), limit))]
+            base = self._dir_path(conn, ino)
+            return [self._node(r, base) for r in conn.execute(sql, (ino, name_bytes(after or ""), limit))]
 
     def children_at(self, ino: int, skip: int, limit: int = 1000) -> list[Node]:
         """Children of a directory in name order, from the ``skip``-th on (seekdir)."""
         sql = _NODE_SELECT + "WHERE n.parent = ? AND n.ino != 1 ORDER BY n.name LIMIT ? OFFSET ?"
         with self._conn() as conn:
-            return [self._node(r) for r in conn.execute(sql, (ino, limit, skip))]
+            base = self._dir_path(conn, ino)
+            return [self._node(r, base) for r in conn.execute(sql, (ino, limit, skip))]
 
     def walk(self, prefix: str = "") -> Iterator[Node]:
         """Every node at or below ``prefix`` ('' is the whole view), in path order: the order of
-        the paths' bytes (``path_order``), which is not Python's str order for every name."""
+        the paths' bytes (``path_order``), which is not Python's str order for every name.
+
+        Inodes are numbered in path order and a folder's subtree is contiguous in it, so this is
+        one rowid range: from the folder's first child (by name) to its ``last``."""
+        if prefix:
+            top = self.by_path(prefix)
+            if top is None:
+                return
+            yield top
+            if not top.is_dir:
+                return
+        else:
+            top = self.get(ROOT_INO)
         with self._conn() as conn:
-            if prefix:
-                raw = name_bytes(prefix)
-                sql = _NODE_SELECT + "WHERE n.path = ? OR (n.path >= ? AND n.path < ?) ORDER BY n.path"
-                rows = conn.execute(sql, (raw, raw + b"/", raw + b"0"))
-            else:
-                rows = conn.execute(_NODE_SELECT + "WHERE n.ino != 1 ORDER BY n.path")
-            for row in rows:
-                yield self._node(row)
+            first = conn.execute("SELECT ino FROM nodes WHERE parent = ? AND ino != 1 ORDER BY name LIMIT 1",
+                                 (top.ino,)).fetchone()
+            if first is None:
+                return
+            last = conn.execute("SELECT last FROM nodes WHERE ino = ?", (top.ino,)).fetchone()[0]
+            dirs = {top.ino: name_bytes(top.path)}
+            for row in conn.execute(_NODE_SELECT + "WHERE n.ino BETWEEN ? AND ? ORDER BY n.ino",
+                                    (first[0], last)):
+                base = dirs[row[1]]
+                if row[3] == _DIR_CODE:
+                    dirs[row[0]] = base + b"/" + row[2] if base else row[2]
+                yield self._node(row, base)
 
     def near(self, chunk: str, start: int, end: int, limit: int = 256) -> list[Node]:
         """Files whose bytes begin in ``[start, end)`` of ``chunk``, in chunk order."""
@@ -201,14 +258,16 @@ class VersionIndex:
             return []
         sql = _NODE_SELECT + "WHERE n.chunk_id = ? AND n.offset >= ? AND n.offset < ? ORDER BY n.offset LIMIT ?"
         with self._conn() as conn:
-            return [self._node(r) for r in conn.execute(sql, (cid, start, end, limit))]
+            return [self._node(r, self._dir_path(conn, r[1])) for r in conn.execute(sql, (cid, start, end, limit))]
 
     def chunks(self) -> list[str]:
         """The keys of the chunks this version's files live in, in key order."""
         return sorted(self._chunks.values())
 
     def find_blob(self, sha256: str) -> Entry | None:
-        node = self._one(_NODE_SELECT + "WHERE n.sha256 = ? AND n.chunk_id IS NOT NULL LIMIT 1", (sha256,))
+        digest = bytes.fromhex(sha256)
+        node = self._one(_NODE_SELECT + "WHERE substr(n.sha256, 1, 8) = ? AND n.sha256 = ? "
+                         "AND n.chunk_id IS NOT NULL LIMIT 1", (digest[:8], digest))
         return node.to_entry() if node else None
 
     def close(self) -> None:
