@@ -28,28 +28,36 @@ from collections.abc import Iterable
 from ..catalog import Catalog
 from ..changeset.manifest import DIR, Entry, Removal, VersionManifest
 from ..errors import Corrupt, InvalidInput
-from ..paths import ancestors, name_bytes, name_str, parent_of
+from ..paths import ancestors, name_bytes, name_str
 from .index import INDEX_FORMAT, INDEX_SQL, NODES_SQL, ROOT_INO, SCHEMA_SQL, TYPE_CODES, VersionIndex
 
 log = logging.getLogger(__name__)
 
 _DIR = TYPE_CODES[DIR]
 _BATCH = 20000
-_WORK_COLUMNS = ("path, type, size, mode, mtime_ns, sha256, target, chunk, offset, csize, method, provider, "
-                 "blocks, tree, tree_offset")
+# ``nlen`` is the length of the path's last name (its bytes), so SQL can split a path. Chunk keys
+# and provider versions are interned (``_Work.chunks``, ``_Work.providers``): they are most of a
+# row's bytes otherwise.
+_WORK_COLUMNS = ("path, nlen, type, size, mode, mtime_ns, sha256, target, chunk_id, offset, csize, method, "
+                 "provider_id, blocks, tree, tree_offset")
 # Every node of an attached index with its path, built down from the root's children.
 _COPY_SELECT = (
-    "WITH RECURSIVE t(path, ino, type, size, mode, mtime_ns, sha256, target, chunk_id, offset, csize, "
+    "WITH RECURSIVE t(path, nlen, ino, type, size, mode, mtime_ns, sha256, target, chunk_id, offset, csize, "
     "method, provider_id, blocks, tree, tree_offset) AS ("
-    "SELECT name, ino, type, size, mode, mtime_ns, sha256, target, chunk_id, offset, csize, method, "
-    "provider_id, blocks, tree, tree_offset FROM src.nodes WHERE parent = 1 AND ino != 1 "
-    "UNION ALL SELECT CAST(t.path || X'2f' || n.name AS BLOB), n.ino, n.type, n.size, n.mode, n.mtime_ns, "
-    "n.sha256, n.target, n.chunk_id, n.offset, n.csize, n.method, n.provider_id, n.blocks, n.tree, "
-    "n.tree_offset FROM t JOIN src.nodes n ON n.parent = t.ino WHERE t.type = ?) "
-    "SELECT t.path, t.type, t.size, t.mode, t.mtime_ns, t.sha256, t.target, c.key, t.offset, t.csize, "
-    "t.method, p.version, t.blocks, t.tree, t.tree_offset FROM t LEFT JOIN src.chunks c ON c.id = t.chunk_id "
-    "JOIN src.providers p ON p.id = t.provider_id"
+    "SELECT name, length(name), ino, type, size, mode, mtime_ns, sha256, target, chunk_id, offset, csize, "
+    "method, provider_id, blocks, tree, tree_offset FROM src.nodes WHERE parent = 1 AND ino != 1 "
+    "UNION ALL SELECT CAST(t.path || X'2f' || n.name AS BLOB), length(n.name), n.ino, n.type, n.size, n.mode, "
+    "n.mtime_ns, n.sha256, n.target, n.chunk_id, n.offset, n.csize, n.method, n.provider_id, n.blocks, "
+    "n.tree, n.tree_offset FROM t JOIN src.nodes n ON n.parent = t.ino WHERE t.type = ?) "
+    "SELECT t.path, t.nlen, t.type, t.size, t.mode, t.mtime_ns, t.sha256, t.target, c.id, t.offset, "
+    "t.csize, t.method, p.id, t.blocks, t.tree, t.tree_offset "
+    "FROM t LEFT JOIN scratch.src_chunks c ON c.src = t.chunk_id "
+    "JOIN scratch.src_providers p ON p.src = t.provider_id"
 )
+
+
+def _name_len(path: bytes) -> int:
+    return len(path) - path.rfind(b"/") - 1
 
 
 class PathConflict(Exception):
@@ -71,10 +79,19 @@ class _Work:
                      "WITHOUT ROWID")
         self.dirs: set[str] = set()
         self.pending: list[tuple] = []
+        self.chunks: dict[str, int] = {}  # key -> id, as the index's ``chunks`` table will have them
+        self.providers: dict[str, int] = {}  # version -> id, likewise
+
+    @staticmethod
+    def intern(ids: dict[str, int], key: str) -> int:
+        got = ids.get(key)
+        if got is None:
+            got = ids[key] = len(ids) + 1
+        return got
 
     def flush(self) -> None:
         if self.pending:
-            self.conn.executemany(f"INSERT OR REPLACE INTO scratch.work VALUES ({','.join('?' * 15)})",
+            self.conn.executemany(f"INSERT OR REPLACE INTO scratch.work VALUES ({','.join('?' * 16)})",
                                   self.pending)
             self.pending.clear()
 
@@ -95,39 +112,47 @@ class _Work:
             self.conn.execute("DELETE FROM scratch.work WHERE path >= ? AND path < ?", (lo, hi))
         self.conn.execute("DELETE FROM scratch.work WHERE path = ?", (raw,))
 
-    def add(self, e: Entry, provider: str) -> None:
-        path = e.path
-        parent = parent_of(path)
+    def add(self, e: Entry, provider: int) -> None:
+        path, kind = e.path, e.type
+        parent = path.rpartition("/")[0]
         if parent and parent not in self.dirs:
-            for folder in ancestors(path):
-                if folder in self.dirs:
-                    continue
-                kind = self._type_at(folder)
-                if kind is not None and kind != _DIR:
-                    raise PathConflict(folder)
-                if kind is None:
-                    self.pending.append((name_bytes(folder), _DIR, 0, 0o755, e.mtime_ns, None, None, None, None,
-                                         None, None, provider, None, None, None))
-                self.dirs.add(folder)
-        if e.type == DIR:
+            self._add_folders(path, e.mtime_ns, provider)
+        if kind == DIR:
             if path not in self.dirs:
-                kind = self._type_at(path)
-                if kind is not None:
+                if self._type_at(path) is not None:
                     raise PathConflict(path)
                 self.dirs.add(path)
         elif path in self.dirs:
             raise PathConflict(path)
-        sha = bytes.fromhex(e.sha256) if e.type != DIR else None
-        target = None if e.target is None else name_bytes(e.target)
-        self.pending.append((name_bytes(path), TYPE_CODES[e.type], e.size if e.type != DIR else 0, e.mode,
-                             e.mtime_ns, sha, target, e.chunk, e.offset, e.csize, e.method, provider,
-                             None if e.blocks is None else bytes.fromhex(e.blocks),
-                             None if e.tree is None else bytes.fromhex(e.tree),
-                             e.tree_offset if e.tree is not None else None))
+        chunk = e.chunk
+        if chunk is not None:
+            chunk = self.chunks.get(chunk) or self.intern(self.chunks, chunk)
+        raw = name_bytes(path)
+        target, blocks, tree = e.target, e.blocks, e.tree
+        self.pending.append((raw, len(raw) - raw.rfind(b"/") - 1, TYPE_CODES[kind], e.size if kind != DIR else 0,
+                             e.mode, e.mtime_ns, bytes.fromhex(e.sha256) if kind != DIR else None,
+                             None if target is None else name_bytes(target), chunk, e.offset, e.csize, e.method,
+                             provider, None if blocks is None else bytes.fromhex(blocks),
+                             None if tree is None else bytes.fromhex(tree), None if tree is None else e.tree_offset))
         if len(self.pending) >= _BATCH:
             self.flush()
 
-    def apply(self, items: Iterable[Entry | Removal], provider: str) -> None:
+    def _add_folders(self, path: str, mtime_ns: int, provider: int) -> None:
+        """Make the missing folders above ``path`` (a file in the way is a conflict)."""
+        for folder in ancestors(path):
+            if folder in self.dirs:
+                continue
+            kind = self._type_at(folder)
+            if kind is not None and kind != _DIR:
+                raise PathConflict(folder)
+            if kind is None:
+                raw = name_bytes(folder)
+                self.pending.append((raw, _name_len(raw), _DIR, 0, 0o755, mtime_ns, None, None, None, None,
+                                     None, None, provider, None, None, None))
+            self.dirs.add(folder)
+
+    def apply(self, items: Iterable[Entry | Removal], version: str) -> None:
+        provider = self.intern(self.providers, version)
         for item in items:
             if isinstance(item, Removal):
                 self.remove(item.path)
@@ -143,7 +168,14 @@ class _Work:
             src_dirs = _folders(self.conn)
             for path in [d for d in self.dirs if self._file_in(src_dirs, name_bytes(d))]:
                 self.remove(path)
+            for table, ids, sql in (("src_chunks", self.chunks, "SELECT id, key FROM src.chunks"),
+                                    ("src_providers", self.providers, "SELECT id, version FROM src.providers")):
+                self.conn.execute(f"CREATE TABLE scratch.{table}(src INTEGER PRIMARY KEY, id INTEGER NOT NULL)")
+                self.conn.executemany(f"INSERT INTO scratch.{table} VALUES (?, ?)",
+                                      [(src, self.intern(ids, key)) for src, key in self.conn.execute(sql)])
             self.conn.execute(f"INSERT OR REPLACE INTO scratch.work({_WORK_COLUMNS}) {_COPY_SELECT}", (_DIR,))
+            self.conn.execute("DROP TABLE scratch.src_chunks")
+            self.conn.execute("DROP TABLE scratch.src_providers")
             self.dirs.update(name_str(path) for path in src_dirs if path)
             self.conn.commit()
         finally:
@@ -217,7 +249,7 @@ class ViewBuilder:
             conn.execute("PRAGMA cache_size=-131072")
             work = _Work(conn)
             self._replay(manifest, work, visiting=set())
-            _finalize(conn, manifest)
+            _finalize(conn, manifest, work)
             conn.commit()
             conn.execute("DETACH DATABASE scratch")
             conn.close()
@@ -323,59 +355,58 @@ def _upgrade_5(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE meta SET value = ? WHERE key = 'format'", (INDEX_FORMAT,))
 
 
-def _finalize(conn: sqlite3.Connection, manifest: VersionManifest) -> None:
-    """Number the merged paths into inodes (in path order) and write the served tables."""
+def _finalize(conn: sqlite3.Connection, manifest: VersionManifest, work: _Work) -> None:
+    """Number the merged paths into inodes (in path order) and write the served tables.
+
+    All in SQL: the folders are numbered first (a row's inode is its rank in path order), then
+    every row is copied in path order, taking the next rowid and its folder's inode as parent."""
     conn.executescript(SCHEMA_SQL)
-    conn.execute("INSERT INTO chunks(key) SELECT DISTINCT chunk FROM scratch.work "
-                 "WHERE chunk IS NOT NULL ORDER BY chunk")
-    conn.execute("INSERT OR IGNORE INTO providers(version) VALUES (?)", (manifest.id,))
-    conn.execute("INSERT OR IGNORE INTO providers(version) SELECT DISTINCT provider FROM scratch.work")
-    chunk_ids = dict(conn.execute("SELECT key, id FROM chunks"))
-    provider_ids = dict(conn.execute("SELECT version, id FROM providers"))
+    own = work.intern(work.providers, manifest.id)
+    for table, ids in (("chunks", work.chunks), ("providers", work.providers)):
+        conn.executemany(f"INSERT INTO {table} VALUES (?, ?)", [(i, key) for key, i in ids.items()])
+    # Interned along the whole replay: drop what the merged view no longer uses.
+    conn.execute("DELETE FROM chunks WHERE id NOT IN (SELECT chunk_id FROM scratch.work WHERE chunk_id IS NOT NULL)")
+    conn.execute("DELETE FROM providers WHERE id != ? AND id NOT IN (SELECT provider_id FROM scratch.work)", (own,))
     stamp = manifest.published or manifest.created
     root_mtime = int(_dt.datetime.fromisoformat(stamp).timestamp() * 1e9) if stamp else 0
     conn.execute("INSERT INTO nodes VALUES (1, 1, X'', ?, 0, ?, ?, NULL, NULL, NULL, NULL, NULL, "
-                 "NULL, ?, 2, NULL, NULL, NULL, NULL)", (_DIR, 0o755, root_mtime, provider_ids[manifest.id]))
-    dir_inos = {b"": ROOT_INO}
-    dir_parents: dict[int, int] = {}  # folder -> its parent (in inode order)
-    last: dict[int, int] = {}  # folder -> its last child's inode, then its subtree's last inode
-    files = total = 0
-    batch: list[tuple] = []
-    ino = ROOT_INO
-    cursor = conn.execute(f"SELECT {_WORK_COLUMNS} FROM scratch.work ORDER BY path")
-    for path, kind, size, mode, mtime, sha, target, chunk, offset, csize, method, provider, blocks, tree, tree_offset in cursor:
-        ino += 1
-        parent_path, _, name = path.rpartition(b"/")  # paths are bytes here
-        parent = dir_inos[parent_path]
-        last[parent] = ino
-        if kind == _DIR:
-            dir_inos[path] = ino
-            dir_parents[ino] = parent
-        else:
-            files += 1
-            total += size
-        batch.append((ino, parent, name, kind, size, mode, mtime, sha, target, chunk_ids.get(chunk), offset,
-                      csize, method, provider_ids[provider], 1, blocks, tree, tree_offset))
-        if len(batch) >= _BATCH:
-            _insert_nodes(conn, batch)
-    _insert_nodes(conn, batch)
-    subdirs = dict.fromkeys(dir_inos.values(), 0)
-    for folder in sorted(dir_parents, reverse=True):  # a subtree's folders before the folder above
-        parent = dir_parents[folder]
+                 "NULL, ?, 2, NULL, NULL, NULL, NULL)", (_DIR, 0o755, root_mtime, own))
+    conn.execute("CREATE TABLE scratch.folders(path BLOB PRIMARY KEY, ino INTEGER NOT NULL) WITHOUT ROWID")
+    conn.execute("INSERT INTO scratch.folders VALUES (X'', 1)")
+    conn.execute("INSERT INTO scratch.folders SELECT path, ino FROM (SELECT path, type, "
+                 "row_number() OVER (ORDER BY path) + 1 AS ino FROM scratch.work) WHERE type = ?", (_DIR,))
+    # CROSS JOIN keeps scratch.work the outer loop, read in path order: rowids 2, 3, ... in order.
+    conn.execute(
+        "INSERT INTO nodes(parent, name, type, size, mode, mtime_ns, sha256, target, chunk_id, offset, csize, "
+        "method, provider_id, nlink, blocks, tree, tree_offset) "
+        "SELECT f.ino, substr(w.path, length(w.path) - w.nlen + 1), w.type, w.size, w.mode, w.mtime_ns, "
+        "w.sha256, w.target, w.chunk_id, w.offset, w.csize, w.method, w.provider_id, 1, w.blocks, w.tree, "
+        "w.tree_offset FROM scratch.work w CROSS JOIN scratch.folders f "
+        "ON f.path = substr(w.path, 1, length(w.path) - w.nlen - 1) ORDER BY w.path")
+    rows, = conn.execute("SELECT count(*) FROM scratch.work").fetchone()
+    if conn.execute("SELECT max(ino) FROM nodes").fetchone()[0] != rows + 1:  # a row without its folder
+        raise RuntimeError("index build lost rows: a path's folder is missing from the merged view")
+    conn.executescript(INDEX_SQL)
+    _folder_links(conn)
+    files, total = conn.execute("SELECT count(*), sum(size) FROM scratch.work WHERE type != ?", (_DIR,)).fetchone()
+    conn.executemany("INSERT INTO meta VALUES (?, ?)", [
+        ("version", manifest.id), ("dataset", manifest.dataset), ("files", str(files)),
+        ("bytes", str(total or 0)), ("format", INDEX_FORMAT)])
+
+
+def _folder_links(conn: sqlite3.Connection) -> None:
+    """Set each folder's nlink (2 + its subfolders) and ``last`` (its subtree's last inode)."""
+    ino_of = dict(conn.execute("SELECT path, ino FROM scratch.folders"))
+    parent_ino = {ino: ino_of[path.rpartition(b"/")[0]] for path, ino in ino_of.items() if path}
+    last = dict(conn.execute("SELECT parent, max(ino) FROM nodes WHERE ino != 1 GROUP BY parent"))
+    subdirs = dict.fromkeys(ino_of.values(), 0)
+    for folder in sorted(parent_ino, reverse=True):  # a subtree's folders before the folder above
+        parent = parent_ino[folder]
         subdirs[parent] += 1
         last[folder] = last.get(folder, folder)
         last[parent] = max(last[parent], last[folder])
     conn.executemany("UPDATE nodes SET nlink = ?, last = ? WHERE ino = ?",
                      [(2 + subdirs[folder], last.get(folder, folder), folder) for folder in subdirs])
-    conn.executescript(INDEX_SQL)
-    conn.executemany("INSERT INTO meta VALUES (?, ?)", [
-        ("version", manifest.id), ("dataset", manifest.dataset), ("files", str(files)),
-        ("bytes", str(total)), ("format", INDEX_FORMAT)])
-
-
-def _insert_nodes(conn: sqlite3.Connection, batch: list[tuple]) -> None:
-    conn.executemany(f"INSERT INTO nodes VALUES ({','.join('?' * 18)}, NULL)", batch)
-    batch.clear()
 
 
 def check_against_view(index: VersionIndex | None, removals: Iterable[str],
