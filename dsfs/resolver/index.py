@@ -89,8 +89,12 @@ _UP_SQL = (
 )
 
 
-@dataclasses.dataclass(slots=True, frozen=True)
+@dataclasses.dataclass(slots=True)
 class Node:
+    """One row of the view. Read-only by convention (nodes are shared through caches), but not
+    ``frozen``: a frozen dataclass costs about 8x more to make, and a listing or walk makes one
+    per entry."""
+
     ino: int
     parent: int
     name: str
