@@ -278,3 +278,26 @@ def test_pinned_index_of_an_older_format_upgrades_to_the_same_rows(tmp_path, old
                      db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()))
         db.close()
     assert rows[0] == rows[1]
+
+
+def test_hashes_survive_replay_and_overlay(tmp_path):
+    """sha256, blocks and the hash tree root are stored as bytes and read back as the hex the
+    change-set had, whether a version is replayed or copied from its parent's index."""
+    from dsfs.changeset.manifest import HASH_BLOCK
+
+    lineage = Lineage(tmp_path)
+    sha = hashlib.sha256(b"big").hexdigest()
+    big = Entry("d/big", FILE, HASH_BLOCK + 1, sha, 0o644, chunk="versions/x/chunks/big.zip",
+                csize=HASH_BLOCK + 1, blocks="0f" * 64, tree="ab" * 32, tree_offset=123)
+    m = lineage.catalog.create_version("ds", "r", [])
+    cs = ChangeSet(m.id, new_id()[:12], now_iso(), [big], [])
+    lineage.catalog.record_changeset(m.id, lineage.catalog.write_changeset(cs, 1, 0, 0, []))
+    lineage.catalog.publish(m.id)
+    lineage.ids["r"] = m.id
+    lineage.view("r")  # cached: the child copies it
+    lineage.version("c", ["r"], "+e=1")
+    for name in ("r", "c"):
+        index = lineage.builder.index_for(lineage.catalog.version(lineage.ids[name]))
+        node = index.by_path("d/big")
+        assert (node.sha256, node.blocks, node.tree, node.tree_offset) == (sha, "0f" * 64, "ab" * 32, 123)
+        assert index.find_blob(sha).tree == "ab" * 32
