@@ -44,11 +44,12 @@ _WORK_COLUMNS = ("path, nlen, type, size, mode, mtime_ns, sha256, target, chunk_
 _COPY_SELECT = (
     "WITH RECURSIVE t(path, nlen, ino, type, size, mode, mtime_ns, sha256, target, chunk_id, offset, csize, "
     "method, provider_id, blocks, tree, tree_offset) AS ("
-    "SELECT name, length(name), ino, type, size, mode, mtime_ns, sha256, target, chunk_id, offset, csize, "
-    "method, provider_id, blocks, tree, tree_offset FROM src.nodes WHERE parent = 1 AND ino != 1 "
+    "SELECT name, length(name), ino, type, size, mode, mtime_ns, sha256, target, chunk_id, offset, "
+    "coalesce(csize, size), method, provider_id, blocks, tree, tree_offset FROM src.nodes "
+    "WHERE parent = 1 AND ino != 1 "
     "UNION ALL SELECT CAST(t.path || X'2f' || n.name AS BLOB), length(n.name), n.ino, n.type, n.size, n.mode, "
-    "n.mtime_ns, n.sha256, n.target, n.chunk_id, n.offset, n.csize, n.method, n.provider_id, n.blocks, "
-    "n.tree, n.tree_offset FROM t JOIN src.nodes n ON n.parent = t.ino WHERE t.type = ?) "
+    "n.mtime_ns, n.sha256, n.target, n.chunk_id, n.offset, coalesce(n.csize, n.size), n.method, n.provider_id, "
+    "n.blocks, n.tree, n.tree_offset FROM t JOIN src.nodes n ON n.parent = t.ino WHERE t.type = ?) "
     "SELECT t.path, t.nlen, t.type, t.size, t.mode, t.mtime_ns, t.sha256, t.target, c.id, t.offset, "
     "t.csize, t.method, p.id, t.blocks, t.tree, t.tree_offset "
     "FROM t LEFT JOIN scratch.src_chunks c ON c.src = t.chunk_id "
@@ -346,7 +347,7 @@ def _upgrade_5(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
     conn.execute(
         "INSERT INTO nodes SELECT ino, parent, name, type, size, mode, mtime_ns, unhex(sha256), target, chunk_id, "
-        "offset, csize, method, provider_id, nlink, unhex(blocks), unhex(tree), tree_offset, CASE "
+        "offset, nullif(csize, size), method, provider_id, nlink, unhex(blocks), unhex(tree), tree_offset, CASE "
         "WHEN o.ino = 1 THEN (SELECT max(ino) FROM old_nodes) "
         "WHEN o.type = ? THEN (SELECT coalesce(max(m.ino), o.ino) FROM old_nodes m "
         "WHERE m.path >= CAST(o.path || '/' AS BLOB) AND m.path < CAST(o.path || '0' AS BLOB)) END "
@@ -380,8 +381,8 @@ def _finalize(conn: sqlite3.Connection, manifest: VersionManifest, work: _Work) 
         "INSERT INTO nodes(parent, name, type, size, mode, mtime_ns, sha256, target, chunk_id, offset, csize, "
         "method, provider_id, nlink, blocks, tree, tree_offset) "
         "SELECT f.ino, substr(w.path, length(w.path) - w.nlen + 1), w.type, w.size, w.mode, w.mtime_ns, "
-        "w.sha256, w.target, w.chunk_id, w.offset, w.csize, w.method, w.provider_id, 1, w.blocks, w.tree, "
-        "w.tree_offset FROM scratch.work w CROSS JOIN scratch.folders f "
+        "w.sha256, w.target, w.chunk_id, w.offset, nullif(w.csize, w.size), w.method, w.provider_id, 1, "
+        "w.blocks, w.tree, w.tree_offset FROM scratch.work w CROSS JOIN scratch.folders f "
         "ON f.path = substr(w.path, 1, length(w.path) - w.nlen - 1) ORDER BY w.path")
     rows, = conn.execute("SELECT count(*) FROM scratch.work").fetchone()
     if conn.execute("SELECT max(ino) FROM nodes").fetchone()[0] != rows + 1:  # a row without its folder

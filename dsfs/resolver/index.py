@@ -56,7 +56,7 @@ CREATE TABLE nodes(
     target BLOB,
     chunk_id INTEGER,
     offset INTEGER,
-    csize INTEGER,
+    csize INTEGER,             -- NULL when equal to size (a stored file)
     method INTEGER,
     provider_id INTEGER NOT NULL,
     nlink INTEGER NOT NULL DEFAULT 1,
@@ -175,7 +175,8 @@ class VersionIndex:
         return Node(ino, row[1], name_str(name), name_str(path),
                     TYPE_NAMES[row[3]], row[4], row[5], row[6], None if sha is None else sha.hex(),
                     None if target is None else name_str(target),
-                    None if chunk_id is None else self._chunks[chunk_id], row[10], row[11],
+                    None if chunk_id is None else self._chunks[chunk_id], row[10],
+                    row[4] if row[11] is None else row[11],
                     row[12], self._providers[row[13]], row[14], None if blocks is None else blocks.hex(),
                     None if tree is None else tree.hex(), row[17])
 
