@@ -553,7 +553,7 @@ class BlockCache:
                 flight = f"whole:{entry.sha256}:{self.block_size}"
                 fetch = functools.partial(self._fill_whole_for, store, entry, i, tally, near)
             else:
-                flight, fetch = key, functools.partial(self._fill_block, store, entry, i, tally)
+                flight, fetch = key, functools.partial(self._recheck_or_fill, store, entry, i, length, tally)
             if tries > 3:  # evicted every time before this thread could take it
                 data = fetch()[1] if whole else fetch()
                 break
@@ -567,6 +567,13 @@ class BlockCache:
         if remember:
             self._memory.put(key, data)
         return data
+
+    def _recheck_or_fill(self, store: ObjectStore, entry: Entry, i: int, length: int,
+                         tally: list[int] | None) -> memoryview:
+        """The flight leader's fetch of block ``i``: another flight for it may have ended (and
+        cached it) between this thread's lookup and its taking the lead."""
+        data = self._lookup(self.block_key(entry.sha256, i), length, remember=False)
+        return data if data is not None else self._fill_block(store, entry, i, tally)
 
     def _single_flight(self, key: str, fetch: Callable[[], memoryview]) -> tuple[bool, memoryview]:
         """(True, fetch()) in the one thread that runs it; (False, its result) in threads that
