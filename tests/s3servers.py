@@ -211,6 +211,9 @@ class SeaweedS3Server(S3Server):
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-s3.autoCreateBucket=false",  # behave like AWS: writing to a missing bucket fails
             "-webdav=false",
+            # Every bucket is a collection that takes 7 volumes on its first write; the automatic
+            # bound (free disk / 128 MiB) runs out after ~60 buckets on a small disk.
+            "-volume.max=5000",
             "-admin.ui=false", f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin.grpc']}",
         ]
         # Unix sockets default to /tmp/seaweedfs-*-<port>.sock; keep ours in the work folder
