@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 PUSH_MAX = 8 << 20  # files up to this size are pushed into the page cache whole
 PUSH_PIECE = 1 << 20
 FOLLOW_SPAN = 4 << 20  # bytes of a chunk one folder-order step looks at
+# A follow starts only once cold reads show folder order: this many in a row, each a little
+# further on in the same chunk than the one before (threads reading in order arrive a little
+# out of order; a shuffled epoch almost never does this, and would waste every follow).
+FOLLOW_AFTER = 3
+FOLLOW_FILES = 8  # "a little further on": within about this many files of the size just read
 WARM_PIECE = 8 << 20
 WARM_QUIET = 0.2  # warm pauses until demand reads have been quiet this long (seconds)
 WARM_CACHE_SHARE = 0.5  # a remote warm fills at most this share of the disk cache
@@ -72,6 +77,8 @@ class PrefetchService:
         self._threads: list[threading.Thread] = []
         self._closing = threading.Event()
         self._last_demand = 0.0
+        self._cold: tuple[str, int] | None = None  # (chunk, offset) of the last cold read
+        self._in_order = 0  # cold reads in a row that moved on in folder order
 
     # -- life -----------------------------------------------------------------------------------
 
@@ -119,8 +126,19 @@ class PrefetchService:
         if offset != 0 or node.chunk is None:
             return
         # neighbour_bytes 0 ("one GET per file") turns the folder-order follow off as well
-        if self.policy.saw(node.ino) == "off" and self.cache.neighbour_bytes and self.policy.wants_follow():
+        if self.policy.saw(node.ino) == "off" and self.cache.neighbour_bytes and self._shows_order(node) \
+                and self.policy.wants_follow():
             self._follow(node)
+
+    def _shows_order(self, node: Node) -> bool:
+        """Is this cold read the latest of FOLLOW_AFTER that each moved a little further on in
+        the same chunk (folder order)? A shuffled reader starts no follows."""
+        with self._lock:
+            prev, self._cold = self._cold, (node.chunk, node.offset)
+            slack = FOLLOW_FILES * max(node.csize or node.size, 4096)
+            moved_on = prev is not None and prev[0] == node.chunk and 0 < node.offset - prev[1] <= slack
+            self._in_order = self._in_order + 1 if moved_on else 0
+            return self._in_order >= FOLLOW_AFTER - 1
 
     def _follow(self, node: Node) -> None:
         nodes = [node] + [n for n in self.view.index.near(node.chunk, node.offset + 1,
