@@ -6,12 +6,12 @@ import errno
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import write_tree
+from mounting import wait_dead
 from dsfs.mountd import registry
 from dsfs.mountd.fstab import parse_options
 
@@ -56,10 +56,7 @@ def _unmount_and_wait(local_mounts, mnt: Path) -> None:
     assert record is not None and record.state == "published" and not record.writable
     local_mounts.live.append((record.mountpoint, record.pid))  # cleaned up if the test fails
     subprocess.run(["umount", str(mnt)], check=True, capture_output=True)
-    deadline = time.monotonic() + 30
-    while registry.pid_alive(record.pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not registry.pid_alive(record.pid)
+    wait_dead(record.pid)
     assert registry.read_record(local_mounts.settings.state_dir, str(mnt)) is None
     assert registry.mount_fstype(str(mnt)) is None
 
