@@ -213,8 +213,10 @@ class Catalog:
         """Append an uploaded change-set to a draft: the single step that makes it visible."""
         return self.update_draft(version_id, lambda m: m.changesets.append(ref))
 
-    def changeset_items(self, ref: ChangeSetRef, tmp_dir: str) -> Iterator[Entry | Removal]:
-        """Stream a change-set's items without holding the file in memory."""
+    def changeset_items(self, ref: ChangeSetRef, tmp_dir: str, *, fields: bool = False
+                        ) -> Iterator[Entry | tuple | Removal]:
+        """Stream a change-set's items without holding the file in memory (adds as
+        ``entry_fields`` tuples when ``fields``)."""
         local = self.store.local_path(ref.key)
         tmp = None
         try:
@@ -225,7 +227,7 @@ class Catalog:
                 self.store.download_file(ref.key, tmp)
                 local = tmp
             with open(local, "rb") as stream:
-                yield from iter_changeset(stream, ref.key)
+                yield from iter_changeset(stream, ref.key, fields=fields)
         except (NotFound, FileNotFoundError):
             raise Corrupt(f"change-set missing from store: {ref.key!r}") from None
         finally:

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import write_tree
 from dsfs.cache import BlockCache, ReadState
-from dsfs.changeset.manifest import HASH_BLOCK, STORED, Entry
+from dsfs.changeset.manifest import HASH_BLOCK, STORED, Entry, entry_fields
 from dsfs.changeset.tree import LEAF, TreeBuilder, member_name, member_size, top_size
 from dsfs.errors import Corrupt
 from dsfs.resolver.index import VersionIndex
@@ -84,6 +84,34 @@ def test_big_stored_files_get_a_tree_member_right_after_their_bytes(store, tmp_p
     line = big.to_json()
     assert line["tree"] == root and line["tree_offset"] == big.tree_offset and "blocks" not in line
     assert Entry.from_json(line) == big
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"type": "fifo"}, "unknown type"),
+    ({"path": "../x"}, "'..' components"),
+    ({"path": "/x"}, "must be relative"),
+    ({"path": "a\x00b"}, "nul byte"),
+    ({"sha256": "a" * 63}, "bad size or sha256"),
+    ({"size": -1}, "bad size or sha256"),
+    ({"method": 12}, "bad byte location"),
+    ({"offset": -5}, "bad byte location"),
+    ({"blocks": "zz"}, "bad block hashes"),
+    ({"mode": "rw"}, "bad field"),
+    ({"size": None}, "bad field"),
+])
+def test_bad_manifest_entries_are_rejected_by_the_index_build_too(bad, message):
+    """The index build reads adds as field tuples (entry_fields), not Entry objects: both reject
+    the same lines with the same errors, and agree on good ones."""
+    good = {"op": "add", "path": "d/f", "type": "file", "mode": 0o644, "mtime_ns": 5, "size": 3, "sha256": "a" * 64,
+            "chunk": "c", "offset": 0, "csize": 3, "method": 0}
+    for line in (good, {**good, "type": "dir"}, {**good, "type": "symlink", "target": "../t"},
+                 {k: v for k, v in good.items() if k not in ("chunk", "offset", "csize", "method")} | {"size": 0}):
+        assert Entry(*entry_fields(line)) == Entry.from_json(line)
+    for parse in (Entry.from_json, entry_fields):
+        with pytest.raises(Corrupt, match=message):
+            parse({**good, **bad})
+    with pytest.raises(Corrupt, match="bytes but no chunk"):
+        entry_fields({k: v for k, v in good.items() if k != "chunk"})
 
 
 def test_bad_hash_trees_in_a_manifest_are_rejected():

@@ -147,44 +147,58 @@ class Entry:
 
     @classmethod
     def from_json(cls, d: dict) -> "Entry":
-        try:
-            kind = d["type"]
-            if kind not in TYPES:
-                raise Corrupt(f"manifest entry has unknown type: {kind!r}")
-            path = check_path(d["path"], what="manifest path")
-            entry = cls(path=path, type=kind, mode=int(d["mode"]) & 0o7777,
-                        mtime_ns=int(d["mtime_ns"]))
-            if kind == FILE:
-                entry.size = int(d["size"])
-                entry.sha256 = str(d["sha256"])
-                if len(entry.sha256) != 64 or entry.size < 0:
-                    raise Corrupt(f"manifest entry has a bad size or sha256: {path!r}")
-                if "chunk" in d:
-                    entry.chunk = str(d["chunk"])
-                    entry.offset, entry.csize = int(d["offset"]), int(d["csize"])
-                    entry.method = int(d["method"])
-                    if entry.method not in (STORED, DEFLATED) or entry.offset < 0 or entry.csize < 0:
-                        raise Corrupt(f"manifest entry has a bad byte location: {path!r}")
-                elif entry.size:
-                    raise Corrupt(f"manifest entry has bytes but no chunk: {path!r}")
-                if "blocks" in d:
-                    blocks = str(d["blocks"])
-                    if len(blocks) != 64 * block_count(entry.size) or not _HEX.issuperset(blocks):
-                        raise Corrupt(f"manifest entry has bad block hashes: {path!r}")
-                    entry.blocks = blocks
-                if "tree" in d:
-                    entry.tree, entry.tree_offset = str(d["tree"]), int(d["tree_offset"])
-                    if (len(entry.tree) != 64 or not _HEX.issuperset(entry.tree) or entry.tree_offset < 0
-                            or entry.method != STORED or entry.size <= HASH_BLOCK):
-                        raise Corrupt(f"manifest entry has a bad hash tree: {path!r}")
-            elif kind == SYMLINK:
-                entry.target = str(d["target"])
-                entry.size = len(name_bytes(entry.target))
-            return entry
-        except InvalidInput as exc:
-            raise Corrupt(f"corrupt manifest: {exc}") from None
-        except (KeyError, TypeError, ValueError) as exc:
-            raise Corrupt(f"corrupt manifest entry {d.get('path')!r}: bad field {exc}") from None
+        return cls(*entry_fields(d))
+
+
+def entry_fields(d: dict) -> tuple:
+    """Validate one decoded "add" line and return its fields in Entry's order (path, type, size,
+    sha256, mode, mtime_ns, target, chunk, offset, csize, method, blocks, tree, tree_offset).
+    The index build takes these tuples as they are: a million Entry objects would cost more than
+    the rest of the build."""
+    try:
+        kind = d["type"]
+        path = check_path(d["path"], what="manifest path")
+        mode, mtime_ns = int(d["mode"]) & 0o7777, int(d["mtime_ns"])
+        if kind == FILE:
+            size, sha256 = int(d["size"]), str(d["sha256"])
+            if len(sha256) != 64 or size < 0:
+                raise Corrupt(f"manifest entry has a bad size or sha256: {path!r}")
+            return (path, kind, size, sha256, mode, mtime_ns, None, *_location(d, path, size))
+        if kind == DIR:
+            return (path, kind, 0, EMPTY_SHA256, mode, mtime_ns, None, None, 0, 0, STORED, None, None, 0)
+        if kind == SYMLINK:
+            target = str(d["target"])
+            return (path, kind, len(name_bytes(target)), EMPTY_SHA256, mode, mtime_ns, target, None, 0, 0,
+                    STORED, None, None, 0)
+        raise Corrupt(f"manifest entry has unknown type: {kind!r}")
+    except InvalidInput as exc:
+        raise Corrupt(f"corrupt manifest: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise Corrupt(f"corrupt manifest entry {d.get('path')!r}: bad field {exc}") from None
+
+
+def _location(d: dict, path: str, size: int) -> tuple:
+    """(chunk, offset, csize, method, blocks, tree, tree_offset) of a file entry, checked."""
+    if "chunk" not in d:
+        if size:
+            raise Corrupt(f"manifest entry has bytes but no chunk: {path!r}")
+        chunk, offset, csize, method = None, 0, 0, STORED
+    else:
+        chunk, offset, csize, method = str(d["chunk"]), int(d["offset"]), int(d["csize"]), int(d["method"])
+        if method not in (STORED, DEFLATED) or offset < 0 or csize < 0:
+            raise Corrupt(f"manifest entry has a bad byte location: {path!r}")
+    blocks = tree = None
+    tree_offset = 0
+    if "blocks" in d:
+        blocks = str(d["blocks"])
+        if len(blocks) != 64 * block_count(size) or not _HEX.issuperset(blocks):
+            raise Corrupt(f"manifest entry has bad block hashes: {path!r}")
+    if "tree" in d:
+        tree, tree_offset = str(d["tree"]), int(d["tree_offset"])
+        if (len(tree) != 64 or not _HEX.issuperset(tree) or tree_offset < 0
+                or method != STORED or size <= HASH_BLOCK):
+            raise Corrupt(f"manifest entry has a bad hash tree: {path!r}")
+    return chunk, offset, csize, method, blocks, tree, tree_offset
 
 
 @dataclasses.dataclass(slots=True, frozen=True)
@@ -267,8 +281,9 @@ def _decode_batch(lines: list[bytes], first: int, key: str) -> list:
     raise Corrupt(f"corrupt change-set near line {first}: {key!r}")
 
 
-def iter_changeset(stream: BinaryIO, key: str) -> Iterator[Entry | Removal]:
+def iter_changeset(stream: BinaryIO, key: str, *, fields: bool = False) -> Iterator[Entry | tuple | Removal]:
     """Parse a gzip'd change-set file lazily from a binary stream, validating each line.
+    Adds come as Entry objects, or as ``entry_fields`` tuples when ``fields``.
 
     Removals must come before entries (that is what makes "an add wins" hold inside one file).
     Lines are decoded a batch at a time (about 1 MiB of text), so memory stays bounded.
@@ -281,6 +296,7 @@ def iter_changeset(stream: BinaryIO, key: str) -> Iterator[Entry | Removal]:
         raise Corrupt(f"corrupt change-set (no header): {key!r}") from None
     _check_schema(header, "dsfs-changeset", key)
     seen_add = False
+    make = entry_fields if fields else Entry.from_json
     n = 1
     try:
         batch = first[1:]
@@ -293,7 +309,7 @@ def iter_changeset(stream: BinaryIO, key: str) -> Iterator[Entry | Removal]:
                     raise Corrupt(f"corrupt change-set line {n}: {key!r}") from None
                 if op == "add":
                     seen_add = True
-                    yield Entry.from_json(d)
+                    yield make(d)
                 elif op == "remove":
                     if seen_add:
                         raise Corrupt(f"corrupt change-set line {n} (removal after an add): {key!r}")

@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Iterable
 
 from ..catalog import Catalog
-from ..changeset.manifest import DIR, Entry, Removal, VersionManifest
+from ..changeset.manifest import DIR, Removal, VersionManifest
 from ..errors import Corrupt, InvalidInput
 from ..paths import ancestors, name_bytes, name_str
 from .index import INDEX_FORMAT, INDEX_SQL, NODES_SQL, ROOT_INO, SCHEMA_SQL, TYPE_CODES, VersionIndex
@@ -113,28 +113,30 @@ class _Work:
             self.conn.execute("DELETE FROM scratch.work WHERE path >= ? AND path < ?", (lo, hi))
         self.conn.execute("DELETE FROM scratch.work WHERE path = ?", (raw,))
 
-    def add(self, e: Entry, provider: int) -> None:
-        path, kind = e.path, e.type
+    def add(self, fields: tuple, provider: int) -> None:
+        """Add one entry, given as ``entry_fields`` order (see dsfs/changeset/manifest.py)."""
+        (path, kind, size, sha256, mode, mtime_ns, target, chunk, offset, csize, method, blocks, tree,
+         tree_offset) = fields
         parent = path.rpartition("/")[0]
         if parent and parent not in self.dirs:
-            self._add_folders(path, e.mtime_ns, provider)
+            self._add_folders(path, mtime_ns, provider)
+        raw = name_bytes(path)
         if kind == DIR:
             if path not in self.dirs:
                 if self._type_at(path) is not None:
                     raise PathConflict(path)
                 self.dirs.add(path)
-        elif path in self.dirs:
-            raise PathConflict(path)
-        chunk = e.chunk
-        if chunk is not None:
-            chunk = self.chunks.get(chunk) or self.intern(self.chunks, chunk)
-        raw = name_bytes(path)
-        target, blocks, tree = e.target, e.blocks, e.tree
-        self.pending.append((raw, len(raw) - raw.rfind(b"/") - 1, TYPE_CODES[kind], e.size if kind != DIR else 0,
-                             e.mode, e.mtime_ns, bytes.fromhex(e.sha256) if kind != DIR else None,
-                             None if target is None else name_bytes(target), chunk, e.offset, e.csize, e.method,
-                             provider, None if blocks is None else bytes.fromhex(blocks),
-                             None if tree is None else bytes.fromhex(tree), None if tree is None else e.tree_offset))
+            self.pending.append((raw, len(raw) - raw.rfind(b"/") - 1, _DIR, 0, mode, mtime_ns, None, None, None,
+                                 offset, csize, method, provider, None, None, None))
+        else:
+            if path in self.dirs:
+                raise PathConflict(path)
+            if chunk is not None:
+                chunk = self.chunks.get(chunk) or self.intern(self.chunks, chunk)
+            self.pending.append((raw, len(raw) - raw.rfind(b"/") - 1, TYPE_CODES[kind], size, mode, mtime_ns,
+                                 bytes.fromhex(sha256), None if target is None else name_bytes(target), chunk,
+                                 offset, csize, method, provider, None if blocks is None else bytes.fromhex(blocks),
+                                 None if tree is None else bytes.fromhex(tree), None if tree is None else tree_offset))
         if len(self.pending) >= _BATCH:
             self.flush()
 
@@ -152,13 +154,15 @@ class _Work:
                                      None, None, provider, None, None, None))
             self.dirs.add(folder)
 
-    def apply(self, items: Iterable[Entry | Removal], version: str) -> None:
+    def apply(self, items: Iterable[tuple | Removal], version: str) -> None:
+        """Apply a change-set's removals and adds (adds as ``entry_fields`` tuples)."""
         provider = self.intern(self.providers, version)
+        add = self.add
         for item in items:
-            if isinstance(item, Removal):
-                self.remove(item.path)
+            if type(item) is tuple:
+                add(item, provider)
             else:
-                self.add(item, provider)
+                self.remove(item.path)
         self.flush()
 
     def overlay(self, index_path: str) -> None:
@@ -279,7 +283,7 @@ class ViewBuilder:
                 work.overlay(self.index_for(parent).path)
         for ref in manifest.changesets:
             try:
-                work.apply(self.catalog.changeset_items(ref, self.index_dir), manifest.id)
+                work.apply(self.catalog.changeset_items(ref, self.index_dir, fields=True), manifest.id)
             except PathConflict as exc:
                 raise Corrupt(f"change-set {ref.id!r} of version {manifest.id!r} makes a path both "
                               f"a file and a folder: {exc.path!r}") from None
