@@ -499,12 +499,13 @@ def main(argv: list[str] | None = None) -> int:
         args.json = False
     needs_repo = getattr(args.func, "needs_repo", True)
     try:
-        from .repo import Repository
-
         with _sigterm_as_interrupt(needs_repo):
             settings = load_settings(store=args.store, cache_dir=args.cache_dir, config=args.config)
-            creates = getattr(args.func, "creates_store", False)
-            repo = Repository(settings, create_store=creates) if needs_repo else settings
+            repo = settings
+            if needs_repo:  # mount, umount, status... import no more than they use
+                from .repo import Repository
+
+                repo = Repository(settings, create_store=getattr(args.func, "creates_store", False))
             if args.quiet and needs_repo:
                 from .progress import Progress
 

@@ -47,6 +47,11 @@ class Settings:
         return self.cache_local_store or not store.is_local
 
     @property
+    def index_dir(self) -> str:
+        """Where resolved views' index files go (a cache: any of them can be rebuilt)."""
+        return os.path.join(self.cache_dir, "index")
+
+    @property
     def state_dir(self) -> Path:
         """Per-user state that must survive cache clears (journals, mount records)."""
         return Path(self.cache_dir) / "state"

@@ -80,7 +80,7 @@ class Repository:
         self.store = store or open_store(settings.store, settings, create=create_store)
         self.catalog = Catalog(self.store)
         self.tmp_dir = os.path.join(settings.cache_dir, "tmp")
-        self.views = ViewBuilder(self.catalog, os.path.join(settings.cache_dir, "index"))
+        self.views = ViewBuilder(self.catalog, settings.index_dir)
         self.progress: ProgressFactory = lambda label, total: Progress(label, total)
 
     # -- reading ---------------------------------------------------------------------------

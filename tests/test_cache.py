@@ -317,7 +317,7 @@ def test_a_small_cache_evicts_just_enough_and_keeps_the_newest(store, cache_dir,
             stats = cache.stats()
             assert stats["size"] <= limit
             assert stats["count"] >= min(i + 1, 5)
-            assert cache.block_key(entry.sha256, i) in cache._cache
+            assert cache.block_key(entry.sha256, i) in cache._disk
 
 
 def test_prune_evicts_down_to_a_smaller_limit(store, cache_dir, tmp_path):
@@ -506,6 +506,27 @@ def test_without_a_disk_cache_memory_keeps_only_what_a_reader_still_needs(store,
         assert c.stats()["count"] == 0
     finally:
         c.close()
+
+
+def test_without_a_disk_cache_the_disk_tier_is_never_opened(store, cache_dir, tmp_path):
+    """A local-folder store's mount reads in place: its process neither imports diskcache nor
+    creates the disk tier (mount start-up pays for neither)."""
+    data = random_bytes(3 * BS, seed=17)
+    entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]
+    script = (
+        "import sys, json, os\n"
+        "from dsfs.cache import BlockCache\n"
+        "from dsfs.changeset.manifest import Entry\n"
+        "from dsfs.store.local import LocalStore\n"
+        "entry = Entry(**json.loads(sys.argv[3]))\n"
+        "with BlockCache(sys.argv[1], block_size=int(sys.argv[4]), size_limit=1 << 20, persist=False) as c:\n"
+        "    assert c.read_all(LocalStore(sys.argv[2]), entry) == c.read(LocalStore(sys.argv[2]), entry, 0, 1 << 30)\n"
+        "print('diskcache' in sys.modules, os.path.exists(os.path.join(sys.argv[1], 'blocks')))\n"
+    )
+    fields = {f: getattr(entry, f) for f in entry.__slots__}
+    out = subprocess.run([sys.executable, "-c", script, str(cache_dir), str(store.root),
+                          json.dumps(fields), str(BS)], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
 
 
 def test_a_small_miss_fetches_its_uncached_neighbours_in_one_get(store, cache_dir, tmp_path):

@@ -6,8 +6,8 @@ named by many versions or paths are fetched and stored once. STORED members are 
 block with ranged GETs; DEFLATED members (and files that fit in one block) are fetched whole,
 inflated with bounded memory, checked against their sha256 and then cut into the same blocks.
 
-Every value on disk carries a header (magic, crc32 of key and payload, payload length) that is
-checked on every read; a bad block is dropped and fetched again. Whole-file sha256 checks happen
+Blocks are kept in two tiers (tiers.py): a small in-process memory LRU and the disk tier shared
+by every process, whose values carry a checked envelope (a bad one is dropped and fetched again). Whole-file sha256 checks happen
 whenever a whole file passes through: whole-fetched members, ``read_all``/``prefetch``, and a
 handle that reads a multi-block STORED file in order from its start (checked at its end).
 
@@ -28,17 +28,11 @@ import io
 import logging
 import os
 import shutil
-import sqlite3
-import struct
 import tempfile
 import queue
 import threading
-import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
-
-import diskcache
 
 from ..changeset.manifest import EMPTY_SHA256, HASH_BLOCK, STORED, Entry
 from ..changeset.reader import iter_member, read_range
@@ -46,14 +40,13 @@ from ..changeset.tree import LEAF
 from ..errors import Corrupt, InvalidInput, NotFound
 from ..store.base import ObjectStore, Progress
 from .hashtree import TreeCheck
+from .tiers import DiskTier, MemoryTier
 
 log = logging.getLogger(__name__)
 
 GiB = 1 << 30
 DEFAULT_MAX_SIZE = 10 * GiB
 DEFAULT_FREE_FRACTION = 0.8
-# diskcache keeps values from this size up as files of their own, smaller ones in SQLite.
-FILE_THRESHOLD = 32 << 10
 # Largest ranged GET (and largest inflated piece) when a member is fetched whole.
 GET_SIZE = 8 << 20
 # Whole fetches are staged in memory up to this size, past it in a temp file in the cache dir.
@@ -66,9 +59,6 @@ SEQUENTIAL_SLACK = 1 << 20
 # one GET per ~1 MiB instead of one per file. Neighbours already cached are left out.
 NEIGHBOUR_BYTES = 1 << 20
 
-_HEADER = struct.Struct("<4sIQ")  # magic, crc32(key + payload), payload length
-_MAGIC = b"dsb1"
-
 
 def default_cache_size(cache_dir: str | os.PathLike, used: int = 0) -> int:
     """min(10 GiB, 80% of the free space of the cache dir's filesystem, plus ``used`` bytes
@@ -78,22 +68,6 @@ def default_cache_size(cache_dir: str | os.PathLike, used: int = 0) -> int:
         path = path.parent
     free = shutil.disk_usage(path).free
     return min(DEFAULT_MAX_SIZE, int((free + used) * DEFAULT_FREE_FRACTION))
-
-
-def _wrap(key: str, payload: bytes | memoryview) -> bytes:
-    crc = zlib.crc32(payload, zlib.crc32(key.encode()))
-    return _HEADER.pack(_MAGIC, crc, len(payload)) + payload
-
-
-def _unwrap(key: str, value: object, length: int) -> memoryview | None:
-    """The payload of a stored value, or None when it fails its checks."""
-    if not isinstance(value, bytes) or len(value) != _HEADER.size + length:
-        return None
-    magic, crc, size = _HEADER.unpack_from(value)
-    payload = memoryview(value)[_HEADER.size:]
-    if magic != _MAGIC or size != length or zlib.crc32(payload, zlib.crc32(key.encode())) != crc:
-        return None
-    return payload
 
 
 class ReadState:
@@ -120,48 +94,6 @@ class _Flight:
         self.done = threading.Event()
         self.value = None
         self.error: Exception | None = None
-
-
-class _Memory:
-    """A small in-process LRU of verified blocks, so the many small reads FUSE makes inside one
-    block do not each re-read and re-check it from disk."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.size = 0
-        self.items: collections.OrderedDict[str, memoryview] = collections.OrderedDict()
-        self.lock = threading.Lock()
-
-    def get(self, key: str) -> memoryview | None:
-        with self.lock:
-            value = self.items.get(key)
-            if value is not None:
-                self.items.move_to_end(key)
-            return value
-
-    def put(self, key: str, value: memoryview) -> None:
-        if len(value) > self.limit:
-            return
-        with self.lock:
-            old = self.items.pop(key, None)
-            if old is not None:
-                self.size -= len(old)
-            self.items[key] = value
-            self.size += len(value)
-            while self.size > self.limit:
-                _, dropped = self.items.popitem(last=False)
-                self.size -= len(dropped)
-
-    def drop(self, key: str) -> None:
-        with self.lock:
-            old = self.items.pop(key, None)
-            if old is not None:
-                self.size -= len(old)
-
-    def clear(self) -> None:
-        with self.lock:
-            self.items.clear()
-            self.size = 0
 
 
 class _ChunkSlice:
@@ -205,29 +137,10 @@ class BlockCache:
         self.neighbour_bytes = max(0, neighbour_bytes)
         self._tmp_dir = self.cache_dir / "tmp"
         self._tmp_dir.mkdir(parents=True, exist_ok=True)
-        # One writer at a time inside this process: SQLite's own busy handler sleeps for
-        # milliseconds when threads collide on the write lock.
-        self._db_lock = threading.Lock()
-        # LRU without a write per hit: diskcache evicts by store time ("least recently
-        # stored"), reads stay lock-free, and hits are batched into store-time touches
-        # (``_touch``), which turns that order into least-recently-used at ~1 s granularity.
-        self._cache = diskcache.Cache(
-            str(self.cache_dir / "blocks"),
-            eviction_policy="least-recently-stored",
-            disk_min_file_size=FILE_THRESHOLD,
-            # Every block is checksummed on read, so the cache index need not survive a
-            # power cut; skipping fsyncs keeps writes cheap.
-            sqlite_synchronous=0,
-            sqlite_mmap_size=1 << 26,
-            # diskcache's own culling drops ten items per step, the one just stored included: a
-            # small cache would empty itself. The writer evicts just enough itself (``_evict``).
-            cull_limit=0,
-            **({} if size_limit is None else {"size_limit": size_limit}),
-        )
-        if size_limit is None:
-            size_limit = default_cache_size(self.cache_dir, used=self._cache.volume())
-            self._cache.reset("size_limit", size_limit)
-        self._memory = _Memory(memory_limit)
+        self._disk = DiskTier(self.cache_dir / "blocks", size_limit,
+                              lambda used: default_cache_size(self.cache_dir, used=used),
+                              on_corrupt=lambda: self._count("corrupt"))
+        self._memory = MemoryTier(memory_limit)
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
         # (sha256, block) pairs whose bytes in the store passed their block hash in this process:
@@ -243,8 +156,6 @@ class BlockCache:
         self._writes_cond = threading.Condition()
         self._writer_thread = threading.Thread(target=self._writer, name="dsfs-cache-writer", daemon=True)
         self._writer_thread.start()
-        self._touched: set[str] = set()
-        self._last_touch = 0.0
         self._counts = collections.Counter()
         self._trees = TreeCheck(load=self._load_list, save=self._save_list, count=self._count)
 
@@ -315,7 +226,7 @@ class BlockCache:
 
     @property
     def size_limit(self) -> int:
-        return self._cache.size_limit
+        return self._disk.size_limit
 
     def block_key(self, sha256: str, index: int) -> str:
         return f"{sha256}:{self.block_size}:{index}"
@@ -331,9 +242,7 @@ class BlockCache:
         with self._lock:
             counts = dict(self._counts)
         return {
-            "size": self._cache.volume(),
-            "limit": self._cache.size_limit,
-            "count": len(self._cache),
+            **self._disk.stats(),
             "hits": counts.get("hits", 0),
             "misses": counts.get("misses", 0),
             "fetched": counts.get("fetched", 0),
@@ -350,30 +259,13 @@ class BlockCache:
     def prune(self) -> int:
         """Evict least-recently-used blocks until the cache fits its limit; returns how many."""
         self._wait_for_writes()
-        with self._db_lock:
-            return self._evict()
-
-    def _evict(self) -> int:
-        """Drop the least recently stored blocks, just enough to fit the limit (the caller holds
-        ``_db_lock``); returns how many."""
-        dropped = 0
-        while (over := self._cache.volume() - self._cache.size_limit) > 0:
-            rows = self._cache._sql("SELECT key, size FROM Cache ORDER BY store_time LIMIT 64").fetchall()
-            if not rows:
-                break
-            for key, size in rows:
-                self._cache.delete(key, retry=True)
-                dropped += 1
-                over -= size
-                if over <= 0:
-                    break
-        return dropped
+        return self._disk.prune()
 
     def clear(self) -> None:
         self._wait_for_writes()
         self._memory.clear()
         self._trees.clear()
-        self._cache.clear(retry=True)
+        self._disk.clear()
 
     def drain(self) -> None:
         """Wait until every queued read-ahead has finished and its blocks are on disk."""
@@ -392,13 +284,11 @@ class BlockCache:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            keys, self._touched = list(self._touched), set()
-        self._flush_touches(keys)
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._writes.put(None)
         self._writer_thread.join()
         self._memory.clear()
-        self._cache.close()
+        self._disk.close()
 
     def __enter__(self) -> "BlockCache":
         return self
@@ -439,50 +329,14 @@ class BlockCache:
             self._counts[name] += n
 
     def _lookup(self, key: str, length: int, remember: bool) -> memoryview | None:
-        """A verified block from memory or disk; a block failing its checks is dropped."""
+        """A verified block from memory or disk (a block failing its checks is a miss)."""
         data = self._memory.get(key)
         if data is not None or not self.persist:
             return data
-        try:
-            value = self._cache.get(key, retry=True)
-        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
-            log.warning("block cache read failed for %s: %s", key, exc)
-            return None
-        if value is None:
-            return None
-        data = _unwrap(key, value, length)
-        if data is None:
-            log.warning("dropping corrupt cached block %s", key)
-            self._count("corrupt")
-            self._delete(key)
-            return None
-        if remember:
+        data = self._disk.get(key, length)
+        if data is not None and remember:
             self._memory.put(key, data)
-        self._touch(key)
         return data
-
-    def _touch(self, key: str) -> None:
-        """Mark a hit; touched keys get a fresh store time in one batch per second."""
-        now = time.monotonic()
-        with self._lock:
-            self._touched.add(key)
-            if now - self._last_touch < 1.0:
-                return
-            keys, self._touched = list(self._touched), set()
-            self._last_touch = now
-        self._flush_touches(keys)
-
-    def _flush_touches(self, keys: list[str]) -> None:
-        if not keys:
-            return
-        try:
-            now = time.time()
-            with self._db_lock, self._cache.transact(retry=True):
-                # diskcache has no public "touch"; store_time is what its LRS policy culls by.
-                self._cache._con.executemany(
-                    "UPDATE Cache SET store_time = ? WHERE key = ? AND raw = 1", [(now, k) for k in keys])
-        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
-            log.warning("block cache touch failed: %s", exc)
 
     def _put(self, key: str, payload: bytes | memoryview, *, remember: bool = True) -> None:
         """Queue a verified block for the disk cache; the writer thread stores it in batches,
@@ -508,15 +362,7 @@ class BlockCache:
                     break
             stop = any(b is None for b in batch)
             batch = [b for b in batch if b is not None]
-            try:
-                with self._db_lock:
-                    with self._cache.transact(retry=True):
-                        for key, payload in batch:
-                            self._cache.set(key, _wrap(key, payload), retry=True)
-                    self._evict()
-            except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
-                # The bytes were already served; they are just not kept (disk full, say).
-                log.warning("block cache write failed for %d blocks: %s", len(batch), exc)
+            self._disk.put_many(batch)  # on failure the blocks are just not kept: already served
             with self._writes_cond:
                 self._writes_pending -= len(batch)
                 self._writes_cond.notify_all()
@@ -526,11 +372,7 @@ class BlockCache:
     def _delete(self, key: str) -> None:
         self._wait_for_writes()  # a queued write of this block must not land after the delete
         self._memory.drop(key)
-        try:
-            with self._db_lock:
-                self._cache.delete(key, retry=True)
-        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
-            log.warning("block cache delete failed for %s: %s", key, exc)
+        self._disk.delete(key)
 
     def _drop_file(self, entry: Entry) -> None:
         for i in range(self._nblocks(entry)):
@@ -766,10 +608,7 @@ class BlockCache:
             return self._put_blocks(entry, f, want=i)
 
     def _cached(self, key: str) -> bool:
-        try:
-            return self._memory.get(key) is not None or key in self._cache
-        except (OSError, sqlite3.Error, diskcache.Timeout):
-            return False
+        return self._memory.get(key) is not None or key in self._disk
 
     def _put_blocks(self, entry: Entry, f, want: int | None = None,
                     sink: Callable[[int, memoryview], None] | None = None) -> memoryview | None:
@@ -895,7 +734,7 @@ class BlockCache:
 
     def _read_ahead_block(self, store: ObjectStore, entry: Entry, i: int, key: str) -> None:
         try:
-            if self._memory.get(key) is None and (not self.persist or key not in self._cache):
+            if self._memory.get(key) is None and (not self.persist or key not in self._disk):
                 self._block(store, entry, i, remember=True)
                 self._count("readahead")
         except Exception as exc:  # the foreground read will meet (and report) it

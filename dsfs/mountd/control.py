@@ -12,7 +12,7 @@ import time
 from ..config import Settings
 from ..errors import Busy, InvalidInput, MountError, NotFound, NotRecorded, from_kind
 from . import registry
-from .daemon import log_file
+from .registry import log_file
 
 FUSERMOUNT = "fusermount3"
 
@@ -83,7 +83,7 @@ def request(mountpoint: str, message: dict, timeout: float = 3600) -> dict:
     import json
     import socket
 
-    from .draft import control_address
+    from .registry import control_address
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)

@@ -22,6 +22,7 @@ from pathlib import Path
 from ..config import Settings, load_settings, parse_size
 from ..errors import DsfsError, InvalidInput, MountError
 from . import registry
+from .registry import log_file
 from .notify import sd_notify
 
 log = logging.getLogger("dsfs.mountd")
@@ -45,13 +46,6 @@ def check_mountpoint(mountpoint: str, *, nonempty: bool = False) -> str:
     return path
 
 
-def log_file(settings: Settings, mountpoint: str) -> Path:
-    logs = settings.state_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    name = os.path.abspath(mountpoint).strip("/").replace("/", "-") or "root"
-    return logs / f"mount-{name[-80:]}.log"
-
-
 def setup_logging(path: Path, *, verbose: bool, to_stderr: bool) -> None:
     handlers: list[logging.Handler] = [logging.FileHandler(path)]
     if to_stderr:
@@ -73,8 +67,10 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
     """Resolve, mount and serve until unmounted. Calls ``ready()`` once the mount works.
     ``warm``: warm the whole version in the background (published mounts)."""
     from ..cache import BlockCache
-    from ..repo import Repository
+    from ..catalog import Catalog
+    from ..resolver import ViewBuilder, resolve_ref
     from ..resolver.index import VersionIndex
+    from ..store import open_store
     from .view import VersionView
 
     from .libfuse import find as find_libfuse3
@@ -83,9 +79,10 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
         raise InvalidInput(f"unknown adapter: {adapter!r} (auto, direct or lowlevel)")
     find_libfuse3()  # every adapter needs it: one clear line, not an ImportError, when it is missing
     mountpoint = check_mountpoint(mountpoint, nonempty="nonempty" in (fuse_options or []))
-    repo = Repository(settings)
-    manifest = repo.resolve(ref)
-    index = repo.index(manifest)
+    store = open_store(settings.store, settings)  # not a Repository: its write path is not needed here
+    catalog = Catalog(store)
+    manifest = resolve_ref(catalog, ref)
+    index = ViewBuilder(catalog, settings.index_dir).index_for(manifest)
     writable = manifest.state == "draft" and not read_only
     pin = None
     if not manifest.is_published and not writable:
@@ -93,10 +90,10 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
         # change-set; a read-only mount keeps serving the state it mounted, through a hard link.
         pin = _pin_index(settings, index.path)
         index = VersionIndex(str(pin), immutable=False)
-    cache = BlockCache(settings.cache_dir, repo.store, size_limit=cache_size or settings.cache_size,
-                       block_size=settings.block_size, persist=settings.caches(repo.store),
+    cache = BlockCache(settings.cache_dir, store, size_limit=cache_size or settings.cache_size,
+                       block_size=settings.block_size, persist=settings.caches(store),
                        neighbour_bytes=settings.neighbour_bytes)
-    view = VersionView(manifest, index, repo.store, cache)
+    view = VersionView(manifest, index, store, cache)
     # A draft caught mid-publish ("publishing") takes no more change-sets: serve it read-only.
     if adapter == "auto":
         adapter = "direct" if manifest.is_published else "lowlevel"
@@ -106,7 +103,9 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
         mountpoint=mountpoint, ref=ref, version=manifest.id, dataset=manifest.dataset,
         state=manifest.state, writable=writable, pid=os.getpid(),
         started=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), adapter=adapter,
-        log=log_path, cache_dir=settings.cache_dir, cache_limit=cache.size_limit)
+        log=log_path, cache_dir=settings.cache_dir,
+        # A local store's mount caches nothing on disk: it opens the disk tier only for a bound given.
+        cache_limit=cache.size_limit if cache.persist or cache_size or settings.cache_size else 0)
     prefetch = None
     record_lock = threading.Lock()  # the warm thread rewrites the record too (one temp file)
     if adapter == "direct":
@@ -117,7 +116,7 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
                 record.warm = progress
                 registry.write_record(settings.state_dir, record)
 
-        prefetch = PrefetchService(view, workers=2 if repo.store.is_local else 4, on_progress=on_progress)
+        prefetch = PrefetchService(view, workers=2 if store.is_local else 4, on_progress=on_progress)
     elif warm:
         raise InvalidInput("--warm needs a published version mounted with the direct adapter")
 
@@ -138,6 +137,9 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
     if not any(o.startswith("fsname=") for o in options):
         options.append(f"fsname={_fsname(ref)}")
     if writable:
+        from ..repo import Repository
+
+        repo = Repository(settings, store)
         return _serve_draft(repo, manifest, view, cache, mountpoint, options, on_ready,
                             break_lease=break_lease, settings=settings)
     try:
@@ -146,7 +148,7 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
 
             # Python work is GIL-bound: a few workers serve a local folder best (measured in
             # bench_mount); a remote store's misses wait on the network, so they get more.
-            direct.serve(view, mountpoint, options, on_ready, max_threads=4 if repo.store.is_local else 16,
+            direct.serve(view, mountpoint, options, on_ready, max_threads=4 if store.is_local else 16,
                          prefetch=prefetch)
         else:
             from . import lowlevel

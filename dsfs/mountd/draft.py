@@ -122,10 +122,3 @@ class DraftSession:
         path = result_path(self.repo.settings, self.mountpoint)
         path.write_text(json.dumps(result))
         return result
-
-
-def control_address(mountpoint: str) -> bytes:
-    import hashlib
-
-    digest = hashlib.sha256(os.path.abspath(mountpoint).encode()).hexdigest()[:24]
-    return b"\0dsfs-" + digest.encode()

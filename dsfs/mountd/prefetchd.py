@@ -318,7 +318,7 @@ class PrefetchService:
 
     @staticmethod
     def _listen(mountpoint: str) -> socket.socket | None:
-        from .draft import control_address
+        from .registry import control_address
 
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

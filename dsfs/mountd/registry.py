@@ -103,3 +103,18 @@ def is_stale(mountpoint: str) -> bool:
     except OSError as exc:
         return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False
+
+
+def control_address(mountpoint: str) -> bytes:
+    """The abstract unix socket a mount's daemon answers control requests on (prefetch hints,
+    commit, status)."""
+    digest = hashlib.sha256(os.path.abspath(mountpoint).encode()).hexdigest()[:24]
+    return b"\0dsfs-" + digest.encode()
+
+
+def log_file(settings, mountpoint: str) -> Path:
+    """The daemon log of the mount at ``mountpoint`` (made ready to append to)."""
+    logs = settings.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    name = os.path.abspath(mountpoint).strip("/").replace("/", "-") or "root"
+    return logs / f"mount-{name[-80:]}.log"

@@ -302,7 +302,7 @@ async def _control_server(session, mountpoint: str, task_status=trio.TASK_STATUS
     """Requests from `dsfs commit` / `dsfs umount` on an abstract unix socket."""
     import socket as _socket
 
-    from .draft import control_address
+    from .registry import control_address
 
     sock = trio.socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     await sock.bind(control_address(mountpoint))

@@ -1,0 +1,261 @@
+"""Where verified blocks are kept: a small in-process memory tier and the shared disk tier.
+
+Both hold blocks by key (``<sha256>:<block_size>:<i>``, see blocks.py) and know nothing of
+stores, files or integrity beyond their own: the disk tier wraps every value in an envelope
+(magic, crc32 of key and payload, length) checked on every read, so a torn or stale value is a
+miss, never wrong bytes. Disk errors (full, read-only, a locked database past its retries) are
+logged and turn into misses or dropped writes: the bytes were verified and served already.
+
+The disk tier is a diskcache (SQLite index, large values as files of their own) opened on first
+use, so a mount of a local-folder store, which reads in place and caches nothing on disk, never
+imports or opens it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import sqlite3
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# diskcache keeps values from this size up as files of their own, smaller ones in SQLite.
+FILE_THRESHOLD = 32 << 10
+
+_HEADER = struct.Struct("<4sIQ")  # magic, crc32(key + payload), payload length
+_MAGIC = b"dsb1"
+
+
+def wrap(key: str, payload: bytes | memoryview) -> bytes:
+    crc = zlib.crc32(payload, zlib.crc32(key.encode()))
+    return _HEADER.pack(_MAGIC, crc, len(payload)) + payload
+
+
+def unwrap(key: str, value: object, length: int) -> memoryview | None:
+    """The payload of a stored value, or None when it fails its checks."""
+    if not isinstance(value, bytes) or len(value) != _HEADER.size + length:
+        return None
+    magic, crc, size = _HEADER.unpack_from(value)
+    payload = memoryview(value)[_HEADER.size:]
+    if magic != _MAGIC or size != length or zlib.crc32(payload, zlib.crc32(key.encode())) != crc:
+        return None
+    return payload
+
+
+class MemoryTier:
+    """A small in-process LRU of verified blocks, so the many small reads FUSE makes inside one
+    block do not each re-read and re-check it from disk."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.items: collections.OrderedDict[str, memoryview] = collections.OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: str) -> memoryview | None:
+        with self.lock:
+            value = self.items.get(key)
+            if value is not None:
+                self.items.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: memoryview) -> None:
+        if len(value) > self.limit:
+            return
+        with self.lock:
+            old = self.items.pop(key, None)
+            if old is not None:
+                self.size -= len(old)
+            self.items[key] = value
+            self.size += len(value)
+            while self.size > self.limit:
+                _, dropped = self.items.popitem(last=False)
+                self.size -= len(dropped)
+
+    def drop(self, key: str) -> None:
+        with self.lock:
+            old = self.items.pop(key, None)
+            if old is not None:
+                self.size -= len(old)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+            self.size = 0
+
+
+class DiskTier:
+    """Blocks in ``path``, shared by every process on the machine, bounded by ``size_limit``
+    (``default_limit(used)`` picks one when None, given the bytes already held).
+
+    LRU without a write per hit: diskcache evicts by store time ("least recently stored"), reads
+    stay lock-free, and hits are batched into store-time touches (``touch``), which turns that
+    order into least-recently-used at ~1 s granularity. One writer at a time inside a process:
+    SQLite's own busy handler sleeps for milliseconds when threads collide on the write lock."""
+
+    def __init__(self, path: Path, size_limit: int | None, default_limit: Callable[[int], int],
+                 on_corrupt: Callable[[], None] = lambda: None) -> None:
+        self.path = path
+        self._size_limit = size_limit
+        self._default_limit = default_limit
+        self._on_corrupt = on_corrupt
+        self._lock = threading.Lock()  # one writer at a time
+        self._open_lock = threading.Lock()
+        self._opened = None
+        self._errors: tuple = (OSError, sqlite3.Error)
+        self._touched: set[str] = set()
+        self._last_touch = 0.0
+
+    @property
+    def _db(self):
+        db = self._opened
+        if db is not None:
+            return db
+        with self._open_lock:
+            if self._opened is None:
+                self._opened = self._open()
+            return self._opened
+
+    def _open(self):
+        import diskcache
+
+        db = diskcache.Cache(
+            str(self.path),
+            eviction_policy="least-recently-stored",
+            disk_min_file_size=FILE_THRESHOLD,
+            # Every value is checked on read, so the index need not survive a power cut;
+            # skipping fsyncs keeps writes cheap.
+            sqlite_synchronous=0,
+            sqlite_mmap_size=1 << 26,
+            # diskcache's own culling drops ten items per step, the one just stored included:
+            # a small cache would empty itself. ``put_many`` evicts just enough instead.
+            cull_limit=0,
+            **({} if self._size_limit is None else {"size_limit": self._size_limit}),
+        )
+        if self._size_limit is None:
+            db.reset("size_limit", self._default_limit(db.volume()))
+        self._errors = (OSError, sqlite3.Error, diskcache.Timeout)
+        return db
+
+    @property
+    def size_limit(self) -> int:
+        if self._opened is None and self._size_limit is not None:
+            return self._size_limit  # known without opening the tier
+        return self._db.size_limit
+
+    def stats(self) -> dict:
+        return {"size": self._db.volume(), "limit": self._db.size_limit, "count": len(self._db)}
+
+    def get(self, key: str, length: int) -> memoryview | None:
+        """The verified payload under ``key``; a value failing its checks is dropped (a miss)."""
+        db = self._db
+        try:
+            value = db.get(key, retry=True)
+        except self._errors as exc:
+            log.warning("block cache read failed for %s: %s", key, exc)
+            return None
+        if value is None:
+            return None
+        data = unwrap(key, value, length)
+        if data is None:
+            log.warning("dropping corrupt cached block %s", key)
+            self._on_corrupt()
+            self.delete(key)
+            return None
+        self._touch(key)
+        return data
+
+    def __contains__(self, key: str) -> bool:
+        db = self._db
+        try:
+            return key in db
+        except self._errors:
+            return False
+
+    def put_many(self, items: Iterable[tuple[str, bytes | memoryview]]) -> None:
+        """Store a batch in one transaction, then evict down to the limit."""
+        items = list(items)
+        if not items:
+            return
+        db = self._db
+        try:
+            with self._lock:
+                with db.transact(retry=True):
+                    for key, payload in items:
+                        db.set(key, wrap(key, payload), retry=True)
+                self._evict()
+        except self._errors as exc:
+            log.warning("block cache write failed for %d blocks: %s", len(items), exc)
+
+    def delete(self, key: str) -> None:
+        db = self._db
+        try:
+            with self._lock:
+                db.delete(key, retry=True)
+        except self._errors as exc:
+            log.warning("block cache delete failed for %s: %s", key, exc)
+
+    def prune(self) -> int:
+        """Evict least-recently-used blocks until the tier fits its limit; returns how many."""
+        db = self._db
+        with self._lock:
+            return self._evict(db)
+
+    def _evict(self, db=None) -> int:
+        """Drop the least recently stored values, just enough to fit the limit (the caller holds
+        ``_lock``); returns how many."""
+        db = db or self._db
+        dropped = 0
+        while (over := db.volume() - db.size_limit) > 0:
+            rows = db._sql("SELECT key, size FROM Cache ORDER BY store_time LIMIT 64").fetchall()
+            if not rows:
+                break
+            for key, size in rows:
+                db.delete(key, retry=True)
+                dropped += 1
+                over -= size
+                if over <= 0:
+                    break
+        return dropped
+
+    def _touch(self, key: str) -> None:
+        """Mark a hit; touched keys get a fresh store time in one batch per second."""
+        now = time.monotonic()
+        with self._lock:
+            self._touched.add(key)
+            if now - self._last_touch < 1.0:
+                return
+            keys, self._touched = list(self._touched), set()
+            self._last_touch = now
+        self._flush_touches(keys)
+
+    def _flush_touches(self, keys: list[str]) -> None:
+        if not keys:
+            return
+        db = self._db
+        try:
+            now = time.time()
+            with self._lock, db.transact(retry=True):
+                # diskcache has no public "touch"; store_time is what its LRS policy culls by.
+                db._con.executemany("UPDATE Cache SET store_time = ? WHERE key = ? AND raw = 1",
+                                    [(now, k) for k in keys])
+        except self._errors as exc:
+            log.warning("block cache touch failed: %s", exc)
+
+    def clear(self) -> None:
+        self._db.clear(retry=True)
+
+    def close(self) -> None:
+        """Write pending touches and close, if the tier was ever opened."""
+        if self._opened is None:
+            return
+        with self._lock:
+            keys, self._touched = list(self._touched), set()
+        self._flush_touches(keys)
+        self._db.close()
