@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +37,8 @@ def mounted(ref: str, path: str | os.PathLike | None = None, *, store: str | Non
     settings = load_settings(store=store, cache_dir=cache_dir, config=config)
     made = None
     if path is None:
+        import tempfile
+
         made = tempfile.mkdtemp(prefix="dsfs-mount-")
         path = made
     record = control.spawn(settings, ref, str(path), cache_size=cache_size, adapter=adapter, config=config,

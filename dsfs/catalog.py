@@ -11,7 +11,6 @@ the published manifest is created once, the draft record is deleted.
 from __future__ import annotations
 
 import concurrent.futures
-import difflib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -277,6 +276,8 @@ class Catalog:
 
 def did_you_mean(word: str, candidates: list[str]) -> str:
     """' (did you mean 'x'?)' naming the closest candidate, or ''."""
+    import difflib  # only on the error path: mount start-up skips it
+
     close = difflib.get_close_matches(word, candidates, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import gzip
 import io
 import json
 import re
-import secrets
 import zlib
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -61,6 +59,8 @@ def now_iso() -> str:
 
 
 def new_id() -> str:
+    import secrets  # (imported where used: mount start-up needs neither this nor gzip)
+
     return secrets.token_hex(16)
 
 
@@ -224,6 +224,8 @@ class ChangeSet:
 
     def dumps(self) -> bytes:
         """gzip'd JSON lines: removals first, then entries (``zcat`` shows them)."""
+        import gzip
+
         buf = io.BytesIO()
         with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=3, mtime=0) as gz:
             header = {"schema": SCHEMA, "kind": "dsfs-changeset", "version": self.version_id,
@@ -254,7 +256,7 @@ def _line(d: dict) -> bytes:
         return (_ESCAPED_BYTE.sub(lambda m: f"\\u{ord(m[0]):04x}", text) + "\n").encode("utf-8")
 
 
-def _line_batches(gz: gzip.GzipFile, size: int = 1 << 20) -> Iterator[list[bytes]]:
+def _line_batches(gz, size: int = 1 << 20) -> Iterator[list[bytes]]:
     """The decompressed lines of ``gz`` in batches, read in big blocks (not line by line)."""
     rest = b""
     while block := gz.read(size):
@@ -288,6 +290,8 @@ def iter_changeset(stream: BinaryIO, key: str, *, fields: bool = False) -> Itera
     Removals must come before entries (that is what makes "an add wins" hold inside one file).
     Lines are decoded a batch at a time (about 1 MiB of text), so memory stays bounded.
     """
+    import gzip
+
     batches = _line_batches(gzip.GzipFile(fileobj=stream, mode="rb"))
     try:
         first = next(batches)
