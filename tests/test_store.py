@@ -18,10 +18,12 @@ from botocore.exceptions import ClientError
 from dsfs.config import MiB, Settings
 from dsfs.errors import AlreadyExists, Conflict, InvalidInput, NotFound, StoreUnavailable
 from dsfs.store import LocalStore, open_store
+from dsfs.store.memory import MemoryStore
 from dsfs.store.s3 import S3Store, parse_url
 
 STORES = [
     pytest.param("local", id="local"),
+    pytest.param("memory", id="memory"),
     pytest.param("moto", id="moto", marks=pytest.mark.s3),
     pytest.param("seaweed", id="seaweed", marks=pytest.mark.s3),
 ]
@@ -31,6 +33,9 @@ STORES = [
 def store(request, tmp_path, monkeypatch):
     if request.param == "local":
         s = LocalStore(tmp_path / "store", create=True)
+    elif request.param == "memory":
+        s = open_store(f"memory://{tmp_path.name}")
+        assert isinstance(s, MemoryStore) and open_store(f"memory://{tmp_path.name}") is s
     else:
         server = request.getfixturevalue(f"{request.param}_server")
         server.apply_env(monkeypatch)
@@ -40,7 +45,7 @@ def store(request, tmp_path, monkeypatch):
     s.close()
 
 
-@pytest.fixture(params=[STORES[1], STORES[2]])
+@pytest.fixture(params=[STORES[2], STORES[3]])
 def s3_server(request, monkeypatch):
     server = request.getfixturevalue(f"{request.param}_server")
     server.apply_env(monkeypatch)

@@ -10,12 +10,17 @@ __all__ = ["ObjectInfo", "ObjectStore", "LocalStore", "open_store"]
 
 
 def open_store(url: str, settings: Settings | None = None, *, create: bool = False) -> ObjectStore:
-    """``s3://bucket/prefix`` opens an S3 store; anything else is a local folder, made if
-    ``create`` (a missing bucket is never made: that is the administrator's choice)."""
+    """``s3://bucket/prefix`` opens an S3 store; ``memory://NAME`` this process's in-memory store
+    of that name (tests); anything else is a local folder, made if ``create`` (a missing bucket is
+    never made: that is the administrator's choice)."""
     if url.startswith("s3://"):
         from .s3 import S3Store  # boto3 is slow to import; only pay for it when used
 
         return S3Store.from_url(url, settings or Settings())
+    if url.startswith("memory://"):
+        from .memory import named
+
+        return named(url)
     if "://" in url:
         from ..errors import InvalidInput
 
