@@ -16,9 +16,11 @@ Rows (each cold pass starts from a fresh mount, an emptied dsfs block cache and
   mount           mount command (index cached) + first byte of one file      (s, lower better)
   stat walk       os.walk + os.lstat of every file (or `find -printf`)        files/s
   random reads    whole small files in shuffled order, 1 and 8 threads       files/s
+  folder order    whole small files in path (folder) order, 8 threads, cold  files/s
   sequential      1 MiB read()s through the large files                      MiB/s
   pread           random 4-128 KiB os.pread()s in one large file             ops/s
   pool loader     multiprocessing Pool(4) reading shuffled batches, 2 epochs files/s
+  hinted loader   the Pool(4) epoch 1 after `dsfs prefetch MNT --order`      files/s (direct only)
   torch loader    torch.utils.data.DataLoader(num_workers=4), 2 epochs       files/s (if torch)
   daemon RSS      VmHWM / VmRSS of the mount daemon at the end of sessions   MiB (lower better)
 
@@ -59,7 +61,7 @@ VENV_BIN = Path(sys.executable).parent
 
 CONTENDERS = ("native", "direct", "lowlevel", "ratarmount")
 LABELS = {"native": "native", "direct": "dsfs-direct", "lowlevel": "dsfs-ll", "ratarmount": "ratarmount"}
-SESSIONS = ("first", "stat", "read", "seq", "pread", "pool", "torch")
+SESSIONS = ("first", "stat", "read", "folder", "seq", "pread", "pool", "hint", "torch")
 
 # key -> (label, unit, higher_is_better)
 ROWS = [
@@ -71,12 +73,14 @@ ROWS = [
     ("read1_warm", "random small reads 1 thr, warm", "files/s", True),
     ("read8_cold", "random small reads 8 thr, cold", "files/s", True),
     ("read8_warm", "random small reads 8 thr, warm", "files/s", True),
+    ("folder8_cold", "small reads in folder order 8 thr, cold", "files/s", True),
     ("seq_cold", "sequential 1 MiB reads, cold", "MiB/s", True),
     ("seq_warm", "sequential 1 MiB reads, warm", "MiB/s", True),
     ("pread_cold", "random preads 4-128K, cold", "ops/s", True),
     ("pread_warm", "random preads 4-128K, warm", "ops/s", True),
     ("pool_e1", "Pool(4) loader epoch 1 (cold)", "files/s", True),
     ("pool_e2", "Pool(4) loader epoch 2 (warm)", "files/s", True),
+    ("pool_hint_e1", "Pool(4) epoch 1, order hinted (cold)", "files/s", True),
     ("torch_e1", "torch DataLoader(4) epoch 1", "files/s", True),
     ("torch_e2", "torch DataLoader(4) epoch 2", "files/s", True),
     ("rss_hwm", "daemon peak RSS (VmHWM, max)", "MiB", False),
@@ -928,6 +932,12 @@ class Bench:
             random.Random(self.args.seed + 1).shuffle(again)
             self.measure(c, f"{key}_warm", lambda: read_files(root, again, threads, self.args.time_cap))
 
+    def session_folder(self, c) -> None:
+        """Cold small reads in folder order (the order an extracted tree is walked in), 8 threads."""
+        in_order = sorted(self.read_list)
+        with self.session(c) as (root, _, _):
+            self.measure(c, "folder8_cold", lambda: read_files(root, in_order, 8, self.args.time_cap))
+
     def session_seq(self, c) -> None:
         with self.session(c) as (root, _, _):
             n = self.measure(c, "seq_cold", lambda: seq_read(root, self.large, self.args.time_cap))
@@ -947,6 +957,19 @@ class Bench:
             again = done[:]
             random.Random(self.args.seed + 2).shuffle(again)
             self.measure(c, "pool_e2", lambda: pool_epoch(root, again, self.args, self.args.time_cap))
+
+    def session_hint(self, c) -> None:
+        """Epoch 1 of the Pool(4) loader, cold, the mount told the epoch's order first (`dsfs
+        prefetch MNT --order`; the direct adapter's daemon takes hints). Native and ratarmount
+        read the same epoch unhinted: they have nothing to tell."""
+        if c.name == "lowlevel":
+            return
+        order = self.setup.work / "hint-order.txt"
+        order.write_text("".join(r + "\n" for r in self.loader_list))
+        with self.session(c) as (root, _, _):
+            if c.name == "direct":
+                self.setup.dsfs_run("prefetch", str(root), "--order", str(order))
+            self.measure(c, "pool_hint_e1", lambda: pool_epoch(root, self.loader_list, self.args, self.args.time_cap))
 
     def session_torch(self, c) -> None:
         a = self.args
