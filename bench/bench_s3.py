@@ -180,6 +180,7 @@ def main() -> int:
                 dsfs("umount", str(mnt))
             rows[label] = {"cold": cold, "warm": warm, "gets": stats["misses"] + stats["readahead"]}
         big_rows: dict[str, float] = {}
+        peak_rss_mib = None
         if args.big_mib:
             key, offset, length = where[big]
             part = 8 << 20
@@ -192,6 +193,8 @@ def main() -> int:
             dsfs("mount", vid, str(mnt))
             try:
                 big_rows["dsfs, read() 1 MiB in order"] = sequential(str(mnt / big))
+                pid = json.loads(dsfs("status", "--json"))[0]["pid"]
+                peak_rss_mib = int(Path(f"/proc/{pid}/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
             finally:
                 dsfs("umount", str(mnt))
         client.close()
@@ -208,11 +211,13 @@ def main() -> int:
             print(f"\n{args.big_mib} MiB file, cold{'MB/s':>23}{'/boto3':>12}")
             for label, mbs in big_rows.items():
                 print(f"{label:34}{mbs:>10.0f}{mbs / base:>12.2f}")
+            print(f"daemon peak RSS after the big read: {peak_rss_mib:.0f} MiB")
         out = HERE / "out"
         out.mkdir(exist_ok=True)
         (out / "bench_s3.json").write_text(json.dumps({"files": args.files, "threads": args.threads,
                                                       "big_mib": args.big_mib, "loadavg": os.getloadavg(),
-                                                      "rows": rows, "big": big_rows}, indent=1))
+                                                      "rows": rows, "big": big_rows,
+                                                      "daemon_peak_rss_mib": peak_rss_mib}, indent=1))
     finally:
         if os.path.ismount(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
