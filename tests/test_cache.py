@@ -399,6 +399,23 @@ def test_corrupt_chunk_raises_after_one_refetch(store, cache, tmp_path):
     assert cache.stats()["count"] == 0  # nothing wrong was kept
 
 
+def test_a_corrupt_small_file_read_whole_in_place_is_refused(store, cache_dir, tmp_path):
+    """A local store's small files read whole take one read in place and one hash; a wrong or
+    truncated one falls to the general path, which refetches once and refuses it."""
+    data = random_bytes(900, seed=13)
+    entry = pack_files(store, tmp_path, {"small.bin": data})["small.bin"]
+    with BlockCache(cache_dir, store, block_size=BS, persist=False) as c:
+        assert c.read(store, entry, 0, 1 << 20) == data and store.gets == 1
+        flip_store_byte(store, entry, 100)
+        store.gets = 0
+        with pytest.raises(Corrupt, match=r"sha256 mismatch for 'small.bin'"):
+            c.read(store, entry, 0, 1 << 20)
+        assert store.gets == 3  # in place, then the general path's fetch and refetch
+        short = Entry(**{**{f: getattr(entry, f) for f in entry.__slots__}, "offset": store.head(entry.chunk).size - 10})
+        with pytest.raises(Corrupt, match="truncated"):
+            c.read(store, short, 0, 1 << 20)
+
+
 def test_corrupt_deflated_chunk_raises_after_one_refetch(store, cache, tmp_path):
     data = compressible(8 * BS)
     entry = pack_files(store, tmp_path, {"t.txt": data}, compression="deflate")["t.txt"]
