@@ -387,8 +387,11 @@ class BlockCache:
 
     def _block(self, store: ObjectStore, entry: Entry, i: int, *, foreground: bool = False,
                remember: bool = False, tally: list[int] | None = None,
-               near: Callable[[str, int, int], list[Entry]] | None = None) -> memoryview:
-        """Block ``i`` of a file: from memory or disk, else fetched (once across threads)."""
+               near: Callable[[str, int, int], list[Entry]] | None = None,
+               wanted: Callable[[], bool] | None = None) -> memoryview | None:
+        """Block ``i`` of a file: from memory or disk, else fetched (once across threads).
+        ``wanted`` (read-ahead): asked again once this thread leads the fetch; if no longer
+        wanted, nothing is fetched and None is returned."""
         key = self.block_key(entry.sha256, i)
         length = self._length(entry, i)
         data = self._lookup(key, length, remember=remember)
@@ -402,11 +405,15 @@ class BlockCache:
                 flight = f"whole:{entry.sha256}:{self.block_size}"
                 fetch = functools.partial(self._fill_whole_for, store, entry, i, tally, near)
             else:
-                flight, fetch = key, functools.partial(self._recheck_or_fill, store, entry, i, length, tally)
+                flight, fetch = key, functools.partial(self._recheck_or_fill, store, entry, i, length, tally, wanted)
             if tries > 3:  # evicted every time before this thread could take it
                 data = fetch()[1] if whole else fetch()
+                if data is None:  # a read-ahead no longer wanted
+                    return None
                 break
             _leader, value = self._single_flight(flight, fetch)
+            if value is None and wanted is not None:
+                return None
             if not whole:
                 data = value
             elif value[0] == i:  # the whole-file fetch (ours or another thread's) was for our block
@@ -418,11 +425,16 @@ class BlockCache:
         return data
 
     def _recheck_or_fill(self, store: ObjectStore, entry: Entry, i: int, length: int,
-                         tally: list[int] | None) -> memoryview:
+                         tally: list[int] | None, wanted: Callable[[], bool] | None = None) -> memoryview | None:
         """The flight leader's fetch of block ``i``: another flight for it may have ended (and
-        cached it) between this thread's lookup and its taking the lead."""
+        cached it) between this thread's lookup and its taking the lead; a read-ahead may no
+        longer be wanted (None: not fetched; a reader that joined this flight fetches itself)."""
         data = self._lookup(self.block_key(entry.sha256, i), length, remember=False)
-        return data if data is not None else self._fill_block(store, entry, i, tally)
+        if data is not None:
+            return data
+        if wanted is not None and not wanted():
+            return None
+        return self._fill_block(store, entry, i, tally)
 
     def _single_flight(self, key: str, fetch: Callable[[], memoryview]) -> tuple[bool, memoryview]:
         """(True, fetch()) in the one thread that runs it; (False, its result) in threads that
@@ -750,15 +762,21 @@ class BlockCache:
                 if self._closed or key in self._queued:
                     continue
                 self._queued.add(key)
-                future = self._pool.submit(self._read_ahead_block, store, entry, i, key)
+                future = self._pool.submit(self._read_ahead_block, store, entry, i, key, state)
                 self._pending.add(future)
             future.add_done_callback(self._done)
 
-    def _read_ahead_block(self, store: ObjectStore, entry: Entry, i: int, key: str) -> None:
+    def _read_ahead_block(self, store: ObjectStore, entry: Entry, i: int, key: str, state: ReadState) -> None:
         try:
-            if self._memory.get(key) is None and (not self.persist or key not in self._disk):
-                self._block(store, entry, i, remember=True)
-                self._count("readahead")
+            # The reader may get to the block first (this task waits for a pool thread): it then
+            # reads the block itself, and keeps it only if it still needs it. Fetching it here
+            # after that would fetch it twice.
+            def wanted() -> bool:
+                return state.last_block < i
+
+            if wanted() and self._memory.get(key) is None and (not self.persist or key not in self._disk):
+                if self._block(store, entry, i, remember=True, wanted=wanted) is not None:
+                    self._count("readahead")
         except Exception as exc:  # the foreground read will meet (and report) it
             log.debug("read-ahead of block %d of %r failed: %s", i, entry.path, exc)
         finally:
