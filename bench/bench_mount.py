@@ -18,6 +18,7 @@ Rows (each cold pass starts from a fresh mount, an emptied dsfs block cache and
   random reads    whole small files in shuffled order, 1 and 8 threads       files/s
   folder order    whole small files in path (folder) order, 8 threads, cold  files/s
   sequential      1 MiB read()s through the large files                      MiB/s
+  first bytes     open + read of the first 4 KiB of a large file, cold         ms (lower better)
   pread           random 4-128 KiB os.pread()s in one large file             ops/s
   pool loader     multiprocessing Pool(4) reading shuffled batches, 2 epochs files/s
   hinted loader   the Pool(4) epoch 1 after `dsfs prefetch MNT --order`      files/s (direct only)
@@ -76,6 +77,7 @@ ROWS = [
     ("folder8_cold", "small reads in folder order 8 thr, cold", "files/s", True),
     ("seq_cold", "sequential 1 MiB reads, cold", "MiB/s", True),
     ("seq_warm", "sequential 1 MiB reads, warm", "MiB/s", True),
+    ("ttfb", "first 4 KiB of a large file, cold", "ms", False),
     ("pread_cold", "random preads 4-128K, cold", "ops/s", True),
     ("pread_warm", "random preads 4-128K, warm", "ops/s", True),
     ("pool_e1", "Pool(4) loader epoch 1 (cold)", "files/s", True),
@@ -947,6 +949,12 @@ class Bench:
         if not self.large:
             return
         with self.session(c) as (root, _, _):
+            path = root / self.large[-1]  # not the one the preads use: both cold
+            start = time.perf_counter()
+            with open(path, "rb", buffering=0) as f:
+                assert len(f.read(4096)) == 4096
+            ms = (time.perf_counter() - start) * 1000
+            self.record(c, "ttfb", {"value": ms, "ms": ms})
             path = root / self.large[0]
             n = self.measure(c, "pread_cold", lambda: pread_ops(path, self.preads, self.args.time_cap))
             self.measure(c, "pread_warm", lambda: pread_ops(path, self.preads[:n], self.args.time_cap))
