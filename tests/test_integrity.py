@@ -195,7 +195,24 @@ def test_a_random_read_near_the_last_one_stays_small(store, tmp_path, data):
         for offset in (HASH_BLOCK + 500_000, HASH_BLOCK + 300_000, HASH_BLOCK + 600_000, HASH_BLOCK + 300_000):
             assert cache.read(store, entry, offset, 4096, state) == data[offset:offset + 4096]
         stats = cache.stats()
-    assert stats["leaf_reads"] == 4 and stats["readahead"] == 0 and stats["fetched"] < 5 * LEAF
+    # the fourth read's leaf passed its check at the second: read again in place, unhashed
+    assert stats["leaf_reads"] == 3 and stats["readahead"] == 0 and stats["fetched"] < 5 * LEAF
+
+
+def test_a_local_store_rereads_checked_leaves_in_place(store, tmp_path, data):
+    """Without a disk cache (a local store), leaves that passed their check in this process are
+    read again in place: no second hash, no block bookkeeping; a persisting cache keeps its own."""
+    entry = big_entry(store, tmp_path, data)
+    with new_cache(tmp_path, store, False) as cache:
+        at = HASH_BLOCK + 3 * LEAF + 100
+        assert cache.read(store, entry, at, 100_000, ReadState()) == data[at:at + 100_000]
+        before = cache.stats()
+        for shift in (0, 5000, -100):
+            got = cache.read(store, entry, at + shift, 90_000, ReadState())
+            assert got == data[at + shift:at + shift + 90_000]
+        after = cache.stats()
+    assert after["hashed"] == before["hashed"] and after["leaf_reads"] == before["leaf_reads"]
+    assert after["fetched"] - before["fetched"] == 3 * 90_000
 
 
 # -- correct bytes, old format and new ---------------------------------------------------------

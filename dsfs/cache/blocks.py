@@ -145,7 +145,7 @@ class BlockCache:
         self._flights: dict[str, _Flight] = {}
         # (sha256, block) pairs whose bytes in the store passed their block hash in this process:
         # a local store's later random reads of them go in place (bounded, least recent out).
-        self._verified: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
+        self._verified: collections.OrderedDict[tuple, None] = collections.OrderedDict()
         self._queued: set[str] = set()
         self._pending: set[concurrent.futures.Future] = set()
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -499,13 +499,21 @@ class BlockCache:
         if got != entry.block_sha256(i):
             raise Corrupt(f"sha256 mismatch for block {i} of {entry.path!r} in {entry.chunk!r}: "
                           f"expected {entry.block_sha256(i)}, got {got}")
-        if not self.persist:  # only reads in place (no disk cache) consult the checked set
-            with self._lock:
-                self._verified[(entry.sha256, i)] = None
-                self._verified.move_to_end((entry.sha256, i))
-                while len(self._verified) > 1 << 16:
-                    self._verified.popitem(last=False)
+        self._note_verified([(entry.sha256, i)])
         return data
+
+    def _note_verified(self, keys: list[tuple]) -> None:
+        """Remember pieces whose bytes in the store passed their check in this process: blocks
+        ``(sha256, i)`` and leaves ``(sha256, LEAF, j)``. Only reads in place (a local store, no
+        disk cache) consult the set: they read such pieces again without hashing them again."""
+        if self.persist:
+            return
+        with self._lock:
+            for key in keys:
+                self._verified[key] = None
+                self._verified.move_to_end(key)
+            while len(self._verified) > 1 << 16:
+                self._verified.popitem(last=False)
 
     def _tree_checked_range(self, store: ObjectStore, entry: Entry, start: int, length: int) -> bytes:
         """Bytes of a file with a hash tree, read out to leaf boundaries to be checked."""
@@ -513,6 +521,7 @@ class BlockCache:
         data = read_range(store, entry, lo, hi - lo)
         self._count("fetched", len(data))
         self._trees.check(store, entry, lo, data)
+        self._note_verified([(entry.sha256, LEAF, j) for j in range(lo // LEAF, -(-hi // LEAF))])
         return data if (lo, hi) == (start, start + length) else data[start - lo:start - lo + length]
 
     def _read_leaves(self, store: ObjectStore, entry: Entry, offset: int, end: int) -> bytes:
@@ -530,6 +539,13 @@ class BlockCache:
             self._count("hits")
             return b"".join(blocks)
         first, last = offset // LEAF, (end - 1) // LEAF
+        if not self.persist:
+            with self._lock:
+                checked = all((entry.sha256, LEAF, j) in self._verified for j in range(first, last + 1))
+            if checked:  # every leaf it touches passed its check here before: read in place
+                data = read_range(store, entry, offset, end - offset)
+                self._count("fetched", len(data))
+                return data
         leaves: dict[int, memoryview | None] = {
             j: self._lookup(self.leaf_key(entry.sha256, j), self._leaf_length(entry, j), remember=False)
             for j in range(first, last + 1)}
