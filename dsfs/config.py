@@ -36,6 +36,9 @@ class Settings:
     # A miss on a small file of a remote store also fetches the small files around it in the
     # same chunk, up to this many bytes in one ranged GET (0: one GET per file).
     neighbour_bytes: int = MiB
+    # The kernel's read-ahead on mounts (set when the daemon may: root): sequential reads then
+    # reach the daemon in requests of up to 1 MiB instead of 128 KiB. 0 keeps the kernel's.
+    read_ahead: int = MiB
     s3_endpoint: str | None = None
     s3_region: str | None = None
     s3_max_attempts: int = 5
@@ -111,7 +114,7 @@ def _apply_file(settings: Settings, path: Path) -> None:
         attr = key.replace("-", "_")
         if attr not in _FILE_KEYS:
             raise InvalidInput(f"unknown config key {key!r} in {str(path)!r}")
-        if attr in ("chunk_size", "block_size", "cache_size", "neighbour_bytes") and value is not None:
+        if attr in ("chunk_size", "block_size", "cache_size", "neighbour_bytes", "read_ahead") and value is not None:
             value = parse_size(value, what=key)
         if attr == "cache_local_store" and not isinstance(value, bool):
             raise InvalidInput(f"config key {key!r} must be true or false, not {value!r}")

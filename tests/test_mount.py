@@ -12,11 +12,13 @@ import random
 import shutil
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import tree_digest, write_tree
+from dsfs.mountd import kernel
 
 ADAPTERS = ["direct", "lowlevel"]
 
@@ -306,6 +308,33 @@ def test_mount_errors_are_clear(local_cli, tmp_path, local_mounts):
     assert "no dataset or version matches ref: 'nope'" in local_cli.fails("mount", "nope", str(empty), code=3)
     assert "not a dsfs mount" in local_cli.fails("umount", str(empty), code=3)
     assert not os.path.ismount(full) and not os.path.ismount(empty)
+
+
+def test_sequential_reads_reach_the_daemon_in_large_requests(local_cli, local_mounts, tmp_path):
+    """The daemon raises the mount's kernel read-ahead (read_ahead, 1 MiB; it needs root, which
+    the suite has): a file read in order costs one request per MiB, not one per 128 KiB."""
+    data = _rand(5 << 20, 77)
+    write_tree(tmp_path / "src", {"big.bin": data})
+    vid = local_cli("create", "ds").strip()
+    local_cli("add", vid, str(tmp_path / "src"))
+    local_cli("publish", vid)
+    mnt = tmp_path / "mnt"
+    local_mounts.mount(vid, mnt)
+    bdi = Path(kernel.bdi_path(str(mnt)))
+
+    def tuned():
+        (doc,) = json.loads(local_cli("status", "--json"))
+        return doc["read_ahead_kb"]
+
+    deadline = time.monotonic() + 30
+    while tuned() is None:
+        assert time.monotonic() < deadline, "the daemon never set the read-ahead"
+        time.sleep(0.05)
+    assert os.geteuid() == 0 and tuned() == 1024 == int(bdi.read_text())
+    with open(mnt / "big.bin", "rb", buffering=0) as f:
+        got = b"".join(iter(lambda: f.read(1 << 20), b""))
+    assert got == data
+    assert json.loads(os.getxattr(mnt, "user.dsfs.stats"))["requests"]["read"] <= 6
 
 
 def test_warm_walk_and_reads_stay_in_the_kernel(local_cli, local_mounts, tmp_path):

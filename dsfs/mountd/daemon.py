@@ -120,7 +120,17 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
     elif warm:
         raise InvalidInput("--warm needs a published version mounted with the direct adapter")
 
+    def tune() -> None:
+        from .kernel import set_read_ahead
+
+        kib = set_read_ahead(mountpoint, settings.read_ahead)
+        with record_lock:
+            record.read_ahead_kb = kib
+            registry.write_record(settings.state_dir, record)
+
     def on_ready() -> None:
+        # After the kernel has the INIT answer (it sets the read-ahead then): in a thread of its own.
+        threading.Thread(target=tune, name="dsfs-tune", daemon=True).start()
         with record_lock:
             if prefetch is not None:
                 prefetch.start(mountpoint, warm=warm)

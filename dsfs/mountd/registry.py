@@ -33,6 +33,7 @@ class MountRecord:
     cache_dir: str
     cache_limit: int = 0  # the daemon's disk-cache bound (its --cache-size or the default)
     warm: dict | None = None  # --warm's progress: state, done and total bytes
+    read_ahead_kb: int | None = None  # the kernel's read-ahead on the mount (None: unknown)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -85,15 +86,23 @@ def all_records(state_dir) -> list[MountRecord]:
 
 def mount_fstype(mountpoint: str) -> str | None:
     """The filesystem type mounted exactly at ``mountpoint``, or None."""
+    found = mount_info(mountpoint)
+    return found[0] if found else None
+
+
+def mount_info(mountpoint: str) -> tuple[str, str] | None:
+    """(filesystem type, "major:minor") of the mount exactly at ``mountpoint`` (the topmost one),
+    read from the mount table: no request reaches the filesystem itself."""
     target = os.path.abspath(mountpoint)
+    found = None
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
             sep = fields.index("-")
             point = fields[4].encode().decode("unicode_escape")
             if point == target:
-                return fields[sep + 1]
-    return None
+                found = fields[sep + 1], fields[2]
+    return found
 
 
 def is_stale(mountpoint: str) -> bool:
