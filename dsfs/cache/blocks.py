@@ -54,6 +54,8 @@ SPOOL_MEMORY = 64 << 20
 # Reads starting this close to where the previous one ended count as sequential (FUSE may
 # deliver a stream's reads slightly out of order).
 SEQUENTIAL_SLACK = 1 << 20
+# Verified blocks waiting for the disk cache's writer, at most (a fetching thread waits past it).
+WRITE_BACKLOG = 32 << 20
 # A miss on a small member of a remote store also fetches the small members around it in the
 # same chunk, up to this many bytes in one ranged GET: an epoch over many small files then costs
 # one GET per ~1 MiB instead of one per file. Neighbours already cached are left out.
@@ -153,6 +155,7 @@ class BlockCache:
         self._closed = False
         self._writes: queue.SimpleQueue = queue.SimpleQueue()
         self._writes_pending = 0
+        self._writes_bytes = 0  # bytes queued for the writer: bounded by WRITE_BACKLOG
         self._writes_cond = threading.Condition()
         self._writer_thread = threading.Thread(target=self._writer, name="dsfs-cache-writer", daemon=True)
         self._writer_thread.start()
@@ -355,7 +358,11 @@ class BlockCache:
             return
         self._memory.put(key, memoryview(payload))
         with self._writes_cond:
+            # Fetching faster than the disk takes the blocks would hold them all in memory:
+            # past the backlog bound, the fetching thread waits for the writer.
+            self._writes_cond.wait_for(lambda: self._writes_bytes < WRITE_BACKLOG)
             self._writes_pending += 1
+            self._writes_bytes += len(payload)
         self._writes.put((key, payload))
 
     def _writer(self) -> None:
@@ -372,6 +379,7 @@ class BlockCache:
             self._disk.put_many(batch)  # on failure the blocks are just not kept: already served
             with self._writes_cond:
                 self._writes_pending -= len(batch)
+                self._writes_bytes -= sum(len(payload) for _key, payload in batch)
                 self._writes_cond.notify_all()
             if stop:
                 return
