@@ -20,6 +20,7 @@ import diskcache
 import pytest
 
 from dsfs.cache import BlockCache, ReadState, default_cache_size
+from dsfs.cache.readahead import advance
 from dsfs.changeset.manifest import DEFLATED, STORED, Entry, new_id
 from dsfs.changeset.packer import Source, hash_sources, pack
 from dsfs.config import Settings
@@ -633,3 +634,28 @@ def test_bad_block_hashes_in_a_manifest_are_rejected():
     for bad in ("b" * 64, "B" * 128, "x" * 128, "b" * 192):
         with pytest.raises(Corrupt, match="bad block hashes"):
             Entry.from_json({**good, "blocks": bad})
+
+
+def test_read_ahead_opens_only_on_streams_and_doubles_to_its_bound():
+    """The policy alone (dsfs/cache/readahead.py): random reads queue nothing; reads in order
+    open a window of one block that doubles as the reader enters new blocks, up to the bound; a
+    file with a hash tree waits for two reads that each moved on; a jump closes the window."""
+    mib = 1 << 20
+
+    def reads(offsets, *, tree=False, size=mib):
+        state, out = ReadState(), []
+        for off in offsets:
+            end = off + size
+            out.append(list(advance(state, off, end, (end - 1) // (4 * mib), nblocks=64, slack=mib,
+                                    max_window=8, wait_for_stream=tree)))
+        return out
+
+    assert reads([40 * mib, 3 * mib, 90 * mib]) == [[], [], []]
+    streamed = reads([i * mib for i in range(24)])
+    assert streamed[0] == [] and streamed[1] == [1]  # the second read shows the stream
+    assert max(len(q) for q in streamed) <= 8 and sum(map(len, streamed)) >= 8
+    queued = [b for q in streamed for b in q]
+    assert queued == sorted(set(queued))  # each block queued once, in order
+    assert reads([0, mib, 2 * mib], tree=True)[:2] == [[], []]  # a tree waits for two moves
+    assert reads([0, mib, 50 * mib])[2] == []  # a jump closes the window
+

@@ -1,5 +1,6 @@
 """The local cache of fetched file bytes (see ``blocks`` for the design)."""
 
-from .blocks import BlockCache, ReadState, default_cache_size
+from .blocks import BlockCache, default_cache_size
+from .readahead import ReadState
 
 __all__ = ["BlockCache", "ReadState", "default_cache_size"]

@@ -39,7 +39,9 @@ from ..changeset.reader import iter_member, read_range
 from ..changeset.tree import LEAF
 from ..errors import Corrupt, InvalidInput, NotFound
 from ..store.base import ObjectStore, Progress
+from . import readahead
 from .hashtree import TreeCheck
+from .readahead import ReadState
 from .tiers import DiskTier, MemoryTier
 
 log = logging.getLogger(__name__)
@@ -70,23 +72,6 @@ def default_cache_size(cache_dir: str | os.PathLike, used: int = 0) -> int:
         path = path.parent
     free = shutil.disk_usage(path).free
     return min(DEFAULT_MAX_SIZE, int((free + used) * DEFAULT_FREE_FRACTION))
-
-
-class ReadState:
-    """Per open file handle: where the last read ended (sequential detection and read-ahead)
-    and a running sha256 of the bytes read in order from the start."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.end: int | None = None  # offset just past the previous read
-        self.last_block = -1  # last block the previous read touched
-        self.window = 0  # blocks to read ahead; 0 while access looks random
-        self.sequential = False  # whether the last read began where the one before ended
-        self.start = -1  # offset of the previous read
-        self.streak = 0  # reads in a row that were sequential and began past the one before
-        self.ahead = -1  # highest block already queued for read-ahead
-        self.hasher = hashlib.sha256()  # None once reads left the in-order path
-        self.hashed = 0
 
 
 class _Flight:
@@ -759,27 +744,9 @@ class BlockCache:
 
     def _read_ahead(self, store: ObjectStore, entry: Entry, state: ReadState,
                     offset: int, end: int, last: int) -> None:
-        slack = min(SEQUENTIAL_SLACK, self.block_size)
-        with state.lock:
-            sequential = state.sequential = state.end is not None and abs(offset - state.end) <= slack
-            state.streak = state.streak + 1 if sequential and offset > state.start else 0
-            state.start = offset
-            if not sequential:
-                state.window, state.ahead = 0, -1
-            elif state.window == 0 and (entry.tree is None or state.streak >= 2):
-                # A file with a hash tree opens the window (whole blocks, read ahead) only once
-                # reads stream: two in a row that each moved on. A random read that lands near
-                # the last one, or a read the kernel retries after an error (it begins where
-                # the failed one began), stays leaf-sized.
-                state.window = 1
-            elif last > state.last_block:
-                state.window = min(state.window * 2, self.readahead_max)
-            state.end, state.last_block = end, last
-            if not state.window or not self.readahead_max:
-                return
-            target = min(last + state.window, self._nblocks(entry) - 1)
-            todo = range(max(state.ahead + 1, last + 1), target + 1)
-            state.ahead = max(state.ahead, target)
+        todo = readahead.advance(state, offset, end, last, nblocks=self._nblocks(entry),
+                                 slack=min(SEQUENTIAL_SLACK, self.block_size), max_window=self.readahead_max,
+                                 wait_for_stream=entry.tree is not None)
         for i in todo:
             key = self.block_key(entry.sha256, i)
             with self._lock:

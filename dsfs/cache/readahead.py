@@ -1,0 +1,58 @@
+"""The read-ahead policy of one reader of one file: when reads stream, which blocks to fetch
+ahead of them.
+
+``ReadState`` belongs to one open file handle (or, without handles, one inode's current pass).
+``advance`` is told of each read and returns the blocks to queue: none while access looks
+random; once reads stream, a window that starts at one block and doubles with each new block
+the reader enters, up to ``max_window``. A file with a hash tree waits for two reads in a row that
+each moved on before it opens the window: a random read that lands near the last one, or a read
+the kernel retries after an error (it begins where the failed one began), stays leaf-sized. The
+block cache carries the plan out; this module only decides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+
+class ReadState:
+    """Per open file handle: where the last read ended (sequential detection and read-ahead)
+    and a running sha256 of the bytes read in order from the start."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.end: int | None = None  # offset just past the previous read
+        self.last_block = -1  # last block the previous read touched
+        self.window = 0  # blocks to read ahead; 0 while access looks random
+        self.sequential = False  # whether the last read began where the one before ended
+        self.start = -1  # offset of the previous read
+        self.streak = 0  # reads in a row that were sequential and began past the one before
+        self.ahead = -1  # highest block already queued for read-ahead
+        self.hasher = hashlib.sha256()  # None once reads left the in-order path
+        self.hashed = 0
+
+
+def advance(state: ReadState, offset: int, end: int, last: int, *, nblocks: int, slack: int,
+            max_window: int, wait_for_stream: bool) -> range:
+    """Record a read of ``[offset, end)`` whose last block is ``last``; the blocks to read ahead
+    now (an empty range while access looks random). ``slack``: how far from where the previous
+    read ended a read may begin and still count as sequential (the kernel delivers a stream's
+    reads slightly out of order). ``wait_for_stream``: the file has a hash tree (see above)."""
+    with state.lock:
+        sequential = state.sequential = state.end is not None and abs(offset - state.end) <= slack
+        state.streak = state.streak + 1 if sequential and offset > state.start else 0
+        state.start = offset
+        if not sequential:
+            state.window, state.ahead = 0, -1
+        elif state.window == 0 and (not wait_for_stream or state.streak >= 2):
+            state.window = 1
+        elif last > state.last_block:
+            state.window = min(state.window * 2, max_window)
+        state.end, state.last_block = end, last
+        if not state.window or not max_window:
+            return range(0)
+        target = min(last + state.window, nblocks - 1)
+        todo = range(max(state.ahead + 1, last + 1), target + 1)
+        state.ahead = max(state.ahead, target)
+        return todo
