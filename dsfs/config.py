@@ -75,8 +75,12 @@ _FILE_KEYS = {f.name for f in dataclasses.fields(Settings)}
 
 
 def load_settings(
-    *, store: str | None = None, cache_dir: str | None = None, config: str | None = None
+    *, store: str | None = None, cache_dir: str | None = None, config: str | None = None,
+    options: dict | None = None,
 ) -> Settings:
+    """Settings from the flags given, the environment and the config file. ``options`` are
+    config keys given in code (as ``fsspec.filesystem("dsfs", block_size="1M")`` does); they
+    win over the file and are checked as its keys are."""
     settings = Settings()
     config_path = config or os.environ.get("DSFS_CONFIG")
     if config_path is None:
@@ -84,6 +88,8 @@ def load_settings(
         config_path = str(default) if default.exists() else None
     if config_path is not None:
         _apply_file(settings, Path(config_path))
+    if options:
+        _apply(settings, options, "options")
     env_store = os.environ.get("DSFS_STORE")
     env_cache = os.environ.get("DSFS_CACHE_DIR")
     settings.store = store or env_store or settings.store or str(
@@ -110,10 +116,14 @@ def _apply_file(settings: Settings, path: Path) -> None:
         raise InvalidInput(f"config file is not valid yaml: {str(path)!r}: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidInput(f"config file must hold a mapping: {str(path)!r}")
+    _apply(settings, data, repr(str(path)))
+
+
+def _apply(settings: Settings, data: dict, where: str) -> None:
     for key, value in data.items():
         attr = key.replace("-", "_")
         if attr not in _FILE_KEYS:
-            raise InvalidInput(f"unknown config key {key!r} in {str(path)!r}")
+            raise InvalidInput(f"unknown config key {key!r} in {where}")
         if attr in ("chunk_size", "block_size", "cache_size", "neighbour_bytes", "read_ahead") and value is not None:
             value = parse_size(value, what=key)
         if attr == "cache_local_store" and not isinstance(value, bool):

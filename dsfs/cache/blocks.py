@@ -74,6 +74,16 @@ def default_cache_size(cache_dir: str | os.PathLike, used: int = 0) -> int:
     return min(DEFAULT_MAX_SIZE, int((free + used) * DEFAULT_FREE_FRACTION))
 
 
+def open_cache(settings, store: ObjectStore | None = None, *, size_limit: int | None = None) -> "BlockCache":
+    """The machine's block cache as ``settings`` describe it, for reading ``store`` (a mount, a
+    ``dsfs://`` filesystem and the cache commands all open it this way: one cache for all).
+    ``size_limit`` overrides the configured size."""
+    return BlockCache(settings.cache_dir, store, size_limit=size_limit or settings.cache_size,
+                      block_size=settings.block_size,
+                      persist=store is None or settings.caches(store),
+                      neighbour_bytes=settings.neighbour_bytes)
+
+
 class _Flight:
     __slots__ = ("done", "value", "error")
 

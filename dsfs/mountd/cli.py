@@ -13,10 +13,9 @@ from ..progress import human_size
 
 
 def _open_cache(settings, store=None):
-    from ..cache import BlockCache
+    from ..cache import open_cache
 
-    return BlockCache(settings.cache_dir, store, size_limit=settings.cache_size,
-                      block_size=settings.block_size, persist=store is None or settings.caches(store))
+    return open_cache(settings, store)
 
 
 def cmd_mount(settings, args):

@@ -66,7 +66,7 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
           break_lease: bool = False, warm: bool = False) -> int:
     """Resolve, mount and serve until unmounted. Calls ``ready()`` once the mount works.
     ``warm``: warm the whole version in the background (published mounts)."""
-    from ..cache import BlockCache
+    from ..cache import open_cache
     from ..catalog import Catalog
     from ..resolver import ViewBuilder, resolve_ref
     from ..resolver.index import VersionIndex
@@ -90,9 +90,7 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
         # change-set; a read-only mount keeps serving the state it mounted, through a hard link.
         pin = _pin_index(settings, index.path)
         index = VersionIndex(str(pin), immutable=False)
-    cache = BlockCache(settings.cache_dir, store, size_limit=cache_size or settings.cache_size,
-                       block_size=settings.block_size, persist=settings.caches(store),
-                       neighbour_bytes=settings.neighbour_bytes)
+    cache = open_cache(settings, store, size_limit=cache_size)
     view = VersionView(manifest, index, store, cache)
     # A draft caught mid-publish ("publishing") takes no more change-sets: serve it read-only.
     if adapter == "auto":
