@@ -138,6 +138,12 @@ class VersionView:
         return self.cache.read(self.store, node.to_entry(), offset, min(size, node.size - offset), state,
                                near=self._near)
 
+    def read_all(self, node: Node) -> bytes:
+        """A whole file, checked against its sha256."""
+        if node.is_dir:
+            raise _IsADirectory(f"is a folder: {node.path!r}")
+        return self.cache.read_all(self.store, node.to_entry(), near=self._near)
+
     def _near(self, chunk: str, lo: int, hi: int) -> list:
         return [n.to_entry() for n in self.index.near(chunk, lo, hi)]
 
