@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import types
 
 import fsspec
@@ -132,8 +133,9 @@ def test_missing_things_are_file_not_found(fs):
         with pytest.raises(FileNotFoundError, match=message) as caught:
             fs.cat_file(path)
         assert isinstance(caught.value, errors.NotFound) and caught.value.exit_code == 3
-    with pytest.raises(IsADirectoryError, match="is a folder: 'pets@v1/images'"):
-        fs.open("pets@v1/images")
+    for folder in ("images", "images-link"):
+        with pytest.raises(IsADirectoryError, match=f"is a folder: 'pets@v1/{folder}'"):
+            fs.open(f"pets@v1/{folder}")
 
 
 def test_cat_file_and_seekable_ranged_reads(fs, where):
@@ -315,7 +317,7 @@ def draft(where, request):
 
 
 def test_each_write_outside_a_transaction_is_one_changeset(fs, where, draft):
-    before = _changesets(where.cli, draft)
+    before, start = _changesets(where.cli, draft), time.time()
     fs.pipe_file(f"dsfs://{draft}/new/piped.bin", b"piped")
     with fs.open(f"{draft}/new/written.txt", "wb") as f:
         f.write(b"written\n")
@@ -326,6 +328,8 @@ def test_each_write_outside_a_transaction_is_one_changeset(fs, where, draft):
     assert fs.cat(f"{draft}/new/piped.bin") == b"piped"
     assert pd.read_csv(f"dsfs://{draft}/frame.csv", storage_options=where.options).equals(_frame(5))
     assert fs.info(f"{draft}/run.sh")["mode"] == 0o755  # a rewritten file keeps its mode
+    piped = fs.info(f"{draft}/new/piped.bin")
+    assert piped["mode"] == 0o644 and start <= piped["mtime"] <= time.time()  # the time it was closed
     assert fs.find(draft) == [f"{draft}/{p}" for p in
                               ["frame.csv", "keep.txt", "new/piped.bin", "new/written.txt", "run.sh"]]
     assert os.listdir(os.path.join(where.cache, "tmp")) == []  # no staged bytes left
@@ -346,6 +350,7 @@ def test_a_transaction_becomes_one_changeset(fs, where, draft):
         assert _changesets(where.cli, draft) == before
     assert _changesets(where.cli, draft) == before + 1
     assert fs.find(draft) == [f"{draft}/{p}" for p in ["a.txt", "b/b.parquet", "run.sh", "unfinished.txt"]]
+    assert fs.info(f"{draft}/old")["type"] == "directory"  # emptied by rm, not removed
     assert pd.read_parquet(f"dsfs://{draft}/b/b.parquet", storage_options=where.options).equals(_frame(3))
 
 
@@ -384,6 +389,8 @@ def test_refused_writes(fs, where, draft):
         fs.rm(f"{draft}/old")
     with pytest.raises(PathNotFound, match=f"no such path in '{draft}': 'nope'"):
         fs.rm(f"{draft}/nope")
+    with pytest.raises(FileNotFoundError, match=f"no files match: '{draft}/\\*.nope'"):
+        fs.rm(f"{draft}/*.nope")
     with pytest.raises(errors.InvalidInput, match="mode rb or wb, not 'ab'"):
         fs.open(f"{draft}/keep.txt", "ab")
     with pytest.raises(errors.InvalidInput, match="one change-set writes one draft"):
