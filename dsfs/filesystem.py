@@ -31,6 +31,7 @@ every fsspec filesystem.
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import posixpath
 import tempfile
@@ -277,7 +278,7 @@ class DsfsFileSystem(AbstractFileSystem):
             return super().find(path, maxdepth=maxdepth, withdirs=withdirs, detail=detail, **kwargs)
         ref, view, top = self._lookup(path)
         found = {}
-        for node in view.index.walk(top.path) if top.path else [top, *view.index.walk()]:
+        for node in view.index.walk(top.path) if top.path else itertools.chain([top], view.index.walk()):
             info = self._info(ref, view, node)
             if withdirs or info["type"] != "directory":
                 found[info["name"]] = info

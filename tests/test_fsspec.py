@@ -374,6 +374,26 @@ def test_a_transaction_that_raises_records_nothing(fs, where, draft):
     assert _changesets(where.cli, draft) == before + 1
 
 
+def test_a_write_the_store_refuses_raises_and_records_nothing(fs, where, draft, monkeypatch):
+    def unreachable(*args, **kwargs):
+        raise errors.StoreUnavailable("s3 store unreachable (injected)")
+
+    before = _changesets(where.cli, draft)
+    with monkeypatch.context() as faults:
+        faults.setattr(fs.repo.store, "put_file", unreachable)
+        with pytest.raises(errors.StoreUnavailable, match="injected"):
+            fs.pipe_file(f"{draft}/a.txt", b"new bytes")
+        with pytest.raises(errors.StoreUnavailable, match="injected"):
+            with fs.transaction:
+                fs.pipe_file(f"{draft}/b.txt", b"more new bytes")
+                fs.rm(f"{draft}/keep.txt")
+    assert _changesets(where.cli, draft) == before
+    assert os.listdir(os.path.join(where.cache, "tmp")) == []
+    assert not fs._intrans  # the transaction ended; the filesystem writes on
+    fs.pipe_file(f"{draft}/a.txt", b"new bytes")
+    assert fs.cat_file(f"{draft}/a.txt") == b"new bytes"
+
+
 def test_refused_writes(fs, where, draft):
     before = _changesets(where.cli, draft)
     for write in (lambda: fs.pipe_file("dsfs://pets@v1/x.txt", b"x"), lambda: fs.open("pets/x.txt", "wb"),
