@@ -431,7 +431,7 @@ def test_settings_follow_the_cli_unless_given(where, tmp_path, monkeypatch):
     monkeypatch.setenv("DSFS_CACHE_DIR", str(tmp_path / "env-cache"))
     for name, value in where.env.items():
         monkeypatch.setenv(name, value)
-    fs = fsspec.filesystem("dsfs")
+    fs = fsspec.filesystem("dsfs", skip_instance_cache=True)  # not the one an earlier test made
     assert (fs.settings.store, fs.settings.cache_dir) == (where.store, str(tmp_path / "env-cache"))
     config = tmp_path / "config.yaml"
     config.write_text("block_size: 1M\n")
