@@ -40,6 +40,7 @@ import time
 import weakref
 from urllib.parse import unquote
 
+from fsspec import available_protocols
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 from fsspec.transaction import Transaction
 
@@ -162,6 +163,9 @@ class DsfsFileSystem(AbstractFileSystem):
     def __init__(self, store: str | None = None, cache_dir: str | None = None,
                  config: str | None = None, **options) -> None:
         super().__init__()
+        # Options keyed by a protocol's name are that protocol's, as chained URLs carry them
+        # (Hugging Face ``datasets`` adds its own "hf" block to the storage options it is given).
+        options = {key: value for key, value in options.items() if key not in available_protocols()}
         self.settings = load_settings(store=store, cache_dir=cache_dir, config=config, options=options)
         self.repo = Repository(self.settings)
         self.cache = open_cache(self.settings, self.repo.store)

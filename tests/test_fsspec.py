@@ -205,9 +205,12 @@ def test_hugging_face_datasets_loads_parquet(where, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     from datasets import load_dataset
 
-    loaded = load_dataset("parquet", data_files="dsfs://pets@v1/tables/*.parquet", storage_options=dict(where.options),
+    options = dict(where.options)
+    loaded = load_dataset("parquet", data_files="dsfs://pets@v1/tables/*.parquet", storage_options=options,
                           cache_dir=str(tmp_path / "hf-cache"), split="train")
     assert sorted(loaded["id"]) == sorted(pd.concat(_frame(10 + n) for n in range(4))["id"])
+    assert "hf" in options  # datasets added its own options to the dict; dsfs:// takes it still
+    assert len(pd.read_csv("dsfs://pets@v1/labels.csv", storage_options=options)) == 50
 
 
 @pytest.fixture(scope="module")
