@@ -83,9 +83,10 @@ class _Changes:
 
     def claim(self, view: VersionView) -> "_Changes":
         """These changes, if ``view`` is their draft: one change-set writes one draft."""
-        if view.manifest.id != self.view.manifest.id:
-            raise InvalidInput(f"one change-set writes one draft: {self.view.manifest.name!r}, "
-                               f"not {view.manifest.name!r} too")
+        mine, other = self.view.manifest, view.manifest
+        if other.id != mine.id:
+            raise InvalidInput(f"one change-set writes one draft: {mine.dataset}@{mine.name}, "
+                               f"not {other.dataset}@{other.name} too")
         return self
 
     def write(self, rel: str, local: str, mode: int) -> None:

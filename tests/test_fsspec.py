@@ -420,7 +420,8 @@ def test_refused_writes(fs, where, draft):
         fs.rm(f"{draft}/*.nope")
     with pytest.raises(errors.InvalidInput, match="mode rb or wb, not 'ab'"):
         fs.open(f"{draft}/keep.txt", "ab")
-    with pytest.raises(errors.InvalidInput, match="one change-set writes one draft"):
+    with pytest.raises(errors.InvalidInput, match=f"one change-set writes one draft: {draft.split('@')[0]}@v1, "
+                                                  "not pets@Current too"):
         with fs.transaction:
             fs.pipe_file(f"{draft}/a.txt", b"a")
             fs.pipe_file("pets@draft/a.txt", b"a")
