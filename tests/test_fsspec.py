@@ -290,7 +290,7 @@ def test_corrupt_bytes_are_an_error_not_data(local_cli, tmp_path):
     local_cli("add", version, str(tmp_path / "src"))
     local_cli("publish", version)
     fs = fsspec.filesystem("dsfs", store=local_cli.store, cache_dir=str(tmp_path / "cache"))
-    index = fs._view(version).index
+    index = fs.repo.index(fs.repo.resolve(version))
     for name, at in [("big.bin", 3_000_000), ("small.bin", 10)]:
         node = index.by_path(name)
         with open(os.path.join(local_cli.store, node.chunk), "r+b") as f:
@@ -396,8 +396,7 @@ def test_a_write_the_store_refuses_raises_and_records_nothing(fs, where, draft, 
                 fs.rm(f"{draft}/keep.txt")
     assert _changesets(where.cli, draft) == before
     assert os.listdir(os.path.join(where.cache, "tmp")) == []
-    assert not fs._intrans  # the transaction ended; the filesystem writes on
-    fs.pipe_file(f"{draft}/a.txt", b"new bytes")
+    fs.pipe_file(f"{draft}/a.txt", b"new bytes")  # the transaction ended: this is recorded at once
     assert fs.cat_file(f"{draft}/a.txt") == b"new bytes"
 
 
@@ -425,7 +424,7 @@ def test_refused_writes(fs, where, draft):
         with fs.transaction:
             fs.pipe_file(f"{draft}/a.txt", b"a")
             fs.pipe_file("pets@draft/a.txt", b"a")
-    lease = Lease.acquire(fs.repo.store, fs._view(draft).manifest.id, "/mnt/elsewhere")
+    lease = Lease.acquire(fs.repo.store, fs.info(draft)["version"], "/mnt/elsewhere")
     try:
         with pytest.raises(errors.Conflict, match="is mounted writable by"):
             fs.pipe_file(f"{draft}/a.txt", b"a")
