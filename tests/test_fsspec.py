@@ -251,6 +251,22 @@ def test_dask_workers_read_a_versions_parquet_files(where, dask_client):
     assert {sha for _, sha in results} == {_sha((where.src / "big.parquet").read_bytes())}
 
 
+def test_a_published_ref_is_resolved_once_per_instance(fs, where, draft, tmp_path):
+    """As a mount: ``dsfs://DATASET`` stays on the version it first named until
+    ``invalidate_cache()``; a draft shows each change-set at once."""
+    dataset = draft.split("@")[0]
+    where.cli("publish", draft)
+    assert fs.info(dataset)["version_name"] == "v1"
+    (tmp_path / "new.txt").write_text("in v2\n")
+    where.cli("create", dataset)
+    where.cli("add", f"{dataset}@draft", str(tmp_path / "new.txt"))
+    assert fs.exists(f"{dataset}@draft/new.txt")
+    where.cli("publish", f"{dataset}@draft")
+    assert not fs.exists(f"{dataset}/new.txt") and fs.info(dataset)["version_name"] == "v1"
+    fs.invalidate_cache()
+    assert fs.cat_file(f"{dataset}/new.txt") == b"in v2\n" and fs.info(dataset)["version_name"] == "v2"
+
+
 # -- one cache, the same checks ----------------------------------------------------------------
 
 
