@@ -31,6 +31,7 @@ every fsspec filesystem.
 from __future__ import annotations
 
 import datetime
+import errno
 import itertools
 import os
 import posixpath
@@ -69,6 +70,8 @@ class PublishedReadOnly(ReadOnly, PermissionError):
 
 class IsAFolder(InvalidInput, IsADirectoryError):
     """A file operation on a folder."""
+
+    errno = errno.EISDIR
 
 
 class _Changes:

@@ -6,6 +6,7 @@ cluster starts once; write tests make a dataset of their own.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -134,8 +135,9 @@ def test_missing_things_are_file_not_found(fs):
             fs.cat_file(path)
         assert isinstance(caught.value, errors.NotFound) and caught.value.exit_code == 3
     for folder in ("images", "images-link"):
-        with pytest.raises(IsADirectoryError, match=f"is a folder: 'pets@v1/{folder}'"):
+        with pytest.raises(IsADirectoryError, match=f"is a folder: 'pets@v1/{folder}'") as caught:
             fs.open(f"pets@v1/{folder}")
+        assert caught.value.errno == errno.EISDIR
 
 
 def test_cat_file_and_seekable_ranged_reads(fs, where):
