@@ -122,7 +122,9 @@ def unmount(settings: Settings, mountpoint: str, *, timeout: float = 3600, lazy:
         raise NotFound(f"not a dsfs mount ({fstype}): {path!r}")
     note = "unmounted"
     if fstype is not None:
-        stale = registry.is_stale(path)
+        # Stale: the kernel says so, or the daemon in the record is gone (the kernel may not have
+        # torn the connection down yet when umount follows the daemon's death closely).
+        stale = registry.is_stale(path) or (record is not None and not registry.pid_alive(record.pid))
         args = [FUSERMOUNT, "-u"] + (["-z"] if stale or lazy else []) + [path]
         result = subprocess.run(args, capture_output=True, text=True)
         if result.returncode != 0:
