@@ -58,6 +58,37 @@ def test_every_error_class_has_its_documented_code_and_errno():
         assert re.search(rf"^\| {code} \|", readme, re.M), f"README.md has no row for exit code {code}"
 
 
+def test_every_error_class_is_also_the_fitting_builtin():
+    expected = {
+        errors.InvalidInput: ValueError, errors.Ambiguous: ValueError, errors.AlreadyExists: ValueError,
+        errors.NotFound: LookupError, errors.ReadOnly: PermissionError,
+        errors.Conflict: RuntimeError, errors.NotRecorded: RuntimeError,
+        errors.Busy: OSError, errors.Corrupt: OSError, errors.StoreUnavailable: OSError,
+        errors.NoSpace: OSError, errors.MountError: OSError,
+    }
+    for cls, builtin in expected.items():
+        exc = cls("some message")
+        assert isinstance(exc, builtin), cls.__name__
+        assert str(exc) == "some message" and exc.errno == cls.errno  # OSError's own errno is not used
+    with pytest.raises(ValueError, match="name already exists"):
+        raise errors.AlreadyExists("version name already exists in dataset 'ds': 'v1'")
+
+
+def test_a_store_full_error_is_not_taken_for_a_full_temp_folder(local_cli, tmp_path, monkeypatch):
+    """NoSpace is an OSError with errno ENOSPC: packing must not rename a full store's error."""
+    from dsfs.store.local import LocalStore
+
+    write_tree(tmp_path / "src", {"a.bin": b"x" * 1000})
+    vid = local_cli("create", "ds").strip()
+
+    def full(self, key, *args, **kwargs):
+        raise errors.NoSpace(f"no space left in store {self.url!r} writing {key!r}")
+
+    monkeypatch.setattr(LocalStore, "put_file", full)
+    err = local_cli.fails("add", vid, str(tmp_path / "src"), code=8)
+    assert "no space left in store" in err
+
+
 def test_no_bare_base_class_is_raised():
     offenders = [f"{path.relative_to(DSFS.parent)}:{n}"
                  for path in sorted(DSFS.rglob("*.py"))

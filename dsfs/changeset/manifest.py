@@ -327,6 +327,8 @@ def iter_changeset(stream: BinaryIO, key: str, *, fields: bool = False) -> Itera
             batch = next(batches, None)
             if batch is None:
                 return
+    except Corrupt:
+        raise  # a bad line, already named (Corrupt is an OSError too)
     except (OSError, EOFError, zlib.error):
         raise Corrupt(f"corrupt change-set (truncated after line {n}): {key!r}") from None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import errno
 import hashlib
 import os
 import secrets
@@ -24,7 +25,7 @@ import zlib
 from collections.abc import Callable, Sequence
 
 from ..config import Settings
-from ..errors import Conflict, InvalidInput, NoSpace
+from ..errors import Conflict, DsfsError, InvalidInput, NoSpace
 from ..paths import name_bytes
 from ..store.base import ObjectStore
 from .manifest import DEFLATED, DIR, EMPTY_SHA256, FILE, HASH_BLOCK, STORED, SYMLINK, Entry, chunk_key
@@ -304,15 +305,12 @@ def pack(
         close_writer()
         for index, src, original in aliases:
             entries[index] = _alias(original, src)
-    except OSError as exc:
+    except BaseException as exc:
         if writer is not None:
             writer.abort()
-        if exc.errno == 28:
+        # The local disk filled up; a NoSpace from the store (an OSError too) says where already.
+        if isinstance(exc, OSError) and not isinstance(exc, DsfsError) and exc.errno == errno.ENOSPC:
             raise NoSpace(f"no space left in {tmp_dir!r} while packing a chunk") from None
-        raise
-    except BaseException:
-        if writer is not None:
-            writer.abort()
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

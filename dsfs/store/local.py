@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import AlreadyExists, Conflict, NoSpace, NotFound, StoreUnavailable
+from ..errors import AlreadyExists, Conflict, DsfsError, NoSpace, NotFound, StoreUnavailable
 from .base import ObjectInfo, ObjectStore, Progress, check_key
 
 _COPY_BLOCK = 4 << 20
@@ -69,7 +69,7 @@ class LocalStore(ObjectStore):
         except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            if isinstance(exc, OSError) and not isinstance(exc, DsfsError) and exc.errno == errno.ENOSPC:
                 raise NoSpace(f"no space left in store {self.url!r} writing {key!r}") from None
             raise
         dir_fd = os.open(path.parent, os.O_RDONLY)
