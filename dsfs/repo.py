@@ -431,26 +431,19 @@ class Repository:
 
     def squash(self, refs: list[str], dataset: str, *, name: str | None = None) -> VersionManifest:
         """A new parentless, published version holding the merged content of ``refs`` in order.
-        Its entries point at the existing bytes: squashing uploads nothing."""
+        The merge is the resolver's (a version with these parents, bounded by folders, not files);
+        its entries point at the existing bytes: squashing uploads nothing."""
         manifests = [self.resolve(r) for r in refs]
         for m in manifests:
             if not m.is_published:
                 raise InvalidInput(f"squash needs published versions, {m.id!r} ({m.name!r}) is a draft")
-        merged: dict[str, Entry] = {}
-        for m in manifests:
-            index = self.index(m)
-            for node in index.walk():
-                if node.is_dir:
-                    for p in list(merged):
-                        if p == node.path and merged[p].type != DIR:
-                            del merged[p]
-                else:
-                    prefix = node.path + "/"
-                    for p in [p for p in merged if p.startswith(prefix)]:
-                        del merged[p]
-                merged[node.path] = node.to_entry()
-        new = self.create(dataset, root=True, name=name or f"squash of {', '.join(m.name for m in manifests)}"[:200])
-        entries = [merged[p] for p in sorted(merged)]
+        check_dataset_name(dataset)
+        name = name or f"squash of {', '.join(m.name for m in manifests)}"[:200]
+        probe = VersionManifest(new_id(), dataset, check_version_name(name), [m.id for m in manifests],
+                                created=now_iso())
+        with self.views.merged(probe) as index:
+            entries = [node.to_entry() for node in index.walk()]
+        new = self.create(dataset, root=True, name=name)
         changeset = ChangeSet(new.id, f"squash-{new_id()[:8]}", now_iso(), entries, [])
         ref = self.catalog.write_changeset(changeset, len(entries), 0,
                                            sum(e.size for e in entries if e.type == FILE), [])

@@ -23,7 +23,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from ..catalog import Catalog
 from ..changeset.manifest import DIR, Removal, VersionManifest
@@ -238,6 +238,24 @@ class ViewBuilder:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(self.index_dir, old))
         return VersionIndex(path, immutable=False)
+
+    @contextlib.contextmanager
+    def merged(self, manifest: VersionManifest) -> Iterator[VersionIndex]:
+        """The merged view of a manifest the catalog does not hold (a squash's: its parents in
+        order, no change-sets), built by the same bounded merge into a temp file that goes when
+        the block ends."""
+        fd, path = tempfile.mkstemp(dir=self.index_dir, prefix=".merged-", suffix=".sqlite")
+        os.close(fd)
+        try:
+            self._build(manifest, path)
+            index = VersionIndex(path, immutable=True)
+            try:
+                yield index
+            finally:
+                index.close()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def _build(self, manifest: VersionManifest, dest: str) -> None:
         log.debug("building index of %s at %s", manifest.id, dest)
