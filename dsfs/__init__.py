@@ -3,6 +3,12 @@
     import dsfs
     with dsfs.mounted("pets@v3") as root:        # a temp folder, unmounted on exit
         train = sorted((root / "images/train").iterdir())
+
+    from dsfs import Dataset, DatasetVersion     # the seed documents' API (dsfs/sdk.py)
+    DatasetVersion.get_version("pets", version_name="v3").get_local_copy()
+
+``Dataset``, ``DatasetVersion`` and ``configure`` are imported on first use: a mount daemon, which
+imports this package, does not pay for them.
 """
 
 from __future__ import annotations
@@ -13,7 +19,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __version__ = "0.1.0"
-__all__ = ["mounted", "prefetch", "__version__"]
+__all__ = ["Dataset", "DatasetVersion", "configure", "mounted", "prefetch", "__version__"]
+_SDK = ("Dataset", "DatasetVersion", "configure")
+
+
+def __getattr__(name: str):
+    if name in _SDK:
+        from . import sdk
+
+        return getattr(sdk, name)
+    raise AttributeError(f"module 'dsfs' has no attribute {name!r}")
 
 
 def prefetch(mountpoint: str | os.PathLike, paths) -> int:
@@ -28,9 +43,9 @@ def prefetch(mountpoint: str | os.PathLike, paths) -> int:
 @contextlib.contextmanager
 def mounted(ref: str, path: str | os.PathLike | None = None, *, store: str | None = None,
             cache_dir: str | None = None, config: str | None = None, cache_size: str | None = None,
-            adapter: str = "auto", warm: bool = False) -> Iterator[Path]:
+            adapter: str = "auto", warm: bool = False, read_only: bool = False) -> Iterator[Path]:
     """Mount ``ref`` at ``path`` (a new temp folder when None) for the duration of the block;
-    ``warm`` warms the whole version in the background."""
+    ``warm`` warms the whole version in the background; ``read_only`` mounts a draft read-only."""
     from .config import load_settings
     from .mountd import control
 
@@ -42,7 +57,7 @@ def mounted(ref: str, path: str | os.PathLike | None = None, *, store: str | Non
         made = tempfile.mkdtemp(prefix="dsfs-mount-")
         path = made
     record = control.spawn(settings, ref, str(path), cache_size=cache_size, adapter=adapter, config=config,
-                           warm=warm)
+                           warm=warm, read_only=read_only)
     try:
         yield Path(record.mountpoint)
     finally:

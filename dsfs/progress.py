@@ -1,8 +1,9 @@
-"""Progress bars on stderr (tqdm: total, rate, ETA), drawn only when stderr is a terminal.
+"""Progress bars (tqdm: total, rate, ETA), drawn on a terminal's stderr or in a notebook.
 
 A ``Progress`` is what long operations report to: called with an amount from any thread, used as
-a context manager that closes the bar. Disabled (``-q``, not a terminal, nothing to measure) it
-only counts.
+a context manager that closes the bar. Disabled (``-q``, neither a terminal nor a notebook,
+nothing to measure) it only counts. Its ``callback``, if set, hears ``(label, done, total)`` after
+every amount, bar or not (the Python API's ``progress=`` argument).
 """
 
 from __future__ import annotations
@@ -10,16 +11,27 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Callable
+
+
+ProgressCallback = Callable[[str, int, int], None]
 
 
 class Progress:
-    def __init__(self, label: str, total: int, *, unit: str = "B", enabled: bool | None = None) -> None:
+    def __init__(self, label: str, total: int, *, unit: str = "B", enabled: bool | None = None,
+                 callback: ProgressCallback | None = None) -> None:
         self.label, self.total, self.unit = label, total, unit
         self.done = 0
-        self.enabled = bool(total) and (sys.stderr.isatty() if enabled is None else enabled)
+        self.callback = callback
+        notebook = in_notebook()
+        self.enabled = bool(total) and ((sys.stderr.isatty() or notebook) if enabled is None else enabled)
         self._lock = threading.Lock()
         self._bar = None
-        if self.enabled:
+        if self.enabled and notebook:
+            from tqdm.auto import tqdm as notebook_bar  # a widget when ipywidgets is there
+
+            self._bar = notebook_bar(total=total, desc=label, unit=unit, unit_scale=True, unit_divisor=1000)
+        elif self.enabled:
             from tqdm import tqdm  # only for a bar: the mount daemon never draws one
 
             # A terminal that reports no size (a bare pty) gets 80x24, not a hidden bar.
@@ -35,6 +47,8 @@ class Progress:
             self.done += amount
             if self._bar is not None:
                 self._bar.update(amount)
+            if self.callback is not None:
+                self.callback(self.label, self.done, self.total)
 
     def __enter__(self) -> "Progress":
         return self
@@ -42,6 +56,13 @@ class Progress:
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (IPython imported by it, its shell a ZMQ one)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def _has_size() -> bool:

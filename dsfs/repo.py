@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import json
 import logging
 import os
+import shutil
 import stat
+import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 
 from .catalog import Catalog
@@ -22,6 +26,7 @@ from .changeset.manifest import (
     FILE,
     SYMLINK,
     ChangeSet,
+    DatasetRecord,
     Entry,
     Removal,
     VersionManifest,
@@ -97,7 +102,76 @@ class Repository:
             raise ReadOnly(f"version is published and cannot change: {ref!r} ({manifest.name!r})")
         return manifest
 
+    def datasets(self, *, project: str | None = None, tags: Iterable[str] = (),
+                 partial_name: str | None = None) -> list[DatasetRecord]:
+        """Dataset records, by name: those in ``project``, carrying all of ``tags``, whose name
+        holds ``partial_name`` (any case)."""
+        tags = list(tags)
+        part = (partial_name or "").lower()
+        return [r for r in self.catalog.datasets()
+                if (project is None or r.project == project) and all(t in r.tags for t in tags)
+                and part in r.name.lower()]
+
+    def versions(self, dataset: str, *, published: bool = False, drafts: bool = False) -> list[VersionManifest]:
+        """A dataset's versions, oldest first; only the published ones, or only the drafts."""
+        if published and drafts:
+            raise InvalidInput("only published and only drafts exclude each other")
+        versions = sorted(self.catalog.versions(dataset), key=lambda v: v.created)
+        if published or drafts:
+            versions = [v for v in versions if v.is_published == published]
+        return versions
+
+    def current(self, dataset: str) -> VersionManifest:
+        """The seed's current version: the draft (the newest, with a warning, when there are
+        several), else the latest published version."""
+        versions = self.versions(dataset)
+        drafts = [v for v in versions if not v.is_published]
+        if len(drafts) > 1:
+            warnings.warn(f"dataset {dataset!r} has {len(drafts)} drafts; the newest, "
+                          f"{dataset}@{drafts[-1].name}, is current", stacklevel=3)
+        if drafts:
+            return drafts[-1]
+        if not versions:
+            raise NotFound(f"dataset {dataset!r} has no versions")
+        return latest_published(dataset, versions)
+
+    def change_tags(self, dataset: str, *, add: Iterable[str] = (), remove: Iterable[str] = ()) -> DatasetRecord:
+        """Add, then remove, dataset tags in one record update; a tag is kept once, in order."""
+        add, remove = list(add), list(remove)
+
+        def change(record: DatasetRecord) -> None:
+            record.tags.extend(t for t in dict.fromkeys(add) if t not in record.tags)
+            record.tags[:] = [t for t in record.tags if t not in remove]
+
+        return self.catalog.update_dataset(dataset, change)
+
+    def change_metadata(self, ref: str, update: dict, *, replace: bool = False) -> VersionManifest:
+        """Set keys of a draft's metadata (all of it with ``replace``); values must be JSON."""
+        try:
+            json.dumps(update)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"metadata must be JSON: {exc}") from None
+        manifest = self.resolve_draft(ref)
+
+        def change(m: VersionManifest) -> None:
+            m.metadata = dict(update) if replace else {**m.metadata, **update}
+
+        return self.catalog.update_draft(manifest.id, change)
+
     # -- creating ---------------------------------------------------------------------------
+
+    def create_dataset(self, dataset: str, *, project: str = "", tags: list[str] | None = None,
+                       description: str = "", raise_if_exists: bool = False) -> DatasetRecord:
+        """The seed's Dataset.create: a new dataset holding an empty root draft named ``Current``.
+        An existing dataset is returned as it is (AlreadyExists with ``raise_if_exists``)."""
+        check_dataset_name(dataset)
+        if dataset in self.catalog.dataset_names():
+            if raise_if_exists:
+                raise AlreadyExists(f"dataset already exists: {dataset!r}")
+            return self.catalog.dataset(dataset)
+        self.create(dataset, root=True, name="Current", project=project, tags=tags, description=description)
+        return self.catalog.dataset(dataset)
+
 
     def create(self, dataset: str, *, parents: list[str] | None = None, root: bool = False,
                name: str | None = None, project: str = "", tags: list[str] | None = None,
@@ -210,7 +284,7 @@ class Repository:
         check_not_leased(self.store, manifest.id)
         return manifest
 
-    def add(self, ref: str, paths: list[str], *, dest: str | None = None, wildcard: str | None = None,
+    def add(self, ref: str, paths: list[str], *, dest: str | None = None, wildcard: str | list[str] | None = None,
             recursive: bool = True, strict: bool = False) -> CommitSummary:
         manifest = self._unleased_draft(ref)
         base = normalize_dest(dest)
@@ -269,6 +343,47 @@ class Repository:
         if recursive:
             return [n for n in index.walk(path) if n.path != path]
         return list(_all_children(index, node.ino))
+
+    def files(self, ref: str, pattern: str | None = None, *, recursive: bool = True) -> list[str]:
+        """Paths of the files and symlinks under a folder ``pattern`` (or that file), or that a
+        glob matches as ``remove`` matches it; all of them when None. In path order."""
+        if pattern is not None and any(c in pattern for c in "*?["):
+            nodes = match_paths(self.index(self.resolve(ref)), pattern, recursive=recursive)
+        else:
+            nodes = self.ls(ref, pattern or "", recursive=recursive)
+        return [n.path for n in nodes if not n.is_dir]
+
+    def local_copy(self, ref: str) -> str:
+        """A read-only copy of the merged view under ``<cache>/copies`` (files without write
+        permission), made once per version (per change of a draft) and reused; its path."""
+        from .transfer import extract_view
+
+        manifest = self.resolve(ref)
+        index = self.index(manifest)
+        copies = os.path.abspath(os.path.join(self.settings.cache_dir, "copies"))
+        name = os.path.basename(index.path)[:-len(".sqlite")]  # the id (a draft's: plus its record tag)
+        dest = os.path.join(copies, name)
+        if os.path.isdir(dest):
+            return dest
+        os.makedirs(copies, exist_ok=True)
+        partial = tempfile.mkdtemp(dir=copies, prefix=".partial-")
+        try:
+            with self.progress("downloading", index.total_size) as bar:
+                extract_view(self.store, index, partial, self.tmp_dir, bar)
+            _drop_write_bits(partial)
+            try:
+                os.rename(partial, dest)
+            except OSError:  # another process finished the same copy first
+                if not os.path.isdir(dest):
+                    raise
+                shutil.rmtree(partial)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        for old in os.listdir(copies):  # a draft's copies of its earlier states
+            if old.startswith(f"{manifest.id}.draft-") and old != name:
+                shutil.rmtree(os.path.join(copies, old), ignore_errors=True)
+        return dest
 
     def diff(self, ref_a: str, ref_b: str) -> dict[str, list[Node]]:
         a = self.index(self.resolve(ref_a))
@@ -451,6 +566,15 @@ class Repository:
         return self.catalog.publish(new.id)
 
 
+def _drop_write_bits(root: str) -> None:
+    """Files below ``root`` become read-only; folders stay writable, so the cache can remove them."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) & ~0o222)
+
+
 def _count_files(index: VersionIndex, sources: list[Source], removals: list[Removal]) -> tuple[int, int, int]:
     """(added, modified, removed) files and symlinks, as a diff of the view before and after
     counts them. A path removed and written again in one change-set (``sed -i`` and editors
@@ -532,14 +656,19 @@ def _merge_join(a: Iterator[Node], b: Iterator[Node]) -> Iterator[tuple[Node | N
             x, y = next(a, None), next(b, None)
 
 
-def collect_sources(local: str, base: str, *, wildcard: str | None = None,
+def collect_sources(local: str, base: str, *, wildcard: str | list[str] | None = None,
                     recursive: bool = True, strict: bool = False) -> Iterator[Source]:
-    """Sources for a local file or folder: a folder's contents land under ``base``.
+    """Sources for a local file or folder: a folder's contents land under ``base``; with a
+    ``wildcard`` (a glob or a list of them), only files and symlinks whose name matches one.
 
     A fifo, socket or device has no bytes to store: it is skipped with a warning, or refused
     with ``strict``.
     """
     local = os.path.abspath(local)
+    globs = [wildcard] if isinstance(wildcard, str) else wildcard
+
+    def matches(name: str) -> bool:
+        return globs is None or any(fnmatch.fnmatch(name, g) for g in globs)
     if not os.path.lexists(local):
         raise NotFound(f"no such file or folder: {local!r}")
 
@@ -554,7 +683,7 @@ def collect_sources(local: str, base: str, *, wildcard: str | None = None,
 
     if not os.path.isdir(local) or os.path.islink(local):
         name = os.path.basename(local)
-        if wildcard is None or fnmatch.fnmatch(name, wildcard):
+        if matches(name):
             yield from source(name, local)
         return
     for dirpath, dirnames, filenames in os.walk(local):
@@ -565,7 +694,7 @@ def collect_sources(local: str, base: str, *, wildcard: str | None = None,
             # Symlinks to folders are listed in dirnames; keep them as symlinks.
             for d in dirnames:
                 full = os.path.join(dirpath, d)
-                if os.path.islink(full) and (wildcard is None or fnmatch.fnmatch(d, wildcard)):
+                if os.path.islink(full) and matches(d):
                     yield from source(d, full)
             dirnames[:] = []
         for d in list(dirnames):
@@ -573,12 +702,12 @@ def collect_sources(local: str, base: str, *, wildcard: str | None = None,
             rel = join(rel_dir, d)
             if os.path.islink(full):
                 dirnames.remove(d)
-                if wildcard is None or fnmatch.fnmatch(d, wildcard):
+                if matches(d):
                     yield from source(rel, full)
-            elif wildcard is None:
+            elif globs is None:
                 yield from source(rel, full)
         for f in sorted(filenames):
-            if wildcard is not None and not fnmatch.fnmatch(f, wildcard):
+            if not matches(f):
                 continue
             yield from source(join(rel_dir, f), os.path.join(dirpath, f))
 
