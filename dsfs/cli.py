@@ -1,4 +1,5 @@
-"""The ``dsfs`` command line.
+"""The ``dsfs`` command line: argument parsing and output over the Python API (dsfs/sdk.py) and
+the ``Repository`` operations it is made of; no operation is implemented here.
 
 Global options work before or after the command. Errors print one line on stderr and exit with
 their class's code (``errors.EXIT_CODES``; usage errors exit 2, as argparse's do); nothing a user
@@ -24,6 +25,7 @@ from .config import load_settings
 from .errors import EXIT_CODES, Corrupt, DsfsError, InvalidInput
 from .paths import name_bytes
 from .progress import human_size, plural
+from .sdk import Dataset, DatasetVersion, using
 
 log = logging.getLogger("dsfs")
 
@@ -85,17 +87,19 @@ cmd_create.creates_store = True  # the one command that may start a new store
 
 
 def cmd_add(repo, args):
-    s = repo.add(args.ref, args.paths, dest=args.dest, wildcard=args.wildcard,
-                 recursive=not args.non_recursive, strict=args.strict)
+    s = DatasetVersion.get(args.ref).add_files(args.paths, wildcard=args.wildcard,
+                                               recursive=not args.non_recursive, dataset_path=args.dest or "",
+                                               strict=args.strict)
     _report(args, s)
 
 
 def cmd_remove(repo, args):
-    _report(args, repo.remove(args.ref, args.patterns, recursive=not args.non_recursive))
+    _report(args, DatasetVersion.get(args.ref).remove_files(args.patterns, recursive=not args.non_recursive))
 
 
 def cmd_sync(repo, args):
-    _report(args, repo.sync(args.ref, args.folder, dest=args.dest, strict=args.strict))
+    _report(args, DatasetVersion.get(args.ref).sync_folder(args.folder, dataset_path=args.dest or "",
+                                                           strict=args.strict))
 
 
 def _report(args, summary):
@@ -109,8 +113,7 @@ def _report(args, summary):
 
 
 def cmd_publish(repo, args):
-    v = repo.publish(args.ref, args.name)
-    print(v.id)
+    print(DatasetVersion.get(args.ref).publish_version(name=args.name).id)
 
 
 def cmd_snapshot(repo, args):
@@ -123,9 +126,7 @@ def cmd_snapshot(repo, args):
 
 
 def cmd_datasets(repo, args):
-    records = [r for r in repo.catalog.datasets()
-               if (args.project is None or r.project == args.project)
-               and all(t in r.tags for t in args.tag or [])]
+    records = [d.record for d in Dataset.list(project=args.project, tag=args.tag)]
     if args.json:
         _print_json([{"name": r.name, "project": r.project, "tags": r.tags,
                       "description": r.description, "created": r.created,
@@ -138,11 +139,8 @@ def cmd_datasets(repo, args):
 
 
 def cmd_versions(repo, args):
-    versions = sorted(repo.catalog.versions(args.dataset), key=lambda v: v.created)
-    if args.published:
-        versions = [v for v in versions if v.is_published]
-    if args.drafts:
-        versions = [v for v in versions if not v.is_published]
+    versions = [v.manifest for v in DatasetVersion.get_versions(args.dataset, only_published=args.published,
+                                                                only_draft=args.drafts)]
     if args.json:
         _print_json([_version_json(v) for v in versions])
         return
@@ -199,19 +197,15 @@ def cmd_log(repo, args):
 
 
 def cmd_tag(repo, args):
-    def change(record):
-        for t in args.add or []:
-            if t not in record.tags:
-                record.tags.append(t)
-        for t in args.remove or []:
-            if t in record.tags:
-                record.tags.remove(t)
-
-    record = repo.catalog.update_dataset(args.dataset, change)
+    dataset = Dataset.get(args.dataset)
+    if args.add:
+        dataset.add_tags(args.add)
+    if args.remove:
+        dataset.remove_tags(args.remove)
     if args.json:
-        _print_json(record.tags)
+        _print_json(dataset.tags)
     else:
-        print(", ".join(record.tags))
+        print(", ".join(dataset.tags))
 
 
 def _mode_string(node) -> str:
@@ -250,7 +244,7 @@ def cmd_get(repo, args):
 
 
 def cmd_verify(repo, args):
-    problems = repo.verify(args.ref, hash_files=args.hash)
+    problems = DatasetVersion.get(args.ref).verify(hash=args.hash)
     if args.json:
         _print_json({"ok": not problems, "problems": problems})
     else:
@@ -261,15 +255,14 @@ def cmd_verify(repo, args):
 
 
 def cmd_squash(repo, args):
-    v = repo.squash(args.refs, args.dataset, name=args.name)
-    print(v.id)
+    print(DatasetVersion.squash(args.dataset, args.refs, version_name=args.name).id)
 
 
 def cmd_delete(repo, args):
     if args.dataset:
         if args.ref:
             raise InvalidInput("give a REF or --dataset NAME, not both")
-        n = repo.delete_dataset(args.dataset, all_versions=args.all_versions, force=args.force)
+        n = Dataset.delete(args.dataset, delete_all_versions=args.all_versions, force=args.force)
         print(f"deleted dataset {args.dataset!r} and {plural(n, 'version')}", file=sys.stderr)
     elif args.ref:
         v = repo.delete_version(args.ref, force=args.force)
@@ -510,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
                 from .progress import Progress
 
                 repo.progress = lambda label, total: Progress(label, total, enabled=False)
-            code = args.func(repo, args)
+            with using(repo) if needs_repo else contextlib.nullcontext():
+                code = args.func(repo, args)
         return code or 0
     except DsfsError as exc:
         if args.verbose:

@@ -106,6 +106,18 @@ def _ref(version: DatasetVersion | str) -> str:
     return version.id if isinstance(version, DatasetVersion) else version
 
 
+PathArg = str | os.PathLike
+
+
+def _listed(value):
+    """One path or pattern, or a list of them: a list."""
+    return [value] if isinstance(value, (str, os.PathLike)) else list(value)
+
+
+def _local(path: PathArg) -> str:
+    return os.path.expanduser(os.fspath(path))
+
+
 class Dataset:
     """A dataset: a name, a project, a description, tags, and its versions."""
 
@@ -120,6 +132,8 @@ class Dataset:
     description = property(lambda self: self._record.description)
     created = property(lambda self: self._record.created)
     tags = property(lambda self: list(self._record.tags), doc="a copy: change them with add_tags")
+    version_ids = property(lambda self: list(self._record.versions))
+    record = property(lambda self: copy.deepcopy(self._record), doc="the dataset record (a copy)")
 
     @classmethod
     def create(cls, dataset_name: str, dataset_project: str | None = None, tags: list[str] | None = None,
@@ -194,6 +208,7 @@ class DatasetVersion:
     comment = property(lambda self: self._manifest.comment)
     created = property(lambda self: self._manifest.created)
     published = property(lambda self: self._manifest.published, doc="when it was published, or None")
+    manifest = property(lambda self: copy.deepcopy(self._manifest), doc="the version record (a copy)")
 
     # -- finding and creating versions ---------------------------------------------------------
 
@@ -289,35 +304,38 @@ class DatasetVersion:
 
     # -- changing a draft ---------------------------------------------------------------------
 
-    def add_files(self, path: str | os.PathLike, wildcard: str | list[str] | None = None, recursive: bool = True,
-                  dataset_path: str = "", *, progress: ProgressCallback | None = None) -> CommitSummary:
-        """Add a local file or folder (a folder's contents land in ``dataset_path``); only files
-        whose name matches ``wildcard`` (one glob or a list), and below the top level only if
-        ``recursive``. Bytes already stored are not uploaded again."""
+    def add_files(self, path: PathArg | list[PathArg], wildcard: str | list[str] | None = None,
+                  recursive: bool = True, dataset_path: str = "", *, strict: bool = False,
+                  progress: ProgressCallback | None = None) -> CommitSummary:
+        """Add local files or folders (a folder's contents land in ``dataset_path``) as one
+        change-set; only files whose name matches ``wildcard`` (one glob or a list), and below the
+        top level only if ``recursive``. Bytes already stored are not uploaded again. A fifo,
+        socket or device is skipped with a warning (``strict``: refused)."""
         summary = _reporting(self._repo, progress).add(
-            self.id, [os.path.expanduser(os.fspath(path))], dest=dataset_path, wildcard=wildcard,
-            recursive=recursive)
+            self.id, [_local(p) for p in _listed(path)], dest=dataset_path, wildcard=wildcard,
+            recursive=recursive, strict=strict)
         self.refresh()
         return summary
 
-    def remove_files(self, dataset_path: str, recursive: bool = True) -> CommitSummary:
-        """Remove a path (a folder with what it holds) or what a glob matches, relative to the
-        dataset; a bare name glob matches at any depth when ``recursive``."""
-        summary = self._repo.remove(self.id, [dataset_path], recursive=recursive)
+    def remove_files(self, dataset_path: str | list[str], recursive: bool = True) -> CommitSummary:
+        """Remove paths (a folder with what it holds) or what globs match, relative to the
+        dataset, as one change-set; a bare name glob matches at any depth when ``recursive``
+        (otherwise folders are refused and globs match the top level only)."""
+        summary = self._repo.remove(self.id, _listed(dataset_path), recursive=recursive)
         self.refresh()
         return summary
 
-    def sync_folder(self, local_path: str | os.PathLike, dataset_path: str = "", *,
+    def sync_folder(self, local_path: PathArg, dataset_path: str = "", *, strict: bool = False,
                     progress: ProgressCallback | None = None) -> CommitSummary:
         """Make ``dataset_path`` of this draft hold exactly what the local folder holds."""
-        summary = _reporting(self._repo, progress).sync(self.id, os.path.expanduser(os.fspath(local_path)),
-                                                         dest=dataset_path)
+        summary = _reporting(self._repo, progress).sync(self.id, _local(local_path), dest=dataset_path,
+                                                         strict=strict)
         self.refresh()
         return summary
 
-    def publish_version(self) -> DatasetVersion:
-        """Make this draft read-only for ever."""
-        self._manifest = self._repo.publish(self.id)
+    def publish_version(self, *, name: str | None = None) -> DatasetVersion:
+        """Make this draft read-only for ever (renamed to ``name``, if given)."""
+        self._manifest = self._repo.publish(self.id, name)
         return self
 
     def get_metadata(self) -> dict:
@@ -366,7 +384,7 @@ class DatasetVersion:
                                progress: ProgressCallback | None = None) -> str:
         """A writable copy of the whole version in ``target_folder`` (which must be empty unless
         ``overwrite``); its path."""
-        target = os.path.expanduser(os.fspath(target_folder))
+        target = _local(target_folder)
         _reporting(self._repo, progress).get(self.id, target, overwrite=overwrite)
         return target
 
