@@ -40,6 +40,8 @@ def extract_view(store: ObjectStore, index: VersionIndex, dest: str, tmp_dir: st
                 os.unlink(target)
             os.symlink(node.target, target)
             os.utime(target, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=False)
+            if progress:
+                progress(node.size)  # the index's total counts a link's target bytes
         else:
             by_chunk[node.chunk].append(node)
 

@@ -1,0 +1,426 @@
+"""The Python API against the CLI, table-driven, on the local store and on real S3 servers.
+
+Reads: every reading method of ``Dataset``/``DatasetVersion`` and the CLI command that shows the
+same thing, on one set of versions, must agree. Changes: each case changes one of two twin
+datasets through the API and the other through the CLI; their views and records must then agree.
+Errors: the same failure through both raises the same message, as a dsfs error that is also a
+built-in. Then what only the API does: the seed's create/current rules, metadata, mask labels,
+progress, mount.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from collections.abc import Callable
+
+import pytest
+
+import dsfs
+from conftest import Cli, tree_digest, write_tree
+from dsfs import Dataset, DatasetVersion, errors
+
+SRC = {
+    "readme.txt": "hello\n" * 50,
+    "img/cat.jpg": os.urandom(20_000),
+    "img/dog.jpg": os.urandom(3_000),
+    "img/deep/owl.jpg": os.urandom(1_000),
+    "data/train/a.csv": "a,1\n",
+    "data/train/b.csv": "b,2\n",
+    "data/val.csv": "v,3\n",
+    "data/link": "-> train/a.csv",
+    "empty/": "",
+}
+SRC2 = {"readme.txt": "second wins\n", "extra/x.txt": "x", "img": "a file where v1 has a folder"}
+MORE = {"readme.txt": "changed\n", "extra/x.txt": "x", "new/n.bin": os.urandom(5_000)}
+
+
+@pytest.fixture
+def api(cli) -> Cli:
+    """The API pointed at the CLI's store and cache; the CLI to compare with."""
+    dsfs.configure(store=cli.store, cache_dir=str(cli.cache_dir), show_progress=False)
+    yield cli
+    dsfs.configure()
+
+
+@pytest.fixture
+def world(api, tmp_path) -> dict:
+    """ds@v1 (SRC) and ds@second (a root, SRC2) published; ds@work a draft child of v1 with
+    changes; 'other' with two drafts; the sources on disk."""
+    src, src2 = write_tree(tmp_path / "src", SRC), write_tree(tmp_path / "src2", SRC2)
+    write_tree(tmp_path / "more", MORE)
+    v1 = api("create", "ds", "--project", "vision", "--tag", "raw", "--description", "pets").strip()
+    api("add", v1, str(src))
+    api("publish", v1)
+    api("create", "ds", "--root", "--name", "second")
+    api("add", "ds@second", str(src2))
+    api("publish", "ds@second")
+    api("create", "ds", "--parent", v1, "--name", "work")
+    api("remove", "ds@work", "img/dog.jpg")
+    api("create", "other", "--project", "audio", "--tag", "raw", "--tag", "wav")
+    api("create", "other")
+    return {"src": src, "src2": src2, "more": tmp_path / "more", "v1": v1, "tmp": tmp_path}
+
+
+def _paths(cli: Cli, *args: str, files_only: bool = True) -> list[str]:
+    return [e["path"] for e in json.loads(cli("ls", *args, "--json")) if not files_only or e["type"] != "dir"]
+
+
+def _view(cli: Cli, ref: str) -> dict:
+    """A version's content, without provenance (twins hold the same bytes from other versions)."""
+    return {e["path"]: (e["type"], e["size"], e["sha256"], e["mode"], e["mtime_ns"], e["target"])
+            for e in json.loads(cli("ls", ref, "-r", "--json"))}
+
+
+def _record(cli: Cli, ref: str) -> dict:
+    shown = json.loads(cli("show", ref, "--json"))
+    return {k: shown[k] for k in ("state", "comment", "metadata", "files", "bytes")} | {
+        "name": shown["name"] if not shown["name"].startswith("snapshot ") else "snapshot",
+        "parents": len(shown["parents"])}
+
+
+# -- reads: the API and the CLI show the same -------------------------------------------------
+
+READS: list[tuple[str, Callable, Callable]] = [
+    ("list_files()", lambda w: DatasetVersion.get("ds@v1").list_files(),
+     lambda c, w: _paths(c, "ds@v1", "-r")),
+    ("list_files(folder)", lambda w: DatasetVersion.get("ds@v1").list_files("data"),
+     lambda c, w: _paths(c, "ds@v1", "data", "-r")),
+    ("list_files(folder, recursive=False)", lambda w: DatasetVersion.get("ds@v1").list_files("data", recursive=False),
+     lambda c, w: _paths(c, "ds@v1", "data")),
+    ("list_files(file)", lambda w: DatasetVersion.get("ds@v1").list_files("img/cat.jpg"),
+     lambda c, w: _paths(c, "ds@v1", "img/cat.jpg")),
+    ("diff(other)", lambda w: DatasetVersion.get("ds@v1").diff("ds@work"),
+     lambda c, w: {k: [e["path"] for e in v] for k, v in json.loads(c("diff", "ds@v1", "ds@work", "--json")).items()}),
+    ("verify()", lambda w: DatasetVersion.get("ds@v1").verify(),
+     lambda c, w: json.loads(c("verify", "ds@v1", "--json"))["problems"]),
+    ("verify(hash=True)", lambda w: DatasetVersion.get("ds@work").verify(hash=True),
+     lambda c, w: json.loads(c("verify", "ds@work", "--hash", "--json"))["problems"]),
+    ("get_versions()", lambda w: [v.id for v in DatasetVersion.get_versions("ds")],
+     lambda c, w: [v["id"] for v in json.loads(c("versions", "ds", "--json"))]),
+    ("get_versions(only_published)", lambda w: [v.id for v in DatasetVersion.get_versions("ds", only_published=True)],
+     lambda c, w: [v["id"] for v in json.loads(c("versions", "ds", "--published", "--json"))]),
+    ("get_versions(only_draft)", lambda w: [v.id for v in DatasetVersion.get_versions("ds", only_draft=True)],
+     lambda c, w: [v["id"] for v in json.loads(c("versions", "ds", "--drafts", "--json"))]),
+    ("Dataset.get_versions()", lambda w: [v.name for v in Dataset.get("ds").get_versions()],
+     lambda c, w: [v["name"] for v in json.loads(c("versions", "ds", "--json"))]),
+    ("get_version(version_name)", lambda w: DatasetVersion.get_version("ds", version_name="second").id,
+     lambda c, w: json.loads(c("show", "ds@second", "--json"))["id"]),
+    ("get_version(version_id)", lambda w: DatasetVersion.get_version("ds", version_id=w["v1"]).name,
+     lambda c, w: json.loads(c("show", w["v1"], "--json"))["name"]),
+    ("get_version() is current", lambda w: DatasetVersion.get_version("ds").id,
+     lambda c, w: json.loads(c("show", "ds@draft", "--json"))["id"]),
+    ("get_current()", lambda w: DatasetVersion.get_current("ds").id,
+     lambda c, w: json.loads(c("show", "ds@draft", "--json"))["id"]),
+    ("version fields", lambda w: (lambda v: [v.id, v.name, v.dataset_name, v.state, v.parent_ids, v.comment])(
+        DatasetVersion.get("ds@work")),
+     lambda c, w: (lambda s: [s["id"], s["name"], s["dataset"], s["state"], s["parents"], s["comment"]])(
+        json.loads(c("show", "ds@work", "--json")))),
+    ("get_metadata()", lambda w: DatasetVersion.get("ds@work").get_metadata(),
+     lambda c, w: json.loads(c("show", "ds@work", "--json"))["metadata"]),
+    ("Dataset.list()", lambda w: [d.name for d in Dataset.list()],
+     lambda c, w: [d["name"] for d in json.loads(c("datasets", "--json"))]),
+    ("Dataset.list(project)", lambda w: [d.name for d in Dataset.list(project="audio")],
+     lambda c, w: [d["name"] for d in json.loads(c("datasets", "--project", "audio", "--json"))]),
+    ("Dataset.list(tag)", lambda w: [d.name for d in Dataset.list(tag="raw")],
+     lambda c, w: [d["name"] for d in json.loads(c("datasets", "--tag", "raw", "--json"))]),
+    ("Dataset.list(tags)", lambda w: [d.name for d in Dataset.list(tag=["raw", "wav"])],
+     lambda c, w: [d["name"] for d in json.loads(c("datasets", "--tag", "raw", "--tag", "wav", "--json"))]),
+    ("Dataset.list(partial_name)", lambda w: [d.name for d in Dataset.list(partial_name="THE")],
+     lambda c, w: [d["name"] for d in json.loads(c("datasets", "--json")) if "the" in d["name"]]),
+    ("dataset fields", lambda w: (lambda d: [d.name, d.project, d.tags, d.description, len(d.version_ids)])(
+        Dataset.get("ds")),
+     lambda c, w: (lambda d: [d["name"], d["project"], d["tags"], d["description"], d["versions"]])(
+        json.loads(c("datasets", "--project", "vision", "--json"))[0])),
+    ("get_mutable_local_copy()", lambda w: tree_digest(
+        DatasetVersion.get("ds@work").get_mutable_local_copy(w["tmp"] / "api-copy")),
+     lambda c, w: (c("get", "ds@work", str(w["tmp"] / "cli-copy")), tree_digest(w["tmp"] / "cli-copy"))[1]),
+    ("get_local_copy()", lambda w: _writable(tree_digest(DatasetVersion.get("ds@v1").get_local_copy())),
+     lambda c, w: _writable(
+         (c("get", "ds@v1", str(w["tmp"] / "cli-copy1")), tree_digest(w["tmp"] / "cli-copy1"))[1])),
+]
+
+
+def _writable(digest: dict) -> dict:
+    """A digest with file modes' write bits dropped (the cached copy is read-only)."""
+    return {p: (*v[:2], v[2] & ~0o222) if v[0] == "file" else v for p, v in digest.items()}
+
+
+def test_reads_agree_with_the_cli(api, world):
+    assert len({name for name, *_ in READS}) == len(READS)
+    for name, through_api, through_cli in READS:
+        assert through_api(world) == through_cli(api, world), name
+
+
+# -- changes: twin datasets, one changed through the API, one through the CLI ------------------
+
+
+@dataclasses.dataclass
+class Change:
+    name: str
+    api: Callable[[str, dict], object]  # (dataset, world)
+    cli: Callable[[Cli, str, dict], object]
+    refs: tuple[str, ...] = ("@draft",)  # compared afterwards, each as DATASET + ref
+
+
+def _draft(dataset: str) -> DatasetVersion:
+    return DatasetVersion.get(f"{dataset}@draft")
+
+
+CHANGES = [
+    Change("add_files(folder)", lambda d, w: _draft(d).add_files(w["more"]),
+           lambda c, d, w: c("add", f"{d}@draft", str(w["more"]))),
+    Change("add_files(wildcard, recursive=False, dataset_path)",
+           lambda d, w: _draft(d).add_files(w["src"], wildcard="*.txt", recursive=False, dataset_path="in/here"),
+           lambda c, d, w: c("add", f"{d}@draft", str(w["src"]), "--wildcard", "*.txt", "--non-recursive",
+                             "--dest", "in/here")),
+    Change("add_files(wildcards)", lambda d, w: _draft(d).add_files(w["src"], wildcard=["*.csv", "*.txt"]),
+           lambda c, d, w: (c("add", f"{d}@draft", str(w["src"]), "--wildcard", "*.csv"),
+                            c("add", f"{d}@draft", str(w["src"]), "--wildcard", "*.txt"))),
+    Change("remove_files(path)", lambda d, w: _draft(d).remove_files("data/train"),
+           lambda c, d, w: c("remove", f"{d}@draft", "data/train")),
+    Change("remove_files(glob)", lambda d, w: _draft(d).remove_files("*.jpg"),
+           lambda c, d, w: c("remove", f"{d}@draft", "*.jpg")),
+    Change("remove_files(glob, recursive=False)", lambda d, w: _draft(d).remove_files("*.txt", recursive=False),
+           lambda c, d, w: c("remove", f"{d}@draft", "*.txt", "--non-recursive")),
+    Change("sync_folder(dataset_path)", lambda d, w: _draft(d).sync_folder(w["src2"], dataset_path="img"),
+           lambda c, d, w: c("sync", f"{d}@draft", str(w["src2"]), "--dest", "img")),
+    Change("publish_version()", lambda d, w: _draft(d).publish_version(),
+           lambda c, d, w: c("publish", f"{d}@draft"), refs=("",)),
+    Change("create_snapshot(names, child)",
+           lambda d, w: DatasetVersion.create_snapshot(d, publish_name="r1", child_name="next",
+                                                       child_metadata={"k": "v"}, child_comment="c"),
+           lambda c, d, w: c("snapshot", d, "--name", "r1", "--child-name", "next", "--child-meta", "k=v",
+                             "--child-comment", "c"), refs=("@r1", "@next")),
+    Change("create_snapshot()", lambda d, w: DatasetVersion.create_snapshot(d),
+           lambda c, d, w: c("snapshot", d), refs=("", "@Current")),
+    Change("create_version(two parents)",
+           lambda d, w: DatasetVersion.create_version(d, "mix", parent_version_names=["v1", "second"],
+                                                      comment="both", metadata={"m": "1"}),
+           lambda c, d, w: c("create", d, "--parent", f"{d}@v1", "--parent", f"{d}@second", "--name", "mix",
+                             "--comment", "both", "--meta", "m=1"), refs=("@mix",)),
+    Change("create_version(root)", lambda d, w: DatasetVersion.create_version(d, "fresh"),
+           lambda c, d, w: c("create", d, "--root", "--name", "fresh"), refs=("@fresh",)),
+    Change("squash(version_ids)",
+           lambda d, w: DatasetVersion.squash(d, [f"{d}@v1", f"{d}@second"], version_name="flat"),
+           lambda c, d, w: c("squash", f"{d}@v1", f"{d}@second", "--dataset", d, "--name", "flat"),
+           refs=("@flat",)),
+    Change("delete_version()", lambda d, w: Dataset.get(d).delete_version(version_name="work"),
+           lambda c, d, w: c("delete", f"{d}@work"), refs=("",)),
+]
+
+
+def _twin(api: Cli, world: dict, name: str) -> None:
+    """A dataset like ds (v1, second, a draft 'work' child of v1 without img/dog.jpg)."""
+    api("create", name, "--name", "v1")
+    api("add", f"{name}@v1", str(world["src"]))
+    api("publish", f"{name}@v1")
+    api("create", name, "--root", "--name", "second")
+    api("add", f"{name}@second", str(world["src2"]))
+    api("publish", f"{name}@second")
+    api("create", name, "--parent", f"{name}@v1", "--name", "work")
+    api("remove", f"{name}@work", "img/dog.jpg")
+
+
+def test_changes_agree_with_the_cli(api, world):
+    assert len({c.name for c in CHANGES}) == len(CHANGES)
+    for n, case in enumerate(CHANGES):
+        by_api, by_cli = f"api{n}", f"cli{n}"
+        _twin(api, world, by_api)
+        _twin(api, world, by_cli)
+        case.api(by_api, world)
+        case.cli(api, by_cli, world)
+        for ref in case.refs:
+            assert _view(api, by_api + ref) == _view(api, by_cli + ref), f"{case.name}: {ref}"
+            assert _record(api, by_api + ref) == _record(api, by_cli + ref), f"{case.name}: {ref}"
+        names = [[v["name"] for v in json.loads(api("versions", ds, "--json"))] for ds in (by_api, by_cli)]
+        assert len(names[0]) == len(names[1]), case.name
+
+
+def test_dataset_changes_agree_with_the_cli(api, world):
+    Dataset.create("made", dataset_project="p", tags=["a"], description="d")
+    api("create", "twin", "--project", "p", "--tag", "a", "--description", "d", "--root", "--name", "Current")
+    Dataset.get("made").add_tags(["b", "c"])
+    api("tag", "twin", "--add", "b", "--add", "c")
+    Dataset.get("made").remove_tags(["a"])
+    api("tag", "twin", "--remove", "a")
+    listed = {d["name"]: d for d in json.loads(api("datasets", "--json"))}
+    for key in ("project", "tags", "description", "versions"):
+        assert listed["made"][key] == listed["twin"][key], key
+    assert _record(api, "made@Current") == _record(api, "twin@Current")
+    assert Dataset.delete("made", delete_all_versions=True) == 1
+    api("delete", "--dataset", "twin", "--all-versions")
+    assert {d["name"] for d in json.loads(api("datasets", "--json"))} == {"ds", "other"}
+
+
+# -- errors: the same message, a dsfs error that is also a built-in ----------------------------
+
+ERRORS = [
+    ("unknown dataset", lambda w: Dataset.get("nope"), ("tag", "nope"), errors.NotFound, LookupError),
+    ("unknown version", lambda w: DatasetVersion.get_version("ds", version_name="v9"), ("show", "ds@v9"),
+     errors.NotFound, LookupError),
+    ("bad dataset name", lambda w: DatasetVersion.get_versions("../x"), ("versions", "../x"),
+     errors.InvalidInput, ValueError),
+    ("add to published", lambda w: DatasetVersion.get(w["v1"]).add_files(w["more"]),
+     lambda w: ("add", w["v1"], str(w["more"])), errors.ReadOnly, PermissionError),
+    ("a file over a folder", lambda w: _draft("ds").add_files(w["src2"]), lambda w: ("add", "ds@draft", str(w["src2"])),
+     errors.InvalidInput, ValueError),
+    ("publish twice", lambda w: DatasetVersion.get(w["v1"]).publish_version(), lambda w: ("publish", w["v1"]),
+     errors.InvalidInput, ValueError),
+    ("delete published", lambda w: Dataset.get("ds").delete_version(version_id=w["v1"]),
+     lambda w: ("delete", w["v1"]), errors.ReadOnly, PermissionError),
+    ("delete a parent", lambda w: Dataset.get("ds").delete_version(version_id=w["v1"], force=True),
+     lambda w: ("delete", w["v1"], "--force"), errors.Conflict, RuntimeError),
+    ("delete a dataset with versions", lambda w: Dataset.delete("ds"), ("delete", "--dataset", "ds"),
+     errors.InvalidInput, ValueError),
+    ("delete published versions", lambda w: Dataset.delete("ds", delete_all_versions=True),
+     ("delete", "--dataset", "ds", "--all-versions"), errors.ReadOnly, PermissionError),
+    ("snapshot without one draft", lambda w: DatasetVersion.create_snapshot("other"), ("snapshot", "other"),
+     errors.InvalidInput, ValueError),
+    ("squash a draft", lambda w: DatasetVersion.squash("flat", ["ds@work"]),
+     ("squash", "ds@work", "--dataset", "flat"), errors.InvalidInput, ValueError),
+    ("remove nothing", lambda w: _draft("ds").remove_files("*.zzz"), ("remove", "ds@draft", "*.zzz"),
+     errors.NotFound, LookupError),
+    ("list a missing path", lambda w: DatasetVersion.get("ds@v1").list_files("nope"), ("ls", "ds@v1", "nope"),
+     errors.NotFound, LookupError),
+    ("copy into a full folder", lambda w: DatasetVersion.get("ds@v1").get_mutable_local_copy(w["src"]),
+     lambda w: ("get", "ds@v1", str(w["src"])), errors.InvalidInput, ValueError),
+]
+
+
+def test_errors_agree_with_the_cli(api, world):
+    for name, through_api, cli_args, cls, builtin in ERRORS:
+        with pytest.raises(cls) as caught:
+            through_api(world)
+        assert isinstance(caught.value, builtin), name
+        args = cli_args(world) if callable(cli_args) else cli_args
+        err = api.fails(*args, code=cls.exit_code)
+        assert err.strip() == f"dsfs: error: {caught.value}", name
+
+
+# -- what only the API does -------------------------------------------------------------------
+
+
+def test_create_follows_the_seed(api):
+    made = Dataset.create(dataset_name="myDataset", dataset_project="proj", tags=["One Tag"], description="txt")
+    assert (made.name, made.project, made.tags, made.description) == ("myDataset", "proj", ["One Tag"], "txt")
+    (current,) = DatasetVersion.get_versions("myDataset")
+    assert (current.name, current.state, current.parent_ids) == ("Current", "draft", [])
+    assert Dataset.create(dataset_name="myDataset").version_ids == [current.id]  # returned as it is
+    with pytest.raises(ValueError, match="dataset already exists: 'myDataset'"):
+        Dataset.create(dataset_name="myDataset", raise_if_exists=True)
+    with pytest.raises(ValueError, match="dataset already exists"):
+        DatasetVersion.create_new_dataset(dataset_name="myDataset", raise_if_exists=True)
+    assert DatasetVersion.create_new_dataset(dataset_name="myDataset Two").name == "myDataset Two"
+
+
+def test_create_version_returns_an_existing_name_and_raises_on_request(api, world):
+    again = DatasetVersion.create_version("ds", "work", parent_version_names=["second"])
+    assert again == DatasetVersion.get("ds@work") and again.parent_ids == [world["v1"]]
+    with pytest.raises(ValueError, match="version name already exists in dataset 'ds': 'work'"):
+        DatasetVersion.create_version("ds", "work", raise_if_exists=True)
+    child = DatasetVersion.create_version("ds", "by-id", parent_version_ids=[world["v1"]])
+    assert child.parent_ids == [world["v1"]] and child.state == "draft"
+    with pytest.raises(ValueError, match="not both"):
+        DatasetVersion.create_version("ds", "x", parent_version_names=["v1"], parent_version_ids=[world["v1"]])
+
+
+def test_current_warns_when_several_drafts(api, world):
+    DatasetVersion.create_version("ds", "later", parent_version_names=["v1"])
+    with pytest.warns(UserWarning, match=r"dataset 'ds' has 2 drafts; the newest, ds@later, is current"):
+        assert DatasetVersion.get_current("ds").name == "later"
+    Dataset.get("ds").delete_version(version_name="later")
+    Dataset.get("ds").delete_version(version_name="work")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert DatasetVersion.get_current("ds").name == "second"  # no draft: the latest published
+
+
+def test_version_of_another_dataset_is_not_found(api, world):
+    with pytest.raises(LookupError, match=f"version '{world['v1']}' is not in dataset 'other'"):
+        DatasetVersion.get_version("other", version_id=world["v1"])
+
+
+def test_metadata_and_mask_labels(api, world):
+    work = DatasetVersion.get("ds@work")
+    work.set_metadata({"abc": "1234", "nested": {"n": [1, 2]}})
+    work.set_masks_labels({(0, 0, 0): ["background"], (1, 1, 1): ["person", "sitting"], (2, 2, 2): ["cat"]})
+    expected = {"abc": "1234", "nested": {"n": [1, 2]}, "mask_labels": {"_all_": [
+        {"value": [0, 0, 0], "labels": ["background"]}, {"value": [1, 1, 1], "labels": ["person", "sitting"]},
+        {"value": [2, 2, 2], "labels": ["cat"]}]}}
+    assert work.get_metadata() == expected
+    assert json.loads(api("show", "ds@work", "--json"))["metadata"] == expected
+    with pytest.raises(ValueError, match="a mask value must be an"):
+        work.set_masks_labels({(0, 0): ["x"]})
+    with pytest.raises(ValueError, match="metadata must be JSON"):
+        work.set_metadata({"when": object()})
+    with pytest.raises(PermissionError, match="version is published and cannot change"):
+        DatasetVersion.get("ds@v1").set_metadata({})
+
+
+def test_progress_reaches_the_callback(api, world):
+    heard = []
+    DatasetVersion.get("ds@work").add_files(world["more"], progress=lambda *a: heard.append(a))
+    last = {label: (done, total) for label, done, total in heard}
+    size = sum(len(v if isinstance(v, bytes) else v.encode()) for v in MORE.values())
+    assert last == {"hashing": (size, size), "uploading": (size, size)}
+    copied = []
+    DatasetVersion.get("ds@v1").get_local_copy(progress=lambda *a: copied.append(a))
+    assert copied[-1][0] == "downloading" and copied[-1][1] == copied[-1][2] > 0
+    again = []
+    DatasetVersion.get("ds@v1").get_local_copy(progress=lambda *a: again.append(a))
+    assert again == []  # reused, nothing fetched
+
+
+def test_local_copy_is_read_only_and_reused(api, world):
+    v1 = DatasetVersion.get("ds@v1")
+    path = v1.get_local_copy()
+    assert path == v1.get_local_copy()
+    assert not os.access(os.path.join(path, "readme.txt"), os.W_OK) or os.geteuid() == 0
+    assert os.stat(os.path.join(path, "readme.txt")).st_mode & 0o222 == 0
+    work = DatasetVersion.get("ds@work")
+    before = work.get_local_copy()
+    work.add_files(world["more"])
+    after = work.get_local_copy()  # a draft's copy follows its changes; the old one goes
+    assert after != before and not os.path.exists(before)
+    assert (open(os.path.join(after, "readme.txt")).read()) == "changed\n"
+
+
+def test_configure_and_the_environment(api, world, tmp_path, monkeypatch):
+    dsfs.configure()
+    monkeypatch.setenv("DSFS_STORE", api.store)
+    monkeypatch.setenv("DSFS_CACHE_DIR", str(tmp_path / "elsewhere"))
+    assert [d.name for d in Dataset.list()] == ["ds", "other"]
+    dsfs.configure(store=str(tmp_path / "missing"))
+    with pytest.raises(OSError, match="store not found"):
+        Dataset.list()
+    Dataset.create("new")  # creating makes the store, as `dsfs create` does
+    assert [d.name for d in Dataset.list()] == ["new"]
+
+
+@pytest.mark.fuse
+def test_mount_yields_the_path_and_a_draft_records_its_changes(local_cli, tmp_path):
+    dsfs.configure(store=local_cli.store, cache_dir=str(local_cli.cache_dir), show_progress=False)
+    try:
+        Dataset.create("m")
+        current = DatasetVersion.get_current("m")
+        with current.mount() as root:
+            (root / "new.txt").write_text("written through the mount")
+        assert current.list_files() == ["new.txt"]
+        snapshot = DatasetVersion.create_snapshot("m", publish_name="r1")
+        (tmp_path / "mnt").mkdir()
+        with snapshot.mount(tmp_path / "mnt") as root:
+            assert root == tmp_path / "mnt"
+            assert (root / "new.txt").read_text() == "written through the mount"
+            with pytest.raises(OSError):
+                (root / "other.txt").write_text("x")
+        with pytest.raises(PermissionError, match="version is published"):
+            with snapshot.mount(writable=True):
+                pass
+        with DatasetVersion.get_current("m").mount(writable=False) as root:
+            with pytest.raises(OSError):
+                (root / "other.txt").write_text("x")
+    finally:
+        dsfs.configure()
