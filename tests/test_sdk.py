@@ -13,8 +13,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -422,5 +424,34 @@ def test_mount_yields_the_path_and_a_draft_records_its_changes(local_cli, tmp_pa
         with DatasetVersion.get_current("m").mount(writable=False) as root:
             with pytest.raises(OSError):
                 (root / "other.txt").write_text("x")
+    finally:
+        dsfs.configure()
+
+
+# -- docs/PYTHON.md: every example runs --------------------------------------------------------
+
+
+def _example_sections() -> list:
+    """(title, code) for each ``##`` section of docs/PYTHON.md holding python blocks; a section
+    that mounts is marked ``fuse``."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "PYTHON.md").read_text()
+    sections = []
+    for part in re.split(r"^## ", text, flags=re.M)[1:]:
+        title = part.splitlines()[0].strip()
+        code = "\n".join(re.findall(r"^```python\n(.*?)^```$", part, flags=re.M | re.S))
+        if code:
+            marks = [pytest.mark.fuse] if ".mount(" in code else []
+            sections.append(pytest.param(title, code, id=title, marks=marks))
+    return sections
+
+
+@pytest.mark.parametrize("title, code", _example_sections())
+def test_every_python_example_runs(title, code, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("DSFS_STORE", "DSFS_CACHE_DIR", "DSFS_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    dsfs.configure(store=str(tmp_path / "store"), cache_dir=str(tmp_path / "cache"), show_progress=False)
+    try:
+        exec(compile(code, f"docs/PYTHON.md: {title}", "exec"), {"__name__": "__example__"})
     finally:
         dsfs.configure()
