@@ -1,7 +1,9 @@
 """The main job: a tour of dsfs on the local-folder store.
 
 Creates a dataset from generated files, publishes it, makes a child version that adds, changes
-and removes files, lists and diffs the two, then mounts the child and reads from it.
+and removes files, lists and diffs the two, then mounts the child and reads from it; then does
+the same kind of work through the Python API (``from dsfs import Dataset, DatasetVersion``) on
+the same store, with the CLI showing the result.
 Run: .venv/bin/python demo/demo.py [--workdir DIR]
 """
 
@@ -74,6 +76,7 @@ def main() -> int:
     dsfs("show", "pets", env=env)
 
     mount_demo(work, env)
+    sdk_demo(work, env)
     print(f"# done; everything is under {work}")
     return 0
 
@@ -102,6 +105,45 @@ def mount_demo(work: Path, env: dict) -> None:
         dsfs("umount", "--publish", str(mnt), env=env)
     print("$ dsfs diff pets@v2 pets | tail -3")
     print("\n".join(dsfs("diff", "pets@v2", "pets", env=env, quiet=True).splitlines()[-3:]))
+
+
+
+def python(statement: str, scope: dict):
+    """Run one API statement, printed as at a Python prompt, and print its value."""
+    print(f">>> {statement}", flush=True)
+    value = eval(compile(statement, "<demo>", "eval"), scope)
+    if value is not None:
+        print(repr(value))
+    return value
+
+
+def sdk_demo(work: Path, env: dict) -> None:
+    """The seed documents' API on the same store, next to the CLI."""
+    from dsfs import Dataset, DatasetVersion, configure
+
+    print("# the same store from Python")
+    configure(store=env["DSFS_STORE"], cache_dir=env["DSFS_CACHE_DIR"], show_progress=False)
+    (work / "extra").mkdir(exist_ok=True)
+    (work / "extra" / "mask.png").write_bytes(bytes(range(256)) * 4)
+    scope = {"Dataset": Dataset, "DatasetVersion": DatasetVersion, "extra": str(work / "extra")}
+    python("Dataset.get('pets')", scope)
+    python("[v.name for v in DatasetVersion.get_versions('pets')]", scope)
+    # v1 then v3, merged in order (a later parent wins): v3 plus what only v1 has (images/val, and
+    # images/train, which v3 renamed to images/training and which goes again here).
+    scope["child"] = python("DatasetVersion.create_version('pets', 'masks', parent_version_names=['v1', 'v3'], "
+                            "comment='v3, with the val split of v1 back')", scope)
+    python("child.remove_files('images/train').describe()", scope)
+    python("child.add_files(extra, wildcard='*.png', dataset_path='masks').describe()", scope)
+    python("child.set_masks_labels({(0, 0, 0): ['background'], (255, 255, 255): ['pet']})", scope)
+    python("child.publish_version()", scope)
+    python("{k: len(v) for k, v in DatasetVersion.get('pets@v3').diff(child).items()}", scope)
+    print("$ dsfs diff pets@v3 pets@masks | tail -2")
+    print("\n".join(dsfs("diff", "pets@v3", "pets@masks", env=env, quiet=True).splitlines()[-2:]))
+    copy = python("child.get_local_copy()", scope)
+    print(f"# {sum(1 for p in Path(copy).rglob('*') if p.is_file())} files in the read-only copy")
+    python("child.verify(hash=True)", scope)
+    python("DatasetVersion.squash('pets-flat', [child]).list_files('masks')", scope)
+    dsfs("show", "pets@masks", env=env)
 
 
 if __name__ == "__main__":
