@@ -23,6 +23,8 @@ import pytest
 import dsfs
 from conftest import Cli, tree_digest, write_tree
 from dsfs import Dataset, DatasetVersion, errors
+from dsfs.config import load_settings
+from dsfs.repo import Repository
 
 SRC = {
     "readme.txt": "hello\n" * 50,
@@ -39,48 +41,67 @@ SRC2 = {"readme.txt": "second wins\n", "extra/x.txt": "x", "img": "a file where 
 MORE = {"readme.txt": "changed\n", "extra/x.txt": "x", "new/n.bin": os.urandom(5_000)}
 
 
-@pytest.fixture
-def api(cli) -> Cli:
-    """The API pointed at the CLI's store and cache; the CLI to compare with."""
+def _pointed_at(cli: Cli):
     dsfs.configure(store=cli.store, cache_dir=str(cli.cache_dir), show_progress=False)
     yield cli
     dsfs.configure()
 
 
 @pytest.fixture
+def api(cli) -> Cli:
+    """The API pointed at the CLI's store (on every backend) and cache; the CLI to compare with."""
+    yield from _pointed_at(cli)
+
+
+@pytest.fixture
+def local_api(local_cli) -> Cli:
+    """The same on the local store only, for what the API adds above the store."""
+    yield from _pointed_at(local_cli)
+
+
+@pytest.fixture
 def world(api, tmp_path) -> dict:
+    return _world(tmp_path)
+
+
+@pytest.fixture
+def local_world(local_api, tmp_path) -> dict:
+    return _world(tmp_path)
+
+
+def _world(tmp_path) -> dict:
     """ds@v1 (SRC) and ds@second (a root, SRC2) published; ds@work a draft child of v1 with
-    changes; 'other' with two drafts; the sources on disk."""
+    changes; 'other' with two drafts; the sources on disk. Made through the API (one open
+    store, where each CLI call opens its own)."""
     src, src2 = write_tree(tmp_path / "src", SRC), write_tree(tmp_path / "src2", SRC2)
     write_tree(tmp_path / "more", MORE)
-    v1 = api("create", "ds", "--project", "vision", "--tag", "raw", "--description", "pets").strip()
-    api("add", v1, str(src))
-    api("publish", v1)
-    api("create", "ds", "--root", "--name", "second")
-    api("add", "ds@second", str(src2))
-    api("publish", "ds@second")
-    api("create", "ds", "--parent", v1, "--name", "work")
-    api("remove", "ds@work", "img/dog.jpg")
-    api("create", "other", "--project", "audio", "--tag", "raw", "--tag", "wav")
-    api("create", "other")
-    return {"src": src, "src2": src2, "more": tmp_path / "more", "v1": v1, "tmp": tmp_path}
+    Dataset.create("ds", dataset_project="vision", tags=["raw"], description="pets")
+    Dataset.get("ds").delete_version(version_name="Current")
+    v1 = DatasetVersion.create_version("ds", "v1")
+    v1.add_files(src)
+    v1.publish_version()
+    second = DatasetVersion.create_version("ds", "second")
+    second.add_files(src2)
+    second.publish_version()
+    DatasetVersion.create_version("ds", "work", parent_version_names=["v1"]).remove_files("img/dog.jpg")
+    Dataset.create("other", dataset_project="audio", tags=["raw", "wav"])
+    DatasetVersion.create_version("other", "v2")
+    return {"src": src, "src2": src2, "more": tmp_path / "more", "v1": v1.id, "tmp": tmp_path}
 
 
 def _paths(cli: Cli, *args: str, files_only: bool = True) -> list[str]:
     return [e["path"] for e in json.loads(cli("ls", *args, "--json")) if not files_only or e["type"] != "dir"]
 
 
-def _view(cli: Cli, ref: str) -> dict:
-    """A version's content, without provenance (twins hold the same bytes from other versions)."""
-    return {e["path"]: (e["type"], e["size"], e["sha256"], e["mode"], e["mtime_ns"], e["target"])
-            for e in json.loads(cli("ls", ref, "-r", "--json"))}
-
-
-def _record(cli: Cli, ref: str) -> dict:
-    shown = json.loads(cli("show", ref, "--json"))
-    return {k: shown[k] for k in ("state", "comment", "metadata", "files", "bytes")} | {
-        "name": shown["name"] if not shown["name"].startswith("snapshot ") else "snapshot",
-        "parents": len(shown["parents"])}
+def _outcome(repo: Repository, ref: str) -> tuple[dict, dict]:
+    """A version's content without provenance (twins hold the same bytes from other versions),
+    and its record without ids and times."""
+    v = repo.resolve(ref)
+    view = {n.path: (n.type, n.size, n.sha256, n.mode, n.mtime_ns, n.target)
+            for n in repo.ls(ref, "", recursive=True)}
+    name = "snapshot" if v.name.startswith("snapshot ") else v.name
+    return view, {"name": name, "state": v.state, "comment": v.comment, "metadata": v.metadata,
+                  "parents": len(v.parents)}
 
 
 # -- reads: the API and the CLI show the same -------------------------------------------------
@@ -199,46 +220,47 @@ CHANGES = [
     Change("create_snapshot()", lambda d, w: DatasetVersion.create_snapshot(d),
            lambda c, d, w: c("snapshot", d), refs=("", "@Current")),
     Change("create_version(two parents)",
-           lambda d, w: DatasetVersion.create_version(d, "mix", parent_version_names=["v1", "second"],
+           lambda d, w: DatasetVersion.create_version(d, "mix", parent_version_ids=["ds@v1", "ds@second"],
                                                       comment="both", metadata={"m": "1"}),
-           lambda c, d, w: c("create", d, "--parent", f"{d}@v1", "--parent", f"{d}@second", "--name", "mix",
+           lambda c, d, w: c("create", d, "--parent", "ds@v1", "--parent", "ds@second", "--name", "mix",
                              "--comment", "both", "--meta", "m=1"), refs=("@mix",)),
     Change("create_version(root)", lambda d, w: DatasetVersion.create_version(d, "fresh"),
            lambda c, d, w: c("create", d, "--root", "--name", "fresh"), refs=("@fresh",)),
     Change("squash(version_ids)",
-           lambda d, w: DatasetVersion.squash(d, [f"{d}@v1", f"{d}@second"], version_name="flat"),
-           lambda c, d, w: c("squash", f"{d}@v1", f"{d}@second", "--dataset", d, "--name", "flat"),
+           lambda d, w: DatasetVersion.squash(d, ["ds@v1", "ds@second"], version_name="flat"),
+           lambda c, d, w: c("squash", "ds@v1", "ds@second", "--dataset", d, "--name", "flat"),
            refs=("@flat",)),
     Change("delete_version()", lambda d, w: Dataset.get(d).delete_version(version_name="work"),
-           lambda c, d, w: c("delete", f"{d}@work"), refs=("",)),
+           lambda c, d, w: c("delete", f"{d}@work"), refs=()),
 ]
 
 
-def _twin(api: Cli, world: dict, name: str) -> None:
-    """A dataset like ds (v1, second, a draft 'work' child of v1 without img/dog.jpg)."""
-    api("create", name, "--name", "v1")
-    api("add", f"{name}@v1", str(world["src"]))
-    api("publish", f"{name}@v1")
-    api("create", name, "--root", "--name", "second")
-    api("add", f"{name}@second", str(world["src2"]))
-    api("publish", f"{name}@second")
-    api("create", name, "--parent", f"{name}@v1", "--name", "work")
-    api("remove", f"{name}@work", "img/dog.jpg")
+def _twin(name: str) -> None:
+    """A dataset holding a draft like ds@work: a child of ds@v1 without img/dog.jpg."""
+    DatasetVersion.create_version(name, "work", parent_version_ids=["ds@v1"]).remove_files("img/dog.jpg")
 
 
+def _stores(*slow: str):
+    """The store kinds, those named marked ``slow`` (left to ``-m slow``): a long table's S3
+    variant takes the store calls the other tests take already, ~100 requests a case."""
+    return pytest.mark.parametrize("store_url", ["local"] + [
+        pytest.param(kind, marks=[pytest.mark.s3] + ([pytest.mark.slow] if kind in slow else []))
+        for kind in ("moto", "seaweed")], indirect=True)
+
+
+@_stores("moto", "seaweed")
 def test_changes_agree_with_the_cli(api, world):
     assert len({c.name for c in CHANGES}) == len(CHANGES)
+    repo = Repository(load_settings(store=api.store, cache_dir=str(api.cache_dir)))
     for n, case in enumerate(CHANGES):
         by_api, by_cli = f"api{n}", f"cli{n}"
-        _twin(api, world, by_api)
-        _twin(api, world, by_cli)
+        _twin(by_api)
+        _twin(by_cli)
         case.api(by_api, world)
         case.cli(api, by_cli, world)
         for ref in case.refs:
-            assert _view(api, by_api + ref) == _view(api, by_cli + ref), f"{case.name}: {ref}"
-            assert _record(api, by_api + ref) == _record(api, by_cli + ref), f"{case.name}: {ref}"
-        names = [[v["name"] for v in json.loads(api("versions", ds, "--json"))] for ds in (by_api, by_cli)]
-        assert len(names[0]) == len(names[1]), case.name
+            assert _outcome(repo, by_api + ref) == _outcome(repo, by_cli + ref), f"{case.name}: {ref}"
+        assert len(repo.versions(by_api)) == len(repo.versions(by_cli)), case.name
 
 
 def test_dataset_changes_agree_with_the_cli(api, world):
@@ -251,7 +273,8 @@ def test_dataset_changes_agree_with_the_cli(api, world):
     listed = {d["name"]: d for d in json.loads(api("datasets", "--json"))}
     for key in ("project", "tags", "description", "versions"):
         assert listed["made"][key] == listed["twin"][key], key
-    assert _record(api, "made@Current") == _record(api, "twin@Current")
+    repo = Repository(load_settings(store=api.store, cache_dir=str(api.cache_dir)))
+    assert _outcome(repo, "made@Current") == _outcome(repo, "twin@Current")
     assert Dataset.delete("made", delete_all_versions=True) == 1
     api("delete", "--dataset", "twin", "--all-versions")
     assert {d["name"] for d in json.loads(api("datasets", "--json"))} == {"ds", "other"}
@@ -292,6 +315,7 @@ ERRORS = [
 ]
 
 
+@_stores("moto")
 def test_errors_agree_with_the_cli(api, world):
     for name, through_api, cli_args, cls, builtin in ERRORS:
         with pytest.raises(cls) as caught:
@@ -305,7 +329,7 @@ def test_errors_agree_with_the_cli(api, world):
 # -- what only the API does -------------------------------------------------------------------
 
 
-def test_create_follows_the_seed(api):
+def test_create_follows_the_seed(local_api):
     made = Dataset.create(dataset_name="myDataset", dataset_project="proj", tags=["One Tag"], description="txt")
     assert (made.name, made.project, made.tags, made.description) == ("myDataset", "proj", ["One Tag"], "txt")
     (current,) = DatasetVersion.get_versions("myDataset")
@@ -318,18 +342,18 @@ def test_create_follows_the_seed(api):
     assert DatasetVersion.create_new_dataset(dataset_name="myDataset Two").name == "myDataset Two"
 
 
-def test_create_version_returns_an_existing_name_and_raises_on_request(api, world):
+def test_create_version_returns_an_existing_name_and_raises_on_request(local_api, local_world):
     again = DatasetVersion.create_version("ds", "work", parent_version_names=["second"])
-    assert again == DatasetVersion.get("ds@work") and again.parent_ids == [world["v1"]]
+    assert again == DatasetVersion.get("ds@work") and again.parent_ids == [local_world["v1"]]
     with pytest.raises(ValueError, match="version name already exists in dataset 'ds': 'work'"):
         DatasetVersion.create_version("ds", "work", raise_if_exists=True)
-    child = DatasetVersion.create_version("ds", "by-id", parent_version_ids=[world["v1"]])
-    assert child.parent_ids == [world["v1"]] and child.state == "draft"
+    child = DatasetVersion.create_version("ds", "by-id", parent_version_ids=[local_world["v1"]])
+    assert child.parent_ids == [local_world["v1"]] and child.state == "draft"
     with pytest.raises(ValueError, match="not both"):
-        DatasetVersion.create_version("ds", "x", parent_version_names=["v1"], parent_version_ids=[world["v1"]])
+        DatasetVersion.create_version("ds", "x", parent_version_names=["v1"], parent_version_ids=[local_world["v1"]])
 
 
-def test_current_warns_when_several_drafts(api, world):
+def test_current_warns_when_several_drafts(local_api, local_world):
     DatasetVersion.create_version("ds", "later", parent_version_names=["v1"])
     with pytest.warns(UserWarning, match=r"dataset 'ds' has 2 drafts; the newest, ds@later, is current"):
         assert DatasetVersion.get_current("ds").name == "later"
@@ -340,12 +364,12 @@ def test_current_warns_when_several_drafts(api, world):
         assert DatasetVersion.get_current("ds").name == "second"  # no draft: the latest published
 
 
-def test_version_of_another_dataset_is_not_found(api, world):
-    with pytest.raises(LookupError, match=f"version '{world['v1']}' is not in dataset 'other'"):
-        DatasetVersion.get_version("other", version_id=world["v1"])
+def test_version_of_another_dataset_is_not_found(local_api, local_world):
+    with pytest.raises(LookupError, match=f"version '{local_world['v1']}' is not in dataset 'other'"):
+        DatasetVersion.get_version("other", version_id=local_world["v1"])
 
 
-def test_metadata_and_mask_labels(api, world):
+def test_metadata_and_mask_labels(local_api, local_world):
     work = DatasetVersion.get("ds@work")
     work.set_metadata({"abc": "1234", "nested": {"n": [1, 2]}})
     work.set_masks_labels({(0, 0, 0): ["background"], (1, 1, 1): ["person", "sitting"], (2, 2, 2): ["cat"]})
@@ -353,7 +377,7 @@ def test_metadata_and_mask_labels(api, world):
         {"value": [0, 0, 0], "labels": ["background"]}, {"value": [1, 1, 1], "labels": ["person", "sitting"]},
         {"value": [2, 2, 2], "labels": ["cat"]}]}}
     assert work.get_metadata() == expected
-    assert json.loads(api("show", "ds@work", "--json"))["metadata"] == expected
+    assert json.loads(local_api("show", "ds@work", "--json"))["metadata"] == expected
     with pytest.raises(ValueError, match="a mask value must be an"):
         work.set_masks_labels({(0, 0): ["x"]})
     with pytest.raises(ValueError, match="metadata must be JSON"):
@@ -362,9 +386,9 @@ def test_metadata_and_mask_labels(api, world):
         DatasetVersion.get("ds@v1").set_metadata({})
 
 
-def test_progress_reaches_the_callback(api, world):
+def test_progress_reaches_the_callback(local_api, local_world):
     heard = []
-    DatasetVersion.get("ds@work").add_files(world["more"], progress=lambda *a: heard.append(a))
+    DatasetVersion.get("ds@work").add_files(local_world["more"], progress=lambda *a: heard.append(a))
     last = {label: (done, total) for label, done, total in heard}
     size = sum(len(v if isinstance(v, bytes) else v.encode()) for v in MORE.values())
     assert last == {"hashing": (size, size), "uploading": (size, size)}
@@ -376,7 +400,7 @@ def test_progress_reaches_the_callback(api, world):
     assert again == []  # reused, nothing fetched
 
 
-def test_local_copy_is_read_only_and_reused(api, world):
+def test_local_copy_is_read_only_and_reused(local_api, local_world):
     v1 = DatasetVersion.get("ds@v1")
     path = v1.get_local_copy()
     assert path == v1.get_local_copy()
@@ -384,15 +408,15 @@ def test_local_copy_is_read_only_and_reused(api, world):
     assert os.stat(os.path.join(path, "readme.txt")).st_mode & 0o222 == 0
     work = DatasetVersion.get("ds@work")
     before = work.get_local_copy()
-    work.add_files(world["more"])
+    work.add_files(local_world["more"])
     after = work.get_local_copy()  # a draft's copy follows its changes; the old one goes
     assert after != before and not os.path.exists(before)
     assert (open(os.path.join(after, "readme.txt")).read()) == "changed\n"
 
 
-def test_configure_and_the_environment(api, world, tmp_path, monkeypatch):
+def test_configure_and_the_environment(local_api, local_world, tmp_path, monkeypatch):
     dsfs.configure()
-    monkeypatch.setenv("DSFS_STORE", api.store)
+    monkeypatch.setenv("DSFS_STORE", local_api.store)
     monkeypatch.setenv("DSFS_CACHE_DIR", str(tmp_path / "elsewhere"))
     assert [d.name for d in Dataset.list()] == ["ds", "other"]
     dsfs.configure(store=str(tmp_path / "missing"))
@@ -403,29 +427,25 @@ def test_configure_and_the_environment(api, world, tmp_path, monkeypatch):
 
 
 @pytest.mark.fuse
-def test_mount_yields_the_path_and_a_draft_records_its_changes(local_cli, tmp_path):
-    dsfs.configure(store=local_cli.store, cache_dir=str(local_cli.cache_dir), show_progress=False)
-    try:
-        Dataset.create("m")
-        current = DatasetVersion.get_current("m")
-        with current.mount() as root:
-            (root / "new.txt").write_text("written through the mount")
-        assert current.list_files() == ["new.txt"]
-        snapshot = DatasetVersion.create_snapshot("m", publish_name="r1")
-        (tmp_path / "mnt").mkdir()
-        with snapshot.mount(tmp_path / "mnt") as root:
-            assert root == tmp_path / "mnt"
-            assert (root / "new.txt").read_text() == "written through the mount"
-            with pytest.raises(OSError):
-                (root / "other.txt").write_text("x")
-        with pytest.raises(PermissionError, match="version is published"):
-            with snapshot.mount(writable=True):
-                pass
-        with DatasetVersion.get_current("m").mount(writable=False) as root:
-            with pytest.raises(OSError):
-                (root / "other.txt").write_text("x")
-    finally:
-        dsfs.configure()
+def test_mount_yields_the_path_and_a_draft_records_its_changes(local_api, tmp_path):
+    Dataset.create("m")
+    current = DatasetVersion.get_current("m")
+    with current.mount() as root:
+        (root / "new.txt").write_text("written through the mount")
+    assert current.list_files() == ["new.txt"]
+    snapshot = DatasetVersion.create_snapshot("m", publish_name="r1")
+    (tmp_path / "mnt").mkdir()
+    with snapshot.mount(tmp_path / "mnt") as root:
+        assert root == tmp_path / "mnt"
+        assert (root / "new.txt").read_text() == "written through the mount"
+        with pytest.raises(OSError):
+            (root / "other.txt").write_text("x")
+    with pytest.raises(PermissionError, match="version is published"):
+        with snapshot.mount(writable=True):
+            pass
+    with DatasetVersion.get_current("m").mount(writable=False) as root:
+        with pytest.raises(OSError):
+            (root / "other.txt").write_text("x")
 
 
 # -- docs/PYTHON.md: every example runs --------------------------------------------------------
