@@ -202,7 +202,8 @@ class DatasetVersion:
     id = property(lambda self: self._manifest.id)
     name = property(lambda self: self._manifest.name)
     dataset_name = property(lambda self: self._manifest.dataset)
-    state = property(lambda self: self._manifest.state, doc="'draft' or 'published'")
+    state = property(lambda self: self._manifest.state,
+                     doc="'draft' or 'published' ('publishing' while a publish is under way)")
     is_published = property(lambda self: self._manifest.is_published)
     parent_ids = property(lambda self: list(self._manifest.parents))
     comment = property(lambda self: self._manifest.comment)

@@ -400,6 +400,23 @@ def test_progress_reaches_the_callback(local_api, local_world):
     assert again == []  # reused, nothing fetched
 
 
+def test_a_notebook_gets_a_bar_where_a_pipe_gets_none(monkeypatch):
+    """In a Jupyter kernel stderr is no terminal, yet a bar (tqdm's notebook one) is drawn."""
+    import sys
+    import types
+
+    from dsfs.progress import Progress, in_notebook
+
+    assert not in_notebook() and not Progress("hashing", 10).enabled  # pytest: stderr is captured
+    shell = type("ZMQInteractiveShell", (), {})()
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+    assert in_notebook()
+    with Progress("hashing", 10) as bar:
+        assert bar.enabled and bar._bar is not None
+        bar(10)
+    assert not Progress("hashing", 10, enabled=False).enabled  # show_progress=False
+
+
 def test_local_copy_is_read_only_and_reused(local_api, local_world):
     v1 = DatasetVersion.get("ds@v1")
     path = v1.get_local_copy()
