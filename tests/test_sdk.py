@@ -364,6 +364,23 @@ def test_current_warns_when_several_drafts(local_api, local_world):
         assert DatasetVersion.get_current("ds").name == "second"  # no draft: the latest published
 
 
+def test_squash_holds_what_a_child_of_the_same_parents_holds(local_api, local_world):
+    """Squash is the resolver's merge: a later version wins a path, a file replaces a folder
+    (ds@second's 'img' file over ds@v1's img/ folder) and a folder a file, whole."""
+    write_tree(local_world["tmp"] / "third", {"img/cat.jpg": "back as a folder", "readme.txt/x": "a folder now"})
+    third = DatasetVersion.create_version("ds", "third")
+    third.add_files(local_world["tmp"] / "third")
+    third.publish_version()
+    order = ["ds@v1", "ds@second", "ds@third"]
+    child = DatasetVersion.create_version("ds", "child", parent_version_ids=order)
+    flat = DatasetVersion.squash("flat", order)
+    repo = Repository(load_settings(store=local_api.store, cache_dir=str(local_api.cache_dir)))
+    assert _outcome(repo, flat.id)[0] == _outcome(repo, child.id)[0]
+    assert flat.list_files() == ["data/link", "data/train/a.csv", "data/train/b.csv", "data/val.csv",
+                                 "extra/x.txt", "img/cat.jpg", "readme.txt/x"]
+    assert (flat.parent_ids, flat.state) == ([], "published")
+
+
 def test_version_of_another_dataset_is_not_found(local_api, local_world):
     with pytest.raises(LookupError, match=f"version '{local_world['v1']}' is not in dataset 'other'"):
         DatasetVersion.get_version("other", version_id=local_world["v1"])
