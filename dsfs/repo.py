@@ -172,7 +172,6 @@ class Repository:
         self.create(dataset, root=True, name="Current", project=project, tags=tags, description=description)
         return self.catalog.dataset(dataset)
 
-
     def create(self, dataset: str, *, parents: list[str] | None = None, root: bool = False,
                name: str | None = None, project: str = "", tags: list[str] | None = None,
                description: str = "", comment: str = "", metadata: dict | None = None) -> VersionManifest:
@@ -669,6 +668,7 @@ def collect_sources(local: str, base: str, *, wildcard: str | list[str] | None =
 
     def matches(name: str) -> bool:
         return globs is None or any(fnmatch.fnmatch(name, g) for g in globs)
+
     if not os.path.lexists(local):
         raise NotFound(f"no such file or folder: {local!r}")
 
