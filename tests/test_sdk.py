@@ -104,6 +104,14 @@ def _outcome(repo: Repository, ref: str) -> tuple[dict, dict]:
                   "parents": len(v.parents)}
 
 
+def _stores(*slow: str):
+    """The store kinds, those named marked ``slow`` (left to ``-m slow``): a long table's S3
+    variant takes the store calls the other tests take already, ~100 requests a case."""
+    return pytest.mark.parametrize("store_url", ["local"] + [
+        pytest.param(kind, marks=[pytest.mark.s3] + ([pytest.mark.slow] if kind in slow else []))
+        for kind in ("moto", "seaweed")], indirect=True)
+
+
 # -- reads: the API and the CLI show the same -------------------------------------------------
 
 READS: list[tuple[str, Callable, Callable]] = [
@@ -171,6 +179,7 @@ def _writable(digest: dict) -> dict:
     return {p: (*v[:2], v[2] & ~0o222) if v[0] == "file" else v for p, v in digest.items()}
 
 
+@_stores("moto")
 def test_reads_agree_with_the_cli(api, world):
     assert len({name for name, *_ in READS}) == len(READS)
     for name, through_api, through_cli in READS:
@@ -238,14 +247,6 @@ CHANGES = [
 def _twin(name: str) -> None:
     """A dataset holding a draft like ds@work: a child of ds@v1 without img/dog.jpg."""
     DatasetVersion.create_version(name, "work", parent_version_ids=["ds@v1"]).remove_files("img/dog.jpg")
-
-
-def _stores(*slow: str):
-    """The store kinds, those named marked ``slow`` (left to ``-m slow``): a long table's S3
-    variant takes the store calls the other tests take already, ~100 requests a case."""
-    return pytest.mark.parametrize("store_url", ["local"] + [
-        pytest.param(kind, marks=[pytest.mark.s3] + ([pytest.mark.slow] if kind in slow else []))
-        for kind in ("moto", "seaweed")], indirect=True)
 
 
 @_stores("moto", "seaweed")
