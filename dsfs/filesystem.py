@@ -64,10 +64,6 @@ class PathNotFound(NotFound, FileNotFoundError):
     FileNotFoundError)."""
 
 
-class PublishedReadOnly(ReadOnly, PermissionError):
-    """A write to a version that is not a draft."""
-
-
 class IsAFolder(InvalidInput, IsADirectoryError):
     """A file operation on a folder."""
 
@@ -170,6 +166,11 @@ class DsfsFileSystem(AbstractFileSystem):
         # Options keyed by a protocol's name are that protocol's, as chained URLs carry them
         # (Hugging Face ``datasets`` adds its own "hf" block to the storage options it is given).
         options = {key: value for key, value in options.items() if key not in available_protocols()}
+        from .sdk import configured
+
+        given = configured()  # dsfs.configure's places, where the arguments leave them open
+        store, cache_dir, config = (ours if ours is not None else theirs
+                                    for ours, theirs in zip((store, cache_dir, config), given))
         self.settings = load_settings(store=store, cache_dir=cache_dir, config=config, options=options)
         self.repo = Repository(self.settings)
         self.cache = open_cache(self.settings, self.repo.store)
@@ -331,7 +332,7 @@ class DsfsFileSystem(AbstractFileSystem):
             raise InvalidInput(f"a path to write starts with a version: {path!r}")
         view = self._view(ref)
         if view.manifest.state != DRAFT:
-            raise PublishedReadOnly(f"version is published and cannot change: {ref!r} ({view.manifest.name!r})")
+            raise ReadOnly(f"version is published and cannot change: {ref!r} ({view.manifest.name!r})")
         return ref, view, check_path(rel)
 
     def _temp_file(self):

@@ -20,6 +20,7 @@ import contextvars
 import copy
 import dataclasses
 import os
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -56,6 +57,15 @@ def configure(store: str | None = None, cache_dir: str | None = None, *, config:
     with _open_lock:
         _config = _Config(store, cache_dir, config, show_progress)
         _opened = None
+    filesystem = sys.modules.get("dsfs.filesystem")
+    if filesystem is not None:  # dsfs:// instances made before take the new places too
+        filesystem.DsfsFileSystem.clear_instance_cache()
+
+
+def configured() -> tuple[str | None, str | None, str | None]:
+    """(store, cache_dir, config) as ``configure`` set them (None: the CLI's)."""
+    config = _config
+    return config.store, config.cache_dir, config.config
 
 
 @contextlib.contextmanager

@@ -23,8 +23,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import Cli, write_tree
+import dsfs
 from dsfs import errors
-from dsfs.filesystem import DsfsFileSystem, IsAFolder, PathNotFound, PublishedReadOnly
+from dsfs.filesystem import DsfsFileSystem, IsAFolder, PathNotFound
 from dsfs.lease import Lease
 
 STORES = ["local", pytest.param("seaweed", marks=pytest.mark.s3)]
@@ -424,7 +425,7 @@ def test_refused_writes(fs, where, draft):
                   lambda: fs.rm("pets@v1/labels.csv")):
         with pytest.raises(PermissionError, match="version is published and cannot change: 'pets@v1'|'pets'"):
             write()
-    with pytest.raises(PublishedReadOnly) as caught:
+    with pytest.raises(errors.ReadOnly) as caught:
         fs.pipe_file("pets@release%2F2/x.txt", b"x")
     assert (caught.value.exit_code, caught.value.errno) == (6, errors.ReadOnly.errno)
     with pytest.raises(IsADirectoryError, match=f"is a folder: '{draft}/old'"):
@@ -467,3 +468,14 @@ def test_settings_follow_the_cli_unless_given(where, tmp_path, monkeypatch):
     assert given.cat_file("pets@v1/labels.csv") == (where.src / "labels.csv").read_bytes()
     with pytest.raises(errors.InvalidInput, match="unknown config key 'colour' in options"):
         fsspec.filesystem("dsfs", colour="blue")
+    # dsfs.configure's places come next, before the environment's, and reach instances made before
+    before = fsspec.filesystem("dsfs")
+    dsfs.configure(store=where.store, cache_dir=str(tmp_path / "configured"))
+    try:
+        fs = fsspec.filesystem("dsfs")
+        assert fs is not before and fs.settings.cache_dir == str(tmp_path / "configured")
+        assert fs.cat_file("pets@v1/labels.csv") == (where.src / "labels.csv").read_bytes()
+        assert fsspec.filesystem("dsfs", cache_dir=str(tmp_path / "given")).settings.cache_dir == str(tmp_path / "given")
+    finally:
+        dsfs.configure()
+    assert fsspec.filesystem("dsfs").settings.cache_dir == str(tmp_path / "env-cache")
