@@ -452,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
         mount_cli = None
     if mount_cli is not None:
         mount_cli.add_commands(sub, command)
+    from .ui.command import add_command as add_ui_command  # the web stack is imported only to serve
+
+    add_ui_command(command)
     for sp in sub.choices.values():  # usage lines say REF DEST, like the help text
         for action in sp._actions:
             if not action.option_strings and action.metavar is None:
