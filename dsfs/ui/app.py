@@ -13,6 +13,7 @@ import urllib.parse
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
@@ -156,9 +157,10 @@ def create_app(model: UiModel, *, allowed_hosts: list[str] | None = None) -> Sta
     # -- errors -----------------------------------------------------------------------------------
 
     def error(request: Request, exc: Exception) -> Response:
-        status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
-        message = str(exc) if isinstance(exc, DsfsError) else getattr(exc, "detail", "error")
-        status = getattr(exc, "status_code", status)
+        if isinstance(exc, HTTPException):
+            status, message = exc.status_code, exc.detail
+        else:
+            status, message = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500), str(exc)
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": message}, status_code=status, headers=_HEADERS)
         return templates.TemplateResponse(request, "error.html", {"status": status, "message": message},
@@ -184,4 +186,4 @@ def create_app(model: UiModel, *, allowed_hosts: list[str] | None = None) -> Sta
     ]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
     return Starlette(routes=routes, middleware=middleware,
-                     exception_handlers={DsfsError: error, 404: error, 405: error})
+                     exception_handlers={DsfsError: error, HTTPException: error})

@@ -95,7 +95,7 @@ class UiModel:
                 "filters": {"project": project or "", "tag": tag or "", "q": q or ""}}
 
     def _dataset_row(self, record) -> dict:
-        versions = self.catalog.versions(record.name)
+        versions = self._manifests(record.versions)
         published = sum(v.is_published for v in versions)
         times = [record.created] + [t for v in versions for t in (v.created, v.published) if t]
         return {"name": record.name, "project": record.project, "tags": record.tags,
@@ -107,7 +107,7 @@ class UiModel:
         """A dataset's record, its versions (oldest first, each with its kind) and the parents
         they have in other datasets (``external``)."""
         record = self.catalog.dataset(name)
-        versions = sorted(self.catalog.versions(name), key=lambda v: v.created)
+        versions = self._manifests(record.versions)
         kinds = version_kinds(versions)
         rows = [_version_row(v, kinds.get(v.id, "")) for v in versions]
         own = {v.id for v in versions}
@@ -125,6 +125,19 @@ class UiModel:
 
     # -- versions -------------------------------------------------------------------------------
 
+    def _manifests(self, ids: list[str]) -> list[VersionManifest]:
+        """The versions with these ids that still exist, oldest first (published ones from the
+        memo: a page view of a long history costs a read per draft, not per version)."""
+        def get(version_id: str) -> VersionManifest | None:
+            try:
+                return self._manifest(version_id)
+            except NotFound:
+                return None  # listed but deleted mid-way by another process
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            found = [m for m in pool.map(get, ids) if m is not None]
+        return sorted(found, key=lambda v: v.created)
+
     def _manifest(self, version_id: str) -> VersionManifest:
         manifest = self._published.get(version_id)
         if manifest is None:
@@ -141,7 +154,7 @@ class UiModel:
 
     def version(self, ref: str) -> dict:
         manifest = self.resolve(ref)
-        siblings = sorted(self.catalog.versions(manifest.dataset), key=lambda v: v.created)
+        siblings = self._manifests(self.catalog.dataset(manifest.dataset).versions)
         kinds = version_kinds(siblings)
         index = self.repo.index(manifest)
         parents = []
