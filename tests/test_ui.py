@@ -47,6 +47,8 @@ BASE = {"readme.txt": "hello from base\nsecond line\n", "labels.csv": "id,label,
 CATS = {"readme.txt": "cats changed the readme\n", "cats/tom.txt": "tom\n", "cats/felix.txt": "felix\n"}
 DOGS = {"dogs/rex.txt": "rex\n", "data/c.bin": b"\x00\x01" * 3000}  # c.bin: a.bin's bytes again
 WORK = {"extra/note.txt": "a note\n", "data/a.bin": b"rewritten in the snapshot"}
+ODD_NAME = 'song <b>"1"</b> & more'
+ODD_TEXT = "bird songs <script>alert(1)</script><img src=x onerror=alert(2)>"
 MASKS = {"_all_": [{"value": [0, 0, 0], "labels": ["background"]}, {"value": [220, 40, 40], "labels": ["cat"]}]}
 
 
@@ -90,7 +92,8 @@ def build_store(url: str, cache_dir: Path, src: Path) -> Store:
     s.ids["snap1"] = s.ids.pop("work")
     s.added["snap1"] = s.added.pop("work")
     s.ids["flat"] = s.cli("squash", "pets@cats", "pets@dogs", "--dataset", "pets", "--name", "flat").strip()
-    s.cli("create", "birds", "--root", "--project", "audio", "--tag", "songs", "--description", "bird songs")
+    s.cli("create", "birds", "--root", "--name", ODD_NAME, "--project", "audio", "--tag", "songs",
+          "--description", ODD_TEXT, "--comment", ODD_TEXT)
     return s
 
 
@@ -100,12 +103,12 @@ def build_store(url: str, cache_dir: Path, src: Path) -> Store:
 class Server:
     """``dsfs ui`` in a subprocess; ``url`` once it said where it listens."""
 
-    def __init__(self, store: str, cache_dir: Path, log: Path, *args: str) -> None:
+    def __init__(self, store: str, cache_dir: Path, log: Path, *args: str, env: dict | None = None) -> None:
         self.log = log
         with open(log, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "dsfs", "--store", store, "--cache-dir", str(cache_dir), "ui", "--port", "0",
-                 *args], stdout=subprocess.PIPE, stderr=err, text=True)
+                 *args], stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, **(env or {})})
         line = self.proc.stdout.readline()
         assert "serving" in line, f"dsfs ui did not start: {line!r} {log.read_text()}"
         self.url = line.split(" at ")[1].split()[0]
@@ -293,7 +296,7 @@ def test_datasets_page_lists_and_filters(ui, store):
         "vision", ["cats", "demo"], 7, 6, 1)
     assert doc["projects"] == ["audio", "vision"] and doc["tags"] == ["cats", "demo", "songs"]
     for query, names in (("", ["birds", "pets"]), ("?project=audio", ["birds"]), ("?tag=demo", ["pets"]),
-                         ("?q=SONGS", ["birds"]), ("?q=pets&project=audio", [])):
+                         ("?q=SONGS%20%3Cscript", ["birds"]), ("?q=pets&project=audio", [])):
         page = parse(ui.text(f"/{query}"))
         assert [row.attrs["data-dataset"] for row in page.find(tag="tr") if "data-dataset" in row.attrs] == names
         assert [d["name"] for d in ui.json(f"/api/datasets{query}")["datasets"]] == names
@@ -468,13 +471,29 @@ def test_loopback_server_refuses_other_host_names(ui):
     assert ui.request("/api/datasets", {"Host": f"localhost:{ui.port}"})[0] == 200
 
 
-def test_non_loopback_bind_warns_loudly(store, tmp_path):
-    server = Server(store.url, store.cache_dir, tmp_path / "ui.log", "--host", "0.0.0.0")
+def test_user_text_is_shown_as_text(ui, store, tmp_path):
+    dom = rendered(tmp_path, ui.url + "datasets/birds")
+    assert [s.attrs.get("src") for s in dom.find(tag="script")] == ["/static/app.js"]
+    assert not dom.find(tag="img") and not dom.by_id("graph").find(tag="b")
+    (node,) = dom.by_id("graph").find(tag="g", cls="version")
+    assert node.find(tag="text")[0].text == ODD_NAME
+    assert ODD_TEXT in dom.text
+    (row,) = [r for r in dom.by_id("versions").find(tag="tr") if "data-version" in r.attrs]
+    assert row.find(tag="a")[0].text == ODD_NAME and ODD_TEXT in row.text
+
+
+def test_non_loopback_bind_warns_loudly_and_open_starts_a_browser(store, tmp_path):
+    browser = tmp_path / "browser"
+    browser.write_text(f"#!/bin/sh\necho \"$1\" > {tmp_path / 'opened'}\n")
+    browser.chmod(0o755)
+    server = Server(store.url, store.cache_dir, tmp_path / "ui.log", "--host", "0.0.0.0", "--open",
+                    env={"BROWSER": f"{browser} %s"})
     try:
         assert server.json("/api/datasets")["datasets"]
     finally:
         err = server.stop()
     assert "WARNING" in err and "NO AUTHENTICATION" in err and "0.0.0.0" in err
+    assert (tmp_path / "opened").read_text().strip() == server.url
 
 
 def test_a_busy_port_is_an_error(store):
