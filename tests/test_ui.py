@@ -42,7 +42,8 @@ def png(width: int, height: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
-BASE = {"readme.txt": "hello from base\nsecond line\n", "labels.csv": "id,label,score\n1,cat,0.9\n2,dog,0.8\n",
+BASE = {"readme.txt": "hello from base\nsecond line\n", "log.txt": "".join(f"line {i}\n" for i in range(20000)),
+        "labels.csv": "id,label,score\n1,cat,0.9\n2,dog,0.8\n",
         "img/cat.png": png(24, 24), "data/a.bin": b"\x00\x01" * 3000, "data/b.bin": b"b" * 10}
 CATS = {"readme.txt": "cats changed the readme\n", "cats/tom.txt": "tom\n", "cats/felix.txt": "felix\n"}
 DOGS = {"dogs/rex.txt": "rex\n", "data/c.bin": b"\x00\x01" * 3000}  # c.bin: a.bin's bytes again
@@ -375,7 +376,7 @@ def test_file_tree_pages_through_the_index(ui, store):
         if page["next"] is None:
             break
         after = page["next"]
-    assert names == ["cats", "data", "dogs", "img", "labels.csv", "readme.txt"]
+    assert names == ["cats", "data", "dogs", "img", "labels.csv", "log.txt", "readme.txt"]
     data = {e["name"]: e for e in ui.json(f"/api/versions/{merged}/tree?path=data")["entries"]}
     assert set(data) == {"a.bin", "c.bin"}  # b.bin was removed in merged
     assert data["c.bin"]["sha256"] == hashlib.sha256(DOGS["data/c.bin"]).hexdigest()
@@ -405,6 +406,8 @@ def test_previews_through_the_block_cache(ui, store, tmp_path):
     assert (status, headers["content-type"], body) == (200, "image/png", BASE["img/cat.png"])
     assert headers["content-security-policy"].startswith("sandbox")
     assert ui.json(f"/api/versions/{snap}/preview?path=data/c.bin")["kind"] == "none"  # binary
+    log = ui.json(f"/api/versions/{snap}/preview?path=log.txt")  # ~150 KB: only its head is read
+    assert log["truncated"] and log["text"].splitlines() == [f"line {i}" for i in range(60)]
 
 
 def test_diff_page_matches_dsfs_diff_and_filters(ui, store):
@@ -414,6 +417,9 @@ def test_diff_page_matches_dsfs_diff_and_filters(ui, store):
     got = sorted((r.attrs["data-kind"], r.attrs["data-path"]) for r in rows if "data-kind" in r.attrs)
     assert got == sorted((k, n["path"]) for k, nodes in expected.items() for n in nodes)
     assert {k for k, _ in got} == {"added", "modified", "removed"}
+    modified = ui.json(f"/api/diff?a={a}&b={b}&kind=modified")["rows"]
+    assert [(r["path"], r["old_size"], r["size"]) for r in modified] == [
+        ("data/a.bin", len(BASE["data/a.bin"]), len(WORK["data/a.bin"]))]
     added = ui.json(f"/api/diff?a={a}&b={b}&kind=added")
     assert {r["path"] for r in added["rows"]} == {n["path"] for n in expected["added"]}
     assert added["counts"] == {k: len(v) for k, v in expected.items()}
@@ -524,3 +530,4 @@ def test_ui_over_s3(seaweed_server, tmp_path, monkeypatch):
     finally:
         err = server.stop()
     assert "Traceback" not in err and "ERROR" not in err
+    assert json.loads(s.cli("cache", "stats", "--json"))["count"] > 0  # the bytes went through the cache

@@ -306,8 +306,16 @@ class UiModel:
                 "counts": {k: counts[k] for k in ("added", "modified", "removed")},
                 "bytes": {k: sum(r["size"] for r in rows if r["kind"] == k) for k in ("added", "modified", "removed")},
                 "filters": {"kind": kind, "q": q}, "matched": len(chosen), "offset": offset,
-                "rows": chosen[offset:offset + limit],
+                "rows": self._with_old_sizes(old, chosen[offset:offset + limit]),
                 "next": offset + limit if offset + limit < len(chosen) else None}
+
+    def _with_old_sizes(self, old: VersionManifest, rows: list[dict]) -> list[dict]:
+        """A page's rows, the modified ones with the size they had in A (``old_size``)."""
+        if not any(r["kind"] == "modified" for r in rows):
+            return rows
+        index = self.repo.index(old)
+        return [{**r, "old_size": index.by_path(r["path"]).size} if r["kind"] == "modified" else r
+                for r in rows]
 
     def _diff_rows(self, old: VersionManifest, new: VersionManifest) -> list[dict]:
         key = (old.id, new.id)
