@@ -460,6 +460,10 @@ TRAVERSALS = [
     "/static/%2e%2e%2f%2e%2e%2fsecret.txt",
     "/static//etc/passwd",
     "/datasets/..%2f..%2fsecret",
+    "/datasets/..",
+    "/api/datasets/%2e%2e",
+    "/versions/..@x",
+    "/api/versions/%2e%2e%2f%2e%2e@v1/tree",
 ]
 
 

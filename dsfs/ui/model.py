@@ -22,7 +22,7 @@ import re
 import threading
 from collections.abc import Iterator
 
-from ..changeset.manifest import DRAFT, Removal, VersionManifest, new_id
+from ..changeset.manifest import DRAFT, Removal, VersionManifest, check_dataset_name, new_id
 from ..errors import InvalidInput, NotFound
 from ..paths import check_path
 from ..repo import Repository, _count_files
@@ -37,7 +37,7 @@ IMAGE_MAX = 8 << 20  # images up to this size preview inline
 IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif",
                "webp": "image/webp", "bmp": "image/bmp"}
 TABLE_TYPES = {"csv": ",", "tsv": "\t"}
-_MEMO = 256
+_DIFF_MEMO_ROWS = 200_000  # a bigger diff is computed again for each page rather than held
 _COUNT_BATCH = 10_000
 _FULL_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -45,7 +45,7 @@ _FULL_ID = re.compile(r"[0-9a-f]{32}")
 class _Memo:
     """A small thread-safe LRU of results that never change."""
 
-    def __init__(self, size: int = _MEMO) -> None:
+    def __init__(self, size: int) -> None:
         self.size = size
         self._items: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
@@ -71,7 +71,8 @@ class UiModel:
         self.catalog = repo.catalog
         self._published = _Memo(4096)
         self._changesets = _Memo(4096)
-        self._diffs = _Memo(8)
+        self._diffs = _Memo(4)
+        self._indexes = _Memo(64)
         self._cache = None
         self._cache_lock = threading.Lock()
 
@@ -106,7 +107,7 @@ class UiModel:
     def dataset(self, name: str) -> dict:
         """A dataset's record, its versions (oldest first, each with its kind) and the parents
         they have in other datasets (``external``)."""
-        record = self.catalog.dataset(name)
+        record = self._record(name)
         versions = self._manifests(record.versions)
         kinds = version_kinds(versions)
         rows = [_version_row(v, kinds.get(v.id, "")) for v in versions]
@@ -122,6 +123,14 @@ class UiModel:
                 "description": record.description, "created": record.created,
                 "versions": rows, "external": external,
                 "names": {v["id"]: v["name"] for v in external + rows}}
+
+    def _record(self, name: str):
+        """A dataset's record; a name no dataset can have (``..``, ``a/b``) is simply not found."""
+        try:
+            check_dataset_name(name)
+        except InvalidInput:
+            raise NotFound(f"dataset not found: {name!r}") from None
+        return self.catalog.dataset(name)
 
     # -- versions -------------------------------------------------------------------------------
 
@@ -150,13 +159,16 @@ class UiModel:
         """A version by ref; a full id (what the pages link to) skips the store listing."""
         if _FULL_ID.fullmatch(ref):
             return self._manifest(ref)
+        dataset, at, _ = ref.partition("@")
+        if at:
+            self._record(dataset)
         return self.repo.resolve(ref)
 
     def version(self, ref: str) -> dict:
         manifest = self.resolve(ref)
-        siblings = self._manifests(self.catalog.dataset(manifest.dataset).versions)
+        siblings = self._manifests(self._record(manifest.dataset).versions)
         kinds = version_kinds(siblings)
-        index = self.repo.index(manifest)
+        index = self._index(manifest)
         parents = []
         for pid in manifest.parents:
             try:
@@ -197,28 +209,34 @@ class UiModel:
         """The merged view a change-set was applied to: the parents' merge plus the change-sets
         before it (a single parent's own index when it is the first)."""
         if position == 0 and len(manifest.parents) == 1:
-            return contextlib.nullcontext(self.repo.index(self._manifest(manifest.parents[0])))
+            return contextlib.nullcontext(self._index(self._manifest(manifest.parents[0])))
         probe = dataclasses.replace(manifest, id=new_id(), state=DRAFT, published=None,
                                     changesets=manifest.changesets[:position])
         return self.repo.views.merged(probe)
 
     # -- files ----------------------------------------------------------------------------------
 
-    def _node(self, manifest: VersionManifest, path: str) -> tuple[VersionIndex, Node]:
-        index = self.repo.index(manifest)
-        node = index.by_path(_dataset_path(path, manifest))
+    def _index(self, manifest: VersionManifest) -> VersionIndex:
+        """The version's index: a published one's is opened once (its connections are reused),
+        a draft's is looked up again each time (a change-set makes a new one)."""
+        if not manifest.is_published:
+            return self.repo.index(manifest)
+        return self._indexes.get(manifest.id) or self._indexes.put(manifest.id, self.repo.index(manifest))
+
+    def _node(self, manifest: VersionManifest, path: str) -> Node:
+        node = self._index(manifest).by_path(_dataset_path(path, manifest))
         if node is None:
             raise NotFound(f"no such path in {manifest.name!r}: {path!r}")
-        return index, node
+        return node
 
     def listing(self, ref: str, path: str = "", after: str | None = None, limit: int = PAGE) -> dict:
         """One page of a folder, in name order, starting after the name ``after``."""
         manifest = self.resolve(ref)
-        index, node = self._node(manifest, path)
+        node = self._node(manifest, path)
         if not node.is_dir:
             raise InvalidInput(f"not a folder in {manifest.name!r}: {path!r}")
         limit = max(1, min(int(limit), 1000))
-        page = index.children(node.ino, after, limit + 1)
+        page = self._index(manifest).children(node.ino, after, limit + 1)
         more = len(page) > limit
         page = page[:limit]
         return {"version": manifest.id, "path": node.path, "crumbs": _crumbs(node.path),
@@ -227,7 +245,7 @@ class UiModel:
 
     def file(self, ref: str, path: str) -> dict:
         manifest = self.resolve(ref)
-        _, node = self._node(manifest, path)
+        node = self._node(manifest, path)
         return {"version": manifest.id, "crumbs": _crumbs(node.path), **self._entry(node)}
 
     def _entry(self, node: Node) -> dict:
@@ -254,10 +272,10 @@ class UiModel:
             return self._cache
 
     def preview(self, ref: str, path: str) -> dict:
-        """What a file page shows of a file's bytes: an image (a link to ``raw``), the head of a
-        CSV/TSV file as rows, or the head of a text file; nothing for other bytes."""
+        """What a file page shows of a file's bytes: an image (its bytes come from ``image``),
+        the head of a CSV/TSV file as rows, or the head of a text file; nothing for other bytes."""
         manifest = self.resolve(ref)
-        _, node = self._node(manifest, path)
+        node = self._node(manifest, path)
         if node.type != "file":
             return {"kind": "none", "reason": f"a {node.type} has no bytes to show"}
         suffix = node.name.rpartition(".")[2].lower() if "." in node.name else ""
@@ -282,7 +300,7 @@ class UiModel:
     def image(self, ref: str, path: str) -> tuple[bytes, str]:
         """An image's bytes (checked against its sha256) and media type, for ``preview``."""
         manifest = self.resolve(ref)
-        _, node = self._node(manifest, path)
+        node = self._node(manifest, path)
         suffix = node.name.rpartition(".")[2].lower()
         if node.type != "file" or suffix not in IMAGE_TYPES:
             raise NotFound(f"not an image in {manifest.name!r}: {path!r}")
@@ -313,7 +331,7 @@ class UiModel:
         """A page's rows, the modified ones with the size they had in A (``old_size``)."""
         if not any(r["kind"] == "modified" for r in rows):
             return rows
-        index = self.repo.index(old)
+        index = self._index(old)
         return [{**r, "old_size": index.by_path(r["path"]).size} if r["kind"] == "modified" else r
                 for r in rows]
 
@@ -326,7 +344,7 @@ class UiModel:
             rows = sorted(({"kind": k, "path": n.path, "type": n.type, "size": n.size, "sha256": n.sha256,
                             "provider": n.version} for k, nodes in result.items() for n in nodes),
                           key=lambda r: r["path"])
-            if fixed:
+            if fixed and len(rows) <= _DIFF_MEMO_ROWS:
                 self._diffs.put(key, rows)
         return rows
 
