@@ -77,6 +77,7 @@ def main() -> int:
 
     mount_demo(work, env)
     sdk_demo(work, env)
+    ui_demo(env)
     print(f"# done; everything is under {work}")
     return 0
 
@@ -144,6 +145,32 @@ def sdk_demo(work: Path, env: dict) -> None:
     python("child.verify(hash=True)", scope)
     python("DatasetVersion.squash('pets-flat', [child]).list_files('masks')", scope)
     dsfs("show", "pets@masks", env=env)
+
+
+def ui_demo(env: dict) -> None:
+    """``dsfs ui`` serves the same store to a browser; here it is asked over its JSON API and
+    stopped again (run ``dsfs ui --open`` yourself to look)."""
+    import json
+    import signal
+    import urllib.request
+
+    print("$ dsfs ui --port 0          # (stopped again below; dsfs ui --open shows it in a browser)")
+    server = subprocess.Popen([str(BIN), "ui", "--port", "0"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline().strip()
+        print(line)
+        url = line.split(" at ")[1].split()[0]
+        with urllib.request.urlopen(url + "api/datasets/pets") as response:
+            versions = json.load(response)["versions"]
+        with urllib.request.urlopen(url + "api/datasets/pets/graph.svg") as response:
+            svg = response.read().decode()
+        nodes, edges = svg.count('class="node version'), svg.count('class="edge parent"')
+        print(f"$ curl {url}api/datasets/pets/graph.svg   # the lineage, laid out by Graphviz")
+        print(f"# {len(versions)} versions: {nodes} nodes and {edges} parent edges in the SVG")
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+        server.stdout.close()
 
 
 if __name__ == "__main__":

@@ -317,7 +317,7 @@ def test_dag_in_the_rendered_dom(ui, store, tmp_path):
     assert "published" in nodes[store.ids["base"]].classes
     assert "snapshot" in nodes[store.ids["snap1"]].classes and "squash" in nodes[store.ids["flat"]].classes
     assert not nodes[store.ids["merged"]].classes & {"snapshot", "squash"}
-    edges = {e.attrs["id"]: e for e in svg.find(tag="g", cls="edge")}
+    edges = {e.attrs["id"]: e for e in svg.find(tag="g", cls="parent")}
     i = store.ids
     expected = {(i["base"], i["cats"]), (i["base"], i["dogs"]), (i["cats"], i["merged"]),
                 (i["dogs"], i["merged"]), (i["merged"], i["snap1"]), (i["snap1"], i["Current"])}

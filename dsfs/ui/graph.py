@@ -39,7 +39,7 @@ def dot_source(nodes: list[dict], href) -> str:
         for i, parent in enumerate(parents, start=1):
             label = f' label="{i}"' if len(parents) > 1 else ""
             lines.append(f'  "{parent}" -> "{n["id"]}" [id="edge-{parent}-{n["id"]}" '
-                         f'class="parent-edge"{label}];')
+                         f'class="parent"{label}];')
     lines.append("}")
     return "\n".join(lines)
 
