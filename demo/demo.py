@@ -3,7 +3,8 @@
 Creates a dataset from generated files, publishes it, makes a child version that adds, changes
 and removes files, lists and diffs the two, then mounts the child and reads from it; then does
 the same kind of work through the Python API (``from dsfs import Dataset, DatasetVersion``) on
-the same store, with the CLI showing the result.
+the same store, with the CLI showing the result; and asks ``dsfs ui`` (non-interactively) for
+the lineage graph.
 Run: .venv/bin/python demo/demo.py [--workdir DIR]
 """
 
