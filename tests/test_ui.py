@@ -366,6 +366,27 @@ def test_change_set_counts_match_what_add_reported(ui, store):
     assert (squash["added"], squash["modified"], squash["removed"]) == (flat["files"], 0, 0)
 
 
+def test_change_set_lines_page_through_the_file(ui, store):
+    dogs = store.ids["dogs"]
+    (changeset,) = ui.json(f"/api/versions/{dogs}")["changesets"]
+    items, offset = [], 0
+    while offset is not None:
+        page = ui.json(f"/api/versions/{dogs}/changesets/{changeset['id']}/lines?limit=2&offset={offset}")
+        assert len(page["lines"]) <= 2
+        items += page["lines"]
+        offset = page["next"]
+    files = {i["path"]: i for i in items if i["type"] == "file"}
+    assert set(files) == set(DOGS) and {i["op"] for i in items} == {"add"}
+    assert files["data/c.bin"]["sha256"] == hashlib.sha256(DOGS["data/c.bin"]).hexdigest()
+    assert files["data/c.bin"]["chunk"].startswith(f"versions/{store.ids['base']}/chunks/")  # deduplicated
+    merged = store.ids["merged"]
+    (changeset,) = ui.json(f"/api/versions/{merged}")["changesets"]
+    page = parse(ui.text(f"/versions/{merged}/changesets/{changeset['id']}"))
+    rows = [r for r in page.by_id("changeset-items").find(tag="tr") if "data-op" in r.attrs]
+    assert [(r.attrs["data-op"], r.attrs["data-path"]) for r in rows] == [("remove", "data/b.bin")]
+    assert "1 removed" in page.by_id("changeset-summary").text
+
+
 def test_file_tree_pages_through_the_index(ui, store):
     merged = store.ids["merged"]
     names, after = [], ""

@@ -104,6 +104,11 @@ def create_app(model: UiModel, *, allowed_hosts: list[str] | None = None) -> Sta
             return page(request, "version.html", {"v": version, "listing": listing})
         return page(request, "file.html", {"v": version, "f": entry})
 
+    def changeset_page(request: Request) -> Response:
+        ref, changeset_id = request.path_params["ref"], request.path_params["changeset"]
+        lines = model.changeset_lines(ref, changeset_id, number(request, "offset", 0))
+        return page(request, "changeset.html", {"c": lines, "summary": model.changeset(ref, changeset_id)})
+
     def diff_page(request: Request) -> Response:
         a, b = arg(request, "a"), arg(request, "b")
         result = None
@@ -132,6 +137,10 @@ def create_app(model: UiModel, *, allowed_hosts: list[str] | None = None) -> Sta
 
     def api_changeset(request: Request) -> Response:
         return api(model.changeset(request.path_params["ref"], request.path_params["changeset"]))
+
+    def api_changeset_lines(request: Request) -> Response:
+        return api(model.changeset_lines(request.path_params["ref"], request.path_params["changeset"],
+                                         number(request, "offset", 0), number(request, "limit", 500)))
 
     def api_tree(request: Request) -> Response:
         return api(model.listing(request.path_params["ref"], arg(request, "path"),
@@ -171,12 +180,14 @@ def create_app(model: UiModel, *, allowed_hosts: list[str] | None = None) -> Sta
         Route("/datasets/{name}", dataset_page),
         Route("/versions/{ref}", version_page),
         Route("/versions/{ref}/files/{path:path}", file_page),
+        Route("/versions/{ref}/changesets/{changeset}", changeset_page),
         Route("/diff", diff_page),
         Route("/api/datasets", api_datasets),
         Route("/api/datasets/{name}", api_dataset),
         Route("/api/datasets/{name}/graph.svg", api_graph),
         Route("/api/versions/{ref}", api_version),
         Route("/api/versions/{ref}/changesets/{changeset}", api_changeset),
+        Route("/api/versions/{ref}/changesets/{changeset}/lines", api_changeset_lines),
         Route("/api/versions/{ref}/tree", api_tree),
         Route("/api/versions/{ref}/file", api_file),
         Route("/api/versions/{ref}/preview", api_preview),

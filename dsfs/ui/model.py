@@ -17,12 +17,13 @@ import contextlib
 import csv
 import dataclasses
 import io
+import itertools
 import json
 import re
 import threading
 from collections.abc import Iterator
 
-from ..changeset.manifest import DRAFT, Removal, VersionManifest, check_dataset_name, new_id
+from ..changeset.manifest import DRAFT, Entry, Removal, VersionManifest, check_dataset_name, new_id
 from ..errors import InvalidInput, NotFound
 from ..paths import check_path
 from ..repo import Repository, _count_files
@@ -184,13 +185,17 @@ class UiModel:
                                 "bytes_new": c.bytes_new, "bytes_dedup": c.bytes_dedup,
                                 "chunks": len(c.chunks)} for c in manifest.changesets]}
 
-    def changeset(self, ref: str, changeset_id: str) -> dict:
-        """What one change-set did to the view it was applied to: files (and symlinks) added,
-        modified and removed, counted as ``dsfs add`` reports them, plus its byte counts."""
+    def _changeset_at(self, ref: str, changeset_id: str) -> tuple[VersionManifest, int]:
         manifest = self.resolve(ref)
         position = next((i for i, c in enumerate(manifest.changesets) if c.id == changeset_id), None)
         if position is None:
             raise NotFound(f"no change-set {changeset_id!r} in version {manifest.name!r}")
+        return manifest, position
+
+    def changeset(self, ref: str, changeset_id: str) -> dict:
+        """What one change-set did to the view it was applied to: files (and symlinks) added,
+        modified and removed, counted as ``dsfs add`` reports them, plus its byte counts."""
+        manifest, position = self._changeset_at(ref, changeset_id)
         key = (manifest.id, changeset_id)
         found = self._changesets.get(key)
         if found is not None:
@@ -204,6 +209,19 @@ class UiModel:
             "id": ref_.id, "added": added, "modified": modified, "removed": removed,
             "entries": ref_.entries, "removals": ref_.removals, "bytes_new": ref_.bytes_new,
             "bytes_dedup": ref_.bytes_dedup, "chunks": len(ref_.chunks)})
+
+    def changeset_lines(self, ref: str, changeset_id: str, offset: int = 0, limit: int = DIFF_PAGE) -> dict:
+        """One page of a change-set's lines as recorded: removals, then adds with their size,
+        sha256 and where their bytes are (chunk, offset). Read as a stream: a page costs the
+        lines before it, never the whole file in memory."""
+        manifest, position = self._changeset_at(ref, changeset_id)
+        offset, limit = max(0, int(offset)), max(1, min(int(limit), 5000))
+        items = self.catalog.changeset_items(manifest.changesets[position], self.repo.tmp_dir)
+        with contextlib.closing(items):
+            page = list(itertools.islice(items, offset, offset + limit + 1))
+        return {"version": _version_row(manifest, ""), "id": changeset_id, "offset": offset,
+                "lines": [_line_row(item) for item in page[:limit]],
+                "next": offset + limit if len(page) > limit else None}
 
     def _view_before(self, manifest: VersionManifest, position: int):
         """The merged view a change-set was applied to: the parents' merge plus the change-sets
@@ -370,6 +388,15 @@ def version_kinds(versions: list[VersionManifest]) -> dict[str, str]:
         elif v.is_published and len(v.parents) <= 1 and len(kids) == 1 and len(kids[0].parents) == 1:
             kinds[v.id] = "snapshot"
     return kinds
+
+
+def _line_row(item: Entry | Removal) -> dict:
+    if isinstance(item, Removal):
+        return {"op": "remove", "path": item.path, "type": "dir" if item.is_dir else "file", "size": None,
+                "sha256": None, "target": None, "chunk": None, "offset": None}
+    return {"op": "add", "path": item.path, "type": item.type, "size": item.size,
+            "sha256": item.sha256 if item.type == "file" else None, "target": item.target,
+            "chunk": item.chunk, "offset": item.offset if item.chunk else None}
 
 
 def _version_row(v: VersionManifest, kind: str) -> dict:
