@@ -526,6 +526,18 @@ def test_non_loopback_bind_warns_loudly_and_open_starts_a_browser(store, tmp_pat
     assert (tmp_path / "opened").read_text().strip() == server.url
 
 
+def test_without_graphviz_the_dataset_page_still_lists_versions(store, tmp_path):
+    server = Server(store.url, store.cache_dir, tmp_path / "ui.log", env={"PATH": str(tmp_path)})
+    try:
+        page = parse(server.text("/datasets/pets"))
+        assert "install graphviz" in page.by_id("graph").text and not page.by_id("graph").find(tag="svg")
+        assert len([r for r in page.by_id("versions").find(tag="tr") if "data-version" in r.attrs]) == 7
+        status, _, body = server.request("/api/datasets/pets/graph.svg")
+        assert status == 503 and b"install graphviz" in body
+    finally:
+        server.stop()
+
+
 def test_a_busy_port_is_an_error(store):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
