@@ -16,6 +16,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 import urllib.parse
 import zlib
 from pathlib import Path
@@ -116,9 +117,9 @@ class Server:
         parsed = urllib.parse.urlsplit(self.url)
         self.host, self.port = parsed.hostname, parsed.port
 
-    def request(self, target: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    def request(self, target: str, headers: dict | None = None, timeout: float = 60) -> tuple[int, dict, bytes]:
         """GET ``target`` exactly as written (no client-side normalization of ``..``)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             conn.request("GET", target, headers=headers or {})
             response = conn.getresponse()
@@ -126,8 +127,8 @@ class Server:
         finally:
             conn.close()
 
-    def json(self, target: str) -> dict:
-        status, _, body = self.request(target)
+    def json(self, target: str, timeout: float = 60) -> dict:
+        status, _, body = self.request(target, timeout=timeout)
         assert status == 200, f"{target}: {status} {body[:300]!r}"
         return json.loads(body)
 
@@ -513,17 +514,25 @@ def test_user_text_is_shown_as_text(ui, store, tmp_path):
 
 
 def test_non_loopback_bind_warns_loudly_and_open_starts_a_browser(store, tmp_path):
+    # Like a terminal browser, this one runs until it is done: the server answers meanwhile.
+    opened, done = tmp_path / "opened", tmp_path / "done"
     browser = tmp_path / "browser"
-    browser.write_text(f"#!/bin/sh\necho \"$1\" > {tmp_path / 'opened'}\n")
+    browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n'
+                       f"for i in $(seq 300); do [ -e {done} ] && exit 0; sleep 0.1; done\n")
     browser.chmod(0o755)
     server = Server(store.url, store.cache_dir, tmp_path / "ui.log", "--host", "0.0.0.0", "--open",
                     env={"BROWSER": f"{browser} %s"})
     try:
-        assert server.json("/api/datasets")["datasets"]
+        for _ in range(300):
+            if opened.exists():
+                break
+            time.sleep(0.1)
+        assert opened.read_text().strip() == server.url
+        assert server.json("/api/datasets", timeout=10)["datasets"]
     finally:
+        done.touch()
         err = server.stop()
     assert "WARNING" in err and "NO AUTHENTICATION" in err and "0.0.0.0" in err
-    assert (tmp_path / "opened").read_text().strip() == server.url
 
 
 def test_without_graphviz_the_dataset_page_still_lists_versions(store, tmp_path):

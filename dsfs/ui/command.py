@@ -11,6 +11,7 @@ import errno
 import ipaddress
 import socket
 import sys
+import threading
 
 from ..errors import Busy, InvalidInput
 
@@ -61,12 +62,13 @@ def cmd_ui(repo, args):
                             access_log=bool(args.verbose), lifespan="off")
     host = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{host}:{sock.getsockname()[1]}/"
-    # The socket already listens: a browser opened now waits in its backlog, not in vain.
+    # The socket already listens: a browser opened now waits in its backlog, not in vain. It is
+    # opened beside the server, since $BROWSER (a terminal browser) may run until it is closed.
     print(f"dsfs ui: serving {repo.settings.store} at {url} (Ctrl-C to stop)", flush=True)
     if args.open:
         import webbrowser
 
-        webbrowser.open(url)
+        threading.Thread(target=webbrowser.open, args=(url,), name="dsfs-ui-browser", daemon=True).start()
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:
