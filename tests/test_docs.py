@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ["docs/SEMANTICS.md", "docs/FORMAT.md", "docs/PYTHON.md", "README.md", "bench/README.md"]
+DOCS = ["docs/SEMANTICS.md", "docs/FORMAT.md", "docs/PYTHON.md", "README.md", "bench/README.md", "docs/UI.md"]
 
 
 def _defined() -> set[str]:
