@@ -24,7 +24,7 @@ from starlette.templating import Jinja2Templates
 
 from ..errors import Corrupt, DsfsError, InvalidInput, NotFound, StoreUnavailable
 from ..progress import human_size
-from .graph import GraphUnavailable, dot_source, render_svg
+from .graph import GraphUnavailable, dataset_svg
 from .model import UiModel
 
 HERE = Path(__file__).parent
@@ -84,7 +84,7 @@ def create_app(model: UiModel, *, allowed_hosts: list[str] | None = None) -> Sta
         dataset = model.dataset(request.path_params["name"])
         svg, graph_error = None, None
         try:
-            svg = render_svg(dot_source(dataset["external"] + dataset["versions"], version_href))
+            svg = dataset_svg(dataset, version_href)
         except GraphUnavailable as exc:
             graph_error = str(exc)
         return page(request, "dataset.html", {"dataset": dataset, "svg": svg, "graph_error": graph_error})
@@ -127,7 +127,7 @@ def create_app(model: UiModel, *, allowed_hosts: list[str] | None = None) -> Sta
     def api_graph(request: Request) -> Response:
         dataset = model.dataset(request.path_params["name"])
         try:
-            svg = render_svg(dot_source(dataset["external"] + dataset["versions"], version_href))
+            svg = dataset_svg(dataset, version_href)
         except GraphUnavailable as exc:
             return JSONResponse({"error": str(exc)}, status_code=503, headers=_HEADERS)
         return Response(svg, media_type="image/svg+xml", headers=_HEADERS)

@@ -44,6 +44,12 @@ def dot_source(nodes: list[dict], href) -> str:
     return "\n".join(lines)
 
 
+def dataset_svg(dataset: dict, href) -> str:
+    """The DAG of a dataset as ``UiModel.dataset`` describes it (its versions and the parents
+    they have elsewhere), as inline SVG."""
+    return render_svg(dot_source(dataset["external"] + dataset["versions"], href))
+
+
 def _node_attrs(n: dict, url: str) -> str:
     kind = n.get("kind") or ""
     state = n["state"]
