@@ -518,7 +518,7 @@ def test_non_loopback_bind_warns_loudly_and_open_starts_a_browser(store, tmp_pat
     opened, done = tmp_path / "opened", tmp_path / "done"
     browser = tmp_path / "browser"
     browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n'
-                       f"for i in $(seq 300); do [ -e {done} ] && exit 0; sleep 0.1; done\n")
+                       f"for i in $(seq 1200); do [ -e {done} ] && exit 0; sleep 0.1; done\n")
     browser.chmod(0o755)
     server = Server(store.url, store.cache_dir, tmp_path / "ui.log", "--host", "0.0.0.0", "--open",
                     env={"BROWSER": f"{browser} %s"})
@@ -528,7 +528,7 @@ def test_non_loopback_bind_warns_loudly_and_open_starts_a_browser(store, tmp_pat
                 break
             time.sleep(0.1)
         assert opened.read_text().strip() == server.url
-        assert server.json("/api/datasets", timeout=10)["datasets"]
+        assert server.json("/api/datasets", timeout=30)["datasets"]
     finally:
         done.touch()
         err = server.stop()
