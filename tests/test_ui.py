@@ -49,6 +49,8 @@ BASE = {"readme.txt": "hello from base\nsecond line\n", "log.txt": "".join(f"lin
 CATS = {"readme.txt": "cats changed the readme\n", "cats/tom.txt": "tom\n", "cats/felix.txt": "felix\n"}
 DOGS = {"dogs/rex.txt": "rex\n", "data/c.bin": b"\x00\x01" * 3000}  # c.bin: a.bin's bytes again
 WORK = {"extra/note.txt": "a note\n", "data/a.bin": b"rewritten in the snapshot"}
+BIRDS1 = {"a.txt": "a", "b.txt": "b"}
+BIRDS2 = {"b.txt": "b, sung again", "c.txt": "c"}
 ODD_NAME = 'song <b>"1"</b> & more'
 ODD_TEXT = "bird songs <script>alert(1)</script><img src=x onerror=alert(2)>"
 MASKS = {"_all_": [{"value": [0, 0, 0], "labels": ["background"]}, {"value": [220, 40, 40], "labels": ["cat"]}]}
@@ -62,6 +64,7 @@ class Store:
         self.cli = Cli(url, cache_dir)
         self.ids: dict[str, str] = {}
         self.added: dict[str, dict] = {}  # version name -> add/remove --json summary
+        self.steps: list[dict] = []  # the birds draft's three summaries, in order
 
     def version(self, name: str, *args: str) -> str:
         self.ids[name] = self.cli("create", "pets", "--name", name, *args).strip()
@@ -94,8 +97,13 @@ def build_store(url: str, cache_dir: Path, src: Path) -> Store:
     s.ids["snap1"] = s.ids.pop("work")
     s.added["snap1"] = s.added.pop("work")
     s.ids["flat"] = s.cli("squash", "pets@cats", "pets@dogs", "--dataset", "pets", "--name", "flat").strip()
-    s.cli("create", "birds", "--root", "--name", ODD_NAME, "--project", "audio", "--tag", "songs",
-          "--description", ODD_TEXT, "--comment", ODD_TEXT)
+    # A draft with three change-sets: each is counted against the view the ones before it left.
+    birds = s.cli("create", "birds", "--root", "--name", ODD_NAME, "--project", "audio", "--tag", "songs",
+                  "--description", ODD_TEXT, "--comment", ODD_TEXT).strip()
+    s.ids["birds"] = birds
+    s.steps = [json.loads(s.cli("add", birds, str(write_tree(src / "b1", BIRDS1)), "--json")),
+               json.loads(s.cli("add", birds, str(write_tree(src / "b2", BIRDS2)), "--json")),
+               json.loads(s.cli("remove", birds, "a.txt", "--json"))]
     return s
 
 
@@ -309,8 +317,9 @@ def test_dag_in_the_rendered_dom(ui, store, tmp_path):
     graph = dom.by_id("graph")
     (svg,) = graph.find(tag="svg")
     nodes = {e.attrs["id"].removeprefix("version-"): e for e in svg.find(tag="g", cls="version")}
-    assert set(nodes) == set(store.ids.values())
-    for name, vid in store.ids.items():
+    pets = {name: vid for name, vid in store.ids.items() if name != "birds"}
+    assert set(nodes) == set(pets.values())
+    for name, vid in pets.items():
         node = nodes[vid]
         assert node.find(tag="text")[0].text == name  # the first line: the name
         assert f"/versions/{vid}" in [a.attrs.get("xlink:href") for a in node.find(tag="a")]
@@ -361,10 +370,39 @@ def test_change_set_counts_match_what_add_reported(ui, store):
                    f"{ui.json('/api/versions/' + store.ids['cats'])['changesets'][0]['id']}")["modified"] == 1
     assert ui.json(f"/api/versions/{store.ids['dogs']}/changesets/"
                    f"{ui.json('/api/versions/' + store.ids['dogs'])['changesets'][0]['id']}")["bytes_dedup"] == 6000
+    birds = store.ids["birds"]
+    for changeset, reported in zip(ui.json(f"/api/versions/{birds}")["changesets"], store.steps, strict=True):
+        got = ui.json(f"/api/versions/{birds}/changesets/{changeset['id']}")
+        assert (got["added"], got["modified"], got["removed"]) == (
+            reported["added"], reported["modified"], reported["removed"])
+    assert [(r["added"], r["modified"], r["removed"]) for r in store.steps] == [(2, 0, 0), (1, 1, 0), (0, 0, 1)]
+    page = parse(ui.text(f"/versions/{birds}"))
+    assert len([r for r in page.by_id("changesets").find(tag="tr") if "data-changeset" in r.attrs]) == 3
+    assert {r.attrs["data-path"] for r in page.by_id("tree").find(tag="tr") if "data-path" in r.attrs} == {
+        "b.txt", "c.txt"}
     flat = ui.json(f"/api/versions/{store.ids['flat']}")
     assert flat["kind"] == "squash" and flat["parents"] == []
     squash = ui.json(f"/api/versions/{store.ids['flat']}/changesets/{flat['changesets'][0]['id']}")
     assert (squash["added"], squash["modified"], squash["removed"]) == (flat["files"], 0, 0)
+
+
+def test_change_set_counts_stream_in_batches(store, monkeypatch):
+    """The counting reads a change-set in batches (10,000 lines): with batches of one line, every
+    change-set still counts as ``dsfs add`` reported it."""
+    from dsfs.config import load_settings
+    from dsfs.repo import Repository
+    from dsfs.ui import model as ui_model
+
+    monkeypatch.setattr(ui_model, "_COUNT_BATCH", 1)
+    model = ui_model.UiModel(Repository(load_settings(store=store.url, cache_dir=str(store.cache_dir))))
+    reported = [store.added[name] for name in ("base", "cats", "dogs", "merged", "snap1")] + store.steps
+    versions = [store.ids[name] for name in ("base", "cats", "dogs", "merged", "snap1")] + [store.ids["birds"]] * 3
+    birds = [c["id"] for c in model.version(store.ids["birds"])["changesets"]]
+    ids = [model.version(v)["changesets"][0]["id"] for v in versions[:5]] + birds
+    for vid, cs, summary in zip(versions, ids, reported, strict=True):
+        got = model.changeset(vid, cs)
+        assert (got["added"], got["modified"], got["removed"]) == (
+            summary["added"], summary["modified"], summary["removed"]), (vid, cs)
 
 
 def test_change_set_lines_page_through_the_file(ui, store):
