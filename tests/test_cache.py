@@ -93,6 +93,25 @@ def flip_store_byte(store: LocalStore, entry: Entry, at: int) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
+_CHILD = (
+    "import sys, json, os\n"
+    "from dsfs.cache import BlockCache\n"
+    "from dsfs.changeset.manifest import Entry\n"
+    "from dsfs.store.local import LocalStore\n"
+    "store, entry = LocalStore(sys.argv[2]), Entry(**json.loads(sys.argv[3]))\n"
+    "def cache(**options):\n"
+    "    return BlockCache(sys.argv[1], block_size=int(sys.argv[4]), **options)\n"
+)
+
+
+def run_in_child(body: str, cache_dir, store, entry: Entry) -> bytes:
+    """Run ``body`` in a new Python process that has ``store``, ``entry`` and ``cache(**options)``
+    (a BlockCache on ``cache_dir``); its stdout."""
+    fields = {f: getattr(entry, f) for f in entry.__slots__}
+    return subprocess.run([sys.executable, "-c", _CHILD + body, str(cache_dir), str(store.root),
+                           json.dumps(fields), str(BS)], capture_output=True, check=True).stdout
+
+
 def random_bytes(n: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(n)
 
@@ -480,18 +499,8 @@ def test_another_process_reads_blocks_this_one_cached(store, cache, cache_dir, t
     entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]
     cache.prefetch(store, entry)
     store.delete(entry.chunk)  # the other process can only be served by the shared cache
-    script = (
-        "import sys, json\n"
-        "from dsfs.cache import BlockCache\n"
-        "from dsfs.changeset.manifest import Entry\n"
-        "from dsfs.store.local import LocalStore\n"
-        "entry = Entry(**json.loads(sys.argv[3]))\n"
-        "with BlockCache(sys.argv[1], block_size=int(sys.argv[4]), size_limit=64 << 20) as c:\n"
-        "    sys.stdout.buffer.write(c.read_all(LocalStore(sys.argv[2]), entry))\n"
-    )
-    fields = {f: getattr(entry, f) for f in entry.__slots__}
-    out = subprocess.run([sys.executable, "-c", script, str(cache_dir), str(store.root),
-                          json.dumps(fields), str(BS)], capture_output=True, check=True).stdout
+    out = run_in_child("with cache(size_limit=64 << 20) as c:\n"
+                       "    sys.stdout.buffer.write(c.read_all(store, entry))\n", cache_dir, store, entry)
     assert out == data
 
 
@@ -531,20 +540,11 @@ def test_without_a_disk_cache_the_disk_tier_is_never_opened(store, cache_dir, tm
     creates the disk tier (mount start-up pays for neither)."""
     data = random_bytes(3 * BS, seed=17)
     entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]
-    script = (
-        "import sys, json, os\n"
-        "from dsfs.cache import BlockCache\n"
-        "from dsfs.changeset.manifest import Entry\n"
-        "from dsfs.store.local import LocalStore\n"
-        "entry = Entry(**json.loads(sys.argv[3]))\n"
-        "with BlockCache(sys.argv[1], block_size=int(sys.argv[4]), size_limit=1 << 20, persist=False) as c:\n"
-        "    assert c.read_all(LocalStore(sys.argv[2]), entry) == c.read(LocalStore(sys.argv[2]), entry, 0, 1 << 30)\n"
-        "print('diskcache' in sys.modules, os.path.exists(os.path.join(sys.argv[1], 'blocks')))\n"
-    )
-    fields = {f: getattr(entry, f) for f in entry.__slots__}
-    out = subprocess.run([sys.executable, "-c", script, str(cache_dir), str(store.root),
-                          json.dumps(fields), str(BS)], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "False"]
+    out = run_in_child("with cache(size_limit=1 << 20, persist=False) as c:\n"
+                       "    assert c.read_all(store, entry) == c.read(store, entry, 0, 1 << 30)\n"
+                       "print('diskcache' in sys.modules, os.path.exists(os.path.join(sys.argv[1], 'blocks')))\n",
+                       cache_dir, store, entry)
+    assert out.split() == [b"False", b"False"]
 
 
 def test_a_small_miss_fetches_its_uncached_neighbours_in_one_get(store, cache_dir, tmp_path):
