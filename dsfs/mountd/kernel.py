@@ -12,29 +12,37 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 
 log = logging.getLogger(__name__)
 
 
-def bdi_path(mountpoint: str) -> str:
-    """The sysfs file of the mount's read-ahead (its anonymous device's bdi)."""
-    dev = os.stat(mountpoint).st_dev
+def bdi_path(mountpoint: str, *, timeout: float | None = None) -> str:
+    """The sysfs file of the mount's read-ahead (its anonymous device's bdi). The daemon asks
+    through a ``stat`` child process: a stat of its own mount from inside it could outlive the
+    daemon's death (the process could not exit, and the mount would hang), while a child, which
+    does not hold ``/dev/fuse``, just gets an error once the mount is torn down."""
+    if timeout is None:
+        dev = os.stat(mountpoint).st_dev
+    else:
+        out = subprocess.run(["stat", "-c", "%d", "--", mountpoint], capture_output=True, text=True,
+                             timeout=timeout, check=True).stdout
+        dev = int(out)
     return f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
 
 
-def set_read_ahead(mountpoint: str, size: int) -> int | None:
+def set_read_ahead(mountpoint: str, size: int, timeout: float = 60) -> int | None:
     """Set the mount's read-ahead to ``size`` bytes (whole KiB; 0 leaves the kernel's). Returns
-    the KiB in force after, or None when it could not be read or set (not root, no sysfs).
-    Call it once the mount answers: the kernel sets its own value on the daemon's INIT answer,
-    so a stat of the mountpoint (which waits for that answer) comes first."""
+    the KiB in force after, or None when it could not be read or set (not root, no sysfs, no
+    answer within ``timeout``). Call it once the daemon serves: the kernel sets its own value on
+    the daemon's INIT answer, and the stat that finds the device waits for that answer."""
     try:
-        os.stat(mountpoint)
-        path = bdi_path(mountpoint)
+        path = bdi_path(mountpoint, timeout=timeout)
         if size > 0:
             with open(path, "w") as f:
                 f.write(f"{max(4, size // 1024)}\n")
         with open(path) as f:
             return int(f.read())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
         log.debug("read-ahead of %s left as it is: %s", mountpoint, exc)
         return None
