@@ -39,6 +39,10 @@ class Settings:
     # The kernel's read-ahead on mounts (set when the daemon may: root): sequential reads then
     # reach the daemon in requests of up to 1 MiB instead of 128 KiB. 0 keeps the kernel's.
     read_ahead: int = MiB
+    # A writable draft mount makes a closed file durable against power loss only on fsync,
+    # `dsfs commit` or unmount (a kill of its daemon loses nothing closed); True fsyncs every
+    # close (docs/SEMANTICS.md, Durability of a draft mount).
+    durable_close: bool = False
     s3_endpoint: str | None = None
     s3_region: str | None = None
     s3_max_attempts: int = 5
@@ -126,6 +130,6 @@ def _apply(settings: Settings, data: dict, where: str) -> None:
             raise InvalidInput(f"unknown config key {key!r} in {where}")
         if attr in ("chunk_size", "block_size", "cache_size", "neighbour_bytes", "read_ahead") and value is not None:
             value = parse_size(value, what=key)
-        if attr == "cache_local_store" and not isinstance(value, bool):
+        if attr in ("cache_local_store", "durable_close") and not isinstance(value, bool):
             raise InvalidInput(f"config key {key!r} must be true or false, not {value!r}")
         setattr(settings, attr, value)

@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import logging
 
+import os
+
 from ..changeset.manifest import DIR, EMPTY_SHA256, FILE, SYMLINK, Removal
 from ..changeset.packer import Source
 from ..repo import CommitSummary, Repository
-from .overlay import Overlay
+from ..resolver.index import VersionIndex
+from .overlay import Attr, Overlay
 
 log = logging.getLogger(__name__)
 
 
-def collect(overlay: Overlay, repo: Repository, version_id: str) -> tuple[list[Source], list[Removal]]:
-    manifest = repo.catalog.version(version_id)
-    view = repo.index(manifest)
+Change = tuple[str, "Attr | None", "str | None", "str | None"]
+
+
+def collect(changes: list[Change], view: VersionIndex) -> tuple[list[Source], list[Removal]]:
+    """Sources and removals of an overlay snapshot (``Overlay.snapshot``) against ``view``."""
     sources: list[Source] = []
     removals: dict[str, Removal] = {}
-    for path, attr, removed in overlay.changes():
+    for path, attr, removed, local in changes:
         if removed is not None:
             node = view.by_path(removed)
             if node is not None:
@@ -33,9 +38,8 @@ def collect(overlay: Overlay, repo: Repository, version_id: str) -> tuple[list[S
             sources.append(Source(path, DIR, mode=attr.mode, mtime_ns=attr.mtime_ns))
         elif attr.type == SYMLINK:
             sources.append(Source(path, SYMLINK, mode=attr.mode, mtime_ns=attr.mtime_ns, target=attr.target))
-        elif attr.data:
-            local = overlay.data_path(attr.ino)
-            sources.append(Source(path, FILE, local, attr.mode, attr.mtime_ns, size=_size(local),
+        elif local is not None:
+            sources.append(Source(path, FILE, local, attr.mode, attr.mtime_ns, size=os.path.getsize(local),
                                   sha256=attr.sha256, hashed=True, compressible=attr.compressible))
         elif attr.base_node is not None and attr.base_node.type == FILE:
             node = attr.base_node
@@ -53,16 +57,14 @@ def collect(overlay: Overlay, repo: Repository, version_id: str) -> tuple[list[S
     return sorted(sources, key=lambda s: s.path), kept
 
 
-def _size(path: str) -> int:
-    import os
-
-    return os.path.getsize(path)
-
-
 def commit_overlay(repo: Repository, version_id: str, overlay: Overlay) -> CommitSummary:
-    sources, removals = collect(overlay, repo, version_id)
+    """Commit a snapshot of the overlay: the mount-wide lock is held only while it is taken,
+    so writes go on during the packing and upload (and join the next commit)."""
     manifest = repo.catalog.version(version_id)
-    summary = repo.commit_changes(manifest, sources, removals)
+    view = repo.index(manifest)
+    with overlay.snapshot() as changes:
+        sources, removals = collect(changes, view)
+        summary = repo.commit_changes(manifest, sources, removals)
     log.info("commit of %s: %d added, %d modified, %d removed, %d bytes uploaded, %d deduplicated",
              version_id, summary.added, summary.modified, summary.removed, summary.bytes_uploaded,
              summary.bytes_dedup)

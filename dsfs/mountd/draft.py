@@ -54,7 +54,8 @@ def open_overlay(repo: Repository, version_id: str, read_base) -> Overlay:
         os.link(index.path, pinned)
     else:
         upgrade_pinned(str(pinned))  # staged by an older dsfs
-    return Overlay(stage, VersionIndex(str(pinned), immutable=False), read_base)
+    return Overlay(stage, VersionIndex(str(pinned), immutable=False), read_base,
+                   durable_close=repo.settings.durable_close)
 
 
 def discard(settings: Settings, version_id: str) -> None:
@@ -87,8 +88,8 @@ class DraftSession:
     def commit_now(self) -> CommitSummary:
         if self.lease.lost:
             raise Conflict("lost the draft's lease to another writer; not committing")
-        with self.overlay.lock:
-            return commit_overlay(self.repo, self.version_id, self.overlay)
+        self.overlay.sync()
+        return commit_overlay(self.repo, self.version_id, self.overlay)
 
     def finish(self) -> dict:
         """After unmount: commit, publish or discard, as asked. Returns the result record."""

@@ -8,11 +8,19 @@ keep pointing at its inode. Hard links are refused, so every inode has exactly o
 Names and symlink targets are stored as BLOBs of their bytes, as in the index (dsfs/paths.py).
 
 Data: a file being written has a working copy ``data/<ino>.w``; when it is closed — at the
-FUSE flush of its only writer, which close(2) waits for, or at the last release — the copy is
-fsync'd, hashed and renamed to ``data/<ino>`` and the journal row is committed with
-``synchronous=FULL``. That close is the durability point: after a crash (kill -9) every closed
-file is there; a file open at the crash is rolled back to its last closed state (absent if it
-was never closed). Metadata changes are journaled in WAL mode as they happen.
+FUSE flush of its only writer, which close(2) waits for, or at the last release — it is hashed
+(usually already, as it was written: dsfs/mountd/digest.py), renamed to ``data/<ino>`` and its
+journal row committed, with every change made before it: the rows of closes that run at the
+same time share one commit (group commit). Other operations commit as they end, except a
+create's row and a reopen's mark, which wait for the next commit (a crash drops a file never
+closed anyway). Commits are WAL appends without fsync: they survive the daemon's death
+(kill -9), not the machine's. ``sync`` (fsync of a
+file or folder, ``dsfs commit``, unmount) fsyncs every file closed since the last sync, the
+staging folder and the journal, and makes everything recorded durable against power loss; with
+``durable_close`` every close does that for its own file, as a close did before. After a crash a
+file open at the crash is rolled back to its last closed state (absent if it was never closed).
+After a reboot (the machine went down, so page-cache data may be lost) every staged file is
+hashed again, and one whose bytes are not the journaled ones is dropped, with a warning.
 
 Unlinked inodes: removing an entry only detaches its inode (``parent`` NULL), so open handles
 keep reading, writing and stat-ing it; the adapter calls ``forget`` once the kernel drops its
@@ -23,8 +31,10 @@ Times: ``ctime_ns`` changes with every change to a node; ``atime_ns`` starts as 
 mtime (or its creation time) and changes only when set explicitly: reads and writes leave it.
 NULL in either (a journal from before they existed) reads as the mtime.
 
-Threading: every public method is blocking and takes ``self.lock``, except that file data is
-read and written outside it; adapters call them from worker threads.
+Threading: every public method is blocking and takes ``self.lock`` for its journal work only.
+A file's bytes are written, copied up and hashed under that file's own lock, outside the
+mount-wide one, so a big (or sparse) file's close never holds up other files; adapters call
+the methods from worker threads.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import hashlib
+import itertools
 import logging
 import os
 import shutil
@@ -44,10 +54,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..changeset.manifest import DIR, FILE, SYMLINK
-from ..changeset.packer import looks_compressible
 from ..errors import AlreadyExists, DsfsError, InvalidInput, NotFound
 from ..paths import check_name_length, name_bytes, name_str
 from ..resolver.index import ROOT_INO, Node, VersionIndex
+from .digest import RunningHash, hash_staged
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +77,11 @@ CREATE TABLE IF NOT EXISTS inodes(
     compressible INTEGER NOT NULL DEFAULT 1,
     writing INTEGER NOT NULL DEFAULT 0,
     ctime_ns INTEGER,
-    atime_ns INTEGER);
+    atime_ns INTEGER,
+    unsynced INTEGER);
 """
 # Columns added after the first journal format, with their definitions (for older journals).
-_ADDED_COLUMNS = {"ctime_ns": "INTEGER", "atime_ns": "INTEGER"}
+_ADDED_COLUMNS = {"ctime_ns": "INTEGER", "atime_ns": "INTEGER", "unsynced": "INTEGER"}
 
 # The largest file a draft holds, whatever the staging filesystem allows (ext4's limit): a
 # sparse file of exabytes would otherwise be hashed for ever at close and never be committed.
@@ -115,38 +126,109 @@ class _Open:
     """State of an inode with open write handles. ``fd`` is the working copy, or None once it
     was journaled at a close while the handle itself stays open (a later write reopens it).
     ``changed_ns`` is the time of the last change to the bytes not yet journaled: stat shows it
-    as mtime and ctime right away, the journal records it at close."""
+    as mtime and ctime right away, the journal records it at close. ``hash`` follows the writes
+    while they go front to back (None: close reads the file). ``lock`` orders this file's
+    writes, truncates and close; it is taken before ``Overlay.lock``, never after."""
 
-    def __init__(self, fd: int | None, changed_ns: int | None = None) -> None:
+    def __init__(self, fd: int | None, changed_ns: int | None = None,
+                 running: RunningHash | None = None) -> None:
         self.fd = fd
         self.writers = 1
         self.changed_ns = changed_ns
+        self.hash = running
+        self.lock = threading.Lock()
 
 
 class Overlay:
     def __init__(self, stage_dir: str | os.PathLike, base: VersionIndex,
-                 read_base: Callable[[Node, int, int], bytes]) -> None:
+                 read_base: Callable[[Node, int, int], bytes], *, durable_close: bool = False) -> None:
         self.dir = Path(stage_dir)
         self.data_dir = self.dir / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.base = base
         self.read_base = read_base
+        self.durable_close = durable_close
         self.lock = threading.RLock()
+        self._depth = 0  # _change blocks open (one thread's, nested)
+        self._seq = self._committed = 0  # journal changes made, and committed
+        self._closes = itertools.count(1)
+        self._shut = False
         self.db = sqlite3.connect(self.dir / "journal.sqlite", check_same_thread=False,
                                   isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self._synchronous = "FULL" if durable_close else "NORMAL"
+        self.db.execute(f"PRAGMA synchronous={self._synchronous}")
         self.db.executescript(SCHEMA)
-        self._bytes_names()
         self._add_columns()
         self._open: dict[int, _Open] = {}
         self._detached: set[int] = set()  # unlinked, waiting for the kernel to forget them
-        with self.db:
-            self._set_meta("version", base.version_id)
-        max_base = self._max_base_ino()
-        row = self.db.execute("SELECT max(ino) FROM inodes").fetchone()
-        self._next_ino = max(max_base, row[0] or 0) + 1
-        self._recover()
+        with self.lock:
+            self._bytes_names()
+            with self._change():
+                self._set_meta("version", base.version_id)
+            max_base = self._max_base_ino()
+            row = self.db.execute("SELECT max(ino) FROM inodes").fetchone()
+            self._next_ino = max(max_base, row[0] or 0) + 1
+            self._recover()
+
+    # -- the journal's transactions ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _change(self, defer: bool = False) -> Iterator[None]:
+        """One operation's journal changes, all or nothing, committed when it ends, or with
+        ``defer`` by the next commit: a close's (shared by the closes running at the same time)
+        or any later operation's. Call with ``self.lock`` held."""
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN")
+        self._depth += 1
+        self.db.execute("SAVEPOINT op")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK TO op")
+            raise
+        finally:
+            self.db.execute("RELEASE op")
+            self._depth -= 1
+        self._seq += 1
+        if not defer:
+            self._commit()
+
+    def _commit(self) -> None:
+        """Commit every change made so far (with ``self.lock`` held; not inside a change)."""
+        if self._depth:
+            return  # inside an operation: the group commit after it takes this change along
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
+        self._committed = self._seq
+
+    def _commit_through(self, seq: int) -> None:
+        """Commit at least the changes up to ``seq``: a closer finding its row committed by a
+        concurrent one's commit has nothing left to do."""
+        with self.lock:
+            if self._committed < seq:
+                self._commit()
+
+    def sync(self) -> None:
+        """Make everything recorded so far durable against power loss: the files closed since
+        the last sync, the staging folder and the journal (fsync of a file or a folder on the
+        mount, ``dsfs commit``, unmount)."""
+        with self.lock:
+            pending = self.db.execute("SELECT ino, unsynced FROM inodes WHERE unsynced IS NOT NULL").fetchall()
+        for ino, _ in pending:
+            _fsync_path(self._closed(ino))
+        _fsync_dir(self.data_dir)
+        with self.lock:
+            self._commit()  # the level cannot change inside a transaction
+            self.db.execute("PRAGMA synchronous=FULL")
+            try:
+                with self._change():  # commits with an fsync of the journal
+                    # A file closed again since the snapshot above keeps its newer mark.
+                    self.db.executemany("UPDATE inodes SET unsynced = NULL WHERE ino = ? AND unsynced = ?",
+                                        pending)
+                    self._set_meta("synced_ns", str(time.time_ns()))
+            finally:
+                self.db.execute(f"PRAGMA synchronous={self._synchronous}")
 
     # -- housekeeping ------------------------------------------------------------------------
 
@@ -163,47 +245,98 @@ class Overlay:
     def _set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
     def _bytes_names(self) -> None:
         """Journals written before names were bytes hold them as text: convert them once."""
-        with self.db:
+        with self._change():
             self.db.execute("UPDATE dirents SET name = CAST(name AS BLOB) WHERE typeof(name) = 'text'")
             self.db.execute("UPDATE inodes SET name = CAST(name AS BLOB) WHERE typeof(name) = 'text'")
             self.db.execute("UPDATE inodes SET target = CAST(target AS BLOB) WHERE typeof(target) = 'text'")
 
     def _recover(self) -> None:
-        """Roll back files that were open for writing when the previous daemon died."""
-        with self.lock, self.db:
+        """After the previous daemon's death: keep every closed file, roll back the ones that
+        were open, and after a reboot drop closed files whose bytes did not reach the disk."""
+        boot = _boot_id()
+        rebooted = self._meta("boot_id") not in (None, boot)
+        with self._change():
             rows = self.db.execute("SELECT ino, parent, name, base, data FROM inodes "
                                    "WHERE writing = 1 AND parent IS NOT NULL").fetchall()
             for ino, parent, raw, base, data in rows:
-                name = name_str(raw)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._working(ino))
-                if base is None and not data:
-                    log.info("recovery: dropping %r, never closed before the crash", name)
-                    self._drop_entry(parent, name)
-                    self.db.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
+                closed = self._closed(ino).exists()
+                if closed and not rebooted:
+                    # Closed at least once; its row may predate the last close's rename.
+                    self._record_closed_file(ino)
+                elif closed and data:  # _verify_staged judges it
+                    self.db.execute("UPDATE inodes SET writing = 0 WHERE ino = ?", (ino,))
                 else:
-                    self.db.execute("UPDATE inodes SET writing = 0, size = ? WHERE ino = ?",
-                                    (self._closed_size(ino, base, data), ino))
+                    self._roll_back(ino, parent, name_str(raw), base, "never closed before the crash")
+            if rebooted:
+                self._verify_staged()
             for leftover in self.data_dir.glob("*.w"):
                 leftover.unlink()
             # Inodes no entry refers to any more (unlinked while the kernel held them).
             for ino, in self.db.execute("SELECT ino FROM inodes WHERE parent IS NULL").fetchall():
                 self._forget_inode(ino)
+            # Staged bytes whose row never committed (killed between a close's rename and commit).
+            known = {ino for ino, in self.db.execute("SELECT ino FROM inodes WHERE data = 1")}
+            for path in self.data_dir.iterdir():
+                if path.name.isdigit() and int(path.name) not in known:
+                    path.unlink()
+            self._set_meta("boot_id", boot)
 
-    def _closed_size(self, ino: int, base: int | None, data: int) -> int:
-        if data:
-            return os.path.getsize(self._closed(ino))
+    def _record_closed_file(self, ino: int) -> None:
+        with open(self._closed(ino), "rb") as f:
+            digest, size, compressible = hash_staged(f.fileno())
+        self.db.execute("UPDATE inodes SET writing = 0, data = 1, sha256 = ?, size = ?, compressible = ? "
+                        "WHERE ino = ?", (digest, size, int(compressible), ino))
+
+    def _verify_staged(self) -> None:
+        """The machine went down since the journal was last open: a file closed but not synced
+        may have lost its bytes (or kept newer ones than its committed row says)."""
+        rows = self.db.execute("SELECT ino, parent, name, base, sha256 FROM inodes "
+                               "WHERE data = 1 AND parent IS NOT NULL").fetchall()
+        for ino, parent, raw, base, sha256 in rows:
+            try:
+                with open(self._closed(ino), "rb") as f:
+                    intact = hash_staged(f.fileno())[0] == sha256
+            except FileNotFoundError:
+                intact = False
+            if intact:
+                self.db.execute("UPDATE inodes SET unsynced = NULL WHERE ino = ?", (ino,))
+            else:
+                log.warning("recovery: %r was not synced when the machine went down; its last "
+                            "closed bytes are lost", name_str(raw))
+                self._roll_back(ino, parent, name_str(raw), base, "")
+
+    def _roll_back(self, ino: int, parent: int, name: str, base: int | None, why: str) -> None:
+        """Back to the base's bytes, or gone if the base has none."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._closed(ino))
         node = self.base.get(base) if base else None
-        return node.size if node else 0
+        if node is None or node.type != FILE:
+            if why:
+                log.info("recovery: dropping %r, %s", name, why)
+            self._drop_entry(parent, name)
+            self.db.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
+        else:
+            self.db.execute("UPDATE inodes SET writing = 0, data = 0, unsynced = NULL, size = ?, sha256 = ? "
+                            "WHERE ino = ?", (node.size, node.sha256, ino))
 
     def close(self) -> None:
         with self.lock:
+            if self._shut:
+                return
+            self._shut = True
             for state in self._open.values():
                 if state.fd is not None:
                     os.close(state.fd)
             self._open.clear()
+            self._commit()
             self.db.close()
 
     def _working(self, ino: int) -> Path:
@@ -380,51 +513,72 @@ class Overlay:
         return self._attr(ino)
 
     def mkdir(self, parent: int, name: str, mode: int) -> Attr:
-        with self.lock, self.db:
+        with self.lock, self._change():
             return self._create_node(parent, name, DIR, mode)
 
     def symlink(self, parent: int, name: str, target: str) -> Attr:
-        with self.lock, self.db:
+        with self.lock, self._change():
             return self._create_node(parent, name, SYMLINK, 0o777, target=target)
 
     def create(self, parent: int, name: str, mode: int) -> Attr:
         """A new empty file, open for writing (call ``release_write`` when done)."""
         with self.lock:
-            with self.db:
+            with self._change(defer=True):  # dropped at a crash until closed: its close commits it
                 attr = self._create_node(parent, name, FILE, mode, writing=True)
             fd = os.open(self._working(attr.ino), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            self._open[attr.ino] = _Open(fd, attr.mtime_ns)
+            self._open[attr.ino] = _Open(fd, attr.mtime_ns, RunningHash())
             return attr
 
     def open_write(self, ino: int, truncate: bool) -> None:
-        """Prepare ``ino`` for writing: copy it up into a working file (lazily fetched)."""
+        """Prepare ``ino`` for writing: copy it up into a working file (lazily fetched), under
+        the file's own lock only."""
         with self.lock:
             state = self._open.get(ino)
-            if state is not None:
+            first = state is None
+            if first:
+                attr = self._attr(ino)
+                if attr.type != FILE:
+                    raise FsError(errno.EISDIR if attr.is_dir else errno.EINVAL, f"not a file: {attr.name!r}")
+                with self._change(defer=True):  # a crash rolls the file back with or without it
+                    self._ensure_row(ino)
+                    self.db.execute("UPDATE inodes SET writing = 1 WHERE ino = ?", (ino,))
+                state = self._open[ino] = _Open(None)
+                state.lock.acquire()  # new: nobody else holds it yet
+            else:
                 state.writers += 1
-                if truncate:
-                    self._reopen(ino, state)
-                    os.ftruncate(state.fd, 0)
-                    state.changed_ns = time.time_ns()
-                return
-            attr = self._attr(ino)
-            if attr.type != FILE:
-                raise FsError(errno.EISDIR if attr.is_dir else errno.EINVAL, f"not a file: {attr.name!r}")
+        if first:
+            self._start_working_copy(ino, state, attr, truncate)
+        elif truncate:
+            with state.lock:
+                self._working_copy(ino, state, empty=True)
+                os.ftruncate(state.fd, 0)
+                state.changed_ns, state.hash = time.time_ns(), RunningHash()
+
+    def _start_working_copy(self, ino: int, state: _Open, attr: Attr, truncate: bool) -> None:
+        """The first writer's copy-up, under the file's lock only (held; released here)."""
+        try:
             work = self._working(ino)
             with _file_size_errors():
-                if truncate:
+                if truncate or not (attr.data or (attr.base_node is not None and attr.size)):
                     work.write_bytes(b"")
+                    state.hash = RunningHash()
                 elif attr.data:
                     shutil.copyfile(self._closed(ino), work)
-                elif attr.base_node is not None and attr.size:
-                    self._copy_up(attr.base_node, work)
                 else:
-                    work.write_bytes(b"")
-            fd = os.open(work, os.O_RDWR)
-            with self.db:
-                self._ensure_row(ino)
-                self.db.execute("UPDATE inodes SET writing = 1 WHERE ino = ?", (ino,))
-            self._open[ino] = _Open(fd, time.time_ns() if truncate else None)
+                    self._copy_up(attr.base_node, work)
+            state.fd = os.open(work, os.O_RDWR)
+            if truncate:
+                state.changed_ns = time.time_ns()
+        except BaseException:
+            with self.lock:
+                state.writers -= 1
+                if state.writers == 0:
+                    del self._open[ino]
+                    with self._change():
+                        self.db.execute("UPDATE inodes SET writing = 0 WHERE ino = ?", (ino,))
+            raise
+        finally:
+            state.lock.release()
 
     def _copy_up(self, node: Node, dest: Path) -> None:
         block = 4 << 20
@@ -439,19 +593,21 @@ class Overlay:
         state = self._open.get(ino)
         if state is None:
             raise FsError(errno.EBADF, f"inode {ino} is not open for writing")
-        if state.fd is None:
-            with self.lock:
-                self._reopen(ino, state)
         return state
 
-    def _reopen(self, ino: int, state: _Open) -> None:
-        """A write after the handle's data was journaled: start a new working copy."""
+    def _working_copy(self, ino: int, state: _Open, empty: bool = False) -> None:
+        """A write after the handle's data was journaled starts a new working copy (with
+        ``state.lock`` held)."""
         if state.fd is not None:
             return
         with _file_size_errors():
-            shutil.copyfile(self._closed(ino), self._working(ino))
+            if empty:
+                self._working(ino).write_bytes(b"")
+            else:
+                shutil.copyfile(self._closed(ino), self._working(ino))
         state.fd = os.open(self._working(ino), os.O_RDWR)
-        with self.db:
+        state.hash = RunningHash() if empty else None
+        with self.lock, self._change(defer=True):
             self.db.execute("UPDATE inodes SET writing = 1 WHERE ino = ?", (ino,))
 
     def write(self, ino: int, offset: int, data: bytes) -> int:
@@ -459,32 +615,43 @@ class Overlay:
         check_file_size(offset + 1)
         data = data[:MAX_FILE_SIZE - offset]
         state = self._writable_state(ino)
-        with _file_size_errors():
-            written = os.pwrite(state.fd, data, offset)
-        state.changed_ns = time.time_ns()
+        with state.lock:
+            self._working_copy(ino, state)
+            with _file_size_errors():
+                written = os.pwrite(state.fd, data, offset)
+            if state.hash is not None and not state.hash.write(offset, data[:written]):
+                state.hash = None
+            state.changed_ns = time.time_ns()
         return written
 
     def truncate_open(self, ino: int, size: int) -> None:
         check_file_size(size)
         state = self._writable_state(ino)
-        with _file_size_errors():
-            os.ftruncate(state.fd, size)
-        state.changed_ns = time.time_ns()
+        with state.lock:
+            self._working_copy(ino, state)
+            with _file_size_errors():
+                os.ftruncate(state.fd, size)
+            if state.hash is not None and not state.hash.truncate(size):
+                state.hash = None
+            state.changed_ns = time.time_ns()
 
     def fsync(self, ino: int) -> None:
-        state = self._open.get(ino)
-        if state is not None and state.fd is not None:
-            os.fsync(state.fd)
+        """fsync(2) of a file: journal it if it is open for writing by one writer (as its close
+        would), then make everything recorded durable."""
+        self.flush_write(ino)
+        self.sync()
 
     def flush_write(self, ino: int) -> None:
         """close(2) of a write handle: journal now if it is the file's only writer."""
-        with self.lock:
-            state = self._open.get(ino)
-            if state is not None and state.writers == 1 and state.fd is not None:
-                self._journal(ino, state)
+        state = self._open.get(ino)
+        if state is None:
+            return
+        with state.lock:
+            if state.writers == 1 and state.fd is not None:
+                self._close_working(ino, state)
 
     def release_write(self, ino: int) -> None:
-        """A writer closed: on the last one, fsync, hash and journal the file durably."""
+        """A writer closed: on the last one, journal the file."""
         with self.lock:
             state = self._open.get(ino)
             if state is None:
@@ -492,45 +659,50 @@ class Overlay:
             state.writers -= 1
             if state.writers > 0:
                 return
-            del self._open[ino]
-            if state.fd is not None:
-                self._journal(ino, state)
+        with state.lock:
+            if state.writers == 0 and state.fd is not None:
+                self._close_working(ino, state)
+            with self.lock:
+                if state.writers == 0 and self._open.get(ino) is state:
+                    del self._open[ino]
 
-    def _journal(self, ino: int, state: _Open) -> None:
+    def _close_working(self, ino: int, state: _Open) -> None:
+        """Journal the working copy as the file's closed bytes (``state.lock`` held). The bytes
+        are hashed (if the writes did not) outside the mount-wide lock."""
         # A detached file is journaled too: its handles still read it, but no commit sees it.
-        os.fsync(state.fd)
-        digest, size, compressible = _hash_fd(state.fd)
-        os.close(state.fd)
-        state.fd = None
-        os.rename(self._working(ino), self._closed(ino))
-        _fsync_dir(self.data_dir)
-        changed, state.changed_ns = state.changed_ns, None
-        self.db.execute("PRAGMA synchronous=FULL")
-        try:
-            with self.db:
+        if self.durable_close:
+            os.fsync(state.fd)
+        size = os.fstat(state.fd).st_size
+        digest, size, compressible = state.hash.finish(size) if state.hash else hash_staged(state.fd)
+        with self.lock:
+            with self._change(defer=True):
+                os.rename(self._working(ino), self._closed(ino))
+                changed, state.changed_ns = state.changed_ns, None
                 self.db.execute("UPDATE inodes SET data = 1, sha256 = ?, size = ?, writing = 0, "
                                 "mtime_ns = coalesce(?, mtime_ns), ctime_ns = coalesce(?, ctime_ns), "
-                                "compressible = ? WHERE ino = ?",
-                                (digest, size, changed, changed, int(compressible), ino))
-        finally:
-            self.db.execute("PRAGMA synchronous=NORMAL")
+                                "compressible = ?, unsynced = ? WHERE ino = ?",
+                                (digest, size, changed, changed, int(compressible),
+                                 None if self.durable_close else next(self._closes), ino))
+                os.close(state.fd)
+                state.fd = state.hash = None
+            seq = self._seq
+        if self.durable_close:
+            _fsync_dir(self.data_dir)
+        self._commit_through(seq)
 
     def setattr(self, ino: int, *, mode: int | None = None, mtime_ns: int | None = None,
                 atime_ns: int | None = None, size: int | None = None) -> Attr:
+        if size is not None:
+            check_file_size(size)
+            self.open_write(ino, truncate=size == 0)
+            try:
+                self.truncate_open(ino, size)
+            finally:
+                self.release_write(ino)
         with self.lock:
-            if size is not None:
-                check_file_size(size)
-                if ino in self._open:
-                    self.truncate_open(ino, size)
-                else:
-                    self.open_write(ino, truncate=size == 0)
-                    try:
-                        self.truncate_open(ino, size)
-                    finally:
-                        self.release_write(ino)
             if mode is None and mtime_ns is None and atime_ns is None:
                 return self._attr(ino)
-            with self.db:
+            with self._change():
                 self._touch(ino, content=False)
                 if mode is not None:
                     self.db.execute("UPDATE inodes SET mode = ? WHERE ino = ?", (mode & 0o7777, ino))
@@ -543,7 +715,7 @@ class Overlay:
             return self._attr(ino)
 
     def unlink(self, parent: int, name: str) -> None:
-        with self.lock, self.db:
+        with self.lock, self._change():
             ino = self._lookup_ino(parent, name)
             attr = self._attr(ino)
             if attr.is_dir:
@@ -552,7 +724,7 @@ class Overlay:
             self._touch(parent, content=True)
 
     def rmdir(self, parent: int, name: str) -> None:
-        with self.lock, self.db:
+        with self.lock, self._change():
             ino = self._lookup_ino(parent, name)
             attr = self._attr(ino)
             if not attr.is_dir:
@@ -575,7 +747,7 @@ class Overlay:
 
     def forget(self, inodes: list[int]) -> None:
         """The kernel holds no more references to ``inodes``: delete the detached ones."""
-        with self.lock, self.db:
+        with self.lock, self._change():
             for ino in inodes:
                 if ino in self._detached and ino not in self._open:
                     self._detached.discard(ino)
@@ -589,7 +761,7 @@ class Overlay:
 
     def rename(self, parent: int, name: str, new_parent: int, new_name: str, flags: int = 0) -> None:
         noreplace, exchange = flags & 1, flags & 2  # RENAME_NOREPLACE, RENAME_EXCHANGE
-        with self.lock, self.db:
+        with self.lock, self._change():
             self._check_name(new_name)
             ino = self._lookup_ino(parent, name)
             self._check_dir(new_parent)
@@ -692,8 +864,26 @@ class Overlay:
             if attr.is_dir and (inside or child in touched):
                 yield from self._walk_changes(child, child_path, touched, moved, changed, inside)
 
-    def data_path(self, ino: int) -> str:
-        return str(self._closed(ino))
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[list[tuple[str, Attr | None, str | None, str | None]]]:
+        """The changes as of now, for a commit that runs while writes go on: ``changes()``
+        rows plus the path of each closed file's bytes: hard links taken under the lock, so a
+        later close of the same file changes nothing the commit reads."""
+        snap = self.dir / "commit"
+        shutil.rmtree(snap, ignore_errors=True)
+        snap.mkdir()
+        try:
+            rows = []
+            with self.lock:
+                for path, attr, removed in self.changes():
+                    local = None
+                    if attr is not None and attr.type == FILE and attr.data:
+                        local = str(snap / str(attr.ino))
+                        os.link(self._closed(attr.ino), local)
+                    rows.append((path, attr, removed, local))
+            yield rows
+        finally:
+            shutil.rmtree(snap, ignore_errors=True)
 
 
 def check_file_size(size: int) -> None:
@@ -718,20 +908,22 @@ def _from_base(node: Node) -> Attr:
                 ctime_ns=node.mtime_ns, atime_ns=node.mtime_ns)
 
 
-def _hash_fd(fd: int) -> tuple[str, int, bool]:
-    """(sha256, size, compressible) of a staged file, in one read."""
-    digest = hashlib.sha256()
-    size = 0
-    compressible = False
-    while True:
-        block = os.pread(fd, 1 << 20, size)
-        if not block:
-            break
-        if size == 0:
-            compressible = looks_compressible(block)
-        digest.update(block)
-        size += len(block)
-    return digest.hexdigest(), size, compressible
+def _fsync_path(path: Path) -> None:
+    """fsync a staged file; one deleted since (unlinked and forgotten) needs none."""
+    with contextlib.suppress(FileNotFoundError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _boot_id() -> str:
+    """This boot of the machine: page-cache data of an earlier boot may not have survived."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
 
 
 def _fsync_dir(path: Path) -> None:

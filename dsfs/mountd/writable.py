@@ -200,8 +200,9 @@ class WritableOperations(pyfuse3.Operations):
         inode, _ = self._files[fh]
         await self._run(self.overlay.fsync, inode)
 
+    @_translate
     async def fsyncdir(self, fh, datasync):
-        pass
+        await self._run(self.overlay.sync)  # a folder's entries are in the journal
 
     @_translate
     async def unlink(self, parent_inode, name, ctx):
