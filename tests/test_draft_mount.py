@@ -60,15 +60,17 @@ def test_posix_operations_then_commit(cli, mounts, draft, tmp_path):
         f.write(b"end")
     data = (mnt / "new.bin").read_bytes()
     assert len(data) == 10_003 and data[5:10_000] == b"\0" * 9995
+    assert (mnt / "a.txt").read_text() == "alpha\n"  # pages of a base file are kept...
     with open(mnt / "a.txt", "a") as f:
         f.write("beta\n")
-    assert (mnt / "a.txt").read_text() == "alpha\nbeta\n"
+    assert (mnt / "a.txt").read_text() == "alpha\nbeta\n"  # ...until it changes here
     with open(mnt / "d/b.bin", "r+b") as f:  # copy-up of a lower file, then a write inside it
         f.seek(50_000)
         f.write(b"XYZ")
         f.flush()
         f.seek(49_999)
         assert f.read(5) == BASE["d/b.bin"][49_999:50_000] + b"XYZ" + BASE["d/b.bin"][50_003:50_004]
+    assert (mnt / "d/e/c.txt").read_text() == "deep\n"
     os.truncate(mnt / "d/e/c.txt", 2)
     assert (mnt / "d/e/c.txt").read_text() == "de"
     # O_EXCL

@@ -7,8 +7,9 @@ new node (inode numbers above the base index's). Renaming a folder moves one ent
 keep pointing at its inode. Hard links are refused, so every inode has exactly one entry.
 Names and symlink targets are stored as BLOBs of their bytes, as in the index (dsfs/paths.py).
 
-Data: a file being written has a working copy ``data/<ino>.w``; when it is closed — at the
-FUSE flush of its only writer, which close(2) waits for, or at the last release — it is hashed
+Data: a file being written has a working copy, ``data/<ino>.w`` (a new file, with no closed
+bytes to roll back to, is written in place as ``data/<ino>``); when it is closed — at the FUSE
+flush of its only writer, which close(2) waits for, or at the last release — it is hashed
 (usually already, as it was written: dsfs/mountd/digest.py), renamed to ``data/<ino>`` and its
 journal row committed, with every change made before it: the rows of closes that run at the
 same time share one commit (group commit). Other operations commit as they end, except a
@@ -116,6 +117,7 @@ class Attr:
     compressible: bool = True
     ctime_ns: int = 0
     atime_ns: int = 0
+    pristine: bool = False    # a base node the overlay never touched: immutable until changed here
 
     @property
     def is_dir(self) -> bool:
@@ -131,8 +133,9 @@ class _Open:
     writes, truncates and close; it is taken before ``Overlay.lock``, never after."""
 
     def __init__(self, fd: int | None, changed_ns: int | None = None,
-                 running: RunningHash | None = None) -> None:
+                 running: RunningHash | None = None, path: Path | None = None) -> None:
         self.fd = fd
+        self.path = path  # of the working copy
         self.writers = 1
         self.changed_ns = changed_ns
         self.hash = running
@@ -267,13 +270,13 @@ class Overlay:
             for ino, parent, raw, base, data in rows:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._working(ino))
-                closed = self._closed(ino).exists()
+                # Closed before and open again: the last close's rename may be newer than its row.
+                closed = data and self._closed(ino).exists()
                 if closed and not rebooted:
-                    # Closed at least once; its row may predate the last close's rename.
                     self._record_closed_file(ino)
-                elif closed and data:  # _verify_staged judges it
+                elif closed:  # _verify_staged judges it
                     self.db.execute("UPDATE inodes SET writing = 0 WHERE ino = ?", (ino,))
-                else:
+                else:  # never closed (a new file is written in place: drop what it has)
                     self._roll_back(ino, parent, name_str(raw), base, "never closed before the crash")
             if rebooted:
                 self._verify_staged()
@@ -525,8 +528,10 @@ class Overlay:
         with self.lock:
             with self._change(defer=True):  # dropped at a crash until closed: its close commits it
                 attr = self._create_node(parent, name, FILE, mode, writing=True)
-            fd = os.open(self._working(attr.ino), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            self._open[attr.ino] = _Open(fd, attr.mtime_ns, RunningHash())
+            # Written in place: a new file has no closed bytes a crash must roll back to.
+            path = self._closed(attr.ino)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            self._open[attr.ino] = _Open(fd, attr.mtime_ns, RunningHash(), path)
             return attr
 
     def open_write(self, ino: int, truncate: bool) -> None:
@@ -557,7 +562,7 @@ class Overlay:
     def _start_working_copy(self, ino: int, state: _Open, attr: Attr, truncate: bool) -> None:
         """The first writer's copy-up, under the file's lock only (held; released here)."""
         try:
-            work = self._working(ino)
+            work = state.path = self._working(ino)
             with _file_size_errors():
                 if truncate or not (attr.data or (attr.base_node is not None and attr.size)):
                     work.write_bytes(b"")
@@ -600,12 +605,13 @@ class Overlay:
         ``state.lock`` held)."""
         if state.fd is not None:
             return
+        state.path = self._working(ino)
         with _file_size_errors():
             if empty:
-                self._working(ino).write_bytes(b"")
+                state.path.write_bytes(b"")
             else:
-                shutil.copyfile(self._closed(ino), self._working(ino))
-        state.fd = os.open(self._working(ino), os.O_RDWR)
+                shutil.copyfile(self._closed(ino), state.path)
+        state.fd = os.open(state.path, os.O_RDWR)
         state.hash = RunningHash() if empty else None
         with self.lock, self._change(defer=True):
             self.db.execute("UPDATE inodes SET writing = 1 WHERE ino = ?", (ino,))
@@ -676,7 +682,8 @@ class Overlay:
         digest, size, compressible = state.hash.finish(size) if state.hash else hash_staged(state.fd)
         with self.lock:
             with self._change(defer=True):
-                os.rename(self._working(ino), self._closed(ino))
+                if state.path != self._closed(ino):
+                    os.rename(state.path, self._closed(ino))
                 changed, state.changed_ns = state.changed_ns, None
                 self.db.execute("UPDATE inodes SET data = 1, sha256 = ?, size = ?, writing = 0, "
                                 "mtime_ns = coalesce(?, mtime_ns), ctime_ns = coalesce(?, ctime_ns), "
@@ -905,7 +912,7 @@ def _file_size_errors() -> Iterator[None]:
 def _from_base(node: Node) -> Attr:
     return Attr(node.ino, node.parent, node.name, node.type, node.mode, node.mtime_ns, node.size,
                 node.target, node.ino, False, node.sha256, False, node,
-                ctime_ns=node.mtime_ns, atime_ns=node.mtime_ns)
+                ctime_ns=node.mtime_ns, atime_ns=node.mtime_ns, pristine=True)
 
 
 def _fsync_path(path: Path) -> None:

@@ -1,7 +1,13 @@
 """Adapter: a writable draft mount, pyfuse3 on trio, over the overlay.
 
-Handlers stay on the trio loop only to translate; every overlay call (SQLite, staging files,
-fsync on close, copy-up fetches) runs in a worker thread behind a capacity limiter.
+Handlers stay on the trio loop only to translate. Overlay calls that move file data (reads,
+writes, closes, copy-up fetches) run in worker threads behind a capacity limiter; the short
+metadata ones (lookup, stat, xattrs) run on the loop when the overlay's lock is free, since a
+hop to a worker thread costs more than they do, and in a worker when it is not.
+
+Nodes of the draft's base that the overlay never touched are immutable until changed through
+this mount, and the kernel learns of every such change itself: their names and attributes are
+cached for a day and their pages kept across opens, as on a published mount.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import trio
 
 from ..changeset.manifest import FILE, VersionManifest
 from ..errors import DsfsError, InvalidInput
+from .lowlevel import LONG_TIMEOUT
 from .lowlevel import translate_errors as _translate
 from .overlay import Attr, Overlay, stat_mode
 from .view import DatasetOf, file_xattrs
@@ -24,6 +31,7 @@ from .view import DatasetOf, file_xattrs
 log = logging.getLogger(__name__)
 
 TIMEOUT = 1.0
+XATTR_PREFIX = "user.dsfs."  # the only extended attributes a draft mount has
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 
 
@@ -53,6 +61,16 @@ class WritableOperations(pyfuse3.Operations):
     async def _run(self, fn, *args):
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
+    async def _quick(self, fn, *args):
+        """A short metadata call: on the loop if the overlay's lock is free, else in a worker."""
+        lock = self.overlay.lock
+        if lock.acquire(blocking=False):
+            try:
+                return fn(*args)
+            finally:
+                lock.release()
+        return await self._run(fn, *args)
+
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = attr.ino
@@ -65,7 +83,7 @@ class WritableOperations(pyfuse3.Operations):
         e.st_mtime_ns, e.st_ctime_ns, e.st_atime_ns = attr.mtime_ns, attr.ctime_ns, attr.atime_ns
         e.st_blksize = 1 << 17
         e.st_blocks = (attr.size + 511) // 512
-        e.entry_timeout = e.attr_timeout = TIMEOUT
+        e.entry_timeout = e.attr_timeout = LONG_TIMEOUT if attr.pristine else TIMEOUT
         e.generation = 0
         return e
 
@@ -73,13 +91,13 @@ class WritableOperations(pyfuse3.Operations):
     async def lookup(self, parent_inode, name, ctx=None):
         name = os.fsdecode(name)
         if name == ".":
-            return self._known(self._entry(await self._run(self.overlay.getattr, parent_inode)))
+            return self._known(self._entry(await self._quick(self.overlay.getattr, parent_inode)))
         if name == "..":
-            attr = await self._run(self.overlay.getattr, parent_inode)
+            attr = await self._quick(self.overlay.getattr, parent_inode)
             if attr.parent is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)  # a removed folder has no parent
-            return self._known(self._entry(await self._run(self.overlay.getattr, attr.parent)))
-        return self._known(self._entry(await self._run(self.overlay.lookup, parent_inode, name)))
+            return self._known(self._entry(await self._quick(self.overlay.getattr, attr.parent)))
+        return self._known(self._entry(await self._quick(self.overlay.lookup, parent_inode, name)))
 
     async def forget(self, inode_list):
         gone = []
@@ -97,7 +115,7 @@ class WritableOperations(pyfuse3.Operations):
 
     @_translate
     async def getattr(self, inode, ctx=None):
-        return self._entry(await self._run(self.overlay.getattr, inode))
+        return self._entry(await self._quick(self.overlay.getattr, inode))
 
     @_translate
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -134,9 +152,9 @@ class WritableOperations(pyfuse3.Operations):
         for index in range(start_id, len(entries) - 1):
             name, ino = entries[index]
             if name == "..":
-                ino = (await self._run(self.overlay.getattr, folder)).parent
+                ino = (await self._quick(self.overlay.getattr, folder)).parent
             try:
-                attr = await self._run(self.overlay.getattr, ino)
+                attr = await self._quick(self.overlay.getattr, ino)
             except DsfsError:
                 continue  # removed since opendir
             entry = self._entry(attr)
@@ -155,12 +173,13 @@ class WritableOperations(pyfuse3.Operations):
             await self._run(self.overlay.open_write, inode, bool(flags & os.O_TRUNC))
             writable = True
         else:
-            attr = await self._run(self.overlay.getattr, inode)
+            attr = await self._quick(self.overlay.getattr, inode)
             if attr.type != FILE:
                 raise pyfuse3.FUSEError(errno.EISDIR)
         fh = next(self._handles)
         self._files[fh] = (inode, writable)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False)
+        # A pristine file's pages stay valid; any other's may have changed since they were read.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=not writable and attr.pristine, direct_io=False)
 
     @_translate
     async def create(self, parent_inode, name, mode, flags, ctx):
@@ -235,8 +254,11 @@ class WritableOperations(pyfuse3.Operations):
 
     @_translate
     async def getxattr(self, inode, name, ctx):
+        name = os.fsdecode(name)
+        if not name.startswith(XATTR_PREFIX):  # security.capability, asked before every write
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         attrs = await self._run(self._xattrs, inode)
-        value = attrs.get(os.fsdecode(name))
+        value = attrs.get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
