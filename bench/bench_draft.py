@@ -1,19 +1,23 @@
 #!/usr/bin/env python3
 """Benchmark writing through a writable draft mount, and the commit on `dsfs umount`.
 
-Two workloads, each written twice natively and once through dsfs, in one run:
+Two write workloads, each written twice natively and once through dsfs, and a read workload,
+in one run:
 
   large   --large-files (4) files of --large-mib (256) MiB, written in --block-kib (1024) KiB
           write()s: 1 GiB
-  small   --small-files (20000) files in --small-dirs (200) folders, --small-total-mib (1024)
-          MiB in all (~52 KiB a file, one write() each)
+  small   --small-files (20000) files of --small-kib (16) KiB in --small-dirs (200) folders,
+          one write() each
+  reads   --read-files (4000) files of --small-kib KiB made into a published version; each
+          read whole, in folder order, twice, through a fresh mount of it and through a fresh
+          draft mount of its child (unmodified parent files there)
 
-Per workload:
+Per write workload:
 
   native, no fsync         write + close into a plain folder on the same disk (page cache only)
   native, + one sync       the same pass, up to a sync(2) after the last close
-  native, fsync per file   write + fsync + close (dsfs fsyncs every closed file, so this is the
-                           like-for-like baseline)
+  native, fsync per file   write + fsync + close (the baseline for `durable_close: true`, which
+                           fsyncs every closed file)
   dsfs draft mount         `dsfs create` + `dsfs mount DS@draft DIR`, then write + close into DIR
   zip -0 -r -q             a store-only zip of the fsync'd native folder
   cp zip + sync            "upload" of that zip into a folder on the same disk (the local-folder
@@ -21,7 +25,8 @@ Per workload:
   dsfs umount (commit)     `dsfs umount DIR`: packs the staged files into zip chunks, uploads them
                            into the store and records the change-set
 
-Ratios are dsfs time / baseline time from the same run (>1 = dsfs slower). The mount daemon's
+Ratios are dsfs time / baseline time from the same run (>1 = dsfs slower); the last table gives
+issue #10's goals as the issue states them (speeds relative to native, no fsync). The mount daemon's
 VmRSS (pid from `dsfs status --json`) is sampled every --sample-interval (0.2) s during the
 writes and the commit. After the measured runs, unless --no-profile, an unmeasured pass repeats
 a smaller burst of each workload with `py-spy record` (and a few `py-spy dump`s) attached to
@@ -72,13 +77,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="small smoke run (~2 min): 4 x 32 MiB, 2000 small files in 20 folders")
-    p.add_argument("--cases", default="large,small", help="which workloads: large,small")
+    p.add_argument("--cases", default="large,small,reads", help="which workloads: large,small,reads")
     p.add_argument("--large-files", type=int, default=None, help="large files (default 4)")
     p.add_argument("--large-mib", type=int, default=None, help="size of each large file (default 256)")
     p.add_argument("--block-kib", type=int, default=1024, help="write() size for large files")
     p.add_argument("--small-files", type=int, default=None, help="small files (default 20000)")
     p.add_argument("--small-dirs", type=int, default=None, help="folders for them (default 200)")
-    p.add_argument("--small-total-mib", type=int, default=None, help="bytes of all small files (1024)")
+    p.add_argument("--small-kib", type=int, default=16, help="size of each small file (16 KiB)")
+    p.add_argument("--read-files", type=int, default=None,
+                   help="files of the parent read through a published and a draft mount (default 4000)")
     p.add_argument("--pool-mib", type=int, default=64, help="random buffer the data is cut from")
     p.add_argument("--sample-interval", type=float, default=0.2, help="daemon RSS sampling period, s")
     p.add_argument("--no-profile", dest="profile", action="store_false",
@@ -99,7 +106,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     defaults = {
         "large_files": 4, "large_mib": 32 if quick else 256,
         "small_files": 2000 if quick else 20000, "small_dirs": 20 if quick else 200,
-        "small_total_mib": 100 if quick else 1024,
+        "read_files": 1000 if quick else 4000,
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -110,8 +117,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.profile_large_mib = 64 if quick else 256
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     for case in args.cases:
-        if case not in ("large", "small"):
-            p.error(f"unknown case {case!r} (large, small)")
+        if case not in ("large", "small", "reads"):
+            p.error(f"unknown case {case!r} (large, small, reads)")
     return args
 
 
@@ -159,10 +166,9 @@ def large_workload(files: int, mib: int, block: int, case_no: int = 1, name: str
     return Workload(name, case_no, [(f"large_{i:03d}.bin", mib * MiB) for i in range(files)], block)
 
 
-def small_workload(files: int, dirs: int, total_mib: int, case_no: int = 2, name: str = "small") -> Workload:
-    base, extra = divmod(total_mib * MiB, files)
+def small_workload(files: int, dirs: int, size: int, case_no: int = 2, name: str = "small") -> Workload:
     per_dir = -(-files // dirs)
-    layout = [(f"d{i // per_dir:03d}/f{i:05d}.bin", base + (1 if i < extra else 0)) for i in range(files)]
+    layout = [(f"d{i // per_dir:03d}/f{i:05d}.bin", size) for i in range(files)]
     return Workload(name, case_no, layout, MiB)
 
 
@@ -727,6 +733,47 @@ class Bench:
         }
         return case
 
+    def run_reads(self) -> dict:
+        """Whole-file reads, in folder order, of a published version's files: through a mount of
+        it, and through a draft mount of its child (where they are unmodified parent files)."""
+        files = self.args.read_files
+        work = small_workload(files, max(1, files // 100), self.args.small_kib * KiB, 5, "reads")
+        src = self.work / "reads_src"
+        log(f"reads: {work.describe()} into a published version, and a draft on it")
+        write_tree(src, work, self.ensure_payload(), fsync=False)
+        parent = self.dsfs_run("create", "reads").stdout.strip()
+        self.dsfs_run("add", parent, str(src))
+        self.dsfs_run("publish", parent)
+        child = self.dsfs_run("create", "reads").stdout.strip()
+        bl.remove_tree(src)
+        case: dict = {"workload": work.describe(), "files": files, "bytes": work.total}
+        self.read_passes(parent, work)  # unmeasured: the store's bytes into the page cache
+        for key, ref in (("published", parent), ("draft", child)):
+            case[key] = self.read_passes(ref, work)
+        case["ratios"] = {f"{k}_draft_vs_published": case["published"][k] / case["draft"][k]
+                          for k in ("cold_s", "warm_s")}
+        return case
+
+    def read_passes(self, ref: str, work: Workload) -> dict:
+        """A fresh mount of ``ref``; the seconds of a first pass over the files and a second."""
+        mnt = self.work / "mnt_reads"
+        bl.remove_tree(mnt)
+        mnt.mkdir(parents=True)
+        self.live[mnt] = None
+        self.dsfs_run("mount", ref, str(mnt))
+        self.live[mnt] = self.daemon_record(mnt)["pid"]
+        times = {}
+        for key in ("cold_s", "warm_s"):
+            start = time.perf_counter()
+            for rel, _ in work.files:
+                with open(mnt / rel, "rb") as f:
+                    while f.read(MiB):
+                        pass
+            times[key] = time.perf_counter() - start
+        self.dsfs_run("umount", str(mnt))  # a draft mount only read commits nothing
+        self.live.pop(mnt, None)
+        return times
+
     def verify(self, work: Workload, native: Path, sample: int = 25) -> dict:
         """The committed draft lists every file with the native copy's size and sha256."""
         listing = json.loads(self.dsfs_run("ls", f"{work.name}@draft", "-r", "--json").stdout)
@@ -826,7 +873,7 @@ def fit_to_disk(args, work_dir: Path) -> dict:
     """Scale the workloads down if the disk cannot hold them (peak ~4x the largest workload:
     native copy + staging + chunk + store, then zip + its copy; stores of earlier cases stay)."""
     large = args.large_files * args.large_mib * MiB if "large" in args.cases else 0
-    small = args.small_total_mib * MiB if "small" in args.cases else 0
+    small = args.small_files * args.small_kib * KiB if "small" in args.cases else 0
     need = 4 * max(large, small) + large + small + 1 * GiB
     free = free_bytes(work_dir)
     note = {"free_gib": free / GiB, "need_gib": need / GiB, "scaled": 1.0}
@@ -834,7 +881,6 @@ def fit_to_disk(args, work_dir: Path) -> dict:
         scale = max(0.05, min(1.0, (free - 2 * GiB) / need))
         args.large_mib = max(1, int(args.large_mib * scale))
         args.small_files = max(10, int(args.small_files * scale))
-        args.small_total_mib = max(1, int(args.small_total_mib * scale))
         note["scaled"] = scale
         log(f"only {free / GiB:.1f} GiB free in {work_dir}: scaling the workloads by {scale:.2f}")
     return note
@@ -842,10 +888,35 @@ def fit_to_disk(args, work_dir: Path) -> dict:
 
 # -- report -------------------------------------------------------------------------------------
 
+def goals(cases: dict) -> list[list]:
+    """The rows of issue #10's goals: (goal, measured, target)."""
+    rows = []
+    done = {name: case for name, case in cases.items() if "error" not in case}
+    for name, target in (("small", ">= 0.04"), ("large", ">= 0.18")):
+        if name in done:
+            c = done[name]
+            rows.append([f"{name} files, write + close (speed vs native, no fsync)",
+                         c["native_nofsync"]["seconds"] / c["dsfs_write"]["seconds"], target])
+    for name in ("small", "large"):
+        if name in done:
+            rows.append([f"{name} files, dsfs umount commit (time vs zip -0 -r + copy)",
+                         done[name]["ratios"]["commit_vs_zip_upload"], "<= 1.0"])
+    if "reads" in done:
+        for key, label in (("cold_s", "first pass"), ("warm_s", "second pass")):
+            rows.append([f"parent reads, draft vs published mount (speed), {label}",
+                         done["reads"]["ratios"][f"{key}_draft_vs_published"], ">= 0.8"])
+    return rows
+
+
 def print_report(doc: dict) -> None:
     for name, case in doc["cases"].items():
         if "error" in case:
             print(f"\n{name}: FAILED: {case['error']}")
+            continue
+        if name == "reads":
+            print(f"\n== reads: {case['workload']}")
+            bl.print_table(["mount", "first pass s", "second pass s"],
+                           [[key, case[key]["cold_s"], case[key]["warm_s"]] for key in ("published", "draft")])
             continue
         print(f"\n== {name}: {case['workload']}")
         d = case["dsfs_write"]["seconds"]
@@ -914,6 +985,9 @@ def print_report(doc: dict) -> None:
             rows = [[f"{r['frame']} {r['function']}", r["thread_s"], r["pct_busy"], r["source"][:60]]
                     for r in hot["inclusive_dsfs"][:10]]
             bl.print_table(["dsfs frame on stack (inclusive)", "thread s", "% busy", "source"], rows)
+    if goals(doc["cases"]):
+        print("\n== issue #10 goals (ratios from this run)")
+        bl.print_table(["goal", "measured", "target"], goals(doc["cases"]))
     print(f"\nload average: start {tuple(round(x, 2) for x in doc['load_start'])}, "
           f"end {tuple(round(x, 2) for x in doc['load_end'])} on {os.cpu_count()} CPUs")
 
@@ -941,7 +1015,7 @@ def main(argv=None) -> int:
     try:
         workloads = {
             "large": large_workload(args.large_files, args.large_mib, args.block_kib * KiB),
-            "small": small_workload(args.small_files, args.small_dirs, args.small_total_mib),
+            "small": small_workload(args.small_files, args.small_dirs, args.small_kib * KiB),
         }
         log(f"work folder {work} ({disk['free_gib']:.1f} GiB free); {bl.load_note()}")
         # Untimed warm-up: the first pass would otherwise also pay for faulting in the data pool
@@ -953,7 +1027,7 @@ def main(argv=None) -> int:
         bl.remove_tree(scratch)
         for name in args.cases:
             try:
-                doc["cases"][name] = bench.run_case(workloads[name])
+                doc["cases"][name] = bench.run_reads() if name == "reads" else bench.run_case(workloads[name])
             except bl.CommandFailed as exc:
                 log(f"{name} failed: {exc}")
                 doc["cases"][name] = {"error": str(exc)}
@@ -963,10 +1037,9 @@ def main(argv=None) -> int:
             prefix = out_dir / "bench_draft.pyspy"
             plans = []
             if "small" in args.cases:
-                per_file = args.small_total_mib * MiB // max(1, args.small_files)
                 n = args.profile_small_files
                 plans.append(("small", small_workload(n, max(1, round(n * args.small_dirs / args.small_files)),
-                                                      max(1, n * per_file // MiB), 3, "profile_small")))
+                                                      args.small_kib * KiB, 3, "profile_small")))
             if "large" in args.cases:
                 plans.append(("large", large_workload(1, args.profile_large_mib, args.block_kib * KiB, 4,
                                                       "profile_large")))

@@ -37,7 +37,7 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 
 class WritableOperations(pyfuse3.Operations):
     supports_dot_lookup = True
-    enable_writeback_cache = False
+    enable_writeback_cache = False  # +1 setattr per small file (measured): more requests, not fewer
     enable_acl = False
 
     def __init__(self, overlay: Overlay, manifest: VersionManifest, dataset_of: DatasetOf,
