@@ -43,6 +43,9 @@ class Settings:
     # `dsfs commit` or unmount (a kill of its daemon loses nothing closed); True fsyncs every
     # close (docs/SEMANTICS.md, Durability of a draft mount).
     durable_close: bool = False
+    # A commit of a draft mount that makes no progress (no byte hashed, packed or uploaded) for
+    # this many seconds fails, keeping every change pending.
+    commit_stall_timeout: float = 300.0
     s3_endpoint: str | None = None
     s3_region: str | None = None
     s3_max_attempts: int = 5
@@ -104,6 +107,9 @@ def load_settings(
     )
     if settings.compression not in ("auto", "store", "deflate"):
         raise InvalidInput(f"compression must be auto, store or deflate: {settings.compression!r}")
+    stall = settings.commit_stall_timeout
+    if isinstance(stall, bool) or not isinstance(stall, (int, float)) or stall <= 0:
+        raise InvalidInput(f"commit_stall_timeout must be a number of seconds > 0: {stall!r}")
     if settings.chunk_size < 1:
         raise InvalidInput(f"chunk_size must be > 0: {settings.chunk_size}")
     return settings

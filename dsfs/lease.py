@@ -4,6 +4,11 @@
 created with a conditional put, renewed with compare-and-swap, deleted on release. A holder
 that dies stops renewing and its lease expires; taking over an expired or dead holder's lease
 needs ``--break-lease``, so nobody loses a live writer's changes by accident.
+
+The heartbeat is a thread of its own, and a holder gives it a store client of its own, so an
+upload that hogs (or hangs in) the main client never starves it. A holder that could not renew
+for longer than ``TTL`` may have been taken over: ``check`` refuses to let it commit until a
+renewal succeeds again.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import socket
 import threading
 import time
 
-from .errors import AlreadyExists, Conflict, NotFound
+from .errors import AlreadyExists, Conflict, NotFound, StoreUnavailable
 from .procs import pid_alive
 from .store.base import ObjectStore
 
@@ -67,6 +72,8 @@ class Lease:
     def __init__(self, store: ObjectStore, version_id: str, body: dict, etag: str) -> None:
         self.store, self.version_id, self.body, self.etag = store, version_id, body, etag
         self.lost = False
+        self.renewed = time.time()  # when the lease was last made or renewed
+        self.on_stale = lambda stale: None  # told when the heartbeat finds it stale, or renewed again
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -95,7 +102,8 @@ class Lease:
         return cls(store, version_id, body, store.put_if_match(lease_key(version_id), data, etag))
 
     def renew(self) -> None:
-        self.body["expires"] = time.time() + TTL
+        now = time.time()
+        self.body["expires"] = now + TTL
         try:
             self.etag = self.store.put_if_match(lease_key(self.version_id), json.dumps(self.body).encode(),
                                                 self.etag)
@@ -103,6 +111,25 @@ class Lease:
             self.lost = True
             log.error("lost the lease of %s: another writer took it over", self.version_id)
             raise
+        was_stale = self.stale
+        self.renewed = now
+        if was_stale:
+            log.info("renewed the lease of %s again; commits may go ahead", self.version_id)
+            self.on_stale(False)
+
+    @property
+    def stale(self) -> bool:
+        """Not renewed for longer than TTL: another host may have taken it over by now."""
+        return time.time() - self.renewed > TTL
+
+    def check(self) -> None:
+        """Raise unless this holder can be sure it is still the draft's one writer."""
+        if self.lost:
+            raise Conflict(f"lost the lease of draft {self.version_id!r} to another writer; not committing")
+        if self.stale:
+            raise StoreUnavailable(f"the lease of draft {self.version_id!r} could not be renewed for "
+                                   f"{time.time() - self.renewed:.0f} s (is the store reachable?); not "
+                                   "committing until it is, as another writer may have taken it over")
 
     def start_heartbeat(self) -> None:
         def beat() -> None:
@@ -112,7 +139,12 @@ class Lease:
                 except Conflict:
                     return
                 except Exception as exc:  # store outage: keep trying, the lease has slack
-                    log.warning("lease renewal of %s failed: %s", self.version_id, exc)
+                    if self.stale:
+                        log.error("the lease of %s was not renewed for %.0f s: %s; commits are refused "
+                                  "until it is", self.version_id, time.time() - self.renewed, exc)
+                        self.on_stale(True)
+                    else:
+                        log.warning("lease renewal of %s failed: %s", self.version_id, exc)
 
         self._thread = threading.Thread(target=beat, name="dsfs-lease", daemon=True)
         self._thread.start()

@@ -8,6 +8,8 @@ counts the GET bodies seen so far for that path (1 for the first), so a test can
 deterministically: every third body, the first two attempts at a key, or every attempt. With
 ``honest_length=False`` a cut body comes with a Content-Length that matches it, as a server that
 loses bytes without noticing would send: only a check of the ranged answer can catch that.
+``hold(method, path)`` makes the requests it picks wait, unanswered, until ``release()`` (or the
+proxy's end), as a store that stopped answering would.
 
     with CuttingProxy(moto_server.endpoint, cut=lambda method, path, n: n <= 2) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
@@ -30,12 +32,16 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer",
 
 
 class CuttingProxy:
-    def __init__(self, upstream: str, cut: CutRule | None = None, *, honest_length: bool = True) -> None:
+    def __init__(self, upstream: str, cut: CutRule | None = None, *, honest_length: bool = True,
+                 hold: Callable[[str, str], bool] | None = None) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname, parts.port)
         self.cut: CutRule = cut or (lambda method, path, n: False)
         self.honest_length = honest_length
         self.cuts = 0
+        self.hold = hold or (lambda method, path: False)
+        self.held = 0
+        self._released = threading.Event()
         self.gets: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -52,7 +58,12 @@ class CuttingProxy:
         self._thread.start()
         return self
 
+    def release(self) -> None:
+        """Let the held requests (and any later ones) through."""
+        self._released.set()
+
     def __exit__(self, *exc) -> None:
+        self.release()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(10)
@@ -78,6 +89,10 @@ class CuttingProxy:
 
             def _forward(self) -> None:
                 body = self._request_body()
+                if not proxy._released.is_set() and proxy.hold(self.command, urlsplit(self.path).path):
+                    with proxy._lock:
+                        proxy.held += 1
+                    proxy._released.wait()
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                 headers["Content-Length"] = str(len(body))
                 upstream = http.client.HTTPConnection(*proxy.upstream, timeout=60)

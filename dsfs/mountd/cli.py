@@ -105,6 +105,8 @@ def cmd_status(settings, args):
         mode = "rw" if m.get("writable") else "ro"
         print(f"{m['mountpoint']}  {m['ref']}  {m['version'][:12]}  {m['state']} {mode}  "
               f"pid {m['pid']}  {m['health']}{_warm_note(m.get('warm'))}")
+        if m.get("problem"):
+            print(f"  {m['problem']}")
     if mounts:
         print(f"cache: {human_size(used)} used of {human_size(limit)}")
 

@@ -148,8 +148,14 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
         from ..repo import Repository
 
         repo = Repository(settings, store)
+
+        def note(problem: str | None) -> None:
+            with record_lock:
+                record.problem = problem
+                registry.write_record(settings.state_dir, record)
+
         return _serve_draft(repo, manifest, view, cache, mountpoint, options, on_ready,
-                            break_lease=break_lease, settings=settings)
+                            break_lease=break_lease, settings=settings, note=note)
     try:
         if adapter == "direct":
             from . import direct
@@ -195,11 +201,16 @@ def _pin_index(settings: Settings, path: str) -> Path:
     return pin
 
 
-def _serve_draft(repo, manifest, view, cache, mountpoint, options, on_ready, *, break_lease, settings) -> int:
+def _serve_draft(repo, manifest, view, cache, mountpoint, options, on_ready, *, break_lease, settings,
+                 note) -> int:
     from ..lease import Lease
+    from ..store import open_store
     from . import draft, writable
 
-    lease = Lease.acquire(repo.store, manifest.id, mountpoint, break_lease=break_lease)
+    # The heartbeat gets a store client of its own: an upload hogging (or hung in) the main one
+    # never holds up a renewal.
+    lease = Lease.acquire(open_store(settings.store, settings), manifest.id, mountpoint,
+                          break_lease=break_lease)
     try:
         try:
             earlier = draft.commit_pending(repo, manifest.id, view.read)
@@ -213,7 +224,7 @@ def _serve_draft(repo, manifest, view, cache, mountpoint, options, on_ready, *, 
         lease.release()
         raise
     lease.start_heartbeat()
-    session = draft.DraftSession(repo, manifest.id, mountpoint, overlay, lease)
+    session = draft.DraftSession(repo, manifest.id, mountpoint, overlay, lease, note=note)
     draft.result_path(settings, mountpoint).unlink(missing_ok=True)
     try:
         writable.serve(session, mountpoint, options, on_ready)

@@ -4,6 +4,11 @@ Staging lives in ``<state>/drafts/<version>/`` (overlay journal, staged data, an
 of the base index it was made against, so pending changes always refer to the same inodes).
 When the mount ends the overlay becomes one change-set; if that fails the staging area stays,
 ``dsfs status`` lists it as pending, and the next mount or ``dsfs commit --pending`` retries.
+
+A commit runs in a thread of its own, watched: one that makes no progress (no byte hashed,
+packed or uploaded) for ``commit_stall_timeout`` seconds fails with every change kept pending,
+and is left to end on its own (a later commit waits for it: it may still record its change-set,
+which the later one then finds already done). A holder whose lease went stale commits nothing.
 """
 
 from __future__ import annotations
@@ -14,11 +19,15 @@ import json
 import logging
 import os
 import shutil
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Settings
-from ..errors import Conflict, DsfsError
+from ..errors import Busy, DsfsError, StoreUnavailable
 from ..lease import Lease
+from ..progress import Progress
 from ..repo import CommitSummary, Repository
 from ..resolver.build import upgrade_pinned
 from ..resolver.index import VersionIndex
@@ -84,15 +93,77 @@ class DraftSession:
     overlay: Overlay
     lease: Lease
     exit_mode: str = "commit"  # commit | discard | publish
+    progressed: float = dataclasses.field(default_factory=time.monotonic)  # last commit progress
+    committing: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    # Shows a problem in `dsfs status` (the daemon writes it into the mount's record); None: none.
+    note: Callable[[str | None], None] = lambda problem: None
+    failed: str | None = None  # why the last commit failed
+
+    def __post_init__(self) -> None:
+        session = self
+        self.lease.on_stale = lambda stale: self._report()
+
+        class Watched(Progress):
+            """The daemon draws no bar: progress only marks the commit as alive."""
+
+            def __call__(self, amount: int) -> None:
+                session.progressed = time.monotonic()
+                super().__call__(amount)
+
+        self.repo.progress = lambda label, total: Watched(label, total, enabled=False)
+
+    def _report(self) -> None:
+        if self.lease.stale:
+            self.note("the lease could not be renewed for longer than its TTL: commits are refused")
+        else:
+            self.note(self.failed and f"the last commit failed, changes kept pending: {self.failed}")
 
     def commit_now(self) -> CommitSummary:
-        if self.lease.lost:
-            raise Conflict("lost the draft's lease to another writer; not committing")
-        self.overlay.sync()
-        return commit_overlay(self.repo, self.version_id, self.overlay)
+        """Sync the overlay and commit it; raise if it fails or stalls (the changes stay)."""
+        try:
+            summary = self._commit()
+        except DsfsError as exc:
+            self.failed = str(exc)
+            self._report()
+            raise
+        if self.failed:
+            self.failed = None
+            self._report()
+        return summary
+
+    def _commit(self) -> CommitSummary:
+        self.lease.check()
+        stall = self.repo.settings.commit_stall_timeout
+        if not self.committing.acquire(timeout=stall):
+            raise Busy(f"an earlier commit of {self.version_id} is still running; try again later")
+        outcome: dict = {}
+
+        def run() -> None:
+            try:
+                self.overlay.sync()
+                outcome["summary"] = commit_overlay(self.repo, self.version_id, self.overlay)
+            except BaseException as exc:
+                outcome["error"] = exc
+            finally:
+                self.committing.release()
+
+        self.progressed = time.monotonic()
+        worker = threading.Thread(target=run, name="dsfs-commit", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.5)
+            if worker.is_alive() and time.monotonic() - self.progressed > stall:
+                log.error("commit of %s made no progress for %g s; its changes are kept pending",
+                          self.version_id, stall)
+                raise StoreUnavailable(f"the commit made no progress for {stall:g} s (is the store "
+                                       "reachable?); the changes are kept pending")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["summary"]
 
     def finish(self) -> dict:
         """After unmount: commit, publish or discard, as asked. Returns the result record."""
+        self.note = lambda problem: None  # the mount's record is gone: the result tells instead
         result: dict = {"ok": True, "mode": self.exit_mode, "version": self.version_id}
         try:
             if self.exit_mode == "discard":
@@ -100,6 +171,7 @@ class DraftSession:
                 discard(self.repo.settings, self.version_id)
                 result["discarded"] = True
             else:
+                self.overlay.release_all()
                 summary = self.commit_now()
                 self.overlay.close()
                 discard(self.repo.settings, self.version_id)

@@ -672,6 +672,16 @@ class Overlay:
                 if state.writers == 0 and self._open.get(ino) is state:
                     del self._open[ino]
 
+    def release_all(self) -> None:
+        """The mount is gone, so every writer has closed: journal the files whose last release
+        the kernel dropped at the unmount instead of sending."""
+        for ino, state in list(self._open.items()):
+            with state.lock:
+                if state.fd is not None:
+                    self._close_working(ino, state)
+            with self.lock:
+                self._open.pop(ino, None)
+
     def _close_working(self, ino: int, state: _Open) -> None:
         """Journal the working copy as the file's closed bytes (``state.lock`` held). The bytes
         are hashed (if the writes did not) outside the mount-wide lock."""

@@ -34,6 +34,7 @@ class MountRecord:
     cache_limit: int = 0  # the daemon's disk-cache bound (its --cache-size or the default)
     warm: dict | None = None  # --warm's progress: state, done and total bytes
     read_ahead_kb: int | None = None  # the kernel's read-ahead on the mount (None: unknown)
+    problem: str | None = None  # a writable mount's: a stale lease, or its last commit failed
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -294,8 +294,20 @@ class WritableOperations(pyfuse3.Operations):
         return data
 
 
+class _GoneReplies(logging.Filter):
+    """pyfuse3 logs an ERROR when a reply finds no request: the kernel dropped it (an interrupted
+    call, or a release at the unmount). Nothing is lost (``Overlay.release_all``): say it quietly."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "fuse_reply_* failed with No such file or directory" in record.getMessage():
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
 def serve(session, mountpoint: str, options: list[str], on_ready) -> None:
     """Mount a draft writable and serve until unmounted (blocking; its own trio loop)."""
+    logging.getLogger("pyfuse3").addFilter(_GoneReplies())
     manifest = session.repo.catalog.version(session.version_id)
     ops = WritableOperations(session.overlay, manifest, DatasetOf(session.repo.store, manifest))
     fuse_options = set(pyfuse3.default_options)
