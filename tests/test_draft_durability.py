@@ -292,3 +292,30 @@ def test_files_whose_last_release_never_came_are_journaled_at_the_end(overlay_of
     overlay.release_all()
     attr = overlay.getattr(ino)
     assert attr.data and not attr.writing and overlay.read(ino, 0, 100) == b"both wrote"
+
+
+def test_a_commit_snapshot_takes_a_file_closed_again_while_it_links(overlay_of, monkeypatch):
+    from dsfs.mountd import overlay as overlay_module
+
+    overlay = overlay_of()
+    rewritten = _write_file(overlay, "rewritten", b"old bytes")
+    removed = _write_file(overlay, "removed", b"gone soon")
+    real_link = overlay_module._link
+    raced = []
+
+    def racing_link(src, dest):  # another file operation gets in between the lock's two holds
+        if not raced:
+            raced.append(True)
+            overlay.open_write(rewritten, truncate=True)
+            overlay.write(rewritten, 0, b"new bytes!")
+            overlay.release_write(rewritten)
+            overlay.unlink(ROOT_INO, "removed")
+            overlay.forget([removed])
+        return real_link(src, dest)
+
+    monkeypatch.setattr(overlay_module, "_link", racing_link)
+    with overlay.snapshot() as rows:
+        files = {path: (attr, Path(local).read_bytes()) for path, attr, _, local in rows}
+    assert raced and set(files) == {"rewritten"}
+    attr, data = files["rewritten"]
+    assert data == b"new bytes!" and attr.sha256 == hashlib.sha256(data).hexdigest()

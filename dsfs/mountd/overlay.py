@@ -155,6 +155,7 @@ class Overlay:
         self._depth = 0  # _change blocks open (one thread's, nested)
         self._seq = self._committed = 0  # journal changes made, and committed
         self._closes = itertools.count(1)
+        self._closed_by: dict[int, int] = {}  # inode -> the close (of self._closes) that wrote its bytes
         self._shut = False
         self.db = sqlite3.connect(self.dir / "journal.sqlite", check_same_thread=False,
                                   isolation_level=None)
@@ -169,9 +170,9 @@ class Overlay:
             self._bytes_names()
             with self._change():
                 self._set_meta("version", base.version_id)
-            max_base = self._max_base_ino()
+            self._max_base = self._max_base_ino()
             row = self.db.execute("SELECT max(ino) FROM inodes").fetchone()
-            self._next_ino = max(max_base, row[0] or 0) + 1
+            self._next_ino = max(self._max_base, row[0] or 0) + 1
             self._recover()
 
     # -- the journal's transactions ----------------------------------------------------------
@@ -342,6 +343,13 @@ class Overlay:
             self._commit()
             self.db.close()
 
+    def _base_node(self, ino: int) -> Node | None:
+        """The base's node ``ino``; inodes made here (above the base's) are not asked for."""
+        return self.base.get(ino) if ino <= self._max_base else None
+
+    def _base_child(self, parent: int, name: str) -> Node | None:
+        return self.base.lookup(parent, name) if parent <= self._max_base else None
+
     def _working(self, ino: int) -> Path:
         return self.data_dir / f"{ino}.w"
 
@@ -365,7 +373,7 @@ class Overlay:
                         compressible=bool(row[12]))
             attr.ctime_ns = row[13] or attr.mtime_ns
             if attr.base is not None:
-                attr.base_node = self.base.get(attr.base)
+                attr.base_node = self._base_node(attr.base)
             state = self._open.get(ino)
             if state is not None and state.fd is not None:
                 attr.size = os.fstat(state.fd).st_size
@@ -374,7 +382,7 @@ class Overlay:
                 attr.ctime_ns = max(attr.ctime_ns, state.changed_ns)
             attr.atime_ns = row[14] or attr.mtime_ns
             return attr
-        node = self.base.get(ino)
+        node = self._base_node(ino)
         if node is None:
             raise NotFound(f"no inode {ino}")
         return _from_base(node)
@@ -392,7 +400,7 @@ class Overlay:
             if row[0] is None:
                 raise NotFound(f"no entry {name!r}")
             return row[0]
-        node = self.base.lookup(parent, name)
+        node = self._base_child(parent, name)
         if node is None:
             raise NotFound(f"no entry {name!r}")
         return node.ino
@@ -412,7 +420,7 @@ class Overlay:
             overlay = {name_str(name): child for name, child in
                        self.db.execute("SELECT name, ino FROM dirents WHERE parent = ?", (ino,))}
             merged: dict[str, int] = {}
-            if self.base.get(ino) is not None:
+            if self._base_node(ino) is not None:
                 after = None
                 while True:
                     batch = self.base.children(ino, after, 5000)
@@ -453,7 +461,7 @@ class Overlay:
         """Give a base node an inodes row (copied from the base) before changing it."""
         if self.db.execute("SELECT 1 FROM inodes WHERE ino = ?", (ino,)).fetchone():
             return
-        node = self.base.get(ino)
+        node = self._base_node(ino)
         if node is None:
             raise NotFound(f"no inode {ino}")
         self.db.execute(
@@ -476,7 +484,7 @@ class Overlay:
     def _drop_entry(self, parent: int, name: str) -> None:
         """Remove the entry (parent, name): a whiteout if the base has it, else delete the row."""
         raw = name_bytes(name)
-        if self.base.lookup(parent, name) is not None and self.base.get(parent) is not None:
+        if self._base_child(parent, name) is not None and self._base_node(parent) is not None:
             self.db.execute("INSERT OR REPLACE INTO dirents VALUES (?, ?, NULL)", (parent, raw))
         else:
             self.db.execute("DELETE FROM dirents WHERE parent = ? AND name = ?", (parent, raw))
@@ -691,6 +699,7 @@ class Overlay:
         size = os.fstat(state.fd).st_size
         digest, size, compressible = state.hash.finish(size) if state.hash else hash_staged(state.fd)
         with self.lock:
+            self._closed_by[ino] = next(self._closes)
             with self._change(defer=True):
                 if state.path != self._closed(ino):
                     os.rename(state.path, self._closed(ino))
@@ -699,7 +708,7 @@ class Overlay:
                                 "mtime_ns = coalesce(?, mtime_ns), ctime_ns = coalesce(?, ctime_ns), "
                                 "compressible = ?, unsynced = ? WHERE ino = ?",
                                 (digest, size, changed, changed, int(compressible),
-                                 None if self.durable_close else next(self._closes), ino))
+                                 None if self.durable_close else self._closed_by[ino], ino))
                 os.close(state.fd)
                 state.fd = state.hash = None
             seq = self._seq
@@ -847,9 +856,9 @@ class Overlay:
         with self.lock:
             # A base entry that is gone, or whose name now holds another node, is removed.
             for parent, name, ino in self.db.execute("SELECT parent, name, ino FROM dirents").fetchall():
-                if self.base.get(parent) is None:
+                if self._base_node(parent) is None:
                     continue
-                node = self.base.lookup(parent, name_str(name))
+                node = self._base_child(parent, name_str(name))
                 if node is not None and node.ino != ino:
                     yield "", None, node.path
             touched: set[int] = set()
@@ -857,9 +866,8 @@ class Overlay:
             rows = self.db.execute("SELECT ino, parent FROM inodes WHERE parent IS NOT NULL").fetchall()
             rows += self.db.execute("SELECT ino, parent FROM dirents WHERE ino IS NOT NULL").fetchall()
             for ino, parent in rows:
-                attr = self._attr(ino)
-                base = self.base.get(ino)
-                if base is None or (base.parent, base.name) != (attr.parent, attr.name):
+                base = self._base_node(ino)  # None for a node made here: nothing to compare
+                if base is None or (base.parent, base.name) != (parent, self._attr(ino).name):
                     moved.add(ino)
                 current = parent
                 while current not in touched:
@@ -884,23 +892,47 @@ class Overlay:
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[list[tuple[str, Attr | None, str | None, str | None]]]:
         """The changes as of now, for a commit that runs while writes go on: ``changes()``
-        rows plus the path of each closed file's bytes: hard links taken under the lock, so a
-        later close of the same file changes nothing the commit reads."""
+        rows plus the path of each closed file's bytes, a hard link that a later close of the
+        file does not change. The links are made outside the lock; a file closed again (or
+        removed) meanwhile is linked again under it (or left out: its removal is the next
+        commit's)."""
         snap = self.dir / "commit"
         shutil.rmtree(snap, ignore_errors=True)
         snap.mkdir()
         try:
-            rows = []
             with self.lock:
-                for path, attr, removed in self.changes():
-                    local = None
-                    if attr is not None and attr.type == FILE and attr.data:
-                        local = str(snap / str(attr.ino))
-                        os.link(self._closed(attr.ino), local)
-                    rows.append((path, attr, removed, local))
-            yield rows
+                rows = list(self.changes())
+                closes = {attr.ino: self._closed_by.get(attr.ino) for _, attr, _ in rows
+                          if attr is not None and attr.type == FILE and attr.data}
+            missing = {ino for ino in closes if not _link(self._closed(ino), snap / str(ino))}
+            newer: dict[int, Attr] = {}
+            with self.lock:
+                for ino, close in closes.items():
+                    if self._closed_by.get(ino) != close:  # closed again since: take the newer bytes
+                        (snap / str(ino)).unlink(missing_ok=True)
+                        if _link(self._closed(ino), snap / str(ino)):
+                            missing.discard(ino)
+                            newer[ino] = self._attr(ino)
+                        else:
+                            missing.add(ino)
+            result = []
+            for path, attr, removed in rows:
+                if attr is not None and attr.ino in newer:  # its bytes and times, at its place then
+                    attr = dataclasses.replace(newer[attr.ino], parent=attr.parent, name=attr.name)
+                if attr is None or attr.ino not in missing:
+                    local = str(snap / str(attr.ino)) if attr is not None and attr.ino in closes else None
+                    result.append((path, attr, removed, local))
+            yield result
         finally:
             shutil.rmtree(snap, ignore_errors=True)
+
+
+def _link(src: Path, dest: Path) -> bool:
+    try:
+        os.link(src, dest)
+        return True
+    except FileNotFoundError:  # removed (and forgotten) since
+        return False
 
 
 def check_file_size(size: int) -> None:
