@@ -133,7 +133,7 @@ class _Open:
     writes, truncates and close; it is taken before ``Overlay.lock``, never after."""
 
     def __init__(self, fd: int | None, changed_ns: int | None = None,
-                 running: RunningHash | None = None, path: Path | None = None) -> None:
+                 running: RunningHash | None = None, path: str | None = None) -> None:
         self.fd = fd
         self.path = path  # of the working copy
         self.writers = 1
@@ -148,6 +148,7 @@ class Overlay:
         self.dir = Path(stage_dir)
         self.data_dir = self.dir / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._data = str(self.data_dir)  # paths of staged files are made per request: strings are cheaper
         self.base = base
         self.read_base = read_base
         self.durable_close = durable_close
@@ -272,7 +273,7 @@ class Overlay:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._working(ino))
                 # Closed before and open again: the last close's rename may be newer than its row.
-                closed = data and self._closed(ino).exists()
+                closed = data and os.path.exists(self._closed(ino))
                 if closed and not rebooted:
                     self._record_closed_file(ino)
                 elif closed:  # _verify_staged judges it
@@ -350,11 +351,11 @@ class Overlay:
     def _base_child(self, parent: int, name: str) -> Node | None:
         return self.base.lookup(parent, name) if parent <= self._max_base else None
 
-    def _working(self, ino: int) -> Path:
-        return self.data_dir / f"{ino}.w"
+    def _working(self, ino: int) -> str:
+        return f"{self._data}/{ino}.w"
 
-    def _closed(self, ino: int) -> Path:
-        return self.data_dir / str(ino)
+    def _closed(self, ino: int) -> str:
+        return f"{self._data}/{ino}"
 
     # -- reading the merged tree ---------------------------------------------------------------
 
@@ -573,7 +574,7 @@ class Overlay:
             work = state.path = self._working(ino)
             with _file_size_errors():
                 if truncate or not (attr.data or (attr.base_node is not None and attr.size)):
-                    work.write_bytes(b"")
+                    _empty(work)
                     state.hash = RunningHash()
                 elif attr.data:
                     shutil.copyfile(self._closed(ino), work)
@@ -593,7 +594,7 @@ class Overlay:
         finally:
             state.lock.release()
 
-    def _copy_up(self, node: Node, dest: Path) -> None:
+    def _copy_up(self, node: Node, dest: str) -> None:
         block = 4 << 20
         with open(dest, "wb") as out:
             for offset in range(0, node.size, block):
@@ -616,7 +617,7 @@ class Overlay:
         state.path = self._working(ino)
         with _file_size_errors():
             if empty:
-                state.path.write_bytes(b"")
+                _empty(state.path)
             else:
                 shutil.copyfile(self._closed(ino), state.path)
         state.fd = os.open(state.path, os.O_RDWR)
@@ -783,7 +784,7 @@ class Overlay:
         self.db.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
         for path in (self._closed(ino), self._working(ino)):
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                os.unlink(path)
 
     def rename(self, parent: int, name: str, new_parent: int, new_name: str, flags: int = 0) -> None:
         noreplace, exchange = flags & 1, flags & 2  # RENAME_NOREPLACE, RENAME_EXCHANGE
@@ -904,13 +905,14 @@ class Overlay:
                 rows = list(self.changes())
                 closes = {attr.ino: self._closed_by.get(attr.ino) for _, attr, _ in rows
                           if attr is not None and attr.type == FILE and attr.data}
-            missing = {ino for ino in closes if not _link(self._closed(ino), snap / str(ino))}
+            missing = {ino for ino in closes if not _link(self._closed(ino), f"{snap}/{ino}")}
             newer: dict[int, Attr] = {}
             with self.lock:
                 for ino, close in closes.items():
                     if self._closed_by.get(ino) != close:  # closed again since: take the newer bytes
-                        (snap / str(ino)).unlink(missing_ok=True)
-                        if _link(self._closed(ino), snap / str(ino)):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(f"{snap}/{ino}")
+                        if _link(self._closed(ino), f"{snap}/{ino}"):
                             missing.discard(ino)
                             newer[ino] = self._attr(ino)
                         else:
@@ -920,14 +922,18 @@ class Overlay:
                 if attr is not None and attr.ino in newer:  # its bytes and times, at its place then
                     attr = dataclasses.replace(newer[attr.ino], parent=attr.parent, name=attr.name)
                 if attr is None or attr.ino not in missing:
-                    local = str(snap / str(attr.ino)) if attr is not None and attr.ino in closes else None
+                    local = f"{snap}/{attr.ino}" if attr is not None and attr.ino in closes else None
                     result.append((path, attr, removed, local))
             yield result
         finally:
             shutil.rmtree(snap, ignore_errors=True)
 
 
-def _link(src: Path, dest: Path) -> bool:
+def _empty(path: str) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+
+
+def _link(src: str, dest: str) -> bool:
     try:
         os.link(src, dest)
         return True
@@ -957,7 +963,7 @@ def _from_base(node: Node) -> Attr:
                 ctime_ns=node.mtime_ns, atime_ns=node.mtime_ns, pristine=True)
 
 
-def _fsync_path(path: Path) -> None:
+def _fsync_path(path: str) -> None:
     """fsync a staged file; one deleted since (unlinked and forgotten) needs none."""
     with contextlib.suppress(FileNotFoundError):
         fd = os.open(path, os.O_RDONLY)
