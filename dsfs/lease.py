@@ -1,9 +1,10 @@
 """One writer per draft: a lease record in the store, created once and renewed by heartbeat.
 
-``leases/<version>.json`` names the holder (host, pid, mountpoint, since) and an expiry. It is
-created with a conditional put, renewed with compare-and-swap, deleted on release. A holder
-that dies stops renewing and its lease expires; taking over an expired or dead holder's lease
-needs ``--break-lease``, so nobody loses a live writer's changes by accident.
+``leases/<version>.json`` names the holder (host, boot, pid, mountpoint, since) and an expiry.
+It is created with a conditional put, renewed with compare-and-swap, deleted on release. A
+holder that dies stops renewing and its lease expires. A holder that is a dead process of this
+very boot of this host is certainly gone: its lease is taken over (with a warning); taking over
+any other expired lease needs ``--break-lease``, as its holder may still be writing somewhere.
 
 The heartbeat is a thread of its own, and a holder gives it a store client of its own, so an
 upload that hogs (or hangs in) the main client never starves it. A holder that could not renew
@@ -22,7 +23,7 @@ import threading
 import time
 
 from .errors import AlreadyExists, Conflict, NotFound, StoreUnavailable
-from .procs import pid_alive
+from .procs import boot_id, pid_alive
 from .store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -50,15 +51,15 @@ def describe(lease: dict) -> str:
 
 
 def holder_state(lease: dict) -> str:
-    """'live', 'expired' or 'dead' (same host, process gone)."""
-    if lease.get("expires", 0) < time.time():
-        return "expired"
-    if lease.get("host") == socket.gethostname():
+    """'dead' (a process of this boot of this host, gone), 'expired' or 'live'."""
+    if lease.get("host") == socket.gethostname() and lease.get("boot", boot_id()) == boot_id():
         try:
             if not pid_alive(int(lease.get("pid", 0))):
                 return "dead"
         except ValueError:
             pass
+    if lease.get("expires", 0) < time.time():
+        return "expired"
     return "live"
 
 
@@ -73,6 +74,7 @@ class Lease:
         self.store, self.version_id, self.body, self.etag = store, version_id, body, etag
         self.lost = False
         self.renewed = time.time()  # when the lease was last made or renewed
+        self.took_over: str | None = None  # the dead holder whose lease this one replaced
         self.on_stale = lambda stale: None  # told when the heartbeat finds it stale, or renewed again
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -80,7 +82,7 @@ class Lease:
     @classmethod
     def acquire(cls, store: ObjectStore, version_id: str, mountpoint: str, *,
                 break_lease: bool = False) -> "Lease":
-        body = {"host": socket.gethostname(), "pid": os.getpid(), "mountpoint": mountpoint,
+        body = {"host": socket.gethostname(), "boot": boot_id(), "pid": os.getpid(), "mountpoint": mountpoint,
                 "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "token": secrets.token_hex(8), "expires": time.time() + TTL}
         data = json.dumps(body).encode()
@@ -95,11 +97,14 @@ class Lease:
         state = holder_state(current)
         if state == "live":
             raise Conflict(f"draft {version_id!r} is already mounted writable by {describe(current)}")
-        if not break_lease:
+        if state != "dead" and not break_lease:
             raise Conflict(f"draft {version_id!r} has a lease by {describe(current)} whose holder is "
                            f"{state}; use --break-lease to take it over")
         log.warning("taking over the %s lease of %s held by %s", state, version_id, describe(current))
-        return cls(store, version_id, body, store.put_if_match(lease_key(version_id), data, etag))
+        lease = cls(store, version_id, body, store.put_if_match(lease_key(version_id), data, etag))
+        if state == "dead":
+            lease.took_over = describe(current)
+        return lease
 
     def renew(self) -> None:
         now = time.time()

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -285,36 +286,39 @@ def test_lease_refuses_a_second_writer(cli, mounts, draft, tmp_path):
     mounts.umount(m1)
 
 
-def test_break_lease_of_a_dead_holder(local_cli, local_mounts, tmp_path):
-    """A writer that died without `dsfs umount` cleaning up (a reboot, say) leaves its lease."""
-    local_mounts.allow(r"mount failed: draft .* has a lease|taking over the dead lease")
+def test_the_lease_of_a_dead_writer_on_this_host_is_taken_over(local_cli, local_mounts, tmp_path):
+    """A writer that died without `dsfs umount` cleaning up leaves its lease: a process of this
+    boot of this host is known to be gone, so the next mount takes its lease over (and says so)."""
+    local_mounts.allow(r"taking over the dead lease")
     vid = local_cli("create", "ds").strip()
     mnt, other = tmp_path / "mnt", tmp_path / "other"
     record = local_mounts.mount(vid, mnt)
     (mnt / "kept.txt").write_text("kept")
     os.kill(record.pid, signal.SIGKILL)
     wait_dead(record.pid)
-    other.mkdir()
-    err = local_cli.fails("mount", vid, str(other), code=4)
-    assert "whose holder is dead; use --break-lease" in err
-    local_mounts.mount(vid, other, break_lease=True)
+    taken = local_mounts.mount(vid, other)
+    assert "took over the lease of the draft from a writer that died" in taken.note
+    assert f"pid {record.pid}" in taken.note
     assert (other / "kept.txt").read_text() == "kept"
     local_mounts.umount(other)
     assert "kept.txt" in {e["path"] for e in json.loads(local_cli("ls", vid, "--json"))}
     local_cli("umount", str(mnt))  # the stale mount of the dead daemon
 
 
-def test_expired_lease_needs_break_lease(local_cli, local_mounts, tmp_path):
+@pytest.mark.parametrize("holder", [{"host": "elsewhere", "pid": 1},
+                                    {"host": socket.gethostname(), "boot": "an-earlier-boot", "pid": 999999}],
+                         ids=["other-host", "earlier-boot"])
+def test_expired_lease_needs_break_lease(local_cli, local_mounts, tmp_path, holder):
     local_mounts.allow(r"mount failed: draft .* has a lease|taking over the expired lease")
     vid = local_cli("create", "ds").strip()
     lease = Path(local_cli.store) / "leases" / f"{vid}.json"
     lease.parent.mkdir(parents=True)
-    lease.write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": "2026-01-01T00:00:00Z",
-                                 "token": "t", "expires": time.time() - 5}))
+    lease.write_text(json.dumps(holder | {"since": "2026-01-01T00:00:00Z", "token": "t",
+                                          "expires": time.time() - 5}))
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     err = local_cli.fails("mount", vid, str(mnt), code=4)
-    assert "'elsewhere'" in err and "expired" in err
+    assert repr(holder["host"]) in err and "expired; use --break-lease" in err
     local_mounts.mount(vid, mnt, break_lease=True)
     local_mounts.umount(mnt)
     assert not lease.exists()

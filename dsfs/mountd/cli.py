@@ -53,6 +53,8 @@ def cmd_mount(settings, args):
         mode = "read-write" if record.writable else "read-only"
         print(f"mounted {record.dataset} {record.version[:12]} ({record.state}, {mode}) at "
               f"{record.mountpoint}", file=sys.stderr)
+        if record.note:
+            print(f"dsfs: {record.note}", file=sys.stderr)
 
 
 cmd_mount.needs_repo = False

@@ -154,8 +154,11 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
                 record.problem = problem
                 registry.write_record(settings.state_dir, record)
 
+        def took_over(holder: str) -> None:
+            record.note = f"took over the lease of the draft from a writer that died ({holder})"
+
         return _serve_draft(repo, manifest, view, cache, mountpoint, options, on_ready,
-                            break_lease=break_lease, settings=settings, note=note)
+                            break_lease=break_lease, settings=settings, note=note, took_over=took_over)
     try:
         if adapter == "direct":
             from . import direct
@@ -202,7 +205,7 @@ def _pin_index(settings: Settings, path: str) -> Path:
 
 
 def _serve_draft(repo, manifest, view, cache, mountpoint, options, on_ready, *, break_lease, settings,
-                 note) -> int:
+                 note, took_over) -> int:
     from ..lease import Lease
     from ..store import open_store
     from . import draft, writable
@@ -211,6 +214,8 @@ def _serve_draft(repo, manifest, view, cache, mountpoint, options, on_ready, *, 
     # never holds up a renewal.
     lease = Lease.acquire(open_store(settings.store, settings), manifest.id, mountpoint,
                           break_lease=break_lease)
+    if lease.took_over:
+        took_over(lease.took_over)
     try:
         try:
             earlier = draft.commit_pending(repo, manifest.id, view.read)

@@ -57,6 +57,7 @@ from pathlib import Path
 from ..changeset.manifest import DIR, FILE, SYMLINK
 from ..errors import AlreadyExists, DsfsError, InvalidInput, NotFound
 from ..paths import check_name_length, name_bytes, name_str
+from ..procs import boot_id
 from ..resolver.index import ROOT_INO, Node, VersionIndex
 from .digest import RunningHash, hash_staged
 
@@ -264,7 +265,7 @@ class Overlay:
     def _recover(self) -> None:
         """After the previous daemon's death: keep every closed file, roll back the ones that
         were open, and after a reboot drop closed files whose bytes did not reach the disk."""
-        boot = _boot_id()
+        boot = boot_id()  # page-cache data of an earlier boot may not have survived
         rebooted = self._meta("boot_id") not in (None, boot)
         with self._change():
             rows = self.db.execute("SELECT ino, parent, name, base, data FROM inodes "
@@ -971,14 +972,6 @@ def _fsync_path(path: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def _boot_id() -> str:
-    """This boot of the machine: page-cache data of an earlier boot may not have survived."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
 
 
 def _fsync_dir(path: Path) -> None:

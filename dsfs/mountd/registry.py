@@ -35,6 +35,7 @@ class MountRecord:
     warm: dict | None = None  # --warm's progress: state, done and total bytes
     read_ahead_kb: int | None = None  # the kernel's read-ahead on the mount (None: unknown)
     problem: str | None = None  # a writable mount's: a stale lease, or its last commit failed
+    note: str | None = None  # said once at the mount (a lease taken over from a dead writer)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
