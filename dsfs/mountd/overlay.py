@@ -682,6 +682,30 @@ class Overlay:
                 if state.writers == 0 and self._open.get(ino) is state:
                     del self._open[ino]
 
+    def release_quickly(self, ino: int) -> bool:
+        """``release_write`` if it has nothing to journal (the usual case: the flush of close(2)
+        did) and no lock is busy; never blocks. False: call ``release_write``."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            state = self._open.get(ino)
+            if state is None or state.writers > 1:
+                if state is not None:
+                    state.writers -= 1
+                return True
+            if not state.lock.acquire(blocking=False):
+                return False
+            try:
+                if state.fd is not None:
+                    return False
+                state.writers = 0
+                del self._open[ino]
+                return True
+            finally:
+                state.lock.release()
+        finally:
+            self.lock.release()
+
     def release_all(self) -> None:
         """The mount is gone, so every writer has closed: journal the files whose last release
         the kernel dropped at the unmount instead of sending."""

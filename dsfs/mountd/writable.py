@@ -211,7 +211,7 @@ class WritableOperations(pyfuse3.Operations):
     @_translate
     async def release(self, fh):
         inode, writable = self._files.pop(fh)
-        if writable:
+        if writable and not self.overlay.release_quickly(inode):
             await self._run(self.overlay.release_write, inode)
 
     @_translate
