@@ -173,6 +173,9 @@ class Overlay:
             with self._change():
                 self._set_meta("version", base.version_id)
             self._max_base = self._max_base_ino()
+            # Base inodes the draft changed (each got a row): the others read straight from the base.
+            self._rowed = {ino for ino, in self.db.execute("SELECT ino FROM inodes WHERE ino <= ?",
+                                                            (self._max_base,))}
             row = self.db.execute("SELECT max(ino) FROM inodes").fetchone()
             self._next_ino = max(self._max_base, row[0] or 0) + 1
             self._recover()
@@ -438,7 +441,11 @@ class Overlay:
                     merged[name] = child
             return sorted(merged.items(), key=lambda item: name_bytes(item[0]))  # byte order, as the index
 
-    def read(self, ino: int, offset: int, size: int) -> bytes:
+    def read(self, ino: int, offset: int, size: int, pristine: Node | None = None) -> bytes:
+        """``pristine``: the base node of a handle opened on a file the draft had not touched;
+        while that holds, its bytes come straight from the base, without lock or journal."""
+        if pristine is not None and ino not in self._rowed and ino not in self._open:
+            return self.read_base(pristine, offset, size)
         with self.lock:
             state = self._open.get(ino)
             if state is not None and state.fd is not None:
@@ -472,6 +479,7 @@ class Overlay:
             (ino, node.parent, name_bytes(node.name), node.type, node.mode, node.mtime_ns, node.size,
              None if node.target is None else name_bytes(node.target), ino, node.sha256,
              node.mtime_ns, node.mtime_ns))
+        self._rowed.add(ino)
 
     def _touch(self, ino: int, *, content: bool) -> None:
         """Record a change of ``ino`` now: its ctime, and its mtime as well if its content (a

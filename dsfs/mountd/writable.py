@@ -25,6 +25,7 @@ from ..changeset.manifest import FILE, VersionManifest
 from ..errors import DsfsError, InvalidInput
 from .lowlevel import LONG_TIMEOUT
 from .lowlevel import translate_errors as _translate
+from ..resolver.index import Node
 from .overlay import Attr, Overlay, stat_mode
 from .view import DatasetOf, file_xattrs
 
@@ -49,7 +50,8 @@ class WritableOperations(pyfuse3.Operations):
         self.limiter = trio.CapacityLimiter(threads)
         self.uid, self.gid = os.getuid(), os.getgid()
         self._handles = itertools.count(1)
-        self._files: dict[int, tuple[int, bool]] = {}
+        # handle -> (inode, writable, the base node of a read-only handle on a pristine file)
+        self._files: dict[int, tuple[int, bool, Node | None]] = {}
         self._dirs: dict[int, list[tuple[str, int]]] = {}
         self._lookups: dict[int, int] = {}  # inode -> the kernel's lookup count
 
@@ -169,6 +171,7 @@ class WritableOperations(pyfuse3.Operations):
     @_translate
     async def open(self, inode, flags, ctx):
         writable = bool(flags & _WRITE_FLAGS)
+        pristine = None
         if writable or flags & os.O_TRUNC:
             await self._run(self.overlay.open_write, inode, bool(flags & os.O_TRUNC))
             writable = True
@@ -176,26 +179,27 @@ class WritableOperations(pyfuse3.Operations):
             attr = await self._quick(self.overlay.getattr, inode)
             if attr.type != FILE:
                 raise pyfuse3.FUSEError(errno.EISDIR)
+            pristine = attr.base_node if attr.pristine else None
         fh = next(self._handles)
-        self._files[fh] = (inode, writable)
+        self._files[fh] = (inode, writable, pristine)
         # A pristine file's pages stay valid; any other's may have changed since they were read.
-        return pyfuse3.FileInfo(fh=fh, keep_cache=not writable and attr.pristine, direct_io=False)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=pristine is not None, direct_io=False)
 
     @_translate
     async def create(self, parent_inode, name, mode, flags, ctx):
         attr = await self._run(self.overlay.create, parent_inode, os.fsdecode(name), mode)
         fh = next(self._handles)
-        self._files[fh] = (attr.ino, True)
+        self._files[fh] = (attr.ino, True, None)
         return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False), self._known(self._entry(attr))
 
     @_translate
     async def read(self, fh, off, size):
-        inode, _ = self._files[fh]
-        return await self._run(self.overlay.read, inode, off, size)
+        inode, _, pristine = self._files[fh]
+        return await self._run(self.overlay.read, inode, off, size, pristine)
 
     @_translate
     async def write(self, fh, off, buf):
-        inode, writable = self._files[fh]
+        inode, writable, _ = self._files[fh]
         if not writable:
             raise pyfuse3.FUSEError(errno.EBADF)
         return await self._run(self.overlay.write, inode, off, buf)
@@ -204,19 +208,19 @@ class WritableOperations(pyfuse3.Operations):
     async def flush(self, fh):
         # close(2) waits for flush (not for release): journaling here makes a closed file
         # durable by the time close returns.
-        inode, writable = self._files[fh]
+        inode, writable, _ = self._files[fh]
         if writable:
             await self._run(self.overlay.flush_write, inode)
 
     @_translate
     async def release(self, fh):
-        inode, writable = self._files.pop(fh)
+        inode, writable, _ = self._files.pop(fh)
         if writable and not self.overlay.release_quickly(inode):
             await self._run(self.overlay.release_write, inode)
 
     @_translate
     async def fsync(self, fh, datasync):
-        inode, _ = self._files[fh]
+        inode, _, _ = self._files[fh]
         await self._run(self.overlay.fsync, inode)
 
     @_translate
