@@ -223,46 +223,6 @@ def test_writes_during_a_commit_go_on_and_are_kept(local_cli, local_mounts, tmp_
     assert listing["big.bin"]["size"] == len(big)
 
 
-@pytest.mark.fuse
-def test_a_commit_that_makes_no_progress_fails_and_keeps_the_changes(moto_server, monkeypatch, tmp_path,
-                                                                     cache_dir):
-    from conftest import Cli
-    from mounting import Mounts
-    from s3proxy import CuttingProxy
-
-    moto_server.apply_env(monkeypatch)
-    config = tmp_path / "dsfs.yaml"
-    config.write_text("commit_stall_timeout: 1\n")
-    monkeypatch.setenv("DSFS_CONFIG", str(config))
-    cli = Cli(moto_server.new_bucket(), cache_dir)
-    vid = cli("create", "ds").strip()
-    holding = threading.Event()
-    with CuttingProxy(moto_server.endpoint,
-                      hold=lambda method, path: holding.is_set() and "/chunks/" in path) as proxy:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-        mounts = Mounts(cli.store, cache_dir)
-        mounts.allow(r"commit of .* made no progress")
-        mnt = tmp_path / "mnt"
-        try:
-            mounts.mount(vid, mnt)
-            (mnt / "precious.txt").write_text("do not lose me")
-            holding.set()  # the store stops answering uploads
-            err = cli.fails("commit", str(mnt), code=7)
-            assert "the commit made no progress for 1 s" in err and "the changes are kept pending" in err
-            assert proxy.held >= 1
-            status = json.loads(cli("status", "--json"))
-            assert "the last commit failed, changes kept pending" in status[0]["problem"]
-            (mnt / "later.txt").write_text("written after")  # the mount goes on meanwhile
-            proxy.release()
-            mounts.umount(mnt)
-        finally:
-            mounts.cleanup()
-        got = tmp_path / "got"
-        cli("get", vid, str(got))
-    assert (got / "precious.txt").read_text() == "do not lose me"
-    assert (got / "later.txt").read_text() == "written after"
-
-
 def test_a_stale_lease_refuses_to_commit(overlay_of, local_store_url, tmp_path):
     from dsfs.errors import StoreUnavailable
     from dsfs.lease import TTL, Lease

@@ -3,6 +3,7 @@ leases, and store failures during commit."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -12,6 +13,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -324,22 +326,38 @@ def test_expired_lease_needs_break_lease(local_cli, local_mounts, tmp_path, hold
     assert not lease.exists()
 
 
-@pytest.mark.fuse
-def test_store_failure_during_commit_keeps_changes_pending(moto_server, monkeypatch, tmp_path, cache_dir):
+@contextlib.contextmanager
+def _s3_draft_mount(moto_server, monkeypatch, tmp_path, cache_dir, *, config: str, allow: str,
+                    endpoint: str | None = None):
+    """A new draft in a bucket of the moto server (reached through ``endpoint`` once made, if
+    given), ``config`` as the config file, mounted with precious.txt written into it; yields
+    (cli, vid, mounts, mountpoint) and cleans the mount up."""
     from mounting import Mounts
 
     moto_server.apply_env(monkeypatch)
-    config = tmp_path / "dsfs.yaml"
-    config.write_text("s3_max_attempts: 2\ns3_connect_timeout: 1\ns3_read_timeout: 2\n")
-    monkeypatch.setenv("DSFS_CONFIG", str(config))
+    path = tmp_path / "dsfs.yaml"
+    path.write_text(config)
+    monkeypatch.setenv("DSFS_CONFIG", str(path))
     cli = Cli(moto_server.new_bucket(), cache_dir)
     vid = cli("create", "ds").strip()
+    if endpoint is not None:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     mounts = Mounts(cli.store, cache_dir)
-    mounts.allow(r"commit of .* failed|s3 store unreachable|lease renewal|lease")
+    mounts.allow(allow)
     mnt = tmp_path / "mnt"
     try:
         mounts.mount(vid, mnt)
         (mnt / "precious.txt").write_text("do not lose me")
+        yield cli, vid, mounts, mnt
+    finally:
+        mounts.cleanup()
+
+
+@pytest.mark.fuse
+def test_store_failure_during_commit_keeps_changes_pending(moto_server, monkeypatch, tmp_path, cache_dir):
+    with _s3_draft_mount(moto_server, monkeypatch, tmp_path, cache_dir,
+                         config="s3_max_attempts: 2\ns3_connect_timeout: 1\ns3_read_timeout: 2\n",
+                         allow=r"commit of .* failed|s3 store unreachable|lease renewal|lease") as (cli, vid, _, mnt):
         moto_server.stop()
         try:
             err = cli.fails("umount", str(mnt), code=10)
@@ -356,8 +374,32 @@ def test_store_failure_during_commit_keeps_changes_pending(moto_server, monkeypa
         got = tmp_path / "got"
         cli("get", vid, str(got))
         assert (got / "precious.txt").read_text() == "do not lose me"
-    finally:
-        mounts.cleanup()
+
+
+@pytest.mark.fuse
+def test_a_commit_that_makes_no_progress_fails_and_keeps_the_changes(moto_server, monkeypatch, tmp_path,
+                                                                     cache_dir):
+    from s3proxy import CuttingProxy
+
+    holding = threading.Event()
+    with CuttingProxy(moto_server.endpoint,
+                      hold=lambda method, path: holding.is_set() and "/chunks/" in path) as proxy, \
+            _s3_draft_mount(moto_server, monkeypatch, tmp_path, cache_dir, config="commit_stall_timeout: 1\n",
+                            allow=r"commit of .* made no progress",
+                            endpoint=proxy.endpoint) as (cli, vid, mounts, mnt):
+        holding.set()  # the store stops answering uploads
+        err = cli.fails("commit", str(mnt), code=7)
+        assert "the commit made no progress for 1 s" in err and "the changes are kept pending" in err
+        assert proxy.held >= 1
+        status = json.loads(cli("status", "--json"))
+        assert "the last commit failed, changes kept pending" in status[0]["problem"]
+        (mnt / "later.txt").write_text("written after")  # the mount goes on meanwhile
+        proxy.release()
+        mounts.umount(mnt)
+        got = tmp_path / "got"
+        cli("get", vid, str(got))
+    assert (got / "precious.txt").read_text() == "do not lose me"
+    assert (got / "later.txt").read_text() == "written after"
 
 
 def _renameat2(src: Path, dst: Path, flags: int) -> None:
