@@ -33,6 +33,11 @@ class Settings:
     # A local-folder store is read in place: its bytes are already on a local disk, and copying
     # them into the disk cache would double the disk traffic and space. True caches them anyway.
     cache_local_store: bool = False
+    # A local store's published mount prepares files ahead of the reader (order hints, cold reads
+    # in folder order) only when true: its reads cost the daemon CPU, not waiting, and on a
+    # machine with few cores the preparing competes with the reader for them (bench_mount: an
+    # order hint or a folder-order walk ran at half the speed of plain demand reads on 2 cores).
+    prefetch_local: bool = False
     # A miss on a small file of a remote store also fetches the small files around it in the
     # same chunk, up to this many bytes in one ranged GET (0: one GET per file).
     neighbour_bytes: int = MiB
@@ -136,6 +141,6 @@ def _apply(settings: Settings, data: dict, where: str) -> None:
             raise InvalidInput(f"unknown config key {key!r} in {where}")
         if attr in ("chunk_size", "block_size", "cache_size", "neighbour_bytes", "read_ahead") and value is not None:
             value = parse_size(value, what=key)
-        if attr in ("cache_local_store", "durable_close") and not isinstance(value, bool):
+        if attr in ("cache_local_store", "durable_close", "prefetch_local") and not isinstance(value, bool):
             raise InvalidInput(f"config key {key!r} must be true or false, not {value!r}")
         setattr(settings, attr, value)

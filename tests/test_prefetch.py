@@ -165,7 +165,15 @@ def _digests(args):
     return out
 
 
-def test_an_order_hint_serves_a_shuffled_four_process_epoch_ahead(cli, mounts, tmp_path):
+@pytest.fixture
+def prefetch_local(tmp_path, monkeypatch):
+    """Mounts of a local store prepare files ahead too (prefetch_local: true; off by default)."""
+    config = tmp_path / "prefetch-local.yaml"
+    config.write_text("prefetch_local: true\n")
+    monkeypatch.setenv("DSFS_CONFIG", str(config))
+
+
+def test_an_order_hint_serves_a_shuffled_four_process_epoch_ahead(cli, mounts, tmp_path, prefetch_local):
     """The loader lists the version, sends the epoch's shuffled order, and four processes read
     their share of it: every byte is right, and most files never reach the daemon as a read
     (their verified bytes were pushed into the page cache) or were prepared before their read."""
@@ -192,7 +200,7 @@ def test_an_order_hint_serves_a_shuffled_four_process_epoch_ahead(cli, mounts, t
     assert prefetch["misses"] <= len(files) // 10, prefetch
 
 
-def test_cold_reads_in_folder_order_push_the_next_files(local_cli, local_mounts, tmp_path):
+def test_cold_reads_in_folder_order_push_the_next_files(local_cli, local_mounts, tmp_path, prefetch_local):
     """Without a hint, a cold read of a small file prepares the files after it in its chunk
     (folder order) and pushes them: a walk that reads every file lets most of them be answered
     by the kernel, and the bytes are right."""
@@ -272,6 +280,45 @@ def test_warm_reads_the_whole_version_and_status_shows_it(cli, mounts, store_url
         assert _stats(mnt)["cache"]["fetched"] == before["cache"]["fetched"]  # all from the cache
 
 
+def test_a_local_store_prepares_nothing_ahead_by_default(local_cli, local_mounts, tmp_path):
+    """Without prefetch_local, a local store's mount counts a hint but prepares nothing, and
+    follows no folder order: every read is a demand read (the reader keeps the CPU). A hint
+    that pushes nothing is dropped even when preparing is on: see the next test."""
+    files = {f"d{i // 50}/f{i:03d}.bin": _rand(1000 + i, i) for i in range(100)}
+    vid = _publish(local_cli, tmp_path, files)
+    mnt = tmp_path / "mnt"
+    local_mounts.mount(vid, mnt)
+    (tmp_path / "order.txt").write_text("".join(p + "\n" for p in reversed(list(files))))
+    local_cli("prefetch", str(mnt), "--order", str(tmp_path / "order.txt"))
+    _wait_for(lambda: _stats(mnt)["prefetch"]["hints"] == 1, "the hint")
+    for path in sorted(files):
+        assert (mnt / path).read_bytes() == files[path]
+    stats = _stats(mnt)
+    prefetch = stats["prefetch"]
+    assert prefetch["prepares"] is False and prefetch["order"] == 0, prefetch
+    assert prefetch["prepared"] == prefetch["pushed"] == prefetch["advised"] == 0, prefetch
+    assert stats["requests"]["read"] == len(files)
+
+
+def test_a_hint_is_dropped_when_its_files_were_never_looked_up(local_cli, local_mounts, tmp_path, prefetch_local):
+    """A loader that reads files by path without listing their folders looks each up only as it
+    reads it: no push could land, so after a run of such files a local store's order is dropped
+    (preparing would only take CPU from the reader). Every byte is still right."""
+    files = {f"f{i:03d}.bin": _rand(500 + i, i) for i in range(200)}
+    vid = _publish(local_cli, tmp_path, files)
+    mnt = tmp_path / "mnt"
+    local_mounts.mount(vid, mnt)
+    order = sorted(files)
+    random.Random(5).shuffle(order)
+    (tmp_path / "order.txt").write_text("".join(p + "\n" for p in order))
+    local_cli("prefetch", str(mnt), "--order", str(tmp_path / "order.txt"))
+    _wait_for(lambda: _stats(mnt)["prefetch"]["dropped"] == 1, "the order to be dropped")
+    prefetch = _stats(mnt)["prefetch"]
+    assert prefetch["pushed"] == 0 and prefetch["unknown"] >= 64 and prefetch["order"] == 0, prefetch
+    for path in order:
+        assert (mnt / path).read_bytes() == files[path]
+
+
 def test_the_hint_cli_and_api_errors(local_cli, local_mounts, tmp_path):
     import dsfs
 
@@ -291,7 +338,7 @@ def test_the_hint_cli_and_api_errors(local_cli, local_mounts, tmp_path):
     local_cli("prefetch", vid)  # a ref still warms the cache now
 
 
-def test_hinted_sampler_sends_each_epoch_order(local_cli, local_mounts, tmp_path):
+def test_hinted_sampler_sends_each_epoch_order(local_cli, local_mounts, tmp_path, prefetch_local):
     from dsfs.torch import HintedSampler
 
     files = {f"f{i}.bin": _rand(100 + i, i) for i in range(20)}

@@ -114,7 +114,8 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
                 record.warm = progress
                 registry.write_record(settings.state_dir, record)
 
-        prefetch = PrefetchService(view, workers=2 if store.is_local else 4, on_progress=on_progress)
+        prefetch = PrefetchService(view, workers=2 if store.is_local else 4, on_progress=on_progress,
+                                   prepare=settings.prefetch_local or not store.is_local)
     elif warm:
         raise InvalidInput("--warm needs a published version mounted with the direct adapter")
 

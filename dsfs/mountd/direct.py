@@ -238,12 +238,16 @@ class DirectOperations:
             if self._known[ino] <= 0:
                 del self._known[ino]
 
+    def knows(self, ino: int) -> bool:
+        """Whether the kernel holds an inode for ``ino`` (it looked it up, or listed it with
+        readdirplus, and has not forgotten it): only such a file can be pushed."""
+        with self._lock:
+            return self._known.get(ino, 0) > 0
+
     def push(self, ino: int, data: bytes) -> str:
         """Put a file's verified bytes into the kernel's page cache: "pushed", "unknown" (the
         kernel holds no inode for it) or "refused" (the kernel said no)."""
-        with self._lock:
-            known = self._known.get(ino, 0) > 0
-        if not known or self.session is None:
+        if not self.knows(ino) or self.session is None:
             return "unknown"
         view = memoryview(data)
         for start in range(0, len(data), PUSH_PIECE):
@@ -437,7 +441,7 @@ def serve(view: VersionView, mountpoint: str, options: list[str], on_ready, *, m
         raise MountError(f"libfuse refused the mount options: {mount_opts!r}")
     handlers.session = session
     if prefetch is not None:
-        prefetch.push = handlers.push
+        prefetch.push, prefetch.knows = handlers.push, handlers.knows
     try:
         if _session_mount(session, os.fsencode(mountpoint)) != 0:
             raise MountError(f"cannot mount at {mountpoint!r} (see the log for libfuse's reason)")

@@ -48,27 +48,37 @@ WARM_PIECE = 8 << 20
 WARM_QUIET = 0.2  # warm pauses until demand reads have been quiet this long (seconds)
 WARM_CACHE_SHARE = 0.5  # a remote warm fills at most this share of the disk cache
 JOB_BATCH = 8
+# A local store's order is dropped after this many files in a row the kernel had no inode for:
+# the reader looks each file up only as it reads it (it never listed the folders), so no push can
+# land, and preparing them only costs the daemon CPU the reader needs.
+UNKNOWN_RUN = 64
 # files prepared ahead; pushed into the page cache (and their bytes); pushes the kernel had no
 # inode for, or refused; chunk ranges advised; jobs that failed; hints and their unknown paths
+# the order dropped because pushes stopped landing (local store)
 COUNTERS = ("prepared", "pushed", "pushed_bytes", "unknown", "refused", "advised", "failed",
-            "hints", "hint_unknown")
+            "hints", "hint_unknown", "dropped")
 
 Push = Callable[[int, bytes], str]  # (inode, whole file) -> "pushed" | "unknown" | "refused"
 
 
 class PrefetchService:
     def __init__(self, view: VersionView, *, workers: int = 2, ahead_bytes: int | None = None,
-                 on_progress: Callable[[dict], None] | None = None) -> None:
+                 on_progress: Callable[[dict], None] | None = None, prepare: bool = True) -> None:
         self.view = view
         self.store = view.store
         self.cache = view.cache
         self.local = bool(view.store.is_local)
+        # False: hints are counted and folder order is not followed; nothing is prepared ahead
+        # (a local store's default, config prefetch_local). --warm works either way.
+        self.prepare = prepare
         if ahead_bytes is None:
             # A remote store prefetches into the disk cache: never more than a small share of it,
             # so what was fetched ahead cannot push out what the reader needs next.
             ahead_bytes = 64 << 20 if self.local else max(1 << 20, min(64 << 20, self.cache.size_limit // 8))
         self.policy = Prefetcher(ahead_bytes=ahead_bytes)
         self.push: Push | None = None
+        # Whether the kernel holds an inode (only those can be pushed; None: assume it does).
+        self.knows: Callable[[int], bool] | None = None
         self.on_progress = on_progress
         self.workers = workers
         self.counts: collections.Counter[str] = collections.Counter(dict.fromkeys(COUNTERS, 0))
@@ -79,6 +89,7 @@ class PrefetchService:
         self._last_demand = 0.0
         self._cold: tuple[str, int] | None = None  # (chunk, offset) of the last cold read
         self._in_order = 0  # cold reads in a row that moved on in folder order
+        self._unknown_run = 0  # files in a row a push could not land for (local store)
 
     # -- life -----------------------------------------------------------------------------------
 
@@ -86,7 +97,7 @@ class PrefetchService:
         server = self._listen(mountpoint)  # bound before the mount is reported ready
         if server is not None:
             self._spawn(self._control, server, name="dsfs-control")
-        for i in range(self.workers):
+        for i in range(self.workers if self.prepare else 0):
             self._spawn(self._work, name=f"dsfs-prefetch-{i}")
         if warm:
             self.warm = {"state": "starting", "done": 0, "total": 0}
@@ -108,7 +119,7 @@ class PrefetchService:
     def stats(self) -> dict:
         with self._lock:
             counts = dict(self.counts)
-        doc = {**self.policy.stats(), **counts}
+        doc = {**self.policy.stats(), **counts, "prepares": self.prepare}
         if self.warm is not None:
             doc["warm"] = dict(self.warm)
         return doc
@@ -123,7 +134,7 @@ class PrefetchService:
         """A demand read reached the daemon: tell the policy; a cold small file that is not in
         the current order starts a folder-order follow from it."""
         self._last_demand = time.monotonic()
-        if offset != 0 or node.chunk is None:
+        if offset != 0 or node.chunk is None or not self.prepare:
             return
         # neighbour_bytes 0 ("one GET per file") turns the folder-order follow off as well
         if self.policy.saw(node.ino) == "off" and self.cache.neighbour_bytes and self._shows_order(node) \
@@ -174,6 +185,10 @@ class PrefetchService:
             log.info("order hint: %d of %d paths are not in this version", unknown, len(paths))
         self._count("hints")
         self._count("hint_unknown", unknown)
+        if not self.prepare:
+            log.info("order hint of %d files noted; a local store's mount prepares nothing ahead "
+                     "(prefetch_local: true in the config turns it on)", len(items))
+            return
         self.policy.hint(items)
 
     # -- jobs -----------------------------------------------------------------------------------
@@ -202,7 +217,18 @@ class PrefetchService:
         # single flight, so a demand read of a file being prepared waits for it, not refetches.
         near = _no_neighbours if self.policy.stats()["hinted"] else self.view._near
         try:
-            if job.push and self.push is not None and node.size <= PUSH_MAX:
+            pushable = job.push and self.push is not None and node.size <= PUSH_MAX
+            if pushable and self.knows is not None and not self.knows(node.ino):
+                # The reader has not looked the file up yet (a loader that never listed its
+                # folders): a push would be dropped. From a local store the advice the batch
+                # gave the disk is the whole preparation; reading and checking the file here
+                # would only be done again by its demand read.
+                self._count("unknown")
+                pushable = False
+                self._note_unknown(True)
+            elif pushable:
+                self._note_unknown(False)
+            if pushable:
                 data = self.cache.read_all(self.store, node.to_entry(), near=near)
                 self._push(node.ino, data)
             elif not self.local:
@@ -214,6 +240,17 @@ class PrefetchService:
             log.debug("prefetch of %r failed: %s", node.path, exc)
             self._count("failed")
             return False
+
+    def _note_unknown(self, unknown: bool) -> None:
+        """Drop a local store's order once pushes stop landing (see UNKNOWN_RUN)."""
+        with self._lock:
+            self._unknown_run = self._unknown_run + 1 if unknown else 0
+            drop = self.local and self._unknown_run == UNKNOWN_RUN
+        if drop:
+            log.info("order dropped: %d files in a row were not looked up before their turn, so no "
+                     "push could land (list the folders first to have files pushed)", UNKNOWN_RUN)
+            self._count("dropped")
+            self.policy.hint([])
 
     def _push(self, ino: int, data: bytes) -> None:
         outcome = self.push(ino, data)
