@@ -14,6 +14,7 @@ imports or opens it.
 from __future__ import annotations
 
 import collections
+import io
 import logging
 import sqlite3
 import struct
@@ -188,7 +189,13 @@ class DiskTier:
             with self._lock:
                 with db.transact(retry=True):
                     for key, payload in items:
-                        db.set(key, wrap(key, payload), retry=True)
+                        value = wrap(key, payload)
+                        if len(value) >= FILE_THRESHOLD:
+                            # As a file object: diskcache writes bytes values by iterating them,
+                            # which yields lines (a write per ~256 random bytes: 160 MB/s).
+                            db.set(key, io.BytesIO(value), read=True, retry=True)
+                        else:
+                            db.set(key, value, retry=True)
                 self._evict()
         except self._errors as exc:
             log.warning("block cache write failed for %d blocks: %s", len(items), exc)
