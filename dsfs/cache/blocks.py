@@ -755,7 +755,7 @@ class BlockCache:
     def _read_ahead(self, store: ObjectStore, entry: Entry, state: ReadState,
                     offset: int, end: int, last: int) -> None:
         todo = readahead.advance(state, offset, end, last, nblocks=self._nblocks(entry),
-                                 slack=self._slack(end - offset), max_window=self.readahead_max,
+                                 slack=min(SEQUENTIAL_SLACK, self.block_size), max_window=self.readahead_max,
                                  wait_for_stream=entry.tree is not None)
         for i in todo:
             key = self.block_key(entry.sha256, i)
@@ -766,12 +766,6 @@ class BlockCache:
                 future = self._pool.submit(self._read_ahead_block, store, entry, i, key, state)
                 self._pending.add(future)
             future.add_done_callback(self._done)
-
-    def _slack(self, length: int) -> int:
-        """How far from where the previous read ended a read may begin and still continue it.
-        The kernel keeps several read-ahead requests in flight (1 MiB each with ``read_ahead``,
-        see mountd/kernel.py), so a stream's reads arrive a few requests out of order."""
-        return min(max(SEQUENTIAL_SLACK, 4 * length), self.block_size)
 
     def _read_ahead_block(self, store: ObjectStore, entry: Entry, i: int, key: str, state: ReadState) -> None:
         try:
