@@ -107,6 +107,7 @@ class DiskTier:
         self._default_limit = default_limit
         self._on_corrupt = on_corrupt
         self._lock = threading.Lock()  # one writer at a time
+        self._touch_lock = threading.Lock()  # the touched set only: a hit never waits on a write
         self._open_lock = threading.Lock()
         self._opened = None
         self._errors: tuple = (OSError, sqlite3.Error)
@@ -210,14 +211,13 @@ class DiskTier:
 
     def prune(self) -> int:
         """Evict least-recently-used blocks until the tier fits its limit; returns how many."""
-        db = self._db
         with self._lock:
-            return self._evict(db)
+            return self._evict()
 
-    def _evict(self, db=None) -> int:
+    def _evict(self) -> int:
         """Drop the least recently stored values, just enough to fit the limit (the caller holds
         ``_lock``); returns how many."""
-        db = db or self._db
+        db = self._db
         dropped = 0
         while (over := db.volume() - db.size_limit) > 0:
             rows = db._sql("SELECT key, size FROM Cache ORDER BY store_time LIMIT 64").fetchall()
@@ -234,7 +234,7 @@ class DiskTier:
     def _touch(self, key: str) -> None:
         """Mark a hit; touched keys get a fresh store time in one batch per second."""
         now = time.monotonic()
-        with self._lock:
+        with self._touch_lock:
             self._touched.add(key)
             if now - self._last_touch < 1.0:
                 return
@@ -262,7 +262,7 @@ class DiskTier:
         """Write pending touches and close, if the tier was ever opened."""
         if self._opened is None:
             return
-        with self._lock:
+        with self._touch_lock:
             keys, self._touched = list(self._touched), set()
         self._flush_touches(keys)
         self._db.close()
