@@ -127,6 +127,13 @@ def unmount(settings: Settings, mountpoint: str, *, timeout: float = 3600, lazy:
         stale = registry.is_stale(path) or (record is not None and not registry.pid_alive(record.pid))
         args = [FUSERMOUNT, "-u"] + (["-z"] if stale or lazy else []) + [path]
         result = subprocess.run(args, capture_output=True, text=True)
+        for pause in (0.05, 0.1, 0.2, 0.4):
+            # A process passing through (a stat, a file manager's scan) makes the mount busy for
+            # a moment: wait a little before saying so.
+            if result.returncode == 0 or "busy" not in result.stderr.lower():
+                break
+            time.sleep(pause)
+            result = subprocess.run(args, capture_output=True, text=True)
         if result.returncode != 0:
             message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"
             if "busy" in message.lower():

@@ -119,26 +119,29 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
     elif warm:
         raise InvalidInput("--warm needs a published version mounted with the direct adapter")
 
-    def tune() -> None:
+    def tune_then_ready() -> None:
         from .kernel import set_read_ahead
 
+        # The mount is reported ready only after this: the stat child that finds the device is
+        # inside the mount while it waits, and an umount right after "mounted" would find it busy.
         kib = set_read_ahead(mountpoint, settings.read_ahead)
         with record_lock:
             record.read_ahead_kb = kib
-            registry.write_record(settings.state_dir, record)
-
-    def on_ready() -> None:
-        # After the kernel has the INIT answer (it sets the read-ahead then): in a thread of its own.
-        threading.Thread(target=tune, name="dsfs-tune", daemon=True).start()
-        with record_lock:
-            if prefetch is not None:
-                prefetch.start(mountpoint, warm=warm)
-                record.warm = dict(prefetch.warm) if prefetch.warm else None
             registry.write_record(settings.state_dir, record)
         log.info("mounted %s (%s@%s) at %s with the %s adapter", manifest.id, manifest.dataset,
                  manifest.name, mountpoint, adapter)
         sd_notify("READY=1")
         ready()
+
+    def on_ready() -> None:
+        with record_lock:
+            if prefetch is not None:
+                prefetch.start(mountpoint, warm=warm)
+                record.warm = dict(prefetch.warm) if prefetch.warm else None
+            registry.write_record(settings.state_dir, record)
+        # The kernel sets the read-ahead when it gets the INIT answer, which this callback comes
+        # before: tune in a thread of its own, after that answer.
+        threading.Thread(target=tune_then_ready, name="dsfs-tune", daemon=True).start()
 
     options = list(fuse_options or [])
     if allow_other:
