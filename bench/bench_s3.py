@@ -180,7 +180,7 @@ def main() -> int:
                 dsfs("umount", str(mnt))
             rows[label] = {"cold": cold, "warm": warm, "gets": stats["misses"] + stats["readahead"]}
         big_rows: dict[str, float] = {}
-        peak_rss_mib = None
+        peak_rss_mib, big_stats = None, None
         if args.big_mib:
             key, offset, length = where[big]
             part = 8 << 20
@@ -193,6 +193,7 @@ def main() -> int:
             dsfs("mount", vid, str(mnt))
             try:
                 big_rows["dsfs, read() 1 MiB in order"] = sequential(str(mnt / big))
+                big_stats = json.loads(os.getxattr(mnt, "user.dsfs.stats"))["cache"]
                 pid = json.loads(dsfs("status", "--json"))[0]["pid"]
                 peak_rss_mib = int(Path(f"/proc/{pid}/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
             finally:
@@ -211,13 +212,14 @@ def main() -> int:
             print(f"\n{args.big_mib} MiB file, cold{'MB/s':>23}{'/boto3':>12}")
             for label, mbs in big_rows.items():
                 print(f"{label:34}{mbs:>10.0f}{mbs / base:>12.2f}")
-            print(f"daemon peak RSS after the big read: {peak_rss_mib:.0f} MiB")
+            print(f"daemon peak RSS after the big read: {peak_rss_mib:.0f} MiB; blocks read ahead "
+                  f"{big_stats['readahead']}, waited for {big_stats['misses']}")
         out = HERE / "out"
         out.mkdir(exist_ok=True)
         (out / "bench_s3.json").write_text(json.dumps({"files": args.files, "threads": args.threads,
                                                       "big_mib": args.big_mib, "loadavg": os.getloadavg(),
                                                       "rows": rows, "big": big_rows,
-                                                      "daemon_peak_rss_mib": peak_rss_mib}, indent=1))
+                                                      "daemon_peak_rss_mib": peak_rss_mib, "big_cache": big_stats}, indent=1))
     finally:
         if os.path.ismount(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)

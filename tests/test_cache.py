@@ -639,15 +639,17 @@ def test_bad_block_hashes_in_a_manifest_are_rejected():
 def test_read_ahead_opens_only_on_streams_and_doubles_to_its_bound():
     """The policy alone (dsfs/cache/readahead.py): random reads queue nothing; reads in order
     open a window of one block that doubles as the reader enters new blocks, up to the bound; a
-    file with a hash tree waits for two reads that each moved on; a jump closes the window."""
+    file with a hash tree waits for two reads that each moved on; a jump closes the window; a
+    stream's reads that overtake each other keep it open, and reads merely near each other never
+    open one."""
     mib = 1 << 20
 
     def reads(offsets, *, tree=False, size=mib):
         state, out = ReadState(), []
         for off in offsets:
             end = off + size
-            out.append(list(advance(state, off, end, (end - 1) // (4 * mib), nblocks=64, slack=mib,
-                                    max_window=8, wait_for_stream=tree)))
+            out.append(list(advance(state, off, end, off // (4 * mib), (end - 1) // (4 * mib), nblocks=64,
+                                    slack=mib, max_window=8, wait_for_stream=tree)))
         return out
 
     assert reads([40 * mib, 3 * mib, 90 * mib]) == [[], [], []]
@@ -658,4 +660,13 @@ def test_read_ahead_opens_only_on_streams_and_doubles_to_its_bound():
     assert queued == sorted(set(queued))  # each block queued once, in order
     assert reads([0, mib, 2 * mib], tree=True)[:2] == [[], []]  # a tree waits for two moves
     assert reads([0, mib, 50 * mib])[2] == []  # a jump closes the window
+    # Requests of 1 MiB answered out of order (three in flight): the window stays open and
+    # still reaches every block once, in order.
+    shuffled = [o * mib for base in range(0, 255, 3) for o in (base + 2, base, base + 1)]
+    overtaken = reads(shuffled)
+    queued = [b for q in overtaken for b in q]
+    assert queued == sorted(set(queued)) and queued[-1] == 63
+    assert reads(shuffled[:6] + [40 * mib])[-1] == []  # a real jump still closes it
+    # A columnar reader's chunks that land near each other, out of order, open nothing.
+    assert reads([9 * mib, 6 * mib, 11 * mib, 3 * mib, 8 * mib], size=mib // 2) == [[]] * 5
 

@@ -176,7 +176,7 @@ class BlockCache:
         bs = self.block_size
         first, last = offset // bs, (end - 1) // bs
         if state is not None:
-            self._read_ahead(store, entry, state, offset, end, last)
+            self._read_ahead(store, entry, state, offset, end, first, last)
         if entry.tree is not None and not (state and state.window):
             # A random read of a file with a hash tree costs about its own size: the 64 KiB
             # leaves it touches, each checked on its own (sequential reads take whole blocks).
@@ -753,8 +753,8 @@ class BlockCache:
     # -- sequential reads ---------------------------------------------------------------------
 
     def _read_ahead(self, store: ObjectStore, entry: Entry, state: ReadState,
-                    offset: int, end: int, last: int) -> None:
-        todo = readahead.advance(state, offset, end, last, nblocks=self._nblocks(entry),
+                    offset: int, end: int, first: int, last: int) -> None:
+        todo = readahead.advance(state, offset, end, first, last, nblocks=self._nblocks(entry),
                                  slack=min(SEQUENTIAL_SLACK, self.block_size), max_window=self.readahead_max,
                                  wait_for_stream=entry.tree is not None)
         for i in todo:

@@ -6,8 +6,13 @@ ahead of them.
 random; once reads stream, a window that starts at one block and doubles with each new block
 the reader enters, up to ``max_window``. A file with a hash tree waits for two reads in a row that
 each moved on before it opens the window: a random read that lands near the last one, or a read
-the kernel retries after an error (it begins where the failed one began), stays leaf-sized. The
-block cache carries the plan out; this module only decides.
+the kernel retries after an error (it begins where the failed one began), stays leaf-sized. A
+stream's reads overtake each other (the kernel has several requests of a stream in flight, and
+the daemon's threads answer them in any order): a read that lands among the blocks an open window
+already covers keeps the window open (and grows it when it enters a new block), where a read
+anywhere else closes it. Such a read never
+opens a window, so reads that merely land near each other (a columnar reader's column chunks)
+fetch no more than they ask for. The block cache carries the plan out; this module only decides.
 """
 
 from __future__ import annotations
@@ -33,14 +38,24 @@ class ReadState:
         self.hashed = 0
 
 
-def advance(state: ReadState, offset: int, end: int, last: int, *, nblocks: int, slack: int,
+def advance(state: ReadState, offset: int, end: int, first: int, last: int, *, nblocks: int, slack: int,
             max_window: int, wait_for_stream: bool) -> range:
-    """Record a read of ``[offset, end)`` whose last block is ``last``; the blocks to read ahead
+    """Record a read of ``[offset, end)`` over blocks ``first..last``; the blocks to read ahead
     now (an empty range while access looks random). ``slack``: how far from where the previous
-    read ended a read may begin and still count as sequential (the kernel delivers a stream's
-    reads slightly out of order). ``wait_for_stream``: the file has a hash tree (see above)."""
+    read ended a read may begin and still count as sequential. ``wait_for_stream``: the file has
+    a hash tree (see above)."""
     with state.lock:
-        sequential = state.sequential = state.end is not None and abs(offset - state.end) <= slack
+        sequential = state.end is not None and abs(offset - state.end) <= slack
+        if not sequential and state.window and state.last_block - 1 <= first <= state.ahead:
+            # One of the stream's reads, overtaken by another: the stream goes on from the
+            # furthest read so far.
+            state.sequential = True
+            if last > state.last_block:
+                state.window = min(state.window * 2, max_window)
+            end, last = max(end, state.end or 0), max(last, state.last_block)
+            state.end, state.last_block = end, last
+            return _ahead(state, last, nblocks)
+        state.sequential = sequential
         state.streak = state.streak + 1 if sequential and offset > state.start else 0
         state.start = offset
         if not sequential:
@@ -50,9 +65,16 @@ def advance(state: ReadState, offset: int, end: int, last: int, *, nblocks: int,
         elif last > state.last_block:
             state.window = min(state.window * 2, max_window)
         state.end, state.last_block = end, last
-        if not state.window or not max_window:
+        if not max_window:
             return range(0)
-        target = min(last + state.window, nblocks - 1)
-        todo = range(max(state.ahead + 1, last + 1), target + 1)
-        state.ahead = max(state.ahead, target)
-        return todo
+        return _ahead(state, last, nblocks)
+
+
+def _ahead(state: ReadState, last: int, nblocks: int) -> range:
+    """The blocks past ``last`` the window covers that are not queued yet (under the lock)."""
+    if not state.window:
+        return range(0)
+    target = min(last + state.window, nblocks - 1)
+    todo = range(max(state.ahead + 1, last + 1), target + 1)
+    state.ahead = max(state.ahead, target)
+    return todo
