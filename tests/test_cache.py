@@ -19,7 +19,7 @@ import time
 import diskcache
 import pytest
 
-from dsfs.cache import BlockCache, ReadState, default_cache_size
+from dsfs.cache import BlockCache, ReadState, blocks, default_cache_size
 from dsfs.cache.readahead import advance
 from dsfs.changeset.manifest import DEFLATED, STORED, Entry, new_id
 from dsfs.changeset.packer import Source, hash_sources, pack
@@ -55,6 +55,13 @@ def store(tmp_path):
     s = CountingStore(tmp_path / "store")
     yield s
     s.close()
+
+
+@pytest.fixture
+def block_by_block(monkeypatch):
+    """The block-by-block path of a stored file with only its own sha256 and too big to check
+    whole (a change-set older than hash trees), reachable at these tests' sizes."""
+    monkeypatch.setattr(blocks, "WHOLE_CHECK_MAX", 0)
 
 
 @pytest.fixture
@@ -133,7 +140,7 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
 # -- reads ----------------------------------------------------------------------------------
 
 
-def test_stored_member_ranged_reads_at_block_boundaries(store, cache, tmp_path):
+def test_stored_member_ranged_reads_at_block_boundaries(block_by_block, store, cache, tmp_path):
     data = random_bytes(5000)
     entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]
     assert entry.method == STORED
@@ -272,7 +279,7 @@ def test_a_failed_fetch_fails_every_waiter(store, cache, tmp_path):
 # -- read-ahead -----------------------------------------------------------------------------
 
 
-def test_sequential_reads_are_served_by_read_ahead(store, cache, tmp_path):
+def test_sequential_reads_are_served_by_read_ahead(block_by_block, store, cache, tmp_path):
     data = random_bytes(16 * BS, seed=2)
     entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]
     state = ReadState()
@@ -287,7 +294,7 @@ def test_sequential_reads_are_served_by_read_ahead(store, cache, tmp_path):
     assert store.gets == 16
 
 
-def test_random_reads_do_not_read_ahead(store, cache, tmp_path):
+def test_random_reads_do_not_read_ahead(block_by_block, store, cache, tmp_path):
     data = random_bytes(16 * BS, seed=4)
     entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]
     state = ReadState()
@@ -323,7 +330,7 @@ def test_reading_more_than_fits_evicts_and_stays_correct(store, cache_dir, tmp_p
         assert cache.read_all(store, entry) == data
 
 
-def test_a_small_cache_evicts_just_enough_and_keeps_the_newest(store, cache_dir, tmp_path):
+def test_a_small_cache_evicts_just_enough_and_keeps_the_newest(block_by_block, store, cache_dir, tmp_path):
     """Eviction drops the least recently stored blocks until the cache fits, never the whole
     cache (diskcache's own culling drops ten at a time, the block just stored included)."""
     bs = 64 << 10
@@ -446,7 +453,7 @@ def test_corrupt_deflated_chunk_raises_after_one_refetch(store, cache, tmp_path)
     assert cache.stats()["count"] == 0
 
 
-def test_corrupt_multi_block_file_fails_whole_file_checks(store, cache, tmp_path):
+def test_corrupt_multi_block_file_fails_whole_file_checks(block_by_block, store, cache, tmp_path):
     data = random_bytes(6 * BS, seed=14)
     entry = pack_files(store, tmp_path, {"big.bin": data})["big.bin"]
     flip_store_byte(store, entry, 4 * BS + 3)
@@ -465,6 +472,24 @@ def test_corrupt_multi_block_file_fails_whole_file_checks(store, cache, tmp_path
             cache.drain()
     assert offset >= len(data) - 500
     assert cache.stats()["count"] == 0  # its blocks were dropped
+
+
+def test_a_random_read_of_a_file_without_block_hashes_checks_the_whole_file(store, cache, tmp_path):
+    """With blocks smaller than a hash block, a stored file that has only its own sha256 is
+    fetched and checked whole on any read: a corrupt byte far from the bytes asked for is found,
+    never served past."""
+    data = random_bytes(5 * BS, seed=17)
+    entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]
+    assert entry.tree is None and entry.size > BS
+    flip_store_byte(store, entry, 4 * BS + 1)
+    with pytest.raises(Corrupt, match=r"sha256 mismatch for 'a.bin'"):
+        cache.read(store, entry, 10, 100)
+    with pytest.raises(Corrupt, match=r"sha256 mismatch for 'a.bin'"):
+        cache.read(store, entry, 2 * BS, 100, ReadState())
+    flip_store_byte(store, entry, 4 * BS + 1)  # repaired: served, and cached as blocks
+    assert cache.read(store, entry, 2 * BS, 100) == data[2 * BS:2 * BS + 100]
+    assert cache.read(store, entry, 10, 100) == data[10:110]
+    assert cache.stats()["count"] == 5
 
 
 def test_missing_chunk_is_corrupt_naming_the_chunk(store, cache, tmp_path):
@@ -504,7 +529,7 @@ def test_another_process_reads_blocks_this_one_cached(store, cache, cache_dir, t
     assert out == data
 
 
-def test_without_a_disk_cache_memory_keeps_only_what_a_reader_still_needs(store, cache_dir, tmp_path):
+def test_without_a_disk_cache_memory_keeps_only_what_a_reader_still_needs(block_by_block, store, cache_dir, tmp_path):
     """persist=False (a local-folder store): nothing reaches the disk cache; a small file read
     whole leaves nothing in memory; a multi-block deflated member is inflated once however it is
     read in pieces; sequential pieces of a stored member reuse the block they start in."""

@@ -28,15 +28,16 @@ def files(tmp_path):
     store = MemoryStore()
     data = {f"small/{i:03d}.bin": random_bytes(random.Random(i).randint(1, 30_000), seed=i) for i in range(60)}
     data["big.bin"] = random_bytes(HASH_BLOCK + 3 * BS + 12_345, seed=100)  # stored, with a hash tree
-    # A stored file of several blocks (of this test's BS) but at most 4 MiB has no piece hashes;
-    # read at random it is length-checked only (SEMANTICS: a known gap with a block_size under
-    # 4 MiB), so it is not among the files this test reads at random.
     data["mid.bin"] = random_bytes(BS - 7, seed=101)  # stored, one block: fetched whole
+    # Stored, several blocks of this test's BS but at most 4 MiB: no hashes but its own, so it is
+    # fetched whole too, whatever the read.
+    data["multi.bin"] = random_bytes(3 * BS + 99, seed=102)
     entries = pack_files(store, tmp_path, data)
     text = {"text/a.txt": compressible(3 * BS + 77), "text/b.txt": compressible(40_000)}
     entries.update(pack_files(store, tmp_path, text, compression="deflate"))
     data.update(text)
     assert entries["big.bin"].tree is not None and entries["mid.bin"].size <= BS
+    assert entries["multi.bin"].tree is None and entries["multi.bin"].size > BS
     assert entries["text/a.txt"].method == DEFLATED
     return store, entries, data
 

@@ -56,6 +56,10 @@ SPOOL_MEMORY = 64 << 20
 # Reads starting this close to where the previous one ended count as sequential (FUSE may
 # deliver a stream's reads slightly out of order).
 SEQUENTIAL_SLACK = 1 << 20
+# A stored file with no hashes but its own is fetched whole up to this size, so that every read
+# of it is checked (at most one hash block: a bigger file has a hash tree, or is from a change-set
+# older than trees).
+WHOLE_CHECK_MAX = HASH_BLOCK
 # Verified blocks waiting for the disk cache's writer, at most (a fetching thread waits past it).
 WRITE_BACKLOG = 32 << 20
 # A miss on a small member of a remote store also fetches the small members around it in the
@@ -326,8 +330,11 @@ class BlockCache:
         return min(self.block_size, entry.size - i * self.block_size)
 
     def _whole_fetch(self, entry: Entry) -> bool:
-        """Members fetched whole: DEFLATED ones, and files that fit in one block."""
-        return entry.method != STORED or entry.size <= self.block_size
+        """Members fetched whole: DEFLATED ones, files that fit in one block, and files that
+        have no hashes but their own sha256 and fit in a hash block (only their whole can be
+        checked: a configured block under 4 MiB would otherwise serve their blocks unchecked)."""
+        return (entry.method != STORED or entry.size <= self.block_size
+                or (entry.size <= WHOLE_CHECK_MAX and not self._checkable(entry)))
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._lock:

@@ -108,9 +108,10 @@ def mount_info(mountpoint: str) -> tuple[str, str] | None:
 
 
 def is_stale(mountpoint: str) -> bool:
-    """A FUSE mount whose daemon is gone: stat fails with 'transport endpoint is not connected'."""
+    """A FUSE mount whose daemon is gone: statfs fails with 'transport endpoint is not
+    connected'. (Not stat: the kernel may answer that from the root's cached attributes.)"""
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)
     except OSError as exc:
         return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False
