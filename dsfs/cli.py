@@ -25,7 +25,6 @@ from .config import load_settings
 from .errors import EXIT_CODES, Corrupt, DsfsError, InvalidInput
 from .paths import name_bytes
 from .progress import human_size, plural
-from .sdk import Dataset, DatasetVersion, using
 
 log = logging.getLogger("dsfs")
 
@@ -87,6 +86,7 @@ cmd_create.creates_store = True  # the one command that may start a new store
 
 
 def cmd_add(repo, args):
+    from .sdk import DatasetVersion
     s = DatasetVersion.get(args.ref).add_files(args.paths, wildcard=args.wildcard,
                                                recursive=not args.non_recursive, dataset_path=args.dest or "",
                                                strict=args.strict)
@@ -94,10 +94,12 @@ def cmd_add(repo, args):
 
 
 def cmd_remove(repo, args):
+    from .sdk import DatasetVersion
     _report(args, DatasetVersion.get(args.ref).remove_files(args.patterns, recursive=not args.non_recursive))
 
 
 def cmd_sync(repo, args):
+    from .sdk import DatasetVersion
     _report(args, DatasetVersion.get(args.ref).sync_folder(args.folder, dataset_path=args.dest or "",
                                                            strict=args.strict))
 
@@ -113,6 +115,7 @@ def _report(args, summary):
 
 
 def cmd_publish(repo, args):
+    from .sdk import DatasetVersion
     print(DatasetVersion.get(args.ref).publish_version(name=args.name).id)
 
 
@@ -126,6 +129,7 @@ def cmd_snapshot(repo, args):
 
 
 def cmd_datasets(repo, args):
+    from .sdk import Dataset
     records = [d.record for d in Dataset.list(project=args.project, tag=args.tag)]
     if args.json:
         _print_json([{"name": r.name, "project": r.project, "tags": r.tags,
@@ -139,6 +143,7 @@ def cmd_datasets(repo, args):
 
 
 def cmd_versions(repo, args):
+    from .sdk import DatasetVersion
     versions = [v.manifest for v in DatasetVersion.get_versions(args.dataset, only_published=args.published,
                                                                 only_draft=args.drafts)]
     if args.json:
@@ -197,6 +202,7 @@ def cmd_log(repo, args):
 
 
 def cmd_tag(repo, args):
+    from .sdk import Dataset
     dataset = Dataset.get(args.dataset)
     if args.add:
         dataset.add_tags(args.add)
@@ -244,6 +250,7 @@ def cmd_get(repo, args):
 
 
 def cmd_verify(repo, args):
+    from .sdk import DatasetVersion
     problems = DatasetVersion.get(args.ref).verify(hash=args.hash)
     if args.json:
         _print_json({"ok": not problems, "problems": problems})
@@ -255,10 +262,12 @@ def cmd_verify(repo, args):
 
 
 def cmd_squash(repo, args):
+    from .sdk import DatasetVersion
     print(DatasetVersion.squash(args.dataset, args.refs, version_name=args.name).id)
 
 
 def cmd_delete(repo, args):
+    from .sdk import Dataset
     if args.dataset:
         if args.ref:
             raise InvalidInput("give a REF or --dataset NAME, not both")
@@ -498,8 +507,9 @@ def main(argv: list[str] | None = None) -> int:
         with _sigterm_as_interrupt(needs_repo):
             settings = load_settings(store=args.store, cache_dir=args.cache_dir, config=args.config)
             repo = settings
-            if needs_repo:  # mount, umount, status... import no more than they use
+            if needs_repo:  # mount, umount, status... import no more than they use (nor the API)
                 from .repo import Repository
+                from .sdk import using
 
                 repo = Repository(settings, create_store=getattr(args.func, "creates_store", False))
             if args.quiet and needs_repo:
