@@ -368,6 +368,37 @@ def test_warm_walk_and_reads_stay_in_the_kernel(local_cli, local_mounts, tmp_pat
     assert "user.dsfs.stats" not in os.listxattr(mnt)
 
 
+def test_a_published_view_answers_listed_inodes_from_memory(local_cli, local_store_url, cache_dir, tmp_path):
+    """A published version's view remembers the nodes a listing gave out: the reads that follow
+    a walk ask the index nothing (a cold epoch's commonest request is one SQLite query fewer)."""
+    from dsfs.cache import open_cache
+    from dsfs.config import load_settings
+    from dsfs.mountd.view import VersionView
+    from dsfs.repo import Repository
+
+    files = {f"d{i % 3}/f{i:03d}": f"file {i}" for i in range(60)}
+    src = write_tree(tmp_path / "src", files)
+    vid = local_cli("create", "ds").strip()
+    local_cli("add", vid, str(src))
+    local_cli("publish", vid)
+    repo = Repository(load_settings(store=local_store_url, cache_dir=str(cache_dir)))
+    manifest = repo.resolve(vid)
+    cache = open_cache(repo.settings, repo.store)
+    view = VersionView(manifest, repo.index(manifest), repo.store, cache)
+    asked = []
+    get = view.index.get
+    view.index.get = lambda ino: asked.append(ino) or get(ino)
+    try:
+        folders = view.children(view.by_path("").ino)
+        nodes = [n for folder in folders for n in view.children_at(folder.ino, 0)]
+        asked.clear()
+        assert sorted(view.read(view.getattr(n.ino), 0, 100).decode() for n in nodes) == sorted(files.values())
+        assert asked == []
+    finally:
+        cache.close()
+        repo.store.close()
+
+
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_long_listing_resumes_across_calls(local_cli, local_mounts, tmp_path, adapter):
     """A folder far larger than one readdir reply is listed whole, once each, in byte order,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import threading
 import time
 
@@ -223,6 +224,67 @@ def test_local_list_hides_lock_and_temp_files(tmp_path):
     assert (tmp_path / "store" / ".lock").exists()
     assert [i.key for i in store.list()] == ["a/x"]
     assert [i.key for i in store.list("a/")] == ["a/x"]
+
+
+def test_local_store_keeps_chunk_files_open_up_to_a_bound(tmp_path):
+    """Ranged reads of chunks (created once, never changed: FORMAT.md) reuse an open file, the
+    least recently read closed past the bound; a record, which may be replaced, is opened per
+    read; a chunk gc deletes while open still reads its bytes; close() closes them all."""
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    store = LocalStore(tmp_path / "store", create=True)
+    keys = [f"versions/v/chunks/c-{i:04d}.zip" for i in range(70)]
+    for i, key in enumerate(keys):
+        store.put(key, bytes([i]) * 100)
+    before = open_fds()
+    for _ in range(3):
+        for i, key in enumerate(keys[:10]):
+            assert store.get_range(key, 10, 5) == bytes([i]) * 5
+    assert open_fds() == before + 10
+    for i, key in enumerate(keys):
+        assert store.get_range(key, 99, 5) == bytes([i])
+    assert open_fds() == before + 64
+    store.delete(keys[-1])
+    assert store.get_range(keys[-1], 0, 3) == bytes([69]) * 3
+    store.put("versions/v/draft.json", b"old")
+    assert store.get_range("versions/v/draft.json", 0, 3) == b"old"
+    store.put("versions/v/draft.json", b"new")
+    assert store.get_range("versions/v/draft.json", 0, 3) == b"new"
+    with pytest.raises(NotFound, match="object not found in store: 'versions/v/chunks/none.zip'"):
+        store.get_range("versions/v/chunks/none.zip", 0, 1)
+    store.close()
+    assert open_fds() == before
+
+
+def test_local_store_closes_an_evicted_chunk_only_after_its_reads(tmp_path):
+    """Reads in many threads over more chunks than stay open: every read gets its bytes (a file
+    is never closed under a read), and nothing stays open after close()."""
+    store = LocalStore(tmp_path / "store", create=True)
+    keys = [f"versions/v/chunks/c-{i:04d}.zip" for i in range(100)]
+    for i, key in enumerate(keys):
+        store.put(key, bytes([i]) * 4096)
+    before = len(os.listdir("/proc/self/fd"))
+    errors = []
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(2000):
+                i = rng.randrange(len(keys))
+                assert store.get_range(keys[i], rng.randrange(4000), 64) == bytes([i]) * 64
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    store.close()
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 def test_delete(store):

@@ -9,7 +9,6 @@ Every method is blocking and thread-safe; adapters call it from worker threads.
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import os
 import stat
@@ -30,6 +29,7 @@ XATTR_DATASET = "user.dsfs.dataset"
 XATTR_SOURCE_VERSION = "user.dsfs.source_version"  # the version that provided a file's bytes
 XATTR_SOURCE_DATASET = "user.dsfs.source_dataset"
 BLOCK_SIZE = 4096
+NODE_MEMO = 32768  # nodes of a published version remembered (about 10 MiB); then it starts over
 
 
 class NotADirectory(DsfsError):
@@ -81,18 +81,32 @@ class VersionView:
         self.uid = os.getuid()
         self.gid = os.getgid()
         self.dataset_of = DatasetOf(store, manifest)
-        # A published index never changes, so its answers can be remembered instead of asked of
-        # SQLite on every request.
-        self._get = functools.lru_cache(maxsize=8192)(index.get) if self.immutable else index.get
+        # A published index never changes, so the nodes it gave out are remembered by inode:
+        # those asked for, and every entry of a listing, which the kernel reads next (a read asks
+        # for its file's node, so a walk or an epoch over listed folders asks SQLite nothing).
+        self._nodes: dict[int, Node] | None = {} if self.immutable else None
 
     @property
     def immutable(self) -> bool:
         return self.manifest.is_published
 
+    def _remember(self, nodes: list[Node]) -> list[Node]:
+        memo = self._nodes
+        if memo is not None:
+            if len(memo) + len(nodes) > NODE_MEMO:
+                self._nodes = memo = {}
+            for node in nodes:
+                memo[node.ino] = node
+        return nodes
+
     def getattr(self, ino: int) -> Node:
-        node = self._get(ino)
+        memo = self._nodes
+        node = memo.get(ino) if memo is not None else None
         if node is None:
-            raise NotFound(f"no inode {ino}")
+            node = self.index.get(ino)
+            if node is None:
+                raise NotFound(f"no inode {ino}")
+            self._remember([node])
         return node
 
     def lookup(self, parent: int, name: str) -> Node:
@@ -103,7 +117,7 @@ class VersionView:
         node = self.index.lookup(parent, check_name_length(name))
         if node is None:
             raise NotFound(f"no entry {name!r} in inode {parent}")
-        return node
+        return self._remember([node])[0]
 
     def by_path(self, path: str) -> Node:
         """A node by its path ('' or '/' is the root)."""
@@ -117,13 +131,13 @@ class VersionView:
         node = self.getattr(ino)
         if not node.is_dir:
             raise NotADirectory(f"not a folder: {node.path!r}")
-        return self.index.children(ino, after, limit)
+        return self._remember(self.index.children(ino, after, limit))
 
     def children_at(self, ino: int, skip: int, limit: int = 1000) -> list[Node]:
         node = self.getattr(ino)
         if not node.is_dir:
             raise NotADirectory(f"not a folder: {node.path!r}")
-        return self.index.children_at(ino, skip, limit)
+        return self._remember(self.index.children_at(ino, skip, limit))
 
     def readlink(self, node: Node) -> str:
         if node.type != SYMLINK:

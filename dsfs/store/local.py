@@ -15,6 +15,8 @@ import fcntl
 import os
 import shutil
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,11 +24,76 @@ from ..errors import AlreadyExists, Conflict, DsfsError, NoSpace, NotFound, Stor
 from .base import ObjectInfo, ObjectStore, Progress, check_key
 
 _COPY_BLOCK = 4 << 20
+_CHUNKS = "/chunks/"  # keys of chunk files (FORMAT.md §1)
 
 
 def _etag(st: os.stat_result) -> str:
     # Every write renames a fresh file into place, so (inode, size, mtime) changes on each write.
     return f"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
+
+
+class _OpenFiles:
+    """Chunk files kept open for ranged reads, the least recently read closed past ``limit``.
+
+    A mount reads one small range per file from chunk files: opening and closing the chunk around
+    each read doubled the system calls of the commonest request (and each call lets another
+    thread take the interpreter). Only chunks are kept open: FORMAT.md has them created once and
+    never changed, so an open file never serves bytes the key no longer holds (a chunk deleted by
+    gc keeps its bytes until closed). A file in use by a reader is closed only after the read."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._files: OrderedDict[str, list] = OrderedDict()  # key -> [fd, readers, evicted]
+
+    def pread(self, key: str, path: str, length: int, start: int) -> bytes:
+        slot = self._acquire(key, path)
+        try:
+            return os.pread(slot[0], length, start)
+        finally:
+            self._release(slot)
+
+    def _acquire(self, key: str, path: str) -> list:
+        with self._lock:
+            slot = self._files.get(key)
+            if slot is not None:
+                self._files.move_to_end(key)
+                slot[1] += 1
+                return slot
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"object not found in store: {key!r}") from None
+        evicted = []
+        with self._lock:
+            slot = self._files.get(key)
+            if slot is None:  # else another thread opened it meanwhile: use that one
+                slot = self._files[key] = [fd, 0, False]
+                fd = None
+                while len(self._files) > self._limit:
+                    evicted.append(self._files.popitem(last=False)[1])
+            slot[1] += 1
+        if fd is not None:
+            os.close(fd)
+        for old in evicted:
+            self._release(old, evict=True)
+        return slot
+
+    def _release(self, slot: list, *, evict: bool = False) -> None:
+        with self._lock:
+            if evict:
+                slot[2] = True
+            else:
+                slot[1] -= 1
+            close = slot[2] and slot[1] == 0
+        if close:
+            os.close(slot[0])
+
+    def close(self) -> None:
+        with self._lock:
+            slots, self._files = list(self._files.values()), OrderedDict()
+        for slot in slots:
+            self._release(slot, evict=True)
 
 
 class LocalStore(ObjectStore):
@@ -43,6 +110,7 @@ class LocalStore(ObjectStore):
             raise StoreUnavailable(f"cannot create store folder {self.url!r}: {exc.strerror}") from None
         if not self.root.is_dir():
             raise StoreUnavailable(f"store path is not a folder: {self.url!r}")
+        self._open = _OpenFiles()
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -87,6 +155,8 @@ class LocalStore(ObjectStore):
             raise NotFound(f"object not found in store: {key!r}") from None
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
+        if _CHUNKS in key:
+            return self._open.pread(key, os.path.join(self.url, check_key(key)), length, start)
         try:
             fd = os.open(os.path.join(self.url, check_key(key)), os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):
@@ -95,6 +165,9 @@ class LocalStore(ObjectStore):
             return os.pread(fd, length, start)
         finally:
             os.close(fd)
+
+    def close(self) -> None:
+        self._open.close()
 
     def put(self, key: str, data: bytes) -> str:
         return self._write_atomic(key, lambda f: f.write(data))
