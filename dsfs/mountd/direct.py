@@ -151,7 +151,7 @@ def _loop_mt(session: int, max_threads: int) -> int:
     return _bind("fuse_session_loop_mt_31", c_int, c_void_p, c_int)(session, 0)
 
 
-_pinned: set[int] = set()
+_pinned = threading.local()  # lives as long as the thread state it is kept in
 _gil_ensure = ctypes.pythonapi.PyGILState_Ensure
 _gil_ensure.restype = c_int
 
@@ -169,10 +169,9 @@ def _keep_thread_state(callback, tally):
     @functools.wraps(callback)
     def run(*args):
         tally(name)
-        tid = threading.get_native_id()
-        if tid not in _pinned:
+        if not hasattr(_pinned, "state"):  # empty until this OS thread's state is kept
             _gil_ensure()
-            _pinned.add(tid)
+            _pinned.state = True
         return callback(*args)
 
     return run
