@@ -306,6 +306,33 @@ def test_random_reads_do_not_read_ahead(block_by_block, store, cache, tmp_path):
     assert cache.stats()["readahead"] == 0
 
 
+def test_a_read_never_waits_for_the_disk_writer_and_a_prefetch_does(store, cache_dir, tmp_path, monkeypatch):
+    """With the disk cache's writer stuck and its backlog full, reads go on (served, counted
+    ``unkept``, not kept on disk) where a prefetch waits to keep its blocks; once the writer
+    moves, the prefetch finishes and every block it fetched is on disk."""
+    monkeypatch.setattr(blocks, "WRITE_BACKLOG", 2 * BS)
+    data = random_bytes(16 * BS, seed=21)
+    entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]
+    other = pack_files(store, tmp_path, {"b.bin": random_bytes(8 * BS, seed=22)})["b.bin"]
+    with BlockCache(cache_dir, block_size=BS, size_limit=64 << 20, readahead_max=0) as cache:
+        stuck = threading.Event()
+        put_many = cache._disk.put_many
+        monkeypatch.setattr(cache._disk, "put_many", lambda items: stuck.wait(30) and put_many(items))
+        for i in range(16):  # the first blocks fill the backlog; the rest are not kept
+            assert cache.read(store, entry, i * BS + 5, 10) == data[i * BS + 5:i * BS + 15]
+        assert cache._counts["unkept"] >= 12
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (cache.prefetch(store, other), done.set()))
+        thread.start()
+        assert not done.wait(0.5)  # waits for the writer
+        stuck.set()
+        assert done.wait(30)
+        thread.join()
+        cache.drain()
+        assert all(cache.block_key(other.sha256, i) in cache._disk for i in range(8))
+        assert cache.stats()["unkept"] >= 12
+
+
 # -- eviction -------------------------------------------------------------------------------
 
 

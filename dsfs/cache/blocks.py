@@ -31,7 +31,7 @@ import shutil
 import tempfile
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..changeset.manifest import EMPTY_SHA256, HASH_BLOCK, STORED, Entry
@@ -60,7 +60,9 @@ SEQUENTIAL_SLACK = 1 << 20
 # of it is checked (at most one hash block: a bigger file has a hash tree, or is from a change-set
 # older than trees).
 WHOLE_CHECK_MAX = HASH_BLOCK
-# Verified blocks waiting for the disk cache's writer, at most (a fetching thread waits past it).
+# Verified blocks waiting for the disk cache's writer, at most. Past it, a block a reader fetched
+# is served but not kept (the disk is slower than the store: a read never waits for the cache);
+# a prefetch, whose point is to keep blocks, waits for the writer instead.
 WRITE_BACKLOG = 32 << 20
 # A miss on a small member of a remote store also fetches the small members around it in the
 # same chunk, up to this many bytes in one ranged GET: an epoch over many small files then costs
@@ -156,6 +158,7 @@ class BlockCache:
         self._writes_pending = 0
         self._writes_bytes = 0  # bytes queued for the writer: bounded by WRITE_BACKLOG
         self._writes_cond = threading.Condition()
+        self._filling = threading.local()  # .on while this thread runs prefetch(): it waits to keep blocks
         self._writer_thread = threading.Thread(target=self._writer, name="dsfs-cache-writer", daemon=True)
         self._writer_thread.start()
         self._counts = collections.Counter()
@@ -230,8 +233,20 @@ class BlockCache:
             if progress:
                 progress(len(data))
 
-        self._scan(self._store(store), entry, sink, tally)
+        with self.keeping():
+            self._scan(self._store(store), entry, sink, tally)
         return tally[0]
+
+    @contextlib.contextmanager
+    def keeping(self) -> Iterator[None]:
+        """In this thread, blocks fetched are kept on disk even when that means waiting for the
+        cache's writer (prefetch and warm threads; a reader's fetches never wait)."""
+        outer = getattr(self._filling, "on", False)
+        self._filling.on = True
+        try:
+            yield
+        finally:
+            self._filling.on = outer
 
     @property
     def size_limit(self) -> int:
@@ -263,6 +278,7 @@ class BlockCache:
             "hashed": counts.get("hashed", 0),
             "tree_fetched": counts.get("tree_fetched", 0),
             "leaf_reads": counts.get("leaf_reads", 0),
+            "unkept": counts.get("unkept", 0),
         }
 
     def prune(self) -> int:
@@ -361,11 +377,18 @@ class BlockCache:
         self._memory.put(key, memoryview(payload))
         with self._writes_cond:
             # Fetching faster than the disk takes the blocks would hold them all in memory:
-            # past the backlog bound, the fetching thread waits for the writer.
-            self._writes_cond.wait_for(lambda: self._writes_bytes < WRITE_BACKLOG)
-            self._writes_pending += 1
-            self._writes_bytes += len(payload)
-        self._writes.put((key, payload))
+            # past the backlog bound, a prefetch waits for the writer and a read moves on.
+            full = self._writes_bytes >= WRITE_BACKLOG
+            if full and getattr(self._filling, "on", False):
+                self._writes_cond.wait_for(lambda: self._writes_bytes < WRITE_BACKLOG)
+                full = False
+            if not full:
+                self._writes_pending += 1
+                self._writes_bytes += len(payload)
+        if full:
+            self._count("unkept")
+        else:
+            self._writes.put((key, payload))
 
     def _writer(self) -> None:
         while True:

@@ -104,7 +104,11 @@ class PrefetchService:
             self._spawn(self._warm, name="dsfs-warm")
 
     def _spawn(self, target, *args, name: str) -> None:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        def run() -> None:
+            with self.cache.keeping():  # what is fetched ahead is fetched to be kept
+                target(*args)
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
 
