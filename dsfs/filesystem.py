@@ -50,7 +50,7 @@ from .changeset.manifest import DRAFT, FILE, SYMLINK, Removal
 from .changeset.packer import Source
 from .config import load_settings
 from .errors import InvalidInput, NotFound, ReadOnly
-from .lease import check_not_leased
+from .draft.lease import check_not_leased
 from .mountd.view import VersionView
 from .paths import ancestors, check_path, parent_of
 from .repo import Repository

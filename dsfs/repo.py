@@ -212,7 +212,7 @@ class Repository:
         return parent.id
 
     def publish(self, ref: str, name: str | None = None) -> VersionManifest:
-        from .lease import check_not_leased
+        from .draft.lease import check_not_leased
 
         manifest = self.resolve(ref)
         if manifest.is_published:
@@ -277,7 +277,7 @@ class Repository:
     def _unleased_draft(self, ref: str) -> VersionManifest:
         """A draft that no live mount is writing: changing it under a writable mount would mix
         two writers' change-sets (the mount commits through its own lease instead)."""
-        from .lease import check_not_leased
+        from .draft.lease import check_not_leased
 
         manifest = self.resolve_draft(ref)
         check_not_leased(self.store, manifest.id)

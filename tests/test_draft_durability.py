@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from dsfs.config import load_settings
-from dsfs.mountd import draft as drafts
+from dsfs.draft import session as drafts
 from dsfs.repo import Repository
 from dsfs.resolver.index import ROOT_INO
 from mounting import wait_dead
@@ -225,7 +225,7 @@ def test_writes_during_a_commit_go_on_and_are_kept(local_cli, local_mounts, tmp_
 
 def test_a_stale_lease_refuses_to_commit(overlay_of, local_store_url, tmp_path):
     from dsfs.errors import StoreUnavailable
-    from dsfs.lease import TTL, Lease
+    from dsfs.draft.lease import TTL, Lease
 
     overlay = overlay_of()
     _write_file(overlay, "kept", b"kept")
@@ -255,7 +255,7 @@ def test_files_whose_last_release_never_came_are_journaled_at_the_end(overlay_of
 
 
 def test_a_commit_snapshot_takes_a_file_closed_again_while_it_links(overlay_of, monkeypatch):
-    from dsfs.mountd import overlay as overlay_module
+    from dsfs.draft import overlay as overlay_module
 
     overlay = overlay_of()
     rewritten = _write_file(overlay, "rewritten", b"old bytes")

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import write_tree
-from dsfs.mountd.overlay import MAX_FILE_SIZE
+from dsfs.draft.overlay import MAX_FILE_SIZE
 from mounting import wait_dead
 
 PAST_NS = 1_000_000_000_000_000_000  # 2001-09-09

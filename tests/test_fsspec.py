@@ -26,7 +26,7 @@ from conftest import Cli, write_tree
 import dsfs
 from dsfs import errors
 from dsfs.filesystem import DsfsFileSystem, IsAFolder, PathNotFound
-from dsfs.lease import Lease
+from dsfs.draft.lease import Lease
 
 STORES = ["local", pytest.param("seaweed", marks=pytest.mark.s3)]
 ROWS, GROUP = 160_000, 40_000  # big.parquet: 4 row groups of 4 float64 columns, ~5 MiB

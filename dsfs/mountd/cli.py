@@ -131,8 +131,8 @@ def cmd_commit(repo, args):
     if (args.mountpoint is None) == (args.pending is None):
         raise InvalidInput("give a MOUNTPOINT or --pending VERSION")
     if args.pending is not None:
-        from ..lease import check_not_leased
-        from . import draft
+        from ..draft.lease import check_not_leased
+        from ..draft import session as draft
         from .view import VersionView
 
         manifest = repo.resolve(args.pending)

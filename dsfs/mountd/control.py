@@ -161,7 +161,7 @@ def _draft_outcome(settings: Settings, path: str, record: registry.MountRecord, 
     they were not recorded (the commit failed, or the daemon died before it finished)."""
     import json
 
-    from .draft import pending_drafts, result_path
+    from ..draft.session import pending_drafts, result_path
 
     retry = f"run 'dsfs commit --pending {record.version}'"
     result_file = result_path(settings, path)
@@ -191,7 +191,7 @@ def _release_dead_lease(settings: Settings, record: registry.MountRecord) -> Non
     import socket
 
     from ..errors import DsfsError
-    from ..lease import lease_key, read_lease
+    from ..draft.lease import lease_key, read_lease
     from ..store import open_store
 
     with contextlib.suppress(DsfsError):
@@ -236,7 +236,7 @@ def prefetch(mountpoint: str, paths: list[str]) -> int:
 
 
 def status(settings: Settings) -> list[dict]:
-    from .draft import pending_drafts
+    from ..draft.session import pending_drafts
 
     result = []
     for record in registry.all_records(settings.state_dir):

@@ -210,9 +210,10 @@ def _pin_index(settings: Settings, path: str) -> Path:
 
 def _serve_draft(repo, manifest, view, cache, mountpoint, options, on_ready, *, break_lease, settings,
                  note, took_over) -> int:
-    from ..lease import Lease
+    from ..draft.lease import Lease
     from ..store import open_store
-    from . import draft, writable
+    from ..draft import session as draft
+    from . import writable
 
     # The heartbeat gets a store client of its own: an upload hogging (or hung in) the main one
     # never holds up a renewal.

@@ -26,7 +26,7 @@ from ..errors import DsfsError, InvalidInput
 from .lowlevel import LONG_TIMEOUT
 from .lowlevel import translate_errors as _translate
 from ..resolver.index import Node
-from .overlay import Attr, Overlay, stat_mode
+from ..draft.overlay import Attr, Overlay, stat_mode
 from .view import DatasetOf, file_xattrs
 
 log = logging.getLogger(__name__)

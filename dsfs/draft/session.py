@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..config import Settings
 from ..errors import Busy, DsfsError, StoreUnavailable
-from ..lease import Lease
+from .lease import Lease
 from ..progress import Progress
 from ..repo import CommitSummary, Repository
 from ..resolver.build import upgrade_pinned
@@ -42,7 +42,7 @@ def stage_dir(settings: Settings, version_id: str) -> Path:
 
 
 def result_path(settings: Settings, mountpoint: str) -> Path:
-    from .registry import record_path
+    from ..mountd.registry import record_path
 
     path = record_path(settings.state_dir, mountpoint)
     return path.with_suffix(".result")

@@ -22,9 +22,9 @@ import socket
 import threading
 import time
 
-from .errors import AlreadyExists, Conflict, NotFound, StoreUnavailable
-from .procs import boot_id, pid_alive
-from .store.base import ObjectStore
+from ..errors import AlreadyExists, Conflict, NotFound, StoreUnavailable
+from ..procs import boot_id, pid_alive
+from ..store.base import ObjectStore
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ Names and symlink targets are stored as BLOBs of their bytes, as in the index (d
 Data: a file being written has a working copy, ``data/<ino>.w`` (a new file, with no closed
 bytes to roll back to, is written in place as ``data/<ino>``); when it is closed — at the FUSE
 flush of its only writer, which close(2) waits for, or at the last release — it is hashed
-(usually already, as it was written: dsfs/mountd/digest.py), renamed to ``data/<ino>`` and its
+(usually already, as it was written: dsfs/draft/digest.py), renamed to ``data/<ino>`` and its
 journal row committed, with every change made before it: the rows of closes that run at the
 same time share one commit (group commit). Other operations commit as they end, except a
 create's row and a reopen's mark, which wait for the next commit (a crash drops a file never
