@@ -48,7 +48,6 @@ import logging
 import os
 import shutil
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -1012,9 +1011,4 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def stat_mode(attr: Attr) -> int:
-    kind = {DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}.get(attr.type, stat.S_IFREG)
-    return kind | attr.mode
 
