@@ -42,13 +42,18 @@ def prefetch(mountpoint: str | os.PathLike, paths) -> int:
 
 @contextlib.contextmanager
 def mounted(ref: str, path: str | os.PathLike | None = None, *, store: str | None = None,
-            cache_dir: str | None = None, config: str | None = None, cache_size: str | None = None,
-            adapter: str = "auto", warm: bool = False, read_only: bool = False) -> Iterator[Path]:
-    """Mount ``ref`` at ``path`` (a new temp folder when None) for the duration of the block;
-    ``warm`` warms the whole version in the background; ``read_only`` mounts a draft read-only."""
+            cache_dir: str | None = None, config: str | None = None, **options) -> Iterator[Path]:
+    """Mount ``ref`` at ``path`` (a new temp folder when None) for the duration of the block.
+
+    ``options`` are those of ``dsfs mount`` (``dsfs.mountd.options.MountOptions``): ``read_only``
+    (a draft), ``break_lease``, ``allow_other``, ``fuse`` (FUSE mount options such as
+    ``["noatime"]``), ``cache_size``, ``adapter``, ``warm`` (the whole version, in the
+    background) and ``verbose`` (the daemon's log)."""
     from .config import load_settings
     from .mountd import control
+    from .mountd.options import MountOptions
 
+    mount_options = MountOptions(**options)
     settings = load_settings(store=store, cache_dir=cache_dir, config=config)
     made = None
     if path is None:
@@ -56,8 +61,12 @@ def mounted(ref: str, path: str | os.PathLike | None = None, *, store: str | Non
 
         made = tempfile.mkdtemp(prefix="dsfs-mount-")
         path = made
-    record = control.spawn(settings, ref, str(path), cache_size=cache_size, adapter=adapter, config=config,
-                           warm=warm, read_only=read_only)
+    try:
+        record = control.spawn(settings, ref, str(path), mount_options, config=config)
+    except BaseException:
+        if made is not None:
+            os.rmdir(made)
+        raise
     try:
         yield Path(record.mountpoint)
     finally:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dsfs.config import load_settings
 from dsfs.mountd import control, registry
+from dsfs.mountd.options import MountOptions
 
 UNEXPECTED = re.compile(r"Traceback|\b(WARNING|ERROR|CRITICAL)\b")
 # Log lines a test expects from its daemons, by cache folder (the conftest's ``cache_dir``
@@ -49,13 +50,10 @@ class Mounts:
         self.settings = load_settings(store=store, cache_dir=str(cache_dir))
         self.live: list[tuple[str, int]] = []
 
-    def mount(self, ref: str, mountpoint: Path, *, adapter: str = "auto", cache_size: str | None = None,
-              options: list[str] | None = None, read_only: bool = False,
-              break_lease: bool = False, warm: bool = False) -> registry.MountRecord:
+    def mount(self, ref: str, mountpoint: Path, **options) -> registry.MountRecord:
+        """``options``: those of ``MountOptions``."""
         mountpoint.mkdir(parents=True, exist_ok=True)
-        record = control.spawn(self.settings, ref, str(mountpoint), adapter=adapter,
-                               cache_size=cache_size, options=options, timeout=120,
-                               read_only=read_only, break_lease=break_lease, warm=warm)
+        record = control.spawn(self.settings, ref, str(mountpoint), MountOptions(**options), timeout=120)
         self.live.append((record.mountpoint, record.pid))
         return record
 

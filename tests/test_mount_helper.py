@@ -107,16 +107,16 @@ def test_mount_failures_are_one_line(local_cli, local_mounts, published, mount_h
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("store=/srv/s,ro", dict(store="/srv/s", read_only=True, fuse=[])),
+    ("store=/srv/s,ro", dict(store="/srv/s", read_only=True, fuse=())),
     ("store=s3://b/p,cache_dir=/c,cache_size=2G,config=/etc/d.yaml,rw",
      dict(store="s3://b/p", cache_dir="/c", cache_size="2G", config="/etc/d.yaml", read_only=False)),
     ("defaults,_netdev,nofail,noauto,user,x-systemd.requires=network-online.target,comment=x",
-     dict(store=None, fuse=[])),
-    ("allow_other,nosuid,nodev,noatime", dict(allow_other=True, fuse=["nosuid", "nodev", "noatime"])),
+     dict(store=None, fuse=())),
+    ("allow_other,nosuid,nodev,noatime", dict(allow_other=True, fuse=("nosuid", "nodev", "noatime"))),
 ])
 def test_options(text, expected):
     opts = parse_options(text)
-    assert {k: getattr(opts, k) for k in expected} == expected
+    assert {k: getattr(opts, k, getattr(opts.mount, k, None)) for k in expected} == expected
 
 
 @pytest.mark.parametrize("text, message", [
@@ -132,4 +132,4 @@ def test_bad_options(text, message):
 
 
 def test_sloppy_ignores_unknown_options():
-    assert parse_options("bogus,ro", sloppy=True).read_only
+    assert parse_options("bogus,ro", sloppy=True).mount.read_only

@@ -7,9 +7,9 @@ import json
 import os
 import sys
 
-from ..config import parse_size
 from ..errors import InvalidInput, NotFound
 from ..progress import human_size
+from .options import MountOptions, add_arguments
 
 
 def _open_cache(settings, store=None):
@@ -19,36 +19,15 @@ def _open_cache(settings, store=None):
 
 
 def cmd_mount(settings, args):
+    from .control import daemon_argv, spawn
+
+    options = MountOptions.from_args(args)
     if args.foreground:
         from .daemon import main as daemon_main
 
-        argv = ["--store", settings.store, "--cache-dir", settings.cache_dir, "--foreground",
-                "--adapter", args.adapter]
-        if args.config:
-            argv += ["--config", args.config]
-        if args.cache_size:
-            argv += ["--cache-size", args.cache_size]
-        if args.allow_other:
-            argv.append("--allow-other")
-        for opt in args.options:
-            argv += ["-o", opt]
-        if args.verbose:
-            argv.append("-v")
-        if args.read_only:
-            argv.append("--read-only")
-        if args.break_lease:
-            argv.append("--break-lease")
-        if args.warm:
-            argv.append("--warm")
-        return daemon_main(argv + ["--", args.ref, args.mountpoint])
-    from .control import spawn
-
-    if args.cache_size:
-        parse_size(args.cache_size, what="cache size")
-    record = spawn(settings, args.ref, args.mountpoint, cache_size=args.cache_size,
-                   allow_other=args.allow_other, options=args.options, adapter=args.adapter,
-                   verbose=args.verbose, config=args.config, read_only=args.read_only,
-                   break_lease=args.break_lease, warm=args.warm)
+        return daemon_main(["--foreground", *daemon_argv(settings, args.ref, args.mountpoint, options,
+                                                         args.config)])
+    record = spawn(settings, args.ref, args.mountpoint, options, config=args.config)
     if not args.quiet:
         mode = "read-write" if record.writable else "read-only"
         print(f"mounted {record.dataset} {record.version[:12]} ({record.state}, {mode}) at "
@@ -251,17 +230,7 @@ def add_commands(sub, command) -> None:
     sp.add_argument("ref", help="the version (a draft mounts writable)")
     sp.add_argument("mountpoint", help="an empty folder")
     sp.add_argument("--foreground", action="store_true", help="serve in this process")
-    sp.add_argument("--cache-size", help="bound of the shared block cache (e.g. 20G)")
-    sp.add_argument("--allow-other", action="store_true", help="let other users see the mount")
-    sp.add_argument("-o", dest="options", action="append", default=[], metavar="FUSE_OPTS",
-                    help="extra FUSE mount options, comma-separated (repeat)")
-    sp.add_argument("--adapter", default="auto", choices=["auto", "direct", "lowlevel"],
-                    help="how read-only mounts are served (default auto: the fastest that works)")
-    sp.add_argument("--read-only", action="store_true", help="mount a draft read-only")
-    sp.add_argument("--break-lease", action="store_true",
-                    help="take over the write lease of an expired or dead holder")
-    sp.add_argument("--warm", action="store_true",
-                    help="warm the whole version in the background, at the lowest priority")
+    add_arguments(sp)
 
     sp = command("umount", cmd_umount, "unmount; a writable draft commits its changes first")
     sp.add_argument("mountpoint", help="where the version is mounted")

@@ -12,36 +12,27 @@ import time
 from ..config import Settings
 from ..errors import Busy, InvalidInput, MountError, NotFound, NotRecorded, from_kind
 from . import registry
+from .options import MountOptions
 from .registry import log_file
 
 FUSERMOUNT = "fusermount3"
 
 
-def spawn(settings: Settings, ref: str, mountpoint: str, *, cache_size: str | None = None,
-          allow_other: bool = False, options: list[str] | None = None, adapter: str = "auto",
-          verbose: bool = False, config: str | None = None, timeout: float = 600,
-          read_only: bool = False, break_lease: bool = False, warm: bool = False) -> registry.MountRecord:
+def daemon_argv(settings: Settings, ref: str, mountpoint: str, options: MountOptions,
+                config: str | None = None) -> list[str]:
+    """The mount daemon's command line (``dsfs.mountd.daemon.main``) for one mount."""
+    argv = ["--store", settings.store, "--cache-dir", settings.cache_dir]
+    if config:
+        argv += ["--config", config]
+    return argv + options.to_argv() + ["--", ref, mountpoint]
+
+
+def spawn(settings: Settings, ref: str, mountpoint: str, options: MountOptions = MountOptions(), *,
+          config: str | None = None, timeout: float = 600) -> registry.MountRecord:
     """Start a detached daemon and return once the mount is ready (or raise its error)."""
     read_fd, write_fd = os.pipe()
-    cmd = [sys.executable, "-m", "dsfs.mountd.daemon", "--store", settings.store,
-           "--cache-dir", settings.cache_dir, "--ready-fd", str(write_fd), "--adapter", adapter]
-    if config:
-        cmd += ["--config", config]
-    if cache_size:
-        cmd += ["--cache-size", cache_size]
-    if allow_other:
-        cmd.append("--allow-other")
-    for opt in options or []:
-        cmd += ["-o", opt]
-    if verbose:
-        cmd.append("-v")
-    if read_only:
-        cmd.append("--read-only")
-    if break_lease:
-        cmd.append("--break-lease")
-    if warm:
-        cmd.append("--warm")
-    cmd += ["--", ref, mountpoint]
+    cmd = [sys.executable, "-m", "dsfs.mountd.daemon", "--ready-fd", str(write_fd),
+           *daemon_argv(settings, ref, mountpoint, options, config)]
     log_path = log_file(settings, mountpoint)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, pass_fds=(write_fd,), start_new_session=True,

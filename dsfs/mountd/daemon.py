@@ -19,15 +19,14 @@ import sys
 import threading
 from pathlib import Path
 
-from ..config import Settings, load_settings, parse_size
+from ..config import Settings, load_settings
 from ..errors import DsfsError, InvalidInput, MountError
 from . import registry
 from .registry import log_file
 from .notify import sd_notify
+from .options import MountOptions, add_arguments
 
 log = logging.getLogger("dsfs.mountd")
-
-ADAPTERS = ("auto", "direct", "lowlevel")  # drafts mounted writable always use the writable adapter
 
 
 def check_mountpoint(mountpoint: str, *, nonempty: bool = False) -> str:
@@ -60,12 +59,9 @@ def setup_logging(path: Path, *, verbose: bool, to_stderr: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | None = None,
-          allow_other: bool = False, fuse_options: list[str] | None = None, adapter: str = "auto",
-          ready=lambda: None, log_path: str = "", read_only: bool = False,
-          break_lease: bool = False, warm: bool = False) -> int:
-    """Resolve, mount and serve until unmounted. Calls ``ready()`` once the mount works.
-    ``warm``: warm the whole version in the background (published mounts)."""
+def serve(settings: Settings, ref: str, mountpoint: str, options: MountOptions = MountOptions(), *,
+          ready=lambda: None, log_path: str = "") -> int:
+    """Resolve, mount and serve until unmounted. Calls ``ready()`` once the mount works."""
     from ..cache import open_cache
     from ..catalog import Catalog
     from ..resolver import ViewBuilder, resolve_ref
@@ -75,24 +71,23 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
 
     from .libfuse import find as find_libfuse3
 
-    if adapter not in ADAPTERS:
-        raise InvalidInput(f"unknown adapter: {adapter!r} (auto, direct or lowlevel)")
     find_libfuse3()  # every adapter needs it: one clear line, not an ImportError, when it is missing
-    mountpoint = check_mountpoint(mountpoint, nonempty="nonempty" in (fuse_options or []))
+    mountpoint = check_mountpoint(mountpoint, nonempty="nonempty" in options.fuse)
     store = open_store(settings.store, settings)  # not a Repository: its write path is not needed here
     catalog = Catalog(store)
     manifest = resolve_ref(catalog, ref)
     index = ViewBuilder(catalog, settings.index_dir).index_for(manifest)
-    writable = manifest.state == "draft" and not read_only
+    writable = manifest.state == "draft" and not options.read_only
     pin = None
     if not manifest.is_published and not writable:
         # A draft's index file is replaced (and the old one deleted) when anyone adds a
         # change-set; a read-only mount keeps serving the state it mounted, through a hard link.
         pin = _pin_index(settings, index.path)
         index = VersionIndex(str(pin), immutable=False)
-    cache = open_cache(settings, store, size_limit=cache_size)
+    cache = open_cache(settings, store, size_limit=options.cache_bytes)
     view = VersionView(manifest, index, store, cache)
     # A draft caught mid-publish ("publishing") takes no more change-sets: serve it read-only.
+    adapter = options.adapter
     if adapter == "auto":
         adapter = "direct" if manifest.is_published else "lowlevel"
     if writable:
@@ -103,7 +98,7 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
         started=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), adapter=adapter,
         log=log_path, cache_dir=settings.cache_dir,
         # A local store's mount caches nothing on disk: it opens the disk tier only for a bound given.
-        cache_limit=cache.size_limit if cache.persist or cache_size or settings.cache_size else 0)
+        cache_limit=cache.size_limit if cache.persist or options.cache_size or settings.cache_size else 0)
     prefetch = None
     record_lock = threading.Lock()  # the warm thread rewrites the record too (one temp file)
     if adapter == "direct":
@@ -116,7 +111,7 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
 
         prefetch = PrefetchService(view, workers=2 if store.is_local else 4, on_progress=on_progress,
                                    prepare=settings.prefetch_local or not store.is_local)
-    elif warm:
+    elif options.warm:
         raise InvalidInput("--warm needs a published version mounted with the direct adapter")
 
     def tune_then_ready() -> None:
@@ -136,18 +131,16 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
     def on_ready() -> None:
         with record_lock:
             if prefetch is not None:
-                prefetch.start(mountpoint, warm=warm)
+                prefetch.start(mountpoint, warm=options.warm)
                 record.warm = dict(prefetch.warm) if prefetch.warm else None
             registry.write_record(settings.state_dir, record)
         # The kernel sets the read-ahead when it gets the INIT answer, which this callback comes
         # before: tune in a thread of its own, after that answer.
         threading.Thread(target=tune_then_ready, name="dsfs-tune", daemon=True).start()
 
-    options = list(fuse_options or [])
-    if allow_other:
-        options.append("allow_other")
-    if not any(o.startswith("fsname=") for o in options):
-        options.append(f"fsname={_fsname(ref)}")
+    fuse_options = options.fuse_options
+    if not any(o.startswith("fsname=") for o in fuse_options):
+        fuse_options.append(f"fsname={_fsname(ref)}")
     if writable:
         from ..repo import Repository
 
@@ -161,20 +154,21 @@ def serve(settings: Settings, ref: str, mountpoint: str, *, cache_size: int | No
         def took_over(holder: str) -> None:
             record.note = f"took over the lease of the draft from a writer that died ({holder})"
 
-        return _serve_draft(repo, manifest, view, cache, mountpoint, options, on_ready,
-                            break_lease=break_lease, settings=settings, note=note, took_over=took_over)
+        return _serve_draft(repo, manifest, view, cache, mountpoint, fuse_options, on_ready,
+                            break_lease=options.break_lease, settings=settings, note=note,
+                            took_over=took_over)
     try:
         if adapter == "direct":
             from . import direct
 
             # Python work is GIL-bound: a few workers serve a local folder best (measured in
             # bench_mount); a remote store's misses wait on the network, so they get more.
-            direct.serve(view, mountpoint, options, on_ready, max_threads=4 if store.is_local else 16,
+            direct.serve(view, mountpoint, fuse_options, on_ready, max_threads=4 if store.is_local else 16,
                          prefetch=prefetch)
         else:
             from . import lowlevel
 
-            lowlevel.serve(view, mountpoint, options, on_ready)
+            lowlevel.serve(view, mountpoint, fuse_options, on_ready)
     finally:
         sd_notify("STOPPING=1")
         if prefetch is not None:
@@ -265,15 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir")
     p.add_argument("--config")
     p.add_argument("--ready-fd", type=int)
-    p.add_argument("--cache-size")
-    p.add_argument("--allow-other", action="store_true")
-    p.add_argument("-o", dest="options", action="append", default=[])
-    p.add_argument("--adapter", default="auto")
     p.add_argument("--foreground", action="store_true")
-    p.add_argument("--read-only", action="store_true")
-    p.add_argument("--break-lease", action="store_true")
-    p.add_argument("--warm", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
+    add_arguments(p)
     p.add_argument("ref")
     p.add_argument("mountpoint")
     args = p.parse_args(argv)
@@ -294,12 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         path = log_file(settings, args.mountpoint)
         under_systemd = "INVOCATION_ID" in os.environ or "NOTIFY_SOCKET" in os.environ
         setup_logging(path, verbose=args.verbose, to_stderr=args.foreground or under_systemd)
-        options = [o for opt in args.options for o in opt.split(",") if o]
-        cache_size = parse_size(args.cache_size, what="cache size") if args.cache_size else None
-        return serve(settings, args.ref, args.mountpoint, cache_size=cache_size,
-                     allow_other=args.allow_other, fuse_options=options, adapter=args.adapter,
-                     ready=lambda: tell("ready"), log_path=str(path), read_only=args.read_only,
-                     break_lease=args.break_lease, warm=args.warm)
+        return serve(settings, args.ref, args.mountpoint, MountOptions.from_args(args),
+                     ready=lambda: tell("ready"), log_path=str(path))
     except DsfsError as exc:
         log.error("mount failed: %s", exc)
         tell(f"error {type(exc).__name__}: {exc}")

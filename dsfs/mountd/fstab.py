@@ -16,6 +16,7 @@ import sys
 
 from ..config import load_settings, parse_size
 from ..errors import DsfsError, InvalidInput
+from .options import MountOptions
 
 # Our own settings, as KEY=VALUE.
 _SETTINGS = ("store", "cache_dir", "cache_size", "config")
@@ -32,39 +33,39 @@ EXIT_USAGE = 1
 EXIT_FAILURE = 32
 
 
-@dataclasses.dataclass
-class MountOptions:
+@dataclasses.dataclass(frozen=True)
+class HelperOptions:
+    """An fstab line's options: where the store, cache and config are, and the mount's own."""
+
     store: str | None = None
     cache_dir: str | None = None
-    cache_size: str | None = None
     config: str | None = None
-    read_only: bool = False
-    allow_other: bool = False
-    fuse: list[str] = dataclasses.field(default_factory=list)
+    mount: MountOptions = MountOptions()
 
 
-def parse_options(text: str, *, sloppy: bool = False) -> MountOptions:
+def parse_options(text: str, *, sloppy: bool = False) -> HelperOptions:
     """An ``-o`` list. Unknown options are an error, or ignored with ``sloppy`` (mount -s)."""
-    opts = MountOptions()
+    found: dict = {"fuse": []}
     for item in filter(None, text.split(",")):
         key, sep, value = item.partition("=")
         if key in _SETTINGS:
             if not sep or not value:
                 raise InvalidInput(f"mount option needs a value: {key!r}")
-            setattr(opts, key, value)
+            found[key] = value
         elif item == "ro":
-            opts.read_only = True
+            found["read_only"] = True
         elif item == "allow_other":
-            opts.allow_other = True
+            found["allow_other"] = True
         elif item in _KERNEL_FLAGS:
-            opts.fuse.append(item)
+            found["fuse"].append(item)
         elif item in _IGNORED or item.startswith(_IGNORED_PREFIXES):
             continue
         elif not sloppy:
             raise InvalidInput(f"unknown mount option: {item!r}")
-    if opts.cache_size:
-        parse_size(opts.cache_size, what="cache_size")
-    return opts
+    if found.get("cache_size"):
+        parse_size(found["cache_size"], what="cache_size")
+    return HelperOptions(found.pop("store", None), found.pop("cache_dir", None), found.pop("config", None),
+                         MountOptions(**found))
 
 
 def _parse_argv(argv: list[str]) -> tuple[str, str, str, bool, bool, bool]:
@@ -113,9 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(store=opts.store, cache_dir=opts.cache_dir, config=opts.config)
         if fake:
             return 0
-        record = spawn(settings, spec, mountpoint, cache_size=opts.cache_size,
-                       allow_other=opts.allow_other, options=opts.fuse, verbose=verbose,
-                       config=opts.config, read_only=opts.read_only)
+        record = spawn(settings, spec, mountpoint, dataclasses.replace(opts.mount, verbose=verbose),
+                       config=opts.config)
     except DsfsError as exc:
         print(f"mount.dsfs: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
