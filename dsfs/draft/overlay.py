@@ -1,5 +1,5 @@
-"""The writable layer of a draft mount: a staging folder plus a SQLite journal above the draft's
-merged view, with no FUSE import.
+"""The writable layer of a draft mount: a staging folder plus a SQLite journal (dsfs/draft/journal.py)
+above the draft's merged view, with no FUSE import.
 
 Namespace: ``dirents`` rows override the base view's directory entries by (parent inode, name);
 a row with a NULL inode is a whiteout. ``inodes`` rows override a node's attributes, or define a
@@ -47,7 +47,6 @@ import itertools
 import logging
 import os
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -59,30 +58,9 @@ from ..paths import check_name_length, name_bytes, name_str
 from ..procs import boot_id
 from ..resolver.index import ROOT_INO, Node, VersionIndex
 from .digest import RunningHash, hash_staged
+from .journal import Journal
 
 log = logging.getLogger(__name__)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS dirents(
-    parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER,
-    PRIMARY KEY(parent, name)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS inodes(
-    ino INTEGER PRIMARY KEY,
-    parent INTEGER, name BLOB,
-    type TEXT NOT NULL, mode INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-    size INTEGER NOT NULL DEFAULT 0, target BLOB,
-    base INTEGER,
-    data INTEGER NOT NULL DEFAULT 0,
-    sha256 TEXT,
-    compressible INTEGER NOT NULL DEFAULT 1,
-    writing INTEGER NOT NULL DEFAULT 0,
-    ctime_ns INTEGER,
-    atime_ns INTEGER,
-    unsynced INTEGER);
-"""
-# Columns added after the first journal format, with their definitions (for older journals).
-_ADDED_COLUMNS = {"ctime_ns": "INTEGER", "atime_ns": "INTEGER", "unsynced": "INTEGER"}
 
 # The largest file a draft holds, whatever the staging filesystem allows (ext4's limit): a
 # sparse file of exabytes would otherwise be hashed for ever at close and never be committed.
@@ -153,24 +131,16 @@ class Overlay:
         self.read_base = read_base
         self.durable_close = durable_close
         self.lock = threading.RLock()
-        self._depth = 0  # _change blocks open (one thread's, nested)
-        self._seq = self._committed = 0  # journal changes made, and committed
         self._closes = itertools.count(1)
         self._closed_by: dict[int, int] = {}  # inode -> the close (of self._closes) that wrote its bytes
         self._shut = False
-        self.db = sqlite3.connect(self.dir / "journal.sqlite", check_same_thread=False,
-                                  isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self._synchronous = "FULL" if durable_close else "NORMAL"
-        self.db.execute(f"PRAGMA synchronous={self._synchronous}")
-        self.db.executescript(SCHEMA)
-        self._add_columns()
+        self.journal = Journal(self.dir / "journal.sqlite", self.lock, durable=durable_close)
+        self.db = self.journal.db
         self._open: dict[int, _Open] = {}
         self._detached: set[int] = set()  # unlinked, waiting for the kernel to forget them
         with self.lock:
-            self._bytes_names()
-            with self._change():
-                self._set_meta("version", base.version_id)
+            with self.journal.change():
+                self.journal.set_meta("version", base.version_id)
             self._max_base = self._max_base_ino()
             # Base inodes the draft changed (each got a row): the others read straight from the base.
             self._rowed = {ino for ino, in self.db.execute("SELECT ino FROM inodes WHERE ino <= ?",
@@ -178,44 +148,6 @@ class Overlay:
             row = self.db.execute("SELECT max(ino) FROM inodes").fetchone()
             self._next_ino = max(self._max_base, row[0] or 0) + 1
             self._recover()
-
-    # -- the journal's transactions ----------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _change(self, defer: bool = False) -> Iterator[None]:
-        """One operation's journal changes, all or nothing, committed when it ends, or with
-        ``defer`` by the next commit: a close's (shared by the closes running at the same time)
-        or any later operation's. Call with ``self.lock`` held."""
-        if not self.db.in_transaction:
-            self.db.execute("BEGIN")
-        self._depth += 1
-        self.db.execute("SAVEPOINT op")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK TO op")
-            raise
-        finally:
-            self.db.execute("RELEASE op")
-            self._depth -= 1
-        self._seq += 1
-        if not defer:
-            self._commit()
-
-    def _commit(self) -> None:
-        """Commit every change made so far (with ``self.lock`` held; not inside a change)."""
-        if self._depth:
-            return  # inside an operation: the group commit after it takes this change along
-        if self.db.in_transaction:
-            self.db.execute("COMMIT")
-        self._committed = self._seq
-
-    def _commit_through(self, seq: int) -> None:
-        """Commit at least the changes up to ``seq``: a closer finding its row committed by a
-        concurrent one's commit has nothing left to do."""
-        with self.lock:
-            if self._committed < seq:
-                self._commit()
 
     def sync(self) -> None:
         """Make everything recorded so far durable against power loss: the files closed since
@@ -226,17 +158,10 @@ class Overlay:
         for ino, _ in pending:
             _fsync_path(self._closed(ino))
         _fsync_dir(self.data_dir)
-        with self.lock:
-            self._commit()  # the level cannot change inside a transaction
-            self.db.execute("PRAGMA synchronous=FULL")
-            try:
-                with self._change():  # commits with an fsync of the journal
-                    # A file closed again since the snapshot above keeps its newer mark.
-                    self.db.executemany("UPDATE inodes SET unsynced = NULL WHERE ino = ? AND unsynced = ?",
-                                        pending)
-                    self._set_meta("synced_ns", str(time.time_ns()))
-            finally:
-                self.db.execute(f"PRAGMA synchronous={self._synchronous}")
+        with self.lock, self.journal.durable(), self.journal.change():
+            # A file closed again since the snapshot above keeps its newer mark.
+            self.db.executemany("UPDATE inodes SET unsynced = NULL WHERE ino = ? AND unsynced = ?", pending)
+            self.journal.set_meta("synced_ns", str(time.time_ns()))
 
     # -- housekeeping ------------------------------------------------------------------------
 
@@ -244,32 +169,12 @@ class Overlay:
         with self.base._conn() as conn:
             return conn.execute("SELECT max(ino) FROM nodes").fetchone()[0] or ROOT_INO
 
-    def _add_columns(self) -> None:
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(inodes)")}
-        for column, kind in _ADDED_COLUMNS.items():
-            if column not in have:
-                self.db.execute(f"ALTER TABLE inodes ADD COLUMN {column} {kind}")
-
-    def _set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-
-    def _meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
-
-    def _bytes_names(self) -> None:
-        """Journals written before names were bytes hold them as text: convert them once."""
-        with self._change():
-            self.db.execute("UPDATE dirents SET name = CAST(name AS BLOB) WHERE typeof(name) = 'text'")
-            self.db.execute("UPDATE inodes SET name = CAST(name AS BLOB) WHERE typeof(name) = 'text'")
-            self.db.execute("UPDATE inodes SET target = CAST(target AS BLOB) WHERE typeof(target) = 'text'")
-
     def _recover(self) -> None:
         """After the previous daemon's death: keep every closed file, roll back the ones that
         were open, and after a reboot drop closed files whose bytes did not reach the disk."""
         boot = boot_id()  # page-cache data of an earlier boot may not have survived
-        rebooted = self._meta("boot_id") not in (None, boot)
-        with self._change():
+        rebooted = self.journal.meta("boot_id") not in (None, boot)
+        with self.journal.change():
             rows = self.db.execute("SELECT ino, parent, name, base, data FROM inodes "
                                    "WHERE writing = 1 AND parent IS NOT NULL").fetchall()
             for ino, parent, raw, base, data in rows:
@@ -295,7 +200,7 @@ class Overlay:
             for path in self.data_dir.iterdir():
                 if path.name.isdigit() and int(path.name) not in known:
                     path.unlink()
-            self._set_meta("boot_id", boot)
+            self.journal.set_meta("boot_id", boot)
 
     def _record_closed_file(self, ino: int) -> None:
         with open(self._closed(ino), "rb") as f:
@@ -344,8 +249,7 @@ class Overlay:
                 if state.fd is not None:
                     os.close(state.fd)
             self._open.clear()
-            self._commit()
-            self.db.close()
+            self.journal.close()
 
     def _base_node(self, ino: int) -> Node | None:
         """The base's node ``ino``; inodes made here (above the base's) are not asked for."""
@@ -533,17 +437,17 @@ class Overlay:
         return self._attr(ino)
 
     def mkdir(self, parent: int, name: str, mode: int) -> Attr:
-        with self.lock, self._change():
+        with self.lock, self.journal.change():
             return self._create_node(parent, name, DIR, mode)
 
     def symlink(self, parent: int, name: str, target: str) -> Attr:
-        with self.lock, self._change():
+        with self.lock, self.journal.change():
             return self._create_node(parent, name, SYMLINK, 0o777, target=target)
 
     def create(self, parent: int, name: str, mode: int) -> Attr:
         """A new empty file, open for writing (call ``release_write`` when done)."""
         with self.lock:
-            with self._change(defer=True):  # dropped at a crash until closed: its close commits it
+            with self.journal.change(defer=True):  # dropped at a crash until closed: its close commits it
                 attr = self._create_node(parent, name, FILE, mode, writing=True)
             # Written in place: a new file has no closed bytes a crash must roll back to.
             path = self._closed(attr.ino)
@@ -561,7 +465,7 @@ class Overlay:
                 attr = self._attr(ino)
                 if attr.type != FILE:
                     raise FsError(errno.EISDIR if attr.is_dir else errno.EINVAL, f"not a file: {attr.name!r}")
-                with self._change(defer=True):  # a crash rolls the file back with or without it
+                with self.journal.change(defer=True):  # a crash rolls the file back with or without it
                     self._ensure_row(ino)
                     self.db.execute("UPDATE inodes SET writing = 1 WHERE ino = ?", (ino,))
                 state = self._open[ino] = _Open(None)
@@ -596,7 +500,7 @@ class Overlay:
                 state.writers -= 1
                 if state.writers == 0:
                     del self._open[ino]
-                    with self._change():
+                    with self.journal.change():
                         self.db.execute("UPDATE inodes SET writing = 0 WHERE ino = ?", (ino,))
             raise
         finally:
@@ -630,7 +534,7 @@ class Overlay:
                 shutil.copyfile(self._closed(ino), state.path)
         state.fd = os.open(state.path, os.O_RDWR)
         state.hash = RunningHash() if empty else None
-        with self.lock, self._change(defer=True):
+        with self.lock, self.journal.change(defer=True):
             self.db.execute("UPDATE inodes SET writing = 1 WHERE ino = ?", (ino,))
 
     def write(self, ino: int, offset: int, data: bytes) -> int:
@@ -733,7 +637,7 @@ class Overlay:
         digest, size, compressible = state.hash.finish(size) if state.hash else hash_staged(state.fd)
         with self.lock:
             self._closed_by[ino] = next(self._closes)
-            with self._change(defer=True):
+            with self.journal.change(defer=True):
                 if state.path != self._closed(ino):
                     os.rename(state.path, self._closed(ino))
                 changed, state.changed_ns = state.changed_ns, None
@@ -744,10 +648,10 @@ class Overlay:
                                  None if self.durable_close else self._closed_by[ino], ino))
                 os.close(state.fd)
                 state.fd = state.hash = None
-            seq = self._seq
+            seq = self.journal.seq
         if self.durable_close:
             _fsync_dir(self.data_dir)
-        self._commit_through(seq)
+        self.journal.commit_through(seq)
 
     def setattr(self, ino: int, *, mode: int | None = None, mtime_ns: int | None = None,
                 atime_ns: int | None = None, size: int | None = None) -> Attr:
@@ -761,7 +665,7 @@ class Overlay:
         with self.lock:
             if mode is None and mtime_ns is None and atime_ns is None:
                 return self._attr(ino)
-            with self._change():
+            with self.journal.change():
                 self._touch(ino, content=False)
                 if mode is not None:
                     self.db.execute("UPDATE inodes SET mode = ? WHERE ino = ?", (mode & 0o7777, ino))
@@ -774,7 +678,7 @@ class Overlay:
             return self._attr(ino)
 
     def unlink(self, parent: int, name: str) -> None:
-        with self.lock, self._change():
+        with self.lock, self.journal.change():
             ino = self._lookup_ino(parent, name)
             attr = self._attr(ino)
             if attr.is_dir:
@@ -783,7 +687,7 @@ class Overlay:
             self._touch(parent, content=True)
 
     def rmdir(self, parent: int, name: str) -> None:
-        with self.lock, self._change():
+        with self.lock, self.journal.change():
             ino = self._lookup_ino(parent, name)
             attr = self._attr(ino)
             if not attr.is_dir:
@@ -806,7 +710,7 @@ class Overlay:
 
     def forget(self, inodes: list[int]) -> None:
         """The kernel holds no more references to ``inodes``: delete the detached ones."""
-        with self.lock, self._change():
+        with self.lock, self.journal.change():
             for ino in inodes:
                 if ino in self._detached and ino not in self._open:
                     self._detached.discard(ino)
@@ -820,7 +724,7 @@ class Overlay:
 
     def rename(self, parent: int, name: str, new_parent: int, new_name: str, flags: int = 0) -> None:
         noreplace, exchange = flags & 1, flags & 2  # RENAME_NOREPLACE, RENAME_EXCHANGE
-        with self.lock, self._change():
+        with self.lock, self.journal.change():
             self._check_name(new_name)
             ino = self._lookup_ino(parent, name)
             self._check_dir(new_parent)

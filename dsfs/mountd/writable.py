@@ -188,7 +188,8 @@ class WritableOperations(pyfuse3.Operations):
 
     @_translate
     async def mkdir(self, parent_inode, name, mode, ctx):
-        return self._known(self._entry(await self._run(self.view.mkdir, parent_inode, os.fsdecode(name), mode)))
+        attr = await self._run(self.view.mkdir, parent_inode, os.fsdecode(name), mode)
+        return self._known(self._entry(attr))
 
     @_translate
     async def symlink(self, parent_inode, name, target, ctx):
