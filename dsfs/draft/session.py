@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -39,13 +38,6 @@ log = logging.getLogger(__name__)
 
 def stage_dir(settings: Settings, version_id: str) -> Path:
     return settings.state_dir / "drafts" / version_id
-
-
-def result_path(settings: Settings, mountpoint: str) -> Path:
-    from ..mountd.registry import record_path
-
-    path = record_path(settings.state_dir, mountpoint)
-    return path.with_suffix(".result")
 
 
 def pending_drafts(settings: Settings) -> list[str]:
@@ -162,7 +154,8 @@ class DraftSession:
         return outcome["summary"]
 
     def finish(self) -> dict:
-        """After unmount: commit, publish or discard, as asked. Returns the result record."""
+        """After unmount: commit, publish or discard, as asked. Returns the result record (the
+        daemon leaves it for ``dsfs umount``)."""
         self.note = lambda problem: None  # the mount's record is gone: the result tells instead
         result: dict = {"ok": True, "mode": self.exit_mode, "version": self.version_id}
         try:
@@ -192,6 +185,4 @@ class DraftSession:
                 self.overlay.close()
             with contextlib.suppress(Exception):
                 self.lease.release()
-        path = result_path(self.repo.settings, self.mountpoint)
-        path.write_text(json.dumps(result))
         return result

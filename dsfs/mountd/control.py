@@ -152,10 +152,10 @@ def _draft_outcome(settings: Settings, path: str, record: registry.MountRecord, 
     they were not recorded (the commit failed, or the daemon died before it finished)."""
     import json
 
-    from ..draft.session import pending_drafts, result_path
+    from ..draft.session import pending_drafts
 
     retry = f"run 'dsfs commit --pending {record.version}'"
-    result_file = result_path(settings, path)
+    result_file = registry.result_path(settings.state_dir, path)
     if result_file.exists():
         result = json.loads(result_file.read_text())
         result_file.unlink()

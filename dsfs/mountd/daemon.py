@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import ctypes
 import datetime as _dt
+import json
 import logging
 import os
 import re
@@ -229,7 +230,8 @@ def _serve_draft(repo, manifest, view, cache, mountpoint, options, on_ready, *, 
         raise
     lease.start_heartbeat()
     session = draft.DraftSession(repo, manifest.id, mountpoint, overlay, lease, note=note)
-    draft.result_path(settings, mountpoint).unlink(missing_ok=True)
+    result_file = registry.result_path(settings.state_dir, mountpoint)
+    result_file.unlink(missing_ok=True)
     try:
         writable.serve(session, mountpoint, options, on_ready)
     finally:
@@ -237,6 +239,7 @@ def _serve_draft(repo, manifest, view, cache, mountpoint, options, on_ready, *, 
         registry.remove_record(settings.state_dir, mountpoint, os.getpid())
         log.info("unmounted %s; finishing (%s)", mountpoint, session.exit_mode)
         result = session.finish()
+        result_file.write_text(json.dumps(result))
         cache.close()
     return 0 if result["ok"] else 1
 

@@ -52,6 +52,11 @@ def record_path(state_dir, mountpoint: str) -> Path:
     return registry_dir(state_dir) / f"{digest}.json"
 
 
+def result_path(state_dir, mountpoint: str) -> Path:
+    """Where a writable mount's daemon leaves what became of its changes, for ``dsfs umount``."""
+    return record_path(state_dir, mountpoint).with_suffix(".result")
+
+
 def write_record(state_dir, record: MountRecord) -> None:
     path = record_path(state_dir, record.mountpoint)
     tmp = path.with_suffix(".tmp")
