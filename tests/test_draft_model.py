@@ -5,6 +5,8 @@ after every step the two trees must match (names, types, bytes, modes, symlink t
 failing operation must fail the same way on both. After commit and a read-only remount of the
 draft the tree still matches byte for byte. A second, fsx-style test hammers a few files with
 random writes, truncates and reads and compares every read with a local file.
+test_draft_view_model.py runs the same model through ``DraftView`` without FUSE, with many more
+examples.
 """
 
 from __future__ import annotations

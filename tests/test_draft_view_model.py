@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import shutil
 import subprocess
@@ -205,24 +206,26 @@ def _version_digest(view: VersionView) -> dict[str, tuple]:
 
 @pytest.fixture
 def repo_with_base(local_cli, local_store_url, cache_dir, tmp_path):
-    """A repository whose dataset "model" has BASE published, and a cache to read it through."""
+    """(a maker of drafts on BASE, published in dataset "model", the repository, a cache)."""
     src = write_tree(tmp_path / "base", BASE)
     vid = local_cli("create", "model").strip()
     local_cli("add", vid, str(src))
     local_cli("publish", vid)
     repo = Repository(load_settings(store=local_store_url, cache_dir=str(cache_dir)))
     cache = open_cache(repo.settings, repo.store)
-    yield repo, cache, src
+    drafts_made = itertools.count(1)
+    # Parent and name given: making a draft then lists no versions (there are hundreds by the end).
+    yield lambda: repo.create("model", parents=[vid], name=f"d{next(drafts_made)}"), repo, cache, src
     cache.close()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(op_strategy, min_size=1, max_size=25))
 def test_draft_view_matches_a_plain_folder(repo_with_base, tmp_path_factory, ops):
-    repo, cache, base = repo_with_base
+    new_draft, repo, cache, base = repo_with_base
     model = tmp_path_factory.mktemp("model") / "model"
     shutil.copytree(base, model, symlinks=True)
-    draft = repo.create("model")
+    draft = new_draft()
     base_view = VersionView(draft, repo.index(draft), repo.store, cache)
     overlay = drafts.open_overlay(repo, draft.id, base_view.read)
     try:

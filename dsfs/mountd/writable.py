@@ -13,7 +13,6 @@ cached for a day and their pages kept across opens, as on a published mount.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import os
