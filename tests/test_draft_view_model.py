@@ -14,8 +14,10 @@ import hashlib
 import itertools
 import os
 import shutil
+import stat
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -178,17 +180,18 @@ class ViewClient:
         listing = self.view.opendir(folder)
         for index in range(2, len(listing)):
             name, attr = self.view.dir_entry(listing, index)
-            path = prefix + name
-            if attr.type == SYMLINK:
+            path, st = prefix + name, types.SimpleNamespace()
+            self.view.stat_into(attr, st)
+            if stat.S_ISLNK(st.st_mode):
                 result[path] = ("symlink", self.view.readlink(attr.ino))
-            elif attr.type == DIR:
-                result[path] = ("dir", attr.mode)
+            elif stat.S_ISDIR(st.st_mode):
+                result[path] = ("dir", stat.S_IMODE(st.st_mode))
                 result.update(self.digest(attr.ino, path + "/"))
             else:
                 handle = self.view.open(attr.ino, os.O_RDONLY)
-                data = self.view.read(handle, 0, attr.size + 1)
+                data = self.view.read(handle, 0, st.st_size + 1)
                 assert self.view.release_quickly(handle)
-                result[path] = ("file", hashlib.sha256(data).hexdigest(), attr.mode)
+                result[path] = ("file", hashlib.sha256(data).hexdigest(), stat.S_IMODE(st.st_mode))
         return result
 
 

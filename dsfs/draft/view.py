@@ -27,6 +27,7 @@ from .overlay import Attr, FsError, Overlay
 XATTR_PREFIX = "user.dsfs."  # the only extended attributes a draft mount has
 BLOCK_SIZE = 1 << 17
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+_KIND = {DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
 
 
 @dataclasses.dataclass(slots=True, frozen=True)
@@ -61,24 +62,19 @@ class DraftView:
 
     # -- names and attributes ------------------------------------------------------------------
 
-    def stat_fields(self, attr: Attr) -> dict:
-        """The stat(2) fields of a node."""
-        kind = {DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}.get(attr.type, stat.S_IFREG)
-        return {
-            "st_ino": attr.ino,
-            "st_mode": kind | attr.mode,
-            # Folders too: 1 is "unknown", so tools never skip a subfolder on nlink. An unlinked
-            # inode still open somewhere has none.
-            "st_nlink": 0 if attr.parent is None else 1,
-            "st_size": attr.size,
-            "st_uid": self.uid,
-            "st_gid": self.gid,
-            "st_mtime_ns": attr.mtime_ns,
-            "st_ctime_ns": attr.ctime_ns,
-            "st_atime_ns": attr.atime_ns,
-            "st_blksize": BLOCK_SIZE,
-            "st_blocks": (attr.size + 511) // 512,
-        }
+    def stat_into(self, attr: Attr, out) -> None:
+        """Set the stat(2) fields (``st_ino``, ``st_mode``...) of a node on ``out``, the
+        adapter's reply object: no dict in between, as this runs for most requests."""
+        out.st_ino = attr.ino
+        out.st_mode = _KIND.get(attr.type, stat.S_IFREG) | attr.mode
+        # Folders too: 1 is "unknown", so tools never skip a subfolder on nlink. An unlinked
+        # inode still open somewhere has none.
+        out.st_nlink = 0 if attr.parent is None else 1
+        out.st_size = attr.size
+        out.st_uid, out.st_gid = self.uid, self.gid
+        out.st_mtime_ns, out.st_ctime_ns, out.st_atime_ns = attr.mtime_ns, attr.ctime_ns, attr.atime_ns
+        out.st_blksize = BLOCK_SIZE
+        out.st_blocks = (attr.size + 511) // 512
 
     def getattr(self, ino: int) -> Attr:
         return self.overlay.getattr(ino)

@@ -66,8 +66,7 @@ class WritableOperations(pyfuse3.Operations):
 
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
-        for key, value in self.view.stat_fields(attr).items():
-            setattr(e, key, value)
+        self.view.stat_into(attr, e)
         e.entry_timeout = e.attr_timeout = LONG_TIMEOUT if attr.pristine else TIMEOUT
         e.generation = 0
         return e
