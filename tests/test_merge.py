@@ -243,7 +243,7 @@ def test_paths_and_subtree_walks_without_stored_paths(tmp_path):
     assert "a/b-c" in [n.path for n in index.walk("a")]
 
 
-@pytest.mark.parametrize("old", ["3", "4", "5"])
+@pytest.mark.parametrize("old", ["3", "4", "5", "6"])
 def test_pinned_index_of_an_older_format_upgrades_to_the_same_rows(tmp_path, old):
     import shutil
     import sqlite3
@@ -255,7 +255,24 @@ def test_pinned_index_of_an_older_format_upgrades_to_the_same_rows(tmp_path, old
     path = lineage.builder.index_for(lineage.catalog.version(lineage.ids["r"])).path
     pin = str(tmp_path / "pin.sqlite")
     shutil.copyfile(path, pin)
-    with sqlite3.connect(pin) as db:  # as format 5 held it: paths, hashes in hex
+    with sqlite3.connect(pin) as db:  # as format 5 held it: paths, hashes in hex (6: as 7, all in path order)
+        db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (old,))
+    db.close()
+    if old != "6":
+        _as_format_5(pin, old)
+    upgrade_pinned(pin)
+    rows = []
+    for db in (sqlite3.connect(path), sqlite3.connect(pin)):
+        rows.append((db.execute("SELECT * FROM nodes ORDER BY ino").fetchall(),
+                     db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()))
+        db.close()
+    assert rows[0] == rows[1]
+
+
+def _as_format_5(pin: str, old: str) -> None:
+    import sqlite3
+
+    with sqlite3.connect(pin) as db:
         db.execute("ALTER TABLE nodes ADD COLUMN path BLOB")
         db.execute("WITH RECURSIVE t(ino, path) AS (SELECT ino, name FROM nodes WHERE parent = 1 AND ino != 1 "
                    "UNION ALL SELECT n.ino, CAST(t.path || '/' || n.name AS BLOB) FROM t JOIN nodes n "
@@ -269,15 +286,7 @@ def test_pinned_index_of_an_older_format_upgrades_to_the_same_rows(tmp_path, old
             db.execute("ALTER TABLE nodes DROP COLUMN tree_offset")
         if old == "3":
             db.execute("UPDATE nodes SET name = CAST(name AS TEXT), path = CAST(path AS TEXT)")
-        db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (old,))
     db.close()
-    upgrade_pinned(pin)
-    rows = []
-    for db in (sqlite3.connect(path), sqlite3.connect(pin)):
-        rows.append((db.execute("SELECT * FROM nodes ORDER BY ino").fetchall(),
-                     db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()))
-        db.close()
-    assert rows[0] == rows[1]
 
 
 def test_hashes_survive_replay_and_overlay(tmp_path):

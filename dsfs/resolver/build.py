@@ -15,6 +15,7 @@ table, and a cached index of a published ancestor is bulk-copied instead of repl
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as _dt
 import hashlib
@@ -26,10 +27,11 @@ import tempfile
 from collections.abc import Iterable, Iterator
 
 from ..catalog import Catalog
-from ..changeset.manifest import DIR, Removal, VersionManifest
+from ..changeset.manifest import DIR, ChangeSetRef, Removal, VersionManifest
 from ..errors import Corrupt, InvalidInput
 from ..paths import ancestors, name_bytes, name_str
 from .index import INDEX_FORMAT, INDEX_SQL, NODES_SQL, ROOT_INO, SCHEMA_SQL, TYPE_CODES, VersionIndex
+from .update import IndexUpdate, PathConflict, entry_values, folder_values, lineage_digests, unsorted_limit
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +61,6 @@ _COPY_SELECT = (
 
 def _name_len(path: bytes) -> int:
     return len(path) - path.rfind(b"/") - 1
-
-
-class PathConflict(Exception):
-    """A path would be both a file and a folder; callers turn it into their error type."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
-        self.path = path
 
 
 class _Work:
@@ -115,28 +109,21 @@ class _Work:
 
     def add(self, fields: tuple, provider: int) -> None:
         """Add one entry, given as ``entry_fields`` order (see dsfs/changeset/manifest.py)."""
-        (path, kind, size, sha256, mode, mtime_ns, target, chunk, offset, csize, method, blocks, tree,
-         tree_offset) = fields
+        path, kind, chunk = fields[0], fields[1], fields[7]
         parent = path.rpartition("/")[0]
         if parent and parent not in self.dirs:
-            self._add_folders(path, mtime_ns, provider)
+            self._add_folders(path, fields[5], provider)
         raw = name_bytes(path)
         if kind == DIR:
             if path not in self.dirs:
                 if self._type_at(path) is not None:
                     raise PathConflict(path)
                 self.dirs.add(path)
-            self.pending.append((raw, len(raw) - raw.rfind(b"/") - 1, _DIR, 0, mode, mtime_ns, None, None, None,
-                                 offset, csize, method, provider, None, None, None))
-        else:
-            if path in self.dirs:
-                raise PathConflict(path)
-            if chunk is not None:
-                chunk = self.chunks.get(chunk) or self.intern(self.chunks, chunk)
-            self.pending.append((raw, len(raw) - raw.rfind(b"/") - 1, TYPE_CODES[kind], size, mode, mtime_ns,
-                                 bytes.fromhex(sha256), None if target is None else name_bytes(target), chunk,
-                                 offset, csize, method, provider, None if blocks is None else bytes.fromhex(blocks),
-                                 None if tree is None else bytes.fromhex(tree), None if tree is None else tree_offset))
+        elif path in self.dirs:
+            raise PathConflict(path)
+        elif chunk is not None:
+            chunk = self.chunks.get(chunk) or self.intern(self.chunks, chunk)
+        self.pending.append((raw, len(raw) - raw.rfind(b"/") - 1, *entry_values(fields, provider, chunk)))
         if len(self.pending) >= _BATCH:
             self.flush()
 
@@ -150,8 +137,7 @@ class _Work:
                 raise PathConflict(folder)
             if kind is None:
                 raw = name_bytes(folder)
-                self.pending.append((raw, _name_len(raw), _DIR, 0, 0o755, mtime_ns, None, None, None, None,
-                                     None, None, provider, None, None, None))
+                self.pending.append((raw, _name_len(raw), *folder_values(mtime_ns, provider)))
             self.dirs.add(folder)
 
     def apply(self, items: Iterable[tuple | Removal], version: str) -> None:
@@ -209,11 +195,15 @@ def _folders(conn: sqlite3.Connection) -> dict[bytes, int]:
 
 
 class ViewBuilder:
-    """Finds or builds the index of a version's merged view under ``index_dir``."""
+    """Finds or builds the index of a version's merged view under ``index_dir``.
+
+    ``stats`` counts full builds (``built``), in-place updates (``updated``) and the nodes those
+    updates inserted, changed or deleted (``rows_updated``)."""
 
     def __init__(self, catalog: Catalog, index_dir: str) -> None:
         self.catalog = catalog
         self.index_dir = index_dir
+        self.stats: collections.Counter[str] = collections.Counter()
         os.makedirs(index_dir, exist_ok=True)
 
     def _published_path(self, version_id: str) -> str:
@@ -232,7 +222,8 @@ class ViewBuilder:
         path = os.path.join(self.index_dir, f"{manifest.id}.draft-{tag}.sqlite")
         if not os.path.exists(path) or not _current(path):
             manifest = self.catalog.version(manifest.id)
-            self._build(manifest, path)
+            if not self._update(manifest, path):
+                self._build(manifest, path)
             for old in os.listdir(self.index_dir):
                 if old.startswith(f"{manifest.id}.draft-") and not path.endswith(old):
                     with contextlib.suppress(FileNotFoundError):
@@ -257,7 +248,72 @@ class ViewBuilder:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
+    def _update(self, manifest: VersionManifest, dest: str) -> bool:
+        """Make a draft's index from a copy of an index of an earlier state of it (or of its one
+        parent's), applying only the change-sets that one lacks. False when there is no such
+        index, or the change would leave too many nodes out of path order (then a full build
+        sorts them again)."""
+        digests = lineage_digests(manifest.id, manifest.parents, [ref.id for ref in manifest.changesets])
+        base = self._update_base(manifest, digests)
+        if base is None:
+            return False
+        src, held = base
+        log.debug("updating index of %s at %s from %s (%d change-sets to apply)", manifest.id, dest, src,
+                  len(manifest.changesets) - held)
+        fd, tmp = tempfile.mkstemp(dir=self.index_dir, prefix=".build-", suffix=".sqlite")
+        os.close(fd)
+        try:
+            try:
+                shutil.copyfile(src, tmp)  # a reader of src (a pinned mount) keeps its state
+            except FileNotFoundError:  # replaced by another process since: build instead
+                os.unlink(tmp)
+                return False
+            conn = sqlite3.connect(tmp)
+            try:
+                conn.execute("PRAGMA journal_mode=OFF")
+                conn.execute("PRAGMA synchronous=OFF")
+                update = IndexUpdate(conn)
+                own = update.provider(manifest.id)
+                root = conn.execute("SELECT provider_id FROM nodes WHERE ino = 1").fetchone()[0]
+                update.dropped_providers.add(root)
+                conn.execute("UPDATE nodes SET mtime_ns = ?, provider_id = ? WHERE ino = 1",
+                             (_root_mtime(manifest), own))
+                for ref in manifest.changesets[held:]:
+                    with _conflicts_are_corrupt(manifest, ref.id):
+                        update.apply(self.catalog.changeset_items(ref, self.index_dir, fields=True), manifest.id)
+                update.finish(own, {"version": manifest.id, "dataset": manifest.dataset, "format": INDEX_FORMAT,
+                                    "changesets": str(len(manifest.changesets)), "lineage": digests[-1]})
+                conn.commit()
+            finally:
+                conn.close()
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        self.stats["updated"] += 1
+        self.stats["rows_updated"] += update.rows
+        return True
+
+    def _update_base(self, manifest: VersionManifest, digests: list[str]) -> tuple[str, int] | None:
+        """An index to extend into ``manifest``'s, and how many of its change-sets that one holds:
+        the draft's own newest index of a state this one extends, else its one parent's."""
+        prefix = f"{manifest.id}.draft-"
+        own = [os.path.join(self.index_dir, name) for name in os.listdir(self.index_dir) if name.startswith(prefix)]
+        for path in sorted(own, key=_mtime, reverse=True):
+            meta = _index_meta(path)
+            held = int(meta.get("changesets", -1))
+            if meta.get("version") == manifest.id and 0 <= held < len(digests) and digests[held] == meta["lineage"]:
+                return (path, held) if _room_for(meta, manifest.changesets[held:]) else None
+        if len(manifest.parents) == 1:
+            path = self._published_path(manifest.parents[0])
+            meta = _index_meta(path)
+            if meta.get("version") == manifest.parents[0] and _room_for(meta, manifest.changesets):
+                return path, 0
+        return None
+
     def _build(self, manifest: VersionManifest, dest: str) -> None:
+        self.stats["built"] += 1
         log.debug("building index of %s at %s", manifest.id, dest)
         fd, tmp = tempfile.mkstemp(dir=self.index_dir, prefix=".build-", suffix=".sqlite")
         os.close(fd)
@@ -300,34 +356,70 @@ class ViewBuilder:
             else:
                 work.overlay(self.index_for(parent).path)
         for ref in manifest.changesets:
-            try:
+            with _conflicts_are_corrupt(manifest, ref.id):
                 work.apply(self.catalog.changeset_items(ref, self.index_dir, fields=True), manifest.id)
-            except PathConflict as exc:
-                raise Corrupt(f"change-set {ref.id!r} of version {manifest.id!r} makes a path both "
-                              f"a file and a folder: {exc.path!r}") from None
         visiting.discard(manifest.id)
+
+
+@contextlib.contextmanager
+def _conflicts_are_corrupt(manifest: VersionManifest, changeset_id: str) -> Iterator[None]:
+    try:
+        yield
+    except PathConflict as exc:
+        raise Corrupt(f"change-set {changeset_id!r} of version {manifest.id!r} makes a path both "
+                      f"a file and a folder: {exc.path!r}") from None
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
+def _index_meta(path: str) -> dict[str, str]:
+    """The ``meta`` of an index file of this code's format, with its largest inode as
+    ``max_ino``; empty for a missing, unreadable or older file."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            meta = dict(conn.execute("SELECT key, value FROM meta"))
+            if meta.get("format") != INDEX_FORMAT:
+                return {}
+            meta["max_ino"] = str(conn.execute("SELECT max(ino) FROM nodes").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return {}
+    return meta
 
 
 def _current(path: str) -> bool:
     """Whether an index file has this code's format (older ones are rebuilt)."""
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return False
-    return row is not None and row[0] == INDEX_FORMAT
+    return bool(_index_meta(path))
+
+
+def _room_for(meta: dict[str, str], refs: list[ChangeSetRef]) -> bool:
+    """Whether the index of ``meta`` can take the adds of ``refs`` and keep few enough nodes out of
+    path order."""
+    end = int(meta["max_ino"]) + 1
+    start = int(meta.get("unsorted_from", end))
+    return end - start + sum(ref.entries for ref in refs) <= unsorted_limit(start - 1)
+
+
+def _root_mtime(manifest: VersionManifest) -> int:
+    """The root's mtime: when the version was published (a draft: created)."""
+    stamp = manifest.published or manifest.created
+    return int(_dt.datetime.fromisoformat(stamp).timestamp() * 1e9) if stamp else 0
 
 
 def upgrade_pinned(path: str) -> None:
     """Bring a pinned index (a staged draft's base, whose inode numbers its journal names) of
-    format 3, 4 or 5 to the current format in place, every row and inode number kept. Format 3
+    format 3, 4, 5 or 6 to the current format in place, every row and inode number kept. Format 3
     held names as UTF-8 text, whose order is their byte order; 4 lacked the hash tree columns
     (its files read as those of change-sets without trees); 5 is 6 with paths stored and hashes
-    as hex. So a rebuild would number them the same. Any other old format is refused: its inodes
-    cannot be trusted."""
+    as hex; 6 is 7 with every node in path order. So a rebuild would number them the same. Any
+    other old format is refused: its inodes cannot be trusted."""
     if _current(path):
         return
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".upgrade-", suffix=".sqlite")
@@ -337,7 +429,7 @@ def upgrade_pinned(path: str) -> None:
         conn = sqlite3.connect(tmp)
         try:
             row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-            if row is None or row[0] not in ("3", "4", "5"):
+            if row is None or row[0] not in ("3", "4", "5", "6"):
                 raise Corrupt(f"index of format {row and row[0]!r} cannot be upgraded: {path!r}")
             conn.create_function("unhex", 1, lambda h: None if h is None else bytes.fromhex(h),
                                  deterministic=True)
@@ -348,7 +440,9 @@ def upgrade_pinned(path: str) -> None:
                 if row[0] in ("3", "4"):
                     conn.execute("ALTER TABLE nodes ADD COLUMN tree TEXT")
                     conn.execute("ALTER TABLE nodes ADD COLUMN tree_offset INTEGER")
-                _upgrade_5(conn)
+                if row[0] != "6":
+                    _upgrade_5(conn)
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'format'", (INDEX_FORMAT,))
         finally:
             conn.close()
         os.replace(tmp, path)
@@ -375,7 +469,6 @@ def _upgrade_5(conn: sqlite3.Connection) -> None:
         "WHERE m.path >= CAST(o.path || '/' AS BLOB) AND m.path < CAST(o.path || '0' AS BLOB)) END "
         "FROM old_nodes o ORDER BY ino", (_DIR,))
     conn.execute("DROP TABLE old_nodes")
-    conn.execute("UPDATE meta SET value = ? WHERE key = 'format'", (INDEX_FORMAT,))
 
 
 def _finalize(conn: sqlite3.Connection, manifest: VersionManifest, work: _Work) -> None:
@@ -390,10 +483,8 @@ def _finalize(conn: sqlite3.Connection, manifest: VersionManifest, work: _Work) 
     # Interned along the whole replay: drop what the merged view no longer uses.
     conn.execute("DELETE FROM chunks WHERE id NOT IN (SELECT chunk_id FROM scratch.work WHERE chunk_id IS NOT NULL)")
     conn.execute("DELETE FROM providers WHERE id != ? AND id NOT IN (SELECT provider_id FROM scratch.work)", (own,))
-    stamp = manifest.published or manifest.created
-    root_mtime = int(_dt.datetime.fromisoformat(stamp).timestamp() * 1e9) if stamp else 0
     conn.execute("INSERT INTO nodes VALUES (1, 1, X'', ?, 0, ?, ?, NULL, NULL, NULL, NULL, NULL, "
-                 "NULL, ?, 2, NULL, NULL, NULL, NULL)", (_DIR, 0o755, root_mtime, own))
+                 "NULL, ?, 2, NULL, NULL, NULL, NULL)", (_DIR, 0o755, _root_mtime(manifest), own))
     conn.execute("CREATE TABLE scratch.folders(path BLOB PRIMARY KEY, ino INTEGER NOT NULL) WITHOUT ROWID")
     conn.execute("INSERT INTO scratch.folders VALUES (X'', 1)")
     conn.execute("INSERT INTO scratch.folders SELECT path, ino FROM (SELECT path, type, "
@@ -412,9 +503,11 @@ def _finalize(conn: sqlite3.Connection, manifest: VersionManifest, work: _Work) 
     conn.executescript(INDEX_SQL)
     _folder_links(conn)
     files, total = conn.execute("SELECT count(*), sum(size) FROM scratch.work WHERE type != ?", (_DIR,)).fetchone()
+    digests = lineage_digests(manifest.id, manifest.parents, [ref.id for ref in manifest.changesets])
     conn.executemany("INSERT INTO meta VALUES (?, ?)", [
         ("version", manifest.id), ("dataset", manifest.dataset), ("files", str(files)),
-        ("bytes", str(total or 0)), ("format", INDEX_FORMAT)])
+        ("bytes", str(total or 0)), ("format", INDEX_FORMAT), ("changesets", str(len(manifest.changesets))),
+        ("lineage", digests[-1])])
 
 
 def _folder_links(conn: sqlite3.Connection) -> None:

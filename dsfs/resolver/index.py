@@ -9,14 +9,18 @@ Names and symlink targets are stored as BLOBs of their raw bytes (see dsfs/paths
 name fits; SQLite compares BLOBs bytewise, so listings are in byte order. Paths are not stored:
 a node's path is its folder's (found up the parents, and remembered) plus its name. A folder's
 subtree is contiguous in path order, so in inode order: its first child's inode to its ``last``.
+A draft's index updated in place (dsfs/resolver/update.py) also has nodes appended after that
+order, from ``meta.unsorted_from`` on: a walk merges them in by path.
 
 Threading: a ``VersionIndex`` may be shared by threads; each thread gets its own connection.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
+import heapq
 import queue
 import sqlite3
 import threading
@@ -72,7 +76,7 @@ CREATE UNIQUE INDEX nodes_by_parent ON nodes(parent, name);
 CREATE INDEX nodes_by_sha ON nodes(substr(sha256, 1, 8)) WHERE chunk_id IS NOT NULL;
 CREATE INDEX nodes_by_chunk ON nodes(chunk_id, offset) WHERE chunk_id IS NOT NULL;
 """
-INDEX_FORMAT = "6"  # an index file of another format is rebuilt (it is only a cache)
+INDEX_FORMAT = "7"  # an index file of another format is rebuilt (it is only a cache)
 
 # Chunk keys and provider versions are few and fixed once an index is built: they are mapped
 # in Python (``VersionIndex._names``), so a node lookup is one rowid probe with no join.
@@ -150,6 +154,8 @@ class VersionIndex:
         self.files = int(meta["files"])
         self.total_size = int(meta["bytes"])
         self.format = meta.get("format")
+        self._unsorted_from = int(meta["unsorted_from"]) if "unsorted_from" in meta else None
+        self._unsorted: list[tuple[bytes, int]] | None = None  # (path, ino) of those, in path order
         self._chunk_ids = {key: cid for cid, key in self._chunks.items()}
         self._dir_paths: dict[int, bytes] = {ROOT_INO: b""}
 
@@ -249,19 +255,64 @@ class VersionIndex:
                 return
         else:
             top = self.get(ROOT_INO)
+        if self._unsorted_from is None:
+            yield from self._walk_sorted(top, None)
+            return
+        below = self._unsorted_below(name_bytes(top.path))
+        yield from (node for _, node in heapq.merge(
+            ((name_bytes(node.path), node) for node in self._walk_sorted(top, self._unsorted_from)),
+            self._nodes_of(below), key=lambda pair: pair[0]))
+
+    def _walk_sorted(self, top: Node, end: int | None) -> Iterator[Node]:
+        """The nodes below folder ``top`` in the sorted part of the index (below inode ``end``)."""
+        if end is not None and top.ino >= end:
+            return  # an appended folder: all below it is appended too
+        bound = "" if end is None else f" AND ino < {end:d}"
         with self._conn() as conn:
-            first = conn.execute("SELECT ino FROM nodes WHERE parent = ? AND ino != 1 ORDER BY name LIMIT 1",
+            first = conn.execute(f"SELECT ino FROM nodes WHERE parent = ? AND ino != 1{bound} ORDER BY name LIMIT 1",
                                  (top.ino,)).fetchone()
             if first is None:
                 return
             last = conn.execute("SELECT last FROM nodes WHERE ino = ?", (top.ino,)).fetchone()[0]
             dirs = {top.ino: name_bytes(top.path)}
             for row in conn.execute(_NODE_SELECT + "WHERE n.ino BETWEEN ? AND ? ORDER BY n.ino",
-                                    (first[0], last)):
+                                    (first[0], last if end is None else min(last, end - 1))):
                 base = dirs[row[1]]
                 if row[3] == _DIR_CODE:
                     dirs[row[0]] = base + b"/" + row[2] if base else row[2]
                 yield self._node(row, base)
+
+    def _unsorted_below(self, top: bytes) -> list[tuple[bytes, int]]:
+        """(path, ino) of the appended nodes below the folder at path ``top``, in path order."""
+        if self._unsorted is None:
+            paths: dict[int, bytes] = {}
+            found = []
+            with self._conn() as conn:
+                for ino, parent, name, kind in conn.execute(
+                        "SELECT ino, parent, name, type FROM nodes WHERE ino >= ? ORDER BY ino", (self._unsorted_from,)):
+                    base = paths.get(parent)
+                    if base is None:  # a folder of the sorted part (an appended one comes before its nodes)
+                        base = self._dir_path(conn, parent)
+                    path = base + b"/" + name if base else name
+                    if kind == _DIR_CODE:
+                        paths[ino] = path
+                    found.append((path, ino))
+            found.sort()
+            self._unsorted = found
+        if not top:
+            return self._unsorted
+        return self._unsorted[bisect.bisect_left(self._unsorted, (top + b"/",)):
+                              bisect.bisect_left(self._unsorted, (top + b"0",))]
+
+    def _nodes_of(self, found: list[tuple[bytes, int]]) -> Iterator[tuple[bytes, Node]]:
+        """(path, node) for each (path, ino) of ``found``, read a batch at a time."""
+        for start in range(0, len(found), 500):
+            batch = found[start:start + 500]
+            with self._conn() as conn:
+                rows = {row[0]: row for row in conn.execute(
+                    _NODE_SELECT + f"WHERE n.ino IN ({','.join('?' * len(batch))})", [ino for _, ino in batch])}
+            for path, ino in batch:
+                yield path, self._node(rows[ino], path.rpartition(b"/")[0])
 
     def near(self, chunk: str, start: int, end: int, limit: int = 256) -> list[Node]:
         """Files whose bytes begin in ``[start, end)`` of ``chunk``, in chunk order."""
