@@ -12,10 +12,12 @@ Each measured resolve runs in a fresh child process, so its peak RSS (from wait4
   root, cold            index of the 1M-file root alone, nothing cached (no lineage to replay)
   leaf, cold            index of the 20th version, nothing cached: replays all 20 change-sets
   leaf, cached          the same again: the published index is on disk, so this only opens it
-  child draft, cold     a new draft whose parent is the leaf: copies the leaf's cached index
+  child draft, cold     a new draft whose parent is the leaf: a file copy of the leaf's cached
+                        index (no change-sets to apply)
   child draft, cached   the same draft again (its index is named after the draft record's etag)
-  child draft + 10-file change-set   the draft after one tiny change-set: a new etag, so the
-                        draft's index is rebuilt (parent index copied again, then replayed)
+  child draft + 10-file change-set   the 1M-file draft after one tiny change-set: a new etag, so
+                        a new index, made by copying the draft's previous one and applying just
+                        the 10 adds in place ("by": updated, and how many nodes it wrote)
   dsfs show leaf, cold  (with --cli) the CLI path, nothing cached
 
 Run:  .venv/bin/python bench/bench_resolve.py [--files 1000000] [--depth 20] [--workdir DIR]
@@ -277,14 +279,15 @@ def build_store(store_dir: Path, args) -> dict:
     return expect
 
 
-def small_changeset(catalog, version, n: int) -> None:
-    """Record a change-set of n new files on a draft (what one small `dsfs add` leaves)."""
+def small_changeset(catalog, version, n: int) -> list[str]:
+    """Record a change-set of n new files on a draft (what one small `dsfs add` leaves); their paths."""
     from dsfs.changeset.manifest import ChangeSet, new_id, now_iso
 
     cs_id = f"small-{new_id()[:8]}"
     make = EntryMaker(random.Random(0), version.id, cs_id)
     entries = [make(f"images/extra/{cs_id}/file_{i:04d}.jpg", fake_sha(cs_id, i)) for i in range(n)]
     commit(catalog, version, ChangeSet(version.id, cs_id, now_iso(), entries, []))
+    return [e.path for e in entries]
 
 
 def store_bytes(store_dir: Path) -> dict:
@@ -328,7 +331,10 @@ def child_main(argv: list[str]) -> int:
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(a.profile)
-    print(json.dumps({"index_s": seconds, "import_s": import_s, "files": index.files,
+    stats = repo.views.stats
+    how = (f"updated ({stats['rows_updated']} nodes)" if stats["updated"] else "built" if stats["built"]
+           else "cached")
+    print(json.dumps({"index_s": seconds, "import_s": import_s, "files": index.files, "by": how,
                       "bytes": index.total_size, "index_path": index.path,
                       "index_mib": os.path.getsize(index.path) / (1 << 20)}))
     return 0
@@ -349,8 +355,9 @@ def clear_index(work: Path) -> None:
     shutil.rmtree(work / "cache" / "index", ignore_errors=True)
 
 
-def verify(work: Path, expect: dict, leaf_files: int) -> list[str]:
-    """Compare the leaf's index with what the generator meant it to hold."""
+def verify(work: Path, expect: dict, leaf_files: int, draft: str, added: list[str]) -> list[str]:
+    """Compare the leaf's index with what the generator meant it to hold, and the draft's with
+    the leaf's plus what its small change-set added."""
     from dsfs.config import load_settings
     from dsfs.repo import Repository
 
@@ -366,6 +373,10 @@ def verify(work: Path, expect: dict, leaf_files: int) -> list[str]:
         elif sha is not None and (node is None or node.sha256 != sha):
             problems.append(f"{path}: expected sha {sha[:12]}, view has "
                             f"{node.sha256[:12] if node else 'nothing'}")
+    updated = repo.index(repo.catalog.version(draft))
+    if updated.files != leaf_files + len(added) or any(updated.by_path(p) is None for p in added):
+        problems.append(f"the draft after its small change-set has {updated.files} files, not the leaf's "
+                        f"{leaf_files} and the {len(added)} added")
     return problems
 
 
@@ -428,7 +439,7 @@ def main() -> int:
         draft = catalog.create_version(DATASET, f"draft-{int(time.time())}", [expect["leaf"]])
         results["child draft of leaf, cold"] = run_child(work, env, draft.id)
         results["child draft of leaf, cached"] = run_child(work, env, draft.id)
-        small_changeset(catalog, draft, 10)
+        added = small_changeset(catalog, draft, 10)
         results["child draft + 10-file change-set"] = run_child(work, env, draft.id)
         if args.cli:
             clear_index(work)
@@ -438,17 +449,17 @@ def main() -> int:
             run.update(index_s=None, files=shown["files"])
             results["dsfs show leaf, cold (CLI)"] = run
 
-        problems = verify(work, expect, leaf_cold["files"])
+        problems = verify(work, expect, leaf_cold["files"], draft.id, added)
 
         rows = []
         for label, r in results.items():
             per_file = r["index_mib"] * (1 << 20) / r["files"] if r.get("index_mib") and r["files"] else None
-            rows.append([label, r.get("index_s"), r["wall_s"], r["user_s"], r["sys_s"], r["max_rss_mib"],
-                         r["files"], r.get("index_mib"), per_file, r.get("cache_drops")])
+            rows.append([label, r.get("by"), r.get("index_s"), r["wall_s"], r["user_s"], r["sys_s"],
+                         r["max_rss_mib"], r["files"], r.get("index_mib"), per_file, r.get("cache_drops")])
         print(f"\nresolve of a {args.files}-file root + {args.depth - 1} descendants "
               f"({args.modify} modified, {args.remove} removed incl. {args.tombstones} folders, "
               f"{args.add} added each); {os.cpu_count()} CPUs")
-        bl.print_table(["scenario", "index s", "process s", "user s", "sys s", "peak RSS MiB",
+        bl.print_table(["scenario", "by", "index s", "process s", "user s", "sys s", "peak RSS MiB",
                         "files", "index MiB", "B/file", "cache drops"], rows)
         if note := bl.cache_note(results.values()):
             print(note)
