@@ -303,7 +303,7 @@ class ViewBuilder:
         for path in sorted(own, key=_mtime, reverse=True):
             meta = _index_meta(path)
             held = int(meta.get("changesets", -1))
-            if meta.get("version") == manifest.id and 0 <= held < len(digests) and digests[held] == meta["lineage"]:
+            if meta.get("version") == manifest.id and 0 <= held < len(digests) and digests[held] == meta.get("lineage"):
                 return (path, held) if _room_for(meta, manifest.changesets[held:]) else None
         if len(manifest.parents) == 1:
             path = self._published_path(manifest.parents[0])
