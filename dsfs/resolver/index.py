@@ -288,8 +288,8 @@ class VersionIndex:
             paths: dict[int, bytes] = {}
             found = []
             with self._conn() as conn:
-                for ino, parent, name, kind in conn.execute(
-                        "SELECT ino, parent, name, type FROM nodes WHERE ino >= ? ORDER BY ino", (self._unsorted_from,)):
+                for ino, parent, name, kind in conn.execute("SELECT ino, parent, name, type FROM nodes "
+                                                            "WHERE ino >= ? ORDER BY ino", (self._unsorted_from,)):
                     base = paths.get(parent)
                     if base is None:  # a folder of the sorted part (an appended one comes before its nodes)
                         base = self._dir_path(conn, parent)
