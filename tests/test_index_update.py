@@ -98,7 +98,7 @@ def full_build(lineage: Lineage, version_id: str, where: Path) -> VersionIndex:
     return index
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(parented=st.booleans(), root=st.lists(OPS, max_size=12),
        changesets=st.lists(st.lists(OPS, min_size=1, max_size=8), min_size=1, max_size=5))
 def test_updated_index_serves_what_a_full_build_serves(parented, root, changesets):

@@ -31,7 +31,7 @@ from ..changeset.manifest import DIR, ChangeSetRef, Removal, VersionManifest
 from ..errors import Corrupt, InvalidInput
 from ..paths import ancestors, name_bytes, name_str
 from .index import INDEX_FORMAT, INDEX_SQL, NODES_SQL, ROOT_INO, SCHEMA_SQL, TYPE_CODES, VersionIndex
-from .update import IndexUpdate, PathConflict, entry_values, folder_values, lineage_digests, unsorted_limit
+from .update import IndexUpdate, PathConflict, entry_row, folder_row, lineage_digests, unsorted_limit
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,6 @@ _COPY_SELECT = (
     "FROM t LEFT JOIN scratch.src_chunks c ON c.src = t.chunk_id "
     "JOIN scratch.src_providers p ON p.src = t.provider_id"
 )
-
-
-def _name_len(path: bytes) -> int:
-    return len(path) - path.rfind(b"/") - 1
 
 
 class _Work:
@@ -113,7 +109,6 @@ class _Work:
         parent = path.rpartition("/")[0]
         if parent and parent not in self.dirs:
             self._add_folders(path, fields[5], provider)
-        raw = name_bytes(path)
         if kind == DIR:
             if path not in self.dirs:
                 if self._type_at(path) is not None:
@@ -123,7 +118,7 @@ class _Work:
             raise PathConflict(path)
         elif chunk is not None:
             chunk = self.chunks.get(chunk) or self.intern(self.chunks, chunk)
-        self.pending.append((raw, len(raw) - raw.rfind(b"/") - 1, *entry_values(fields, provider, chunk)))
+        self.pending.append(entry_row(fields, provider, chunk))
         if len(self.pending) >= _BATCH:
             self.flush()
 
@@ -136,8 +131,7 @@ class _Work:
             if kind is not None and kind != _DIR:
                 raise PathConflict(folder)
             if kind is None:
-                raw = name_bytes(folder)
-                self.pending.append((raw, _name_len(raw), *folder_values(mtime_ns, provider)))
+                self.pending.append(folder_row(name_bytes(folder), mtime_ns, provider))
             self.dirs.add(folder)
 
     def apply(self, items: Iterable[tuple | Removal], version: str) -> None:

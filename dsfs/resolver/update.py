@@ -41,21 +41,26 @@ class PathConflict(Exception):
         self.path = path
 
 
-def entry_values(fields: tuple, provider: int, chunk_id: int | None) -> tuple:
-    """A node's attributes (``_ATTRS`` order) for an ``entry_fields`` tuple; ``csize`` as given."""
+def entry_row(fields: tuple, provider: int, chunk_id: int | None) -> tuple:
+    """The path's bytes, the length of its last name, then the node's attributes (``_ATTRS``
+    order, ``csize`` as given) for an ``entry_fields`` tuple. One flat tuple: a build makes one
+    per entry."""
     (path, kind, size, sha256, mode, mtime_ns, target, chunk, offset, csize, method, blocks, tree,
      tree_offset) = fields
+    raw = path.encode("utf-8", "surrogateescape")  # name_bytes, inlined
     if kind == DIR:
-        return (_DIR, 0, mode, mtime_ns, None, None, None, offset, csize, method, provider, None, None, None)
-    return (TYPE_CODES[kind], size, mode, mtime_ns, bytes.fromhex(sha256),
+        return (raw, len(raw) - raw.rfind(b"/") - 1, _DIR, 0, mode, mtime_ns, None, None, None, offset, csize,
+                method, provider, None, None, None)
+    return (raw, len(raw) - raw.rfind(b"/") - 1, TYPE_CODES[kind], size, mode, mtime_ns, bytes.fromhex(sha256),
             None if target is None else name_bytes(target), chunk_id, offset, csize, method, provider,
             None if blocks is None else bytes.fromhex(blocks), None if tree is None else bytes.fromhex(tree),
             None if tree is None else tree_offset)
 
 
-def folder_values(mtime_ns: int, provider: int) -> tuple:
-    """The attributes of a folder made because something was added below it."""
-    return (_DIR, 0, 0o755, mtime_ns, None, None, None, None, None, None, provider, None, None, None)
+def folder_row(raw: bytes, mtime_ns: int, provider: int) -> tuple:
+    """``entry_row`` of a folder made because something was added below it."""
+    return (raw, len(raw) - raw.rfind(b"/") - 1, _DIR, 0, 0o755, mtime_ns, None, None, None, None, None, None,
+            provider, None, None, None)
 
 
 def _stored(values: tuple) -> tuple:
@@ -179,7 +184,7 @@ class IndexUpdate:
         parent_path, _, name = path.rpartition("/")
         parent = self._folders_for(path, fields[5], provider) if parent_path else ROOT_INO
         chunk_id = None if chunk is None else self._intern("chunks", "key", self.chunk_ids, chunk)
-        values = entry_values(fields, provider, chunk_id)
+        values = entry_row(fields, provider, chunk_id)[2:]
         row = self._child(parent, name)
         if row is None:
             self._insert(parent, name, values)
@@ -210,7 +215,7 @@ class IndexUpdate:
             if ino is None:
                 row = self._child(parent, name)
                 if row is None:
-                    self._insert(parent, name, folder_values(mtime_ns, provider))
+                    self._insert(parent, name, folder_row(name_bytes(folder), mtime_ns, provider)[2:])
                     ino = self.next_ino - 1
                 elif row[1] != _DIR:
                     raise PathConflict(folder)
