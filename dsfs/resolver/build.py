@@ -11,6 +11,9 @@ then adds. A change-set that would make a path both a file and a folder is rejec
 The work happens in a scratch SQLite table keyed by path, so memory stays bounded by the number
 of folders, not files: a single-parent chain is replayed change-set by change-set into one
 table, and a cached index of a published ancestor is bulk-copied instead of replayed.
+
+A draft's index is not built again for each change-set it gains: it is updated in place from
+its previous one (dsfs/resolver/update.py), and built only when there is none to extend.
 """
 
 from __future__ import annotations
