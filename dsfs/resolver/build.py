@@ -219,7 +219,8 @@ class ViewBuilder:
         path = os.path.join(self.index_dir, f"{manifest.id}.draft-{tag}.sqlite")
         if not os.path.exists(path) or not _current(path):
             manifest = self.catalog.version(manifest.id)
-            if not self._update(manifest, path):
+            # (A writer racing this one may have made it meanwhile, from the file this one wanted.)
+            if not self._update(manifest, path) and not _current(path):
                 self._build(manifest, path)
             for old in os.listdir(self.index_dir):
                 if old.startswith(f"{manifest.id}.draft-") and not path.endswith(old):
