@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 import tempfile
@@ -10,13 +11,16 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import write_tree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_merge import Lineage, _entry
 
 from dsfs.changeset.manifest import ChangeSet, Removal, new_id, now_iso
+from dsfs.config import load_settings
 from dsfs.errors import Corrupt
 from dsfs.resolver import ViewBuilder
+from dsfs.repo import Repository
 from dsfs.resolver.index import VersionIndex
 from dsfs.resolver.update import unsorted_limit
 
@@ -190,3 +194,26 @@ def test_a_conflicting_changeset_is_refused_by_the_update_as_by_a_build(tmp_path
     with pytest.raises(Corrupt, match="both a file and a folder: 'k'"):
         full_build(lineage, draft, tmp_path / "full")
     assert not list((tmp_path / "index").glob(".build-*"))
+
+
+def test_cli_commands_on_a_draft_update_its_index(cli, cache_dir, tmp_path):
+    """`dsfs add` and `dsfs remove` on a draft (any store): the next command's index is an update
+    of the one before, and serves what a fresh machine's full build serves."""
+    write_tree(tmp_path / "src", {f"d{i}/f{j}.txt": f"{i}.{j}" for i in range(4) for j in range(10)})
+    v1 = cli("create", "ds").strip()
+    cli("add", v1, str(tmp_path / "src"))
+    cli("publish", v1)
+    v2 = cli("create", "ds", "--parent", v1).strip()
+    write_tree(tmp_path / "more", {"d1/new.txt": "n", "e/f/g.txt": "g", "a.txt": "a"})
+    cli("add", v2, str(tmp_path / "more"))
+    cli("remove", v2, "d2")
+    listing = {e["path"] for e in json.loads(cli("ls", v2, "-r", "--json"))}
+    assert "e/f/g.txt" in listing and "d1/new.txt" in listing and not any(p.startswith("d2/") for p in listing)
+    [path] = (cache_dir / "index").glob(f"{v2}.draft-*.sqlite")
+    with sqlite3.connect(path) as db:
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+    db.close()
+    assert meta["changesets"] == "2" and "unsorted_from" in meta  # extended, not rebuilt
+    updated = VersionIndex(str(path), immutable=False)
+    fresh = Repository(load_settings(store=cli.store, cache_dir=str(tmp_path / "fresh")))
+    assert served(updated) == served(fresh.index(fresh.resolve(v2)))
