@@ -217,3 +217,27 @@ def test_cli_commands_on_a_draft_update_its_index(cli, cache_dir, tmp_path):
     updated = VersionIndex(str(path), immutable=False)
     fresh = Repository(load_settings(store=cli.store, cache_dir=str(tmp_path / "fresh")))
     assert served(updated) == served(fresh.index(fresh.resolve(v2)))
+
+
+@pytest.mark.parametrize("fails_after", [0, 1])
+def test_copy_falls_back_where_the_kernel_cannot_copy(tmp_path, monkeypatch, fails_after):
+    """copy_file_range refused (other filesystems, old kernels), at once or part-way: the copy is
+    finished by hand, and the update serves the same view."""
+    import errno
+
+    real, calls = os.copy_file_range, []
+
+    def copy_file_range(src, dst, count, offset_src, offset_dst):
+        calls.append(count)
+        if len(calls) > fails_after:
+            raise OSError(errno.EXDEV, "cross-device")
+        return real(src, dst, min(count, 4096), offset_src, offset_dst)
+
+    lineage = Lineage(tmp_path)
+    draft = lineage.version("d", [], *[f"+k{i % 5}/f{i}={i}" for i in range(300)], publish=False)
+    lineage.builder.index_for(lineage.catalog.version(draft))
+    record(lineage, draft, ["-k1/", "+n/x=1"])
+    monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+    index = lineage.builder.index_for(lineage.catalog.version(draft))
+    assert lineage.builder.stats["updated"] == 1 and len(calls) == fails_after + 1
+    assert served(index) == served(full_build(lineage, draft, tmp_path / "full"))

@@ -28,6 +28,7 @@ import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 from ..catalog import Catalog
 from ..changeset.manifest import DIR, ChangeSetRef, Removal, VersionManifest
@@ -258,14 +259,12 @@ class ViewBuilder:
         src, held = base
         log.debug("updating index of %s at %s from %s (%d change-sets to apply)", manifest.id, dest, src,
                   len(manifest.changesets) - held)
-        fd, tmp = tempfile.mkstemp(dir=self.index_dir, prefix=".build-", suffix=".sqlite")
-        os.close(fd)
         try:
-            try:
-                shutil.copyfile(src, tmp)  # a reader of src (a pinned mount) keeps its state
-            except FileNotFoundError:  # replaced by another process since: build instead
-                os.unlink(tmp)
-                return False
+            source = open(src, "rb")  # held open: another process may replace it meanwhile
+        except FileNotFoundError:
+            return False
+        with source, _written_as(dest, ".build-") as tmp:
+            _copy(source, tmp)  # a copy: a reader of src (a pinned mount) keeps its state
             conn = sqlite3.connect(tmp)
             try:
                 conn.execute("PRAGMA journal_mode=OFF")
@@ -284,11 +283,6 @@ class ViewBuilder:
                 conn.commit()
             finally:
                 conn.close()
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
         self.stats["updated"] += 1
         self.stats["rows_updated"] += update.rows
         return True
@@ -313,32 +307,25 @@ class ViewBuilder:
     def _build(self, manifest: VersionManifest, dest: str) -> None:
         self.stats["built"] += 1
         log.debug("building index of %s at %s", manifest.id, dest)
-        fd, tmp = tempfile.mkstemp(dir=self.index_dir, prefix=".build-", suffix=".sqlite")
-        os.close(fd)
-        scratch = tmp + ".scratch"
-        conn = sqlite3.connect(tmp)
-        try:
-            conn.execute("PRAGMA journal_mode=OFF")
-            conn.execute("PRAGMA synchronous=OFF")
-            conn.execute("ATTACH DATABASE ? AS scratch", (scratch,))
-            conn.execute("PRAGMA scratch.journal_mode=OFF")
-            conn.execute("PRAGMA scratch.synchronous=OFF")
-            conn.execute("PRAGMA cache_size=-131072")
-            work = _Work(conn)
-            self._replay(manifest, work, visiting=set())
-            _finalize(conn, manifest, work)
-            conn.commit()
-            conn.execute("DETACH DATABASE scratch")
-            conn.close()
-            os.replace(tmp, dest)
-        except BaseException:
-            conn.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(scratch)
+        with _written_as(dest, ".build-") as tmp:
+            scratch = tmp + ".scratch"
+            conn = sqlite3.connect(tmp)
+            try:
+                conn.execute("PRAGMA journal_mode=OFF")
+                conn.execute("PRAGMA synchronous=OFF")
+                conn.execute("ATTACH DATABASE ? AS scratch", (scratch,))
+                conn.execute("PRAGMA scratch.journal_mode=OFF")
+                conn.execute("PRAGMA scratch.synchronous=OFF")
+                conn.execute("PRAGMA cache_size=-131072")
+                work = _Work(conn)
+                self._replay(manifest, work, visiting=set())
+                _finalize(conn, manifest, work)
+                conn.commit()
+                conn.execute("DETACH DATABASE scratch")
+            finally:
+                conn.close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(scratch)
 
     def _replay(self, manifest: VersionManifest, work: _Work, visiting: set[str]) -> None:
         if manifest.id in visiting:
@@ -357,6 +344,35 @@ class ViewBuilder:
             with _conflicts_are_corrupt(manifest, ref.id):
                 work.apply(self.catalog.changeset_items(ref, self.index_dir, fields=True), manifest.id)
         visiting.discard(manifest.id)
+
+
+@contextlib.contextmanager
+def _written_as(dest: str, prefix: str) -> Iterator[str]:
+    """A new temp file beside ``dest`` that replaces ``dest`` when the block ends well, and is
+    deleted when it does not."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=prefix, suffix=".sqlite")
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _copy(source: BinaryIO, dest: str) -> None:
+    """Copy an open file into ``dest`` inside the kernel (a reflink where the filesystem can)."""
+    with open(dest, "wb") as out:
+        size, done = os.fstat(source.fileno()).st_size, 0
+        try:
+            while done < size and (n := os.copy_file_range(source.fileno(), out.fileno(), size - done,
+                                                           done, done)):
+                done += n
+        except OSError:  # not between these filesystems (or kernels): by hand
+            source.seek(done)
+            out.seek(done)
+            shutil.copyfileobj(source, out, 1 << 20)
 
 
 @contextlib.contextmanager
@@ -420,10 +436,8 @@ def upgrade_pinned(path: str) -> None:
     other old format is refused: its inodes cannot be trusted."""
     if _current(path):
         return
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".upgrade-", suffix=".sqlite")
-    os.close(fd)
-    try:
-        shutil.copyfile(path, tmp)  # a copy: the pin may be a hard link of a shared index
+    with open(path, "rb") as source, _written_as(path, ".upgrade-") as tmp:
+        _copy(source, tmp)  # a copy: the pin may be a hard link of a shared index
         conn = sqlite3.connect(tmp)
         try:
             row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
@@ -443,11 +457,6 @@ def upgrade_pinned(path: str) -> None:
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'format'", (INDEX_FORMAT,))
         finally:
             conn.close()
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _upgrade_5(conn: sqlite3.Connection) -> None:
