@@ -241,3 +241,18 @@ def test_copy_falls_back_where_the_kernel_cannot_copy(tmp_path, monkeypatch, fai
     index = lineage.builder.index_for(lineage.catalog.version(draft))
     assert lineage.builder.stats["updated"] == 1 and len(calls) == fails_after + 1
     assert served(index) == served(full_build(lineage, draft, tmp_path / "full"))
+
+
+def test_new_nodes_never_take_numbers_of_the_sorted_part(tmp_path):
+    """The last sorted node and every appended one removed, then an add: the new node is still
+    numbered after the sorted part, so walks keep it in path order."""
+    lineage = Lineage(tmp_path)
+    draft = lineage.version("d", [], "+a=1", "+z=2", publish=False)
+    for specs in (["+m=3"], ["-m", "-z"], ["+0=4", "+b=5"]):
+        lineage.builder.index_for(lineage.catalog.version(draft))
+        record(lineage, draft, specs)
+    index = lineage.builder.index_for(lineage.catalog.version(draft))
+    assert lineage.builder.stats == Counter(built=1, updated=3, rows_updated=1 + 2 + 2)
+    assert [n.path for n in index.walk()] == ["0", "a", "b"]
+    assert served(index) == served(full_build(lineage, draft, tmp_path / "full"))
+    check_consistent(index)

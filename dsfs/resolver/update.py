@@ -90,8 +90,10 @@ class IndexUpdate:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         meta = dict(conn.execute("SELECT key, value FROM meta"))
-        self.next_ino = conn.execute("SELECT max(ino) FROM nodes").fetchone()[0] + 1
-        self.unsorted_from = int(meta.get("unsorted_from", self.next_ino))
+        end = conn.execute("SELECT max(ino) FROM nodes").fetchone()[0] + 1
+        self.unsorted_from = int(meta.get("unsorted_from", end))
+        # Never below the sorted part, even when its last nodes (and every appended one) are gone.
+        self.next_ino = max(end, self.unsorted_from)
         self.files, self.bytes = int(meta["files"]), int(meta["bytes"])
         self.chunk_ids = {key: cid for cid, key in conn.execute("SELECT id, key FROM chunks")}
         self.provider_ids = {version: pid for pid, version in conn.execute("SELECT id, version FROM providers")}
