@@ -487,8 +487,8 @@ def _finalize(conn: sqlite3.Connection, manifest: VersionManifest, work: _Work) 
     own = work.intern(work.providers, manifest.id)
     for table, ids in (("chunks", work.chunks), ("providers", work.providers)):
         conn.executemany(f"INSERT INTO {table} VALUES (?, ?)", [(i, key) for key, i in ids.items()])
-    # Interned along the whole replay: drop what the merged view no longer uses.
-    conn.execute("DELETE FROM chunks WHERE id NOT IN (SELECT chunk_id FROM scratch.work WHERE chunk_id IS NOT NULL)")
+    # Interned along the whole replay: drop what the merged view no longer uses (chunks below,
+    # through their index).
     conn.execute("DELETE FROM providers WHERE id != ? AND id NOT IN (SELECT provider_id FROM scratch.work)", (own,))
     conn.execute("INSERT INTO nodes VALUES (1, 1, X'', ?, 0, ?, ?, NULL, NULL, NULL, NULL, NULL, "
                  "NULL, ?, 2, NULL, NULL, NULL, NULL)", (_DIR, 0o755, _root_mtime(manifest), own))
@@ -508,6 +508,7 @@ def _finalize(conn: sqlite3.Connection, manifest: VersionManifest, work: _Work) 
     if conn.execute("SELECT max(ino) FROM nodes").fetchone()[0] != rows + 1:  # a row without its folder
         raise RuntimeError("index build lost rows: a path's folder is missing from the merged view")
     conn.executescript(INDEX_SQL)
+    conn.execute("DELETE FROM chunks WHERE NOT EXISTS (SELECT 1 FROM nodes WHERE nodes.chunk_id = chunks.id)")
     _folder_links(conn)
     files, total = conn.execute("SELECT count(*), sum(size) FROM scratch.work WHERE type != ?", (_DIR,)).fetchone()
     digests = lineage_digests(manifest.id, manifest.parents, [ref.id for ref in manifest.changesets])
