@@ -242,28 +242,32 @@ class Repository:
         """Record one change-set on a draft. Unchanged sources are dropped first."""
         summary = CommitSummary(manifest.id)
         index = self.index(manifest)
-        total = sum(s.size for s in sources if s.type == FILE)
-        with self.progress("hashing", total) as bar:
-            hash_sources(sources, bar)
+        view = _PathLookup(index)
+        # Only a file that looks the same as its path in the view (type, mode, mtime, size) needs
+        # its hash to tell whether it changed; every other file is hashed as it is packed.
+        unsure = [s for s in sources if _looks_same(view.by_path(s.path), s)]
+        if unsure:
+            with self.progress("hashing", sum(s.size for s in unsure)) as bar:
+                hash_sources(unsure, bar)
         changed = []
         removed_paths = {r.path for r in removals}
         for src in sources:
-            node = index.by_path(src.path)
+            node = view.by_path(src.path)
             removed_first = _under_any(src.path, removed_paths)
             if node is not None and not removed_first and _same(node, src):
                 continue
             changed.append(src)
         if not changed and not removals:
             return summary
-        summary.added, summary.modified, summary.removed = _count_files(index, changed, removals)
+        summary.added, summary.modified, summary.removed = _count_files(view, changed, removals)
         summary.folders = sum(s.type == DIR for s in changed) + sum(r.is_dir for r in removals)
-        check_against_view(index, [r.path for r in removals], [(s.path, s.type == DIR) for s in changed])
+        check_against_view(view, [r.path for r in removals], [(s.path, s.type == DIR) for s in changed])
         changeset_id = f"{now_iso()[:19].replace(':', '').replace('-', '')}-{new_id()[:8]}"
         # Bytes an interrupted commit to this draft already uploaded are reused, not sent again.
         pending = PendingUploads(self.store, manifest.id)
         with self.progress("uploading", sum(s.size for s in changed if s.type == FILE)) as bar:
             entries, stats = pack(self.store, manifest.id, changeset_id, changed,
-                                  lambda sha: index.find_blob(sha) or pending.find(sha),
+                                  lambda shas: _stored_blobs(index, pending, shas),
                                   self.settings, self.tmp_dir, bar)
         changeset = ChangeSet(manifest.id, changeset_id, now_iso(), entries, removals)
         ref = self.catalog.write_changeset(changeset, len(entries), stats.bytes_new, stats.bytes_dedup,
@@ -574,7 +578,7 @@ def _drop_write_bits(root: str) -> None:
                 os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) & ~0o222)
 
 
-def _count_files(index: VersionIndex, sources: list[Source], removals: list[Removal]) -> tuple[int, int, int]:
+def _count_files(index: VersionIndex | _PathLookup, sources: list[Source], removals: list[Removal]) -> tuple[int, int, int]:
     """(added, modified, removed) files and symlinks, as a diff of the view before and after
     counts them. A path removed and written again in one change-set (``sed -i`` and editors
     rename a new file over the old) is modified, or nothing if its content came back the same."""
@@ -595,6 +599,40 @@ def _count_files(index: VersionIndex, sources: list[Source], removals: list[Remo
     return added, modified, len(gone - written)
 
 
+def _stored_blobs(index: VersionIndex, pending: PendingUploads, shas: list[str]) -> dict[str, Entry]:
+    """Stored copies of these contents: in the view, else in an interrupted commit's uploads."""
+    found = index.find_blobs(shas)
+    for sha in shas:
+        if sha not in found and (entry := pending.find(sha)) is not None:
+            found[sha] = entry
+    return found
+
+
+class _PathLookup:
+    """The view's nodes at a change-set's paths, each looked up once (a commit asks for each
+    path three times: to drop unchanged sources, to count, and to check file-folder
+    conflicts). A path's folder is found once, then each name in it by one indexed lookup; a
+    folder the view lacks answers for everything below it with no query at all."""
+
+    def __init__(self, index: VersionIndex) -> None:
+        self.index = index
+        self._nodes: dict[str, Node | None] = {"": index.by_path("")}
+
+    def by_path(self, path: str) -> Node | None:
+        try:
+            return self._nodes[path]
+        except KeyError:
+            pass
+        folder, _, name = path.rpartition("/")
+        parent = self.by_path(folder)
+        node = self.index.lookup(parent.ino, name) if parent is not None and parent.is_dir else None
+        self._nodes[path] = node
+        return node
+
+    def walk(self, prefix: str = "") -> Iterator[Node]:
+        return self.index.walk(prefix)
+
+
 def _under_any(path: str, roots: set[str]) -> bool:
     """Is ``path`` one of ``roots`` or below one of them? (O(depth), not O(len(roots)).)"""
     if path in roots:
@@ -602,13 +640,22 @@ def _under_any(path: str, roots: set[str]) -> bool:
     return any(folder in roots for folder in ancestors(path))
 
 
+def _looks_same(node: Node | None, src: Source) -> bool:
+    """Could the local file ``src`` be unchanged? Only its hash can tell: same type, mode,
+    mtime and size as its node."""
+    return (node is not None and src.type == FILE and node.type == FILE and not src.hashed
+            and src.known is None and node.mode == src.mode and node.mtime_ns == src.mtime_ns
+            and node.size == src.size)
+
+
 def _same(node: Node, src: Source) -> bool:
-    """Nothing to record: same type, mode, mtime and content. A change of mode or mtime alone
-    is recorded as a metadata-only entry that points at the bytes already stored."""
+    """Nothing to record: same type, mode, mtime and content (a file not hashed yet differs,
+    or ``_looks_same`` would have had it hashed). A change of mode or mtime alone is recorded
+    as a metadata-only entry that points at the bytes already stored."""
     if node.type != src.type or node.mode != src.mode or node.mtime_ns != src.mtime_ns:
         return False
     if src.type == FILE:
-        return node.sha256 == src.sha256
+        return node.size == src.size and node.sha256 == src.sha256
     if src.type == SYMLINK:
         return node.target == src.target
     return True
@@ -673,9 +720,10 @@ def collect_sources(local: str, base: str, *, wildcard: str | list[str] | None =
         raise NotFound(f"no such file or folder: {local!r}")
 
     def source(rel: str, full: str) -> Iterator[Source]:
-        kind = special_kind(full)
+        st = _lstat(full)
+        kind = _special_kind(st.st_mode)
         if kind is None:
-            yield Source.from_local(check_path(join(base, rel)), full)
+            yield Source.from_local(check_path(join(base, rel)), full, st)
         elif strict:
             raise InvalidInput(f"cannot add a {kind}: {full!r}")
         else:
@@ -712,12 +760,15 @@ def collect_sources(local: str, base: str, *, wildcard: str | list[str] | None =
             yield from source(join(rel_dir, f), os.path.join(dirpath, f))
 
 
-def special_kind(local: str) -> str | None:
-    """'fifo', 'socket', 'character device' or 'block device'; None for what a dataset holds."""
+def _lstat(local: str) -> os.stat_result:
     try:
-        mode = os.lstat(local).st_mode
+        return os.lstat(local)
     except FileNotFoundError:
         raise Conflict(f"file vanished while being added: {local!r}") from None
+
+
+def _special_kind(mode: int) -> str | None:
+    """'fifo', 'socket', 'character device' or 'block device'; None for what a dataset holds."""
     for test, kind in ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"),
                        (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
         if test(mode):

@@ -87,7 +87,7 @@ def pack_files(store, tmp_path, files: dict[str, bytes], compression: str = "sto
         sources.append(Source.from_local(path, str(local)))
     hash_sources(sources)
     settings = Settings(chunk_size=64 << 20, compression=compression)
-    entries, _ = pack(store, new_id(), new_id(), sources, lambda sha: None, settings,
+    entries, _ = pack(store, new_id(), new_id(), sources, lambda shas: {}, settings,
                       str(tmp_path / "pack-tmp"))
     return {e.path: e for e in entries}
 

@@ -257,8 +257,13 @@ def test_progress_bars_show_total_rate_and_eta_only_on_a_terminal(tmp_path, loca
     vid = run(*base, "create", "ds")[1].strip()
     code, out, term = _on_a_terminal(*base, "add", vid, str(tmp_path / "src"))
     assert code == 0 and out == "2 files added, 0 modified, 0 removed; 3.0 MiB uploaded, 0 B deduplicated\n"
-    for label in ("hashing", "uploading"):
-        line = [part for part in term.replace("\r", "\n").splitlines() if part.startswith(label)][-1]
+    # New files are hashed as they are packed: one bar. Files that look unchanged (same size
+    # and mtime) are hashed to tell, with a bar of their own.
+    assert "hashing" not in term
+    code, out, again = _on_a_terminal(*base, "add", vid, str(tmp_path / "src"))
+    assert code == 0 and out == "no changes\n"
+    for label, shown in (("uploading", term), ("hashing", again)):
+        line = [part for part in shown.replace("\r", "\n").splitlines() if part.startswith(label)][-1]
         assert "100%" in line and "3.15M/3.15M" in line and "/s]" in line, line
     code, _, term = _on_a_terminal(*base, "get", vid, str(tmp_path / "got1"), size=(30, 60))
     assert code == 0

@@ -12,17 +12,19 @@ chunk being written when the interruption comes is removed on the way out.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import errno
 import hashlib
+import io
 import os
 import secrets
 import shutil
-import struct
+import stat
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from ..config import Settings
 from ..errors import Conflict, DsfsError, InvalidInput, NoSpace
@@ -34,9 +36,15 @@ from .tree import member_name as tree_member_name
 from .uploads import write_record
 
 Progress = Callable[[int], None]
-BlobLookup = Callable[[str], Entry | None]
+BlobLookup = Callable[[list[str]], dict[str, Entry]]  # sha256s -> stored entries of those found
 
 _READ_BLOCK = 1 << 20
+_WRITE_BUFFER = 1 << 20  # chunk writes are gathered up to this size
+_SMALL_FILE = 1 << 20  # read whole, and hashed before it is written
+# Sources whose stored copies are looked up in one query: so many, holding so many bytes of
+# small files read ahead.
+_BATCH_FILES = 256
+_BATCH_BYTES = 16 << 20
 _PROBE_BYTES = 16 << 10  # enough to tell text from noise; deflating more costs real CPU
 # Types whose bytes are already compressed: deflating them again costs CPU and saves nothing.
 ALREADY_COMPRESSED = frozenset(
@@ -63,16 +71,17 @@ class Source:
     known: Entry | None = None      # bytes already stored: reference them, never upload
 
     @classmethod
-    def from_local(cls, path: str, local: str) -> "Source":
-        st = os.lstat(local)
-        if os.path.islink(local):
-            return cls(path, SYMLINK, local, st.st_mode & 0o7777, st.st_mtime_ns,
-                       target=os.readlink(local))
-        if os.path.isdir(local):
-            return cls(path, DIR, local, st.st_mode & 0o7777, st.st_mtime_ns)
-        if not os.path.isfile(local):
+    def from_local(cls, path: str, local: str, st: os.stat_result | None = None) -> "Source":
+        """The source for ``local`` (a symlink is not followed), from its ``lstat`` if given."""
+        st = os.lstat(local) if st is None else st
+        mode = st.st_mode
+        if stat.S_ISLNK(mode):
+            return cls(path, SYMLINK, local, stat.S_IMODE(mode), st.st_mtime_ns, target=os.readlink(local))
+        if stat.S_ISDIR(mode):
+            return cls(path, DIR, local, stat.S_IMODE(mode), st.st_mtime_ns)
+        if not stat.S_ISREG(mode):
             raise InvalidInput(f"not a regular file, folder or symlink: {local!r}")
-        return cls(path, FILE, local, st.st_mode & 0o7777, st.st_mtime_ns, size=st.st_size)
+        return cls(path, FILE, local, stat.S_IMODE(mode), st.st_mtime_ns, size=st.st_size)
 
 
 @dataclasses.dataclass
@@ -130,7 +139,7 @@ def hash_sources(sources: Sequence[Source], progress: Progress | None = None, th
 def choose_method(src: Source, settings: Settings) -> int:
     if settings.compression == "store":
         return STORED
-    if os.path.splitext(src.path)[1].lower() in ALREADY_COMPRESSED:
+    if _extension(src.path) in ALREADY_COMPRESSED:
         return STORED
     if settings.compression == "deflate":
         return DEFLATED
@@ -151,60 +160,148 @@ class _MemberInfo(zipfile.ZipInfo):
             return name_bytes(self.filename), self.flag_bits
 
 
+@dataclasses.dataclass(slots=True)
+class _Member:
+    """A file member written to the chunk but not yet kept: a dedup hit found only once the
+    bytes were hashed (a big file, hashed as it is written) is cut back out."""
+
+    info: zipfile.ZipInfo
+    entry: Entry
+    tree: bytes | None = None  # the tree member's data, written when the file is kept
+
+
+class _ChunkFile:
+    """The file under a chunk's ZipFile: small writes gathered into big ones, and zipfile's seek
+    back to finish a member's local header patched in memory while that header is still there.
+
+    The file on disk holds bytes ``[0, base)``, ``buf`` the bytes from ``base`` on. zipfile
+    only seeks to a member's header and back to the end, so a write lands in ``buf`` or, for a
+    header already written out, at its place on disk.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+        self.base = 0
+        self.pos = 0
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET:
+            raise io.UnsupportedOperation("a chunk file seeks only to absolute offsets")
+        self.pos = pos
+        return pos
+
+    def write(self, data) -> int:
+        data = memoryview(data).cast("B")
+        n = len(data)
+        if self.pos == self.base + len(self.buf) and n >= _WRITE_BUFFER:
+            self.flush()  # a big block goes straight to disk, not through the buffer
+            _pwrite_all(self.fd, data, self.pos)
+            self.base = self.pos + n
+        else:
+            at = self.pos - self.base
+            if at < 0:  # a header already on disk
+                _pwrite_all(self.fd, data[:-at], self.pos)
+                data, at = data[-at:], 0
+            self.buf[at:at + len(data)] = data
+            if len(self.buf) >= _WRITE_BUFFER:
+                self.flush()
+        self.pos += n
+        return n
+
+    def flush(self) -> None:
+        if self.buf:
+            _pwrite_all(self.fd, self.buf, self.base)
+            self.base += len(self.buf)
+            self.buf.clear()
+
+    def cut(self, size: int) -> None:
+        """Drop everything from ``size`` on."""
+        if size >= self.base:
+            del self.buf[size - self.base:]
+        else:
+            self.buf.clear()
+            os.ftruncate(self.fd, size)
+            self.base = size
+        self.pos = size
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    with memoryview(data) as view:
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
+
+
 class _ChunkWriter:
     """One zip chunk being written to a temp file, then uploaded as a whole."""
 
     def __init__(self, store: ObjectStore, key: str, tmp_dir: str, level: int) -> None:
         self.store, self.key = store, key
         fd, self.tmp = tempfile.mkstemp(dir=tmp_dir, prefix="chunk-", suffix=".zip")
-        os.close(fd)
-        self.zip = zipfile.ZipFile(self.tmp, "w", allowZip64=True, compresslevel=level)
-        # (file member, its entry, its tree member or None)
-        self.members: list[tuple[zipfile.ZipInfo, Entry, zipfile.ZipInfo | None]] = []
+        self.file = _ChunkFile(fd)
+        self.zip = zipfile.ZipFile(self.file, "w", allowZip64=True, compresslevel=level)
+        self.members: list[Entry] = []
         self.size = 0
 
-    def add(self, src: Source, method: int) -> Entry:
+    def write(self, src: Source, method: int, blocks: Iterable[memoryview], digest=None) -> _Member:
+        """Write a file member from ``blocks``; a big stored file also gets its hash tree."""
         info = _MemberInfo(src.path, date_time=_zip_time(src.mtime_ns))
         info.compress_type = zipfile.ZIP_DEFLATED if method == DEFLATED else zipfile.ZIP_STORED
         info.external_attr = (0o100000 | src.mode) << 16
         info.file_size = src.size  # lets zipfile choose zip64 headers for big files up front
-        digest = hashlib.sha256()
-        # Big stored files get a hash tree, so a small read of them can be checked on its own.
         tree = TreeBuilder() if method == STORED and src.size > HASH_BLOCK else None
-        with open(src.local, "rb") as f, self.zip.open(info, "w", force_zip64=src.size > (1 << 31) - 1) as out:
-            while block := f.read(_READ_BLOCK):
-                digest.update(block)
-                out.write(block)
+        with self.zip.open(info, "w", force_zip64=src.size > (1 << 31) - 1) as out:
+            # The rewrite of the local header at close keeps its length: the data starts here.
+            offset = self.file.tell()
+            for block in blocks:
+                if digest is not None:
+                    digest.update(block)
                 if tree is not None:
                     tree.update(block)
-        if digest.hexdigest() != src.sha256:
-            raise Conflict(f"file changed while being added: {src.local!r}")
+                out.write(block)
         entry = Entry(src.path, FILE, src.size, src.sha256, src.mode, src.mtime_ns,
-                      chunk=self.key, csize=info.compress_size, method=method)
-        tree_info = None
+                      chunk=self.key, offset=offset, csize=info.compress_size, method=method)
+        member = _Member(info, entry)
         if tree is not None:
-            entry.tree, hashes = tree.finish()
-            tree_info = self._add_tree(src, hashes)
-        self.members.append((info, entry, tree_info))
+            entry.tree, member.tree = tree.finish()
         self.size += info.compress_size + 100 + len(info.filename)
+        return member
+
+    def keep(self, member: _Member, sha256: str) -> Entry:
+        entry = member.entry
+        entry.sha256 = sha256
+        if member.tree is not None:
+            entry.tree_offset = self._add_tree(member.info, sha256, member.tree)
+        self.members.append(entry)
         return entry
 
-    def _add_tree(self, src: Source, hashes: bytes) -> zipfile.ZipInfo:
+    def drop(self, member: _Member) -> None:
+        """Cut the last member written back out of the chunk (its bytes were already stored)."""
+        info = member.info
+        self.zip.filelist.remove(info)
+        del self.zip.NameToInfo[info.filename]
+        self.zip.start_dir = info.header_offset  # where zipfile writes the next member
+        self.file.cut(info.header_offset)
+        self.size -= info.compress_size + 100 + len(info.filename)
+
+    def _add_tree(self, file_info: zipfile.ZipInfo, sha256: str, hashes: bytes) -> int:
         """Write a file's tree member (its block and leaf digests) right after the file."""
-        info = zipfile.ZipInfo(tree_member_name(src.sha256), date_time=_zip_time(src.mtime_ns))
+        info = zipfile.ZipInfo(tree_member_name(sha256), date_time=file_info.date_time)
         info.compress_type = zipfile.ZIP_STORED
         info.external_attr = 0o100444 << 16
-        self.zip.writestr(info, hashes)
+        with self.zip.open(info, "w") as out:
+            offset = self.file.tell()
+            out.write(hashes)
         self.size += len(hashes) + 100 + len(info.filename)
-        return info
+        return offset
 
     def finish(self, progress: Progress | None) -> None:
-        self.zip.close()
-        with open(self.tmp, "rb") as f:
-            for info, entry, tree_info in self.members:
-                entry.offset = _data_offset(f, info.header_offset)
-                if tree_info is not None:
-                    entry.tree_offset = _data_offset(f, tree_info.header_offset)
+        self.zip.close()  # flushes the chunk file
+        self._close_file()
         try:
             self.store.put_file(self.key, self.tmp, progress)
         finally:
@@ -215,17 +312,14 @@ class _ChunkWriter:
             self.zip.close()
         except Exception:  # closing a half-written zip may fail; the file goes anyway
             pass
+        self._close_file()
         if os.path.exists(self.tmp):
             os.unlink(self.tmp)
 
-
-def _data_offset(f, header_offset: int) -> int:
-    f.seek(header_offset)
-    header = f.read(30)
-    sig, name_len, extra_len = struct.unpack("<I22xHH", header)
-    if sig != 0x04034B50:
-        raise AssertionError(f"bad local header at {header_offset}")
-    return header_offset + 30 + name_len + extra_len
+    def _close_file(self) -> None:
+        if self.file.fd >= 0:
+            fd, self.file.fd = self.file.fd, -1
+            os.close(fd)
 
 
 def _zip_time(mtime_ns: int) -> tuple[int, ...]:
@@ -239,23 +333,117 @@ def _alias(known: Entry, src: Source) -> Entry:
     return dataclasses.replace(known, path=src.path, mode=src.mode, mtime_ns=src.mtime_ns)
 
 
+def _open_source(src: Source) -> int:
+    try:
+        return os.open(src.local, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise Conflict(f"file vanished while being added: {src.local!r}") from None
+    except PermissionError:
+        raise InvalidInput(f"cannot read file: {src.local!r}") from None
+
+
+def _check_read(fd: int, src: Source, read: int) -> None:
+    """The bytes read are the file as listed: same size, and (for a local file; a staged file's
+    times are the draft's, not its own) the same mtime after the read as when it was listed, so
+    no write landed in between. The bytes stored are always the ones hashed; this makes sure they
+    are not a mix of two versions of the file."""
+    st = os.fstat(fd)
+    if read != src.size or st.st_size != src.size or (not src.hashed and st.st_mtime_ns != src.mtime_ns):
+        raise Conflict(f"file changed while being added: {src.local!r}")
+
+
+def _read_small(src: Source) -> bytes:
+    """A small file whole, in one read: hashed before anything is written, so a dedup hit
+    writes nothing."""
+    fd = _open_source(src)
+    try:
+        parts, got = [], 0
+        while got < src.size and (part := os.read(fd, src.size - got)):  # more than one: a short read
+            parts.append(part)
+            got += len(part)
+        _check_read(fd, src, got)
+    finally:
+        os.close(fd)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _probes(src: Source, settings: Settings) -> bool:
+    """Does choosing the method need the compressibility probe?"""
+    return settings.compression == "auto" and _extension(src.path) not in ALREADY_COMPRESSED
+
+
+def _extension(path: str) -> str:
+    return os.path.splitext(path)[1].lower()
+
+
+def _batches(sources: Sequence[Source]) -> Iterator[list[Source]]:
+    batch, held = [], 0
+    for src in sources:
+        batch.append(src)
+        held += src.size if src.size <= _SMALL_FILE else 0
+        if len(batch) >= _BATCH_FILES or held >= _BATCH_BYTES:
+            yield batch
+            batch, held = [], 0
+    if batch:
+        yield batch
+
+
+def _reads_ahead(src: Source) -> bool:
+    """A small local file, read and hashed before its batch's lookup."""
+    return (src.type == FILE and 0 < src.size <= _SMALL_FILE and not src.hashed
+            and src.known is None and src.local is not None)
+
+
+def _write_read(writer: _ChunkWriter, src: Source, buf: bytearray, settings: Settings,
+                digest) -> _Member:
+    """Stream a file into the chunk in ``buf``-sized reads: each byte is read once, and hashed
+    (``digest``), tree-hashed and written from the same buffer."""
+    fd = _open_source(src)
+    try:
+        n = os.readv(fd, [buf])
+        if not src.hashed and _probes(src, settings):
+            src.compressible = looks_compressible(memoryview(buf)[:n])
+        member = writer.write(src, choose_method(src, settings), _blocks(fd, buf, n), digest)
+        _check_read(fd, src, member.info.file_size)
+    finally:
+        os.close(fd)
+    return member
+
+
+def _blocks(fd: int, buf: bytearray, n: int) -> Iterator[memoryview]:
+    """``buf`` refilled from ``fd`` (each block must be used up before the next is asked for)."""
+    view = memoryview(buf)
+    while n:
+        yield view[:n]
+        n = os.readv(fd, [buf])
+
+
 def pack(
     store: ObjectStore,
     version_id: str,
     changeset_id: str,
     sources: Sequence[Source],
-    lookup_blob: BlobLookup,
+    lookup_blobs: BlobLookup,
     settings: Settings,
     tmp_dir: str,
     progress: Progress | None = None,
 ) -> tuple[list[Entry], PackStats]:
-    """Turn hashed sources into manifest entries, uploading new bytes as zip chunks."""
+    """Turn sources into manifest entries, uploading new bytes as zip chunks.
+
+    Each file is read once, and hashed as it is packed unless its sha256 is already known
+    (``Source.hashed``: a draft mount's staged file, hashed at its close). A staged file is not
+    hashed again because its bytes cannot have changed since: a closed staged file is never
+    written again (a later write goes to a new working copy, renamed over it), and a commit
+    packs a hard link made at its snapshot. Its size is checked, and every reader checks the
+    sha256. Small files are read whole, a batch at a time, and their stored copies looked up
+    for the whole batch at once; a big file is hashed as it is written, and cut back out of
+    the chunk if its bytes turn out to be stored already.
+    """
     stats = PackStats()
     entries: list[Entry] = []
     packed: dict[str, Entry] = {}
-    # Copies of bytes packed in this run: their offsets are known only once the chunk closes.
-    aliases: list[tuple[int, Source, Entry]] = []
     writer: _ChunkWriter | None = None
+    buf = bytearray(_READ_BLOCK)
     os.makedirs(tmp_dir, exist_ok=True)
     # Chunks are written in a folder of this run's own, named before it exists: however early an
     # interrupt (Ctrl-C, SIGTERM) lands, the cleanup below knows what to remove.
@@ -263,48 +451,82 @@ def pack(
 
     def close_writer() -> None:
         nonlocal writer
-        if writer is not None:
+        if writer is not None and not writer.members:  # every member was a dedup hit, cut out
+            writer.abort()
+        elif writer is not None:
             writer.finish(None)
             stats.chunks.append(writer.key)
-            write_record(store, version_id, writer.key, [entry for _, entry, _ in writer.members])
-            writer = None
+            write_record(store, version_id, writer.key, writer.members)
+        writer = None
+
+    def writer_for(src: Source) -> _ChunkWriter:
+        nonlocal writer
+        if writer is not None and writer.size and writer.size + src.size > settings.chunk_size:
+            close_writer()
+        if writer is None:
+            key = chunk_key(version_id, changeset_id, len(stats.chunks))
+            writer = _ChunkWriter(store, key, work, settings.compress_level)
+        return writer
+
+    def read_ahead(src: Source) -> bytes:
+        data = _read_small(src)
+        src.sha256 = hashlib.sha256(data).hexdigest()
+        if _probes(src, settings):
+            src.compressible = looks_compressible(data)
+        return data
+
+    def deduplicated(src: Source, stored: dict[str, Entry]) -> bool:
+        """Point at bytes already stored (in this run, the lineage or an earlier upload)."""
+        known = packed.get(src.sha256) or src.known or stored.get(src.sha256)
+        if known is None or known.size != src.size:
+            return False
+        entries.append(_alias(known, src))
+        stats.bytes_dedup += src.size
+        return True
+
+    def kept(entry: Entry) -> None:
+        packed[entry.sha256] = entry
+        entries.append(entry)
+        stats.bytes_new += entry.size
+
+    def pack_file(src: Source, data: bytes | None, stored: dict[str, Entry]) -> None:
+        if (data is not None or src.hashed or src.known is not None) and deduplicated(src, stored):
+            return
+        if src.local is None:
+            raise InvalidInput(f"no bytes for {src.path!r}: not staged and not stored")
+        if src.size <= _SMALL_FILE:
+            data = _read_small(src) if data is None else data
+            out = writer_for(src)
+            kept(out.keep(out.write(src, choose_method(src, settings), [data]), src.sha256))
+            return
+        out = writer_for(src)
+        digest = None if src.hashed else hashlib.sha256()
+        member = _write_read(out, src, buf, settings, digest)
+        if digest is not None:
+            src.sha256 = digest.hexdigest()
+            if deduplicated(src, lookup_blobs([src.sha256])):
+                out.drop(member)
+                return
+        kept(out.keep(member, src.sha256))
 
     try:
         os.mkdir(work)
-        for src in sources:
-            if src.type != FILE:
-                entries.append(Entry(src.path, src.type, mode=src.mode, mtime_ns=src.mtime_ns,
-                                     target=src.target))
-                continue
-            if src.size == 0:
-                entries.append(Entry(src.path, FILE, 0, EMPTY_SHA256, src.mode, src.mtime_ns))
-                continue
-            in_run = packed.get(src.sha256)
-            known = in_run or src.known or lookup_blob(src.sha256)
-            if known is not None and known.size == src.size:
-                if in_run is not None:
-                    aliases.append((len(entries), src, in_run))
-                entries.append(_alias(known, src))
-                stats.bytes_dedup += src.size
-                if progress:
-                    progress(src.size)
-                continue
-            if writer is not None and writer.size and writer.size + src.size > settings.chunk_size:
-                close_writer()
-            if src.local is None:
-                raise InvalidInput(f"no bytes for {src.path!r}: not staged and not stored")
-            if writer is None:
-                key = chunk_key(version_id, changeset_id, len(stats.chunks))
-                writer = _ChunkWriter(store, key, work, settings.compress_level)
-            entry = writer.add(src, choose_method(src, settings))
-            packed[src.sha256] = entry
-            entries.append(entry)
-            stats.bytes_new += src.size
-            if progress:
-                progress(src.size)
+        for batch in _batches(sources):
+            contents = [read_ahead(src) if _reads_ahead(src) else None for src in batch]
+            stored = lookup_blobs([src.sha256 for src, data in zip(batch, contents)
+                                   if (data is not None or src.hashed) and src.size and src.known is None
+                                   and src.sha256 not in packed])
+            for src, data in zip(batch, contents):
+                if src.type != FILE:
+                    entries.append(Entry(src.path, src.type, mode=src.mode, mtime_ns=src.mtime_ns,
+                                         target=src.target))
+                elif src.size == 0:
+                    entries.append(Entry(src.path, FILE, 0, EMPTY_SHA256, src.mode, src.mtime_ns))
+                else:
+                    pack_file(src, data, stored)
+                    if progress:
+                        progress(src.size)
         close_writer()
-        for index, src, original in aliases:
-            entries[index] = _alias(original, src)
     except BaseException as exc:
         if writer is not None:
             writer.abort()

@@ -24,7 +24,7 @@ import heapq
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from ..changeset.manifest import DIR, FILE, SYMLINK, Entry
 from ..paths import name_bytes, name_str
@@ -80,6 +80,7 @@ INDEX_FORMAT = "7"  # an index file of another format is rebuilt (it is only a c
 
 # Chunk keys and provider versions are few and fixed once an index is built: they are mapped
 # in Python (``VersionIndex._names``), so a node lookup is one rowid probe with no join.
+_BLOBS_PER_QUERY = 500
 _NODE_SELECT = (
     "SELECT n.ino, n.parent, n.name, n.type, n.size, n.mode, n.mtime_ns, n.sha256, n.target, n.chunk_id, "
     "n.offset, n.csize, n.method, n.provider_id, n.nlink, n.blocks, n.tree, n.tree_offset FROM nodes n "
@@ -328,10 +329,23 @@ class VersionIndex:
         return sorted(self._chunks.values())
 
     def find_blob(self, sha256: str) -> Entry | None:
-        digest = bytes.fromhex(sha256)
-        node = self._one(_NODE_SELECT + "WHERE substr(n.sha256, 1, 8) = ? AND n.sha256 = ? "
-                         "AND n.chunk_id IS NOT NULL LIMIT 1", (digest[:8], digest))
-        return node.to_entry() if node else None
+        return self.find_blobs([sha256]).get(sha256)
+
+    def find_blobs(self, sha256s: Iterable[str]) -> dict[str, Entry]:
+        """A stored entry of each of these contents the view holds, by sha256: one query per
+        500 digests (a commit asks for a whole batch of files at once)."""
+        digests = sorted({bytes.fromhex(sha) for sha in sha256s})
+        found: dict[str, Entry] = {}
+        with self._conn() as conn:
+            for start in range(0, len(digests), _BLOBS_PER_QUERY):
+                batch = digests[start:start + _BLOBS_PER_QUERY]
+                sql = (f"WITH wanted(d) AS (VALUES {', '.join(['(?)'] * len(batch))}) "
+                       + _NODE_SELECT + "JOIN wanted ON n.ino = (SELECT m.ino FROM nodes m "
+                       "WHERE substr(m.sha256, 1, 8) = substr(wanted.d, 1, 8) AND m.sha256 = wanted.d "
+                       "AND m.chunk_id IS NOT NULL LIMIT 1)")
+                for row in conn.execute(sql, batch):
+                    found[row[7].hex()] = self._node(row, self._dir_path(conn, row[1])).to_entry()
+        return found
 
     def close(self) -> None:
         with self._lock:
