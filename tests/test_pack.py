@@ -3,6 +3,7 @@ a file that changes while it is read, and looks each path of a commit up in the 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -13,7 +14,7 @@ from conftest import write_tree
 
 from dsfs.changeset.manifest import FILE
 from dsfs.config import load_settings
-from dsfs.errors import Conflict
+from dsfs.errors import Conflict, NoSpace
 from dsfs.repo import Repository, collect_sources
 from dsfs.resolver.index import VersionIndex
 
@@ -149,3 +150,20 @@ def test_unchanged_files_are_hashed_to_tell_and_not_packed(repo, tmp_path):
     assert (summary.added, summary.modified, summary.bytes_uploaded) == (0, 1, 2 * MiB)
     node = repo.index(repo.resolve(draft)).by_path("a.bin")
     assert node.type == FILE and node.sha256 == hashlib.sha256(_noise(2 * MiB, 6)).hexdigest()
+
+
+@pytest.mark.parametrize("size", [1000, 5 * MiB])
+def test_a_full_temp_folder_fails_the_add_cleanly(repo, tmp_path, cache_dir, monkeypatch, size):
+    from dsfs.changeset import packer
+
+    write_tree(tmp_path / "src", {"f.bin": _noise(size, 7)})
+    draft = _draft(repo)
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(packer, "_pwrite_all", full)
+    with pytest.raises(NoSpace, match="no space left in .* while packing a chunk"):
+        repo.add(draft, [str(tmp_path / "src")])
+    assert repo.resolve(draft).changesets == [] and _chunks(repo, draft) == []
+    assert [p for p in (cache_dir / "tmp").rglob("*") if not p.is_dir()] == []

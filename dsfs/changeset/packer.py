@@ -1,4 +1,5 @@
-"""Packing local files into zip chunks: hash, deduplicate, compress, upload.
+"""Packing local files into zip chunks: hash, deduplicate, compress, upload, reading each byte
+of a source once (the read that hashes a file is the one that packs it).
 
 A file is never split across chunks; a chunk is closed when the next file would take it past
 the chunk size. Content whose sha256 is already stored (in the lineage, or earlier in this same
@@ -12,7 +13,6 @@ chunk being written when the interruption comes is removed on the way out.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -45,6 +45,7 @@ _SMALL_FILE = 1 << 20  # read whole, and hashed before it is written
 # small files read ahead.
 _BATCH_FILES = 256
 _BATCH_BYTES = 16 << 20
+_READERS = 4  # threads reading and hashing small files ahead of the writer
 _PROBE_BYTES = 16 << 10  # enough to tell text from noise; deflating more costs real CPU
 # Types whose bytes are already compressed: deflating them again costs CPU and saves nothing.
 ALREADY_COMPRESSED = frozenset(
@@ -282,6 +283,8 @@ class _ChunkWriter:
     def drop(self, member: _Member) -> None:
         """Cut the last member written back out of the chunk (its bytes were already stored)."""
         info = member.info
+        if self.zip.filelist[-1] is not info:
+            raise AssertionError(f"only the last member can be cut out: {info.filename!r}")
         self.zip.filelist.remove(info)
         del self.zip.NameToInfo[info.filename]
         self.zip.start_dir = info.header_offset  # where zipfile writes the next member
@@ -509,10 +512,29 @@ def pack(
                 return
         kept(out.keep(member, src.sha256))
 
+    def read_slice(part: list[Source]) -> list[bytes]:
+        return [read_ahead(src) for src in part]
+
+    def start(batch: list[Source]) -> tuple[list[Source], list[concurrent.futures.Future]]:
+        """Read a batch's small files in a few slices on the pool (sha256 and zlib run there
+        without the GIL) while the batch before it is written."""
+        small = [src for src in batch if _reads_ahead(src)]
+        step = max(1, -(-len(small) // _READERS))
+        return batch, [pool.submit(read_slice, small[i:i + step]) for i in range(0, len(small), step)]
+
+    def contents_of(batch: list[Source], slices: list[concurrent.futures.Future]) -> list[bytes | None]:
+        read = iter([data for part in slices for data in part.result()])
+        return [next(read) if _reads_ahead(src) else None for src in batch]
+
+    pool = concurrent.futures.ThreadPoolExecutor(_READERS)
     try:
         os.mkdir(work)
-        for batch in _batches(sources):
-            contents = [read_ahead(src) if _reads_ahead(src) else None for src in batch]
+        batches = _batches(sources)
+        ahead = start(next(batches, []))
+        while ahead[0]:
+            batch, slices = ahead
+            ahead = start(next(batches, []))
+            contents = contents_of(batch, slices)
             stored = lookup_blobs([src.sha256 for src, data in zip(batch, contents)
                                    if (data is not None or src.hashed) and src.size and src.known is None
                                    and src.sha256 not in packed])
@@ -535,5 +557,6 @@ def pack(
             raise NoSpace(f"no space left in {tmp_dir!r} while packing a chunk") from None
         raise
     finally:
+        pool.shutdown(cancel_futures=True)
         shutil.rmtree(work, ignore_errors=True)
     return entries, stats
