@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import io
+import itertools
 import json
 import re
 import zlib
@@ -230,11 +231,10 @@ class ChangeSet:
         with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=3, mtime=0) as gz:
             header = {"schema": SCHEMA, "kind": "dsfs-changeset", "version": self.version_id,
                       "id": self.id, "created": self.created}
-            gz.write(_line(header))
-            for item in self.removals:
-                gz.write(_line(item.to_json()))
-            for item in self.entries:
-                gz.write(_line(item.to_json()))
+            items = itertools.chain([header], (r.to_json() for r in self.removals),
+                                    (e.to_json() for e in self.entries))
+            while lines := [_line(d) for d in itertools.islice(items, 4096)]:
+                gz.write(b"".join(lines))  # a write per line costs more than the line
         return buf.getvalue()
 
 

@@ -198,19 +198,22 @@ class _ChunkFile:
     def write(self, data) -> int:
         data = memoryview(data).cast("B")
         n = len(data)
-        if self.pos == self.base + len(self.buf) and n >= _WRITE_BUFFER:
-            self.flush()  # a big block goes straight to disk, not through the buffer
-            _pwrite_all(self.fd, data, self.pos)
-            self.base = self.pos + n
-        else:
+        if self.pos == self.base + len(self.buf):
+            if n < _WRITE_BUFFER:  # the usual case: appending a little
+                self.buf += data
+            else:  # a big block goes straight to disk, not through the buffer
+                self.flush()
+                _pwrite_all(self.fd, data, self.pos)
+                self.base = self.pos + n
+        else:  # zipfile finishing a member's local header
             at = self.pos - self.base
-            if at < 0:  # a header already on disk
+            if at < 0:  # that header is on disk already
                 _pwrite_all(self.fd, data[:-at], self.pos)
                 data, at = data[-at:], 0
             self.buf[at:at + len(data)] = data
-            if len(self.buf) >= _WRITE_BUFFER:
-                self.flush()
         self.pos += n
+        if len(self.buf) >= _WRITE_BUFFER:
+            self.flush()
         return n
 
     def flush(self) -> None:
@@ -250,10 +253,7 @@ class _ChunkWriter:
 
     def write(self, src: Source, method: int, blocks: Iterable[memoryview], digest=None) -> _Member:
         """Write a file member from ``blocks``; a big stored file also gets its hash tree."""
-        info = _MemberInfo(src.path, date_time=_zip_time(src.mtime_ns))
-        info.compress_type = zipfile.ZIP_DEFLATED if method == DEFLATED else zipfile.ZIP_STORED
-        info.external_attr = (0o100000 | src.mode) << 16
-        info.file_size = src.size  # lets zipfile choose zip64 headers for big files up front
+        info = self._info(src, method)
         tree = TreeBuilder() if method == STORED and src.size > HASH_BLOCK else None
         with self.zip.open(info, "w", force_zip64=src.size > (1 << 31) - 1) as out:
             # The rewrite of the local header at close keeps its length: the data starts here.
@@ -264,13 +264,41 @@ class _ChunkWriter:
                 if tree is not None:
                     tree.update(block)
                 out.write(block)
-        entry = Entry(src.path, FILE, src.size, src.sha256, src.mode, src.mtime_ns,
-                      chunk=self.key, offset=offset, csize=info.compress_size, method=method)
-        member = _Member(info, entry)
+        member = self._member(src, info, offset, method)
         if tree is not None:
-            entry.tree, member.tree = tree.finish()
-        self.size += info.compress_size + 100 + len(info.filename)
+            member.entry.tree, member.tree = tree.finish()
         return member
+
+    def write_bytes(self, src: Source, method: int, data: bytes) -> _Member:
+        """Write a small file member whole: its CRC and sizes are known before its local header
+        is, so the header is written once (what ``ZipFile.open`` does, less the rewrite)."""
+        info = self._info(src, method)
+        if method == DEFLATED:
+            deflate = zlib.compressobj(self.zip.compresslevel, zlib.DEFLATED, -15)
+            payload = deflate.compress(data) + deflate.flush()
+        else:
+            payload = data
+        info.CRC, info.compress_size = zlib.crc32(data), len(payload)
+        info.header_offset = self.file.tell()
+        self.file.write(info.FileHeader(False))  # a small file needs no zip64 header
+        offset = self.file.tell()
+        self.file.write(payload)
+        self.zip.start_dir = self.file.tell()
+        self.zip.filelist.append(info)
+        self.zip.NameToInfo[info.filename] = info
+        return self._member(src, info, offset, method)
+
+    def _info(self, src: Source, method: int) -> _MemberInfo:
+        info = _MemberInfo(src.path, date_time=_zip_time(src.mtime_ns))
+        info.compress_type = zipfile.ZIP_DEFLATED if method == DEFLATED else zipfile.ZIP_STORED
+        info.external_attr = (0o100000 | src.mode) << 16
+        info.file_size = src.size  # lets zipfile choose zip64 headers for big files up front
+        return info
+
+    def _member(self, src: Source, info: zipfile.ZipInfo, offset: int, method: int) -> _Member:
+        self.size += info.compress_size + 100 + len(info.filename)
+        return _Member(info, Entry(src.path, FILE, src.size, src.sha256, src.mode, src.mtime_ns,
+                                   chunk=self.key, offset=offset, csize=info.compress_size, method=method))
 
     def keep(self, member: _Member, sha256: str) -> Entry:
         entry = member.entry
@@ -500,7 +528,7 @@ def pack(
         if src.size <= _SMALL_FILE:
             data = _read_small(src) if data is None else data
             out = writer_for(src)
-            kept(out.keep(out.write(src, choose_method(src, settings), [data]), src.sha256))
+            kept(out.keep(out.write_bytes(src, choose_method(src, settings), data), src.sha256))
             return
         out = writer_for(src)
         digest = None if src.hashed else hashlib.sha256()
