@@ -251,19 +251,24 @@ class _ChunkWriter:
         self.members: list[Entry] = []
         self.size = 0
 
-    def write(self, src: Source, method: int, blocks: Iterable[memoryview], digest=None) -> _Member:
-        """Write a file member from ``blocks``; a big stored file also gets its hash tree."""
+    def write(self, src: Source, method: int, blocks: Iterable[memoryview], digest,
+              helper: concurrent.futures.Executor) -> _Member:
+        """Write a file member from ``blocks``; a big stored file also gets its hash tree, built
+        on ``helper`` while this thread hashes (``digest``) and writes the same block."""
         info = self._info(src, method)
         tree = TreeBuilder() if method == STORED and src.size > HASH_BLOCK else None
         with self.zip.open(info, "w", force_zip64=src.size > (1 << 31) - 1) as out:
             # The rewrite of the local header at close keeps its length: the data starts here.
             offset = self.file.tell()
             for block in blocks:
-                if digest is not None:
-                    digest.update(block)
-                if tree is not None:
-                    tree.update(block)
-                out.write(block)
+                side = None if tree is None else helper.submit(tree.update, block)
+                try:
+                    if digest is not None:
+                        digest.update(block)
+                    out.write(block)
+                finally:
+                    if side is not None:
+                        side.result()  # before the block's buffer is read into again
         member = self._member(src, info, offset, method)
         if tree is not None:
             member.entry.tree, member.tree = tree.finish()
@@ -426,7 +431,7 @@ def _reads_ahead(src: Source) -> bool:
 
 
 def _write_read(writer: _ChunkWriter, src: Source, buf: bytearray, settings: Settings,
-                digest) -> _Member:
+                digest, helper: concurrent.futures.Executor) -> _Member:
     """Stream a file into the chunk in ``buf``-sized reads: each byte is read once, and hashed
     (``digest``), tree-hashed and written from the same buffer."""
     fd = _open_source(src)
@@ -434,7 +439,7 @@ def _write_read(writer: _ChunkWriter, src: Source, buf: bytearray, settings: Set
         n = os.readv(fd, [buf])
         if not src.hashed and _probes(src, settings):
             src.compressible = looks_compressible(memoryview(buf)[:n])
-        member = writer.write(src, choose_method(src, settings), _blocks(fd, buf, n), digest)
+        member = writer.write(src, choose_method(src, settings), _blocks(fd, buf, n), digest, helper)
         _check_read(fd, src, member.info.file_size)
     finally:
         os.close(fd)
@@ -532,7 +537,7 @@ def pack(
             return
         out = writer_for(src)
         digest = None if src.hashed else hashlib.sha256()
-        member = _write_read(out, src, buf, settings, digest)
+        member = _write_read(out, src, buf, settings, digest, pool)
         if digest is not None:
             src.sha256 = digest.hexdigest()
             if deduplicated(src, lookup_blobs([src.sha256])):
