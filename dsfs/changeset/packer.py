@@ -45,7 +45,7 @@ _SMALL_FILE = 1 << 20  # read whole, and hashed before it is written
 # small files read ahead.
 _BATCH_FILES = 256
 _BATCH_BYTES = 16 << 20
-_READERS = 4  # threads reading and hashing small files ahead of the writer
+_READERS = min(4, os.cpu_count() or 1)  # threads reading and hashing small files ahead of the writer
 _PROBE_BYTES = 16 << 10  # enough to tell text from noise; deflating more costs real CPU
 # Types whose bytes are already compressed: deflating them again costs CPU and saves nothing.
 ALREADY_COMPRESSED = frozenset(
