@@ -167,3 +167,17 @@ def test_a_full_temp_folder_fails_the_add_cleanly(repo, tmp_path, cache_dir, mon
         repo.add(draft, [str(tmp_path / "src")])
     assert repo.resolve(draft).changesets == [] and _chunks(repo, draft) == []
     assert [p for p in (cache_dir / "tmp").rglob("*") if not p.is_dir()] == []
+
+
+def test_noise_is_told_by_its_first_2_kib(repo, tmp_path):
+    text = b"id,value,name\n" * 2000
+    write_tree(tmp_path / "src", {"text.dat": text, "noise.dat": _noise(50_000, 8),
+                                  "noisy-head.dat": _noise(2048, 9) + text,
+                                  "short-noise.dat": _noise(1000, 10)})
+    draft = _draft(repo)
+    repo.add(draft, [str(tmp_path / "src")])
+    index = repo.index(repo.resolve(draft))
+    methods = {name: index.by_path(name).method for name in
+               ("text.dat", "noise.dat", "noisy-head.dat", "short-noise.dat")}
+    # A file whose first 2 KiB do not shrink is stored, whatever follows them.
+    assert methods == {"text.dat": 8, "noise.dat": 0, "noisy-head.dat": 0, "short-noise.dat": 0}
