@@ -202,7 +202,7 @@ def breakdown(src: Path, args, n: int) -> dict:
     """Single-thread MiB/s of the CPU steps `dsfs add` does per file, on the first n files."""
     import zlib
 
-    from dsfs.changeset.packer import _PROBE_BYTES, hash_file
+    from dsfs.changeset.packer import _PROBE_BYTES, hash_file, looks_compressible
 
     paths = [src / rel_path(i, args.per_dir, args.dirs_per_group) for i in range(min(n, args.files))]
     size = sum(p.stat().st_size for p in paths)
@@ -217,13 +217,13 @@ def breakdown(src: Path, args, n: int) -> dict:
 
     def probe(p):
         with open(p, "rb") as f:
-            return zlib.compress(f.read(_PROBE_BYTES), 1)
+            return looks_compressible(f.read(_PROBE_BYTES))
 
     def crc(p):
         return zlib.crc32(p.read_bytes())
 
     steps = {"read": read, "read + sha256": sha, "read + crc32 (zip)": crc,
-             "read + zlib probe (level 1, first 64 KiB)": probe,
+             "read + compressibility probe (zlib level 1, first 2 / 16 KiB)": probe,
              "dsfs hash_file (sha256 + probe)": lambda p: hash_file(str(p))}
     out = {}
     drops_before = bl.pagecache_drops()
