@@ -12,6 +12,7 @@ import os
 import random
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
@@ -119,6 +120,34 @@ def test_put_file_small(store, tmp_path):
     src.write_bytes(b"small file")
     etag = store.put_file("small", str(src))
     assert store.get("small") == (b"small file", etag)
+
+
+def test_move_file_uploads_and_consumes_the_file(store, tmp_path):
+    src = tmp_path / "chunk.tmp"
+    src.write_bytes(b"z" * 70_000)
+    seen = []
+    etag = store.move_file("versions/v/chunks/c-0000.zip", str(src), seen.append)
+    assert not src.exists() and sum(seen) == 70_000
+    assert store.get("versions/v/chunks/c-0000.zip") == (b"z" * 70_000, etag)
+
+
+def test_local_move_file_renames_on_one_filesystem_and_copies_across(tmp_path):
+    """A local store takes a finished chunk by rename when it is on the store's filesystem (no
+    second write of its bytes), and copies it from another filesystem (here /dev/shm)."""
+    store = LocalStore(tmp_path / "store", create=True)
+    src = tmp_path / "same.tmp"
+    src.write_bytes(b"same fs")
+    ino = src.stat().st_ino
+    store.move_file("versions/v/chunks/a.zip", str(src))
+    assert (tmp_path / "store/versions/v/chunks/a.zip").stat().st_ino == ino
+    other = Path("/dev/shm") / f"dsfs-test-{os.getpid()}.tmp"
+    if os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.fail("/dev/shm is on the test folder's filesystem: the copy case is not reached")
+    other.write_bytes(b"other fs")
+    store.move_file("versions/v/chunks/b.zip", str(other))
+    assert not other.exists()
+    assert store.get("versions/v/chunks/b.zip")[0] == b"other fs"
+    assert [i.key for i in store.list("versions/")] == ["versions/v/chunks/a.zip", "versions/v/chunks/b.zip"]
 
 
 def test_put_if_absent(store):

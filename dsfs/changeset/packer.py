@@ -344,9 +344,10 @@ class _ChunkWriter:
         self.zip.close()  # flushes the chunk file
         self._close_file()
         try:
-            self.store.put_file(self.key, self.tmp, progress)
+            self.store.move_file(self.key, self.tmp, progress)
         finally:
-            os.unlink(self.tmp)
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)
 
     def abort(self) -> None:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import os
 from collections.abc import Callable, Iterator
 
 from ..errors import InvalidInput
@@ -54,6 +55,14 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def put_file(self, key: str, path: str, progress: Progress | None = None) -> str:
         """Upload a local file (streamed, multipart where the backend has it)."""
+
+    def move_file(self, key: str, path: str, progress: Progress | None = None) -> str:
+        """Upload a local file the caller is done with, which is gone afterwards (a local store
+        on the same filesystem renames it into place instead of copying it)."""
+        try:
+            return self.put_file(key, path, progress)
+        finally:
+            os.unlink(path)
 
     @abc.abstractmethod
     def put_if_absent(self, key: str, data: bytes) -> str:

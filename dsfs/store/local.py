@@ -27,6 +27,24 @@ _COPY_BLOCK = 4 << 20
 _CHUNKS = "/chunks/"  # keys of chunk files (FORMAT.md §1)
 
 
+def _fsync_file(path: str) -> int:
+    """fsync a file's data; its size."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _etag(st: os.stat_result) -> str:
     # Every write renames a fresh file into place, so (inode, size, mtime) changes on each write.
     return f"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
@@ -140,11 +158,7 @@ class LocalStore(ObjectStore):
             if isinstance(exc, OSError) and not isinstance(exc, DsfsError) and exc.errno == errno.ENOSPC:
                 raise NoSpace(f"no space left in store {self.url!r} writing {key!r}") from None
             raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(path.parent)
         return _etag(path.stat())
 
     def get(self, key: str) -> tuple[bytes, str]:
@@ -181,6 +195,21 @@ class LocalStore(ObjectStore):
                         progress(len(block))
 
         return self._write_atomic(key, copy)
+
+    def move_file(self, key: str, path: str, progress: Progress | None = None) -> str:
+        dest = self._path(key)
+        try:
+            size = _fsync_file(path)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(path, dest)  # atomic, as _write_atomic's rename of its temp file
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:  # another filesystem: copy, as put_file does
+                raise
+            return super().move_file(key, path, progress)
+        _fsync_dir(dest.parent)
+        if progress:
+            progress(size)
+        return _etag(dest.stat())
 
     def put_if_absent(self, key: str, data: bytes) -> str:
         with self._lock():
