@@ -32,9 +32,10 @@ from dsfs.draft import session as drafts
 from dsfs.draft.commit import commit_overlay
 from dsfs.draft.view import DraftView
 from dsfs.errors import DsfsError
-from dsfs.mountd.view import DatasetOf, VersionView
+from dsfs.mountd.view import VersionView
 from dsfs.repo import Repository
 from dsfs.resolver.index import ROOT_INO
+from dsfs.xattrs import DatasetOf
 from test_draft_model import BASE, apply, op_strategy
 
 MAX_SYMLINKS = 40  # the kernel's bound on the symlinks one path walk follows

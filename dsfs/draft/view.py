@@ -20,7 +20,7 @@ import stat
 
 from ..changeset.manifest import DIR, FILE, SYMLINK, VersionManifest
 from ..errors import NotFound
-from ..mountd.view import DatasetOf, NoAttribute, file_xattrs
+from ..xattrs import DatasetOf, NoAttribute, file_xattrs
 from ..resolver.index import Node
 from .overlay import Attr, FsError, Overlay
 

@@ -25,7 +25,7 @@ from ..draft.view import DraftView, Handle, Listing
 from . import controld
 from .lowlevel import LONG_TIMEOUT, _stop_on_signal
 from .lowlevel import translate_errors as _translate
-from .view import DatasetOf
+from ..xattrs import DatasetOf
 
 log = logging.getLogger(__name__)
 

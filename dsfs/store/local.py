@@ -2,7 +2,8 @@
 
 Only a command that creates records makes the folder (``create=True``); any other command on a
 folder that does not exist fails with "store not found", so a typo in ``--store`` is not taken
-for an empty store. Writes go to a temp file in the same folder, are fsync'd and renamed into place, so a reader sees
+for an empty store. Writes go to a temp file in the same folder (a finished chunk: the packer's temp file,
+when it is on the store's filesystem), are fsync'd and renamed into place, so a reader sees
 the old object or the new one, never a torn one. Conditional writes hold an flock on the store's
 lock file while they check and swap, which serializes them across processes on this host.
 """
