@@ -249,9 +249,10 @@ def test_draft_view_matches_a_plain_folder(repo_with_base, tmp_path_factory, ops
 
 
 def test_the_draft_package_imports_no_fuse():
+    """Nor the mount daemon's package: dsfs.draft sits below dsfs.mountd."""
     modules = [f"dsfs.draft.{p.stem}" for p in Path(drafts.__file__).parent.glob("*.py")
                if p.stem != "__init__"]
     code = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
-            "print(sorted(m for m in sys.modules if 'fuse' in m or m == 'trio'))")
+            "print(sorted(m for m in sys.modules if 'fuse' in m or m == 'trio' or m.startswith('dsfs.mountd')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
