@@ -37,6 +37,17 @@ def dsfs_command(explicit: str | None = None) -> list[str]:
     return [found] if found else [sys.executable, "-m", "dsfs"]
 
 
+def compile_dsfs() -> None:
+    """Write dsfs's bytecode, as an installed package has it. In a source checkout (an editable
+    install, often with PYTHONDONTWRITEBYTECODE set) every dsfs process would compile its modules
+    again: ~60 ms of each mount's start-up that an installed dsfs does not pay."""
+    import compileall
+
+    import dsfs
+
+    compileall.compile_dir(str(Path(dsfs.__file__).parent), quiet=1)
+
+
 def make_workdir(workdir: str | None, prefix: str) -> Path:
     if workdir:
         path = Path(workdir).expanduser().absolute()

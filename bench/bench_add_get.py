@@ -259,6 +259,7 @@ def main() -> int:
     for tool in ("zip", "unzip"):
         if subprocess.run(["which", tool], capture_output=True).returncode != 0:
             raise SystemExit(f"{tool} is not installed")
+    bl.compile_dsfs()
     work = bl.make_workdir(args.workdir, "dsfs-bench-add-")
     out_dir = Path(args.out_dir) if args.out_dir else bl.OUT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -994,6 +994,7 @@ def print_report(doc: dict) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    bl.compile_dsfs()
     work = bl.make_workdir(args.workdir, "dsfs-bench-draft-")
     for tool in ("zip", "fusermount3"):
         if shutil.which(tool) is None:

@@ -1138,6 +1138,7 @@ def main(argv=None) -> int:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
+    bl.compile_dsfs()
     work = bl.make_workdir(args.workdir, "dsfs-bench-mount-")
     load_start = os.getloadavg()
     log(f"work dir {work}; {bl.load_note()}")

@@ -395,6 +395,7 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
         return child_main(sys.argv[2:])
     args = parse_args()
+    bl.compile_dsfs()
     work = bl.make_workdir(args.workdir, "dsfs-bench-resolve-")
     out_dir = Path(args.out_dir) if args.out_dir else bl.OUT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)

