@@ -37,7 +37,6 @@ import os
 import posixpath
 import tempfile
 import threading
-import time
 import weakref
 from urllib.parse import unquote
 
@@ -89,8 +88,12 @@ class _Changes:
         return self
 
     def write(self, rel: str, local: str, mode: int) -> None:
+        """Stage the written (closed) temp file ``local`` at ``rel``: its size and mtime are the
+        packer's to check against what it reads."""
         self.temp.append(local)
-        self.sources[rel] = Source(rel, FILE, local, mode, time.time_ns())
+        source = Source.from_local(rel, local)
+        source.mode = mode
+        self.sources[rel] = source
 
     def unstage(self, rel: str) -> bool:
         """Drop files staged at or below ``rel``; whether there were any."""

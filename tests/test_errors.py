@@ -84,7 +84,7 @@ def test_a_store_full_error_is_not_taken_for_a_full_temp_folder(local_cli, tmp_p
     def full(self, key, *args, **kwargs):
         raise errors.NoSpace(f"no space left in store {self.url!r} writing {key!r}")
 
-    monkeypatch.setattr(LocalStore, "put_file", full)
+    monkeypatch.setattr(LocalStore, "move_file", full)
     err = local_cli.fails("add", vid, str(tmp_path / "src"), code=8)
     assert "no space left in store" in err
 

@@ -406,7 +406,7 @@ def test_a_write_the_store_refuses_raises_and_records_nothing(fs, where, draft, 
 
     before = _changesets(where.cli, draft)
     with monkeypatch.context() as faults:
-        faults.setattr(fs.repo.store, "put_file", unreachable)
+        faults.setattr(fs.repo.store, "move_file", unreachable)
         with pytest.raises(errors.StoreUnavailable, match="injected"):
             fs.pipe_file(f"{draft}/a.txt", b"new bytes")
         with pytest.raises(errors.StoreUnavailable, match="injected"):

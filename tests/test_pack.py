@@ -113,6 +113,18 @@ def test_a_file_changed_after_it_was_listed_is_refused(repo, tmp_path, size, cha
     assert repo.resolve(draft).changesets == [] and _chunks(repo, draft) == []
 
 
+def test_a_file_listed_empty_that_grew_is_refused(repo, tmp_path):
+    """An empty file needs no read to pack, but one that is no longer empty is not recorded as
+    empty."""
+    write_tree(tmp_path / "src", {"ok.bin": b"fine", "empty.bin": b""})
+    draft = _draft(repo)
+    sources = sorted(collect_sources(str(tmp_path / "src"), ""), key=lambda s: s.path)
+    (tmp_path / "src/empty.bin").write_bytes(b"no longer")
+    with pytest.raises(Conflict, match="file changed while being added: .*empty.bin"):
+        repo.commit_changes(repo.resolve(draft), sources, [])
+    assert repo.resolve(draft).changesets == []
+
+
 def test_a_commit_looks_each_path_up_once(repo, tmp_path, monkeypatch):
     files = {f"old/d{i % 5}/{i:03d}.txt": f"old {i}" for i in range(100)}
     draft = _draft(repo)
