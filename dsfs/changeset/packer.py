@@ -582,7 +582,7 @@ def pack(
                     entries.append(Entry(src.path, src.type, mode=src.mode, mtime_ns=src.mtime_ns,
                                          target=src.target))
                 elif src.size == 0:
-                    if not src.hashed and os.stat(src.local).st_size:  # empty when listed, not now
+                    if not src.hashed and src.local and os.stat(src.local).st_size:  # listed empty, not now
                         raise Conflict(f"file changed while being added: {src.local!r}")
                     entries.append(Entry(src.path, FILE, 0, EMPTY_SHA256, src.mode, src.mtime_ns))
                 else:
