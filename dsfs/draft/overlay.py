@@ -57,6 +57,7 @@ from ..errors import AlreadyExists, DsfsError, InvalidInput, NotFound
 from ..paths import check_name_length, name_bytes, name_str
 from ..procs import boot_id
 from ..resolver.index import ROOT_INO, Node, VersionIndex
+from ..store.local import fsync_path
 from .digest import RunningHash, hash_staged
 from .journal import Journal
 
@@ -157,7 +158,7 @@ class Overlay:
             pending = self.db.execute("SELECT ino, unsynced FROM inodes WHERE unsynced IS NOT NULL").fetchall()
         for ino, _ in pending:
             _fsync_path(self._closed(ino))
-        _fsync_dir(self.data_dir)
+        fsync_path(self.data_dir)
         with self.lock, self.journal.durable(), self.journal.change():
             # A file closed again since the snapshot above keeps its newer mark.
             self.db.executemany("UPDATE inodes SET unsynced = NULL WHERE ino = ? AND unsynced = ?", pending)
@@ -650,7 +651,7 @@ class Overlay:
                 state.fd = state.hash = None
             seq = self.journal.seq
         if self.durable_close:
-            _fsync_dir(self.data_dir)
+            fsync_path(self.data_dir)
         self.journal.commit_through(seq)
 
     def setattr(self, ino: int, *, mode: int | None = None, mtime_ns: int | None = None,
@@ -902,17 +903,5 @@ def _from_base(node: Node) -> Attr:
 def _fsync_path(path: str) -> None:
     """fsync a staged file; one deleted since (unlinked and forgotten) needs none."""
     with contextlib.suppress(FileNotFoundError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_path(path)
 

@@ -28,20 +28,12 @@ _COPY_BLOCK = 4 << 20
 _CHUNKS = "/chunks/"  # keys of chunk files (FORMAT.md §1)
 
 
-def _fsync_file(path: str) -> int:
-    """fsync a file's data; its size."""
+def fsync_path(path: str | os.PathLike) -> int:
+    """fsync a file (its data) or a folder (its entries); its size."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
         return os.fstat(fd).st_size
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -159,7 +151,7 @@ class LocalStore(ObjectStore):
             if isinstance(exc, OSError) and not isinstance(exc, DsfsError) and exc.errno == errno.ENOSPC:
                 raise NoSpace(f"no space left in store {self.url!r} writing {key!r}") from None
             raise
-        _fsync_dir(path.parent)
+        fsync_path(path.parent)
         return _etag(path.stat())
 
     def get(self, key: str) -> tuple[bytes, str]:
@@ -200,14 +192,14 @@ class LocalStore(ObjectStore):
     def move_file(self, key: str, path: str, progress: Progress | None = None) -> str:
         dest = self._path(key)
         try:
-            size = _fsync_file(path)
+            size = fsync_path(path)
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.rename(path, dest)  # atomic, as _write_atomic's rename of its temp file
         except OSError as exc:
             if exc.errno != errno.EXDEV:  # another filesystem: copy, as put_file does
                 raise
             return super().move_file(key, path, progress)
-        _fsync_dir(dest.parent)
+        fsync_path(dest.parent)
         if progress:
             progress(size)
         return _etag(dest.stat())
