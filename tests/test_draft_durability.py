@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -279,3 +280,25 @@ def test_a_commit_snapshot_takes_a_file_closed_again_while_it_links(overlay_of, 
     assert raced and set(files) == {"rewritten"}
     attr, data = files["rewritten"]
     assert data == b"new bytes!" and attr.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_discarded_staging_area_is_moved_aside_then_deleted(tmp_path):
+    """``dsfs umount`` does not wait for a committed staging area's files to be deleted: it is
+    renamed aside at once and a detached ``rm`` deletes it; one whose ``rm`` never finished (its
+    process gone) is deleted along with the next."""
+    settings = load_settings(store=str(tmp_path / "store"), cache_dir=str(tmp_path / "cache"))
+    trash = settings.state_dir / "trash"
+    leftover = trash / "v0-999999999-1"  # no such process: its rm died
+    (leftover / "data").mkdir(parents=True)
+    (leftover / "data" / "1").write_bytes(b"x")
+    stage = drafts.stage_dir(settings, "v1")
+    (stage / "data").mkdir(parents=True)
+    for i in range(2000):
+        (stage / "data" / str(i)).write_bytes(b"staged")
+    drafts.discard(settings, "v1")
+    assert not stage.exists()
+    deadline = time.monotonic() + 60
+    while any(trash.iterdir()):
+        assert time.monotonic() < deadline, f"never deleted: {sorted(trash.iterdir())}"
+        time.sleep(0.05)
+    drafts.discard(settings, "v2")  # no staging area: nothing to do
