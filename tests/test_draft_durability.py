@@ -242,6 +242,35 @@ def test_a_stale_lease_refuses_to_commit(overlay_of, local_store_url, tmp_path):
     lease.release()
 
 
+def test_a_commit_fsyncs_staged_files_only_when_it_fails(overlay_of, local_store_url, tmp_path, monkeypatch):
+    """A commit that records its change-set needs no fsync of each staged file first (its bytes
+    are fsync'd in the store); one that fails leaves the changes pending, made durable."""
+    from dsfs.draft.lease import Lease
+    from dsfs.errors import StoreUnavailable
+
+    overlay = overlay_of()
+    for i in range(5):
+        _write_file(overlay, f"f{i}", _data(i))
+    repo = Repository(load_settings(store=local_store_url, cache_dir=str(tmp_path / "c")))
+    vid = overlay.base.version_id
+    lease = Lease.acquire(repo.store, vid, str(tmp_path / "mnt"))
+    session = drafts.DraftSession(repo, vid, str(tmp_path / "mnt"), overlay, lease)
+
+    def unreachable(*args, **kwargs):
+        raise StoreUnavailable("store unreachable (injected)")
+
+    unsynced = "SELECT count(*) FROM inodes WHERE unsynced IS NOT NULL"
+    with monkeypatch.context() as faults:
+        faults.setattr(repo.store, "move_file", unreachable)
+        with pytest.raises(StoreUnavailable, match="injected"):
+            session.commit_now()
+    assert overlay.db.execute(unsynced).fetchone()[0] == 0  # pending, and durable
+    _write_file(overlay, "f5", _data(5))
+    assert session.commit_now().added == 6
+    assert overlay.db.execute(unsynced).fetchone()[0] == 1  # f5 was committed, never fsync'd there
+    lease.release()
+
+
 def test_files_whose_last_release_never_came_are_journaled_at_the_end(overlay_of):
     overlay = overlay_of()
     ino = overlay.create(ROOT_INO, "two-writers", 0o644).ino

@@ -165,10 +165,13 @@ class DraftSession:
 
         def run() -> None:
             try:
-                self.overlay.sync()
                 outcome["summary"] = commit_overlay(self.repo, self.version_id, self.overlay)
             except BaseException as exc:
                 outcome["error"] = exc
+                # The changes stay pending: make them durable now. A commit that succeeds needs no
+                # fsync of each staged file first: its bytes are in the store, fsync'd there.
+                with contextlib.suppress(Exception):
+                    self.overlay.sync()
             finally:
                 self.committing.release()
 
