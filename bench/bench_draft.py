@@ -714,6 +714,16 @@ class Bench:
         for path in (zip_path, self.upload_dir, nat_b):
             bl.remove_tree(path)
 
+        # 6. native, no fsync, once more: this disk's create speed moves by 5x over minutes, so
+        # the goal's ratio is taken against the mean of a native run before and one after dsfs's
+        os.sync()
+        log(f"{work.name}: native, no fsync, again")
+        nat_a.mkdir(parents=True)
+        w = write_tree(nat_a, work, payload, fsync=False)
+        case["native_nofsync_after"] = rates(w["seconds"], work) | writer_split(w) | {"load1": os.getloadavg()[0]}
+        bl.remove_tree(nat_a)
+        os.sync()
+
         case["cache_drops"] = {
             "native_nofsync": case["native_nofsync"].get("writer_cache_drops"),
             "native_fsync": case["native_fsync"].get("writer_cache_drops"),
@@ -888,6 +898,12 @@ def fit_to_disk(args, work_dir: Path) -> dict:
 
 # -- report -------------------------------------------------------------------------------------
 
+def native_nofsync_s(case: dict) -> float:
+    """Seconds of the native no-fsync write: the mean of the runs before and after dsfs's."""
+    runs = [case[k]["seconds"] for k in ("native_nofsync", "native_nofsync_after") if k in case]
+    return sum(runs) / len(runs)
+
+
 def goals(cases: dict) -> list[list]:
     """The rows of issue #10's goals: (goal, measured, target)."""
     rows = []
@@ -896,7 +912,7 @@ def goals(cases: dict) -> list[list]:
         if name in done:
             c = done[name]
             rows.append([f"{name} files, write + close (speed vs native, no fsync)",
-                         c["native_nofsync"]["seconds"] / c["dsfs_write"]["seconds"], target])
+                         native_nofsync_s(c) / c["dsfs_write"]["seconds"], target])
     for name in ("small", "large"):
         if name in done:
             rows.append([f"{name} files, dsfs umount commit (time vs zip -0 -r + copy)",
@@ -922,9 +938,12 @@ def print_report(doc: dict) -> None:
         d = case["dsfs_write"]["seconds"]
         rows = []
         for key, label in (("native_nofsync", "native write, no fsync"),
+                           ("native_nofsync_after", "native write, no fsync, after dsfs"),
                            ("native_nofsync_sync", "native write, no fsync + 1 sync"),
                            ("native_fsync", "native write, fsync per file"),
                            ("dsfs_write", "dsfs draft mount write")):
+            if key not in case:
+                continue
             r = case[key]
             ratio = f"{d / r['seconds']:.2f}x" if key != "dsfs_write" else ""
             rows.append([label, r["seconds"], r["mib_s"], r["files_s"], ratio])
