@@ -331,3 +331,18 @@ def test_a_discarded_staging_area_is_moved_aside_then_deleted(tmp_path):
         assert time.monotonic() < deadline, f"never deleted: {sorted(trash.iterdir())}"
         time.sleep(0.05)
     drafts.discard(settings, "v2")  # no staging area: nothing to do
+
+
+def test_a_frozen_overlay_commits_its_staged_files_in_place(overlay_of):
+    """While a mount may still close files, a commit packs hard links taken at its snapshot;
+    once the mount is gone (``freeze``), the staged files themselves, with no links to make."""
+    overlay = overlay_of()
+    inos = {f"f{i}": _write_file(overlay, f"f{i}", _data(i)) for i in range(3)}
+    with overlay.snapshot() as rows:
+        locals_ = {path: local for path, attr, removed, local in rows if local}
+        assert locals_ == {name: f"{overlay.dir}/commit/{ino}" for name, ino in inos.items()}
+    overlay.freeze()
+    with overlay.snapshot() as rows:
+        locals_ = {path: local for path, attr, removed, local in rows if local}
+        assert locals_ == {name: f"{overlay.dir}/data/{ino}" for name, ino in inos.items()}
+        assert not (overlay.dir / "commit").exists()

@@ -135,6 +135,7 @@ class Overlay:
         self._closes = itertools.count(1)
         self._closed_by: dict[int, int] = {}  # inode -> the close (of self._closes) that wrote its bytes
         self._shut = False
+        self._frozen = False  # no change can come any more (``freeze``)
         self.journal = Journal(self.dir / "journal.sqlite", self.lock, durable=durable_close)
         self.db = self.journal.db
         self._open: dict[int, _Open] = {}
@@ -618,6 +619,11 @@ class Overlay:
         finally:
             self.lock.release()
 
+    def freeze(self) -> None:
+        """No change can come any more (the mount is gone, or no mount has this staging area):
+        a snapshot then hands the commit the staged files themselves, with no hard links."""
+        self._frozen = True
+
     def release_all(self) -> None:
         """The mount is gone, so every writer has closed: journal the files whose last release
         the kernel dropped at the unmount instead of sending."""
@@ -831,9 +837,16 @@ class Overlay:
     def snapshot(self) -> Iterator[list[tuple[str, Attr | None, str | None, str | None]]]:
         """The changes as of now, for a commit that runs while writes go on: ``changes()``
         rows plus the path of each closed file's bytes, a hard link that a later close of the
-        file does not change. The links are made outside the lock; a file closed again (or
+        file does not change (once ``freeze`` was called, the staged file itself). The links are made outside the lock; a file closed again (or
         removed) meanwhile is linked again under it (or left out: its removal is the next
         commit's)."""
+        if self._frozen:  # nothing can close a file again: its staged bytes stay as they are
+            with self.lock:
+                rows = list(self.changes())
+            yield [(path, attr, removed,
+                    self._closed(attr.ino) if attr is not None and attr.type == FILE and attr.data else None)
+                   for path, attr, removed in rows]
+            return
         snap = self.dir / "commit"
         shutil.rmtree(snap, ignore_errors=True)
         snap.mkdir()

@@ -102,6 +102,7 @@ def commit_pending(repo: Repository, version_id: str, read_base) -> CommitSummar
     if not (stage / "journal.sqlite").exists():
         return None
     overlay = open_overlay(repo, version_id, read_base)
+    overlay.freeze()  # no mount has it: nothing else changes it
     try:
         summary = commit_overlay(repo, version_id, overlay)
     finally:
@@ -201,6 +202,7 @@ class DraftSession:
                 result["discarded"] = True
             else:
                 self.overlay.release_all()
+                self.overlay.freeze()  # the mount is gone
                 summary = self.commit_now()
                 self.overlay.close()
                 discard(self.repo.settings, self.version_id)
