@@ -843,8 +843,7 @@ class Overlay:
         if self._frozen:  # nothing can close a file again: its staged bytes stay as they are
             with self.lock:
                 rows = list(self.changes())
-            yield [(path, attr, removed,
-                    self._closed(attr.ino) if attr is not None and attr.type == FILE and attr.data else None)
+            yield [(path, attr, removed, self._closed(attr.ino) if _staged(attr) else None)
                    for path, attr, removed in rows]
             return
         snap = self.dir / "commit"
@@ -853,8 +852,7 @@ class Overlay:
         try:
             with self.lock:
                 rows = list(self.changes())
-                closes = {attr.ino: self._closed_by.get(attr.ino) for _, attr, _ in rows
-                          if attr is not None and attr.type == FILE and attr.data}
+                closes = {attr.ino: self._closed_by.get(attr.ino) for _, attr, _ in rows if _staged(attr)}
             missing = {ino for ino in closes if not _link(self._closed(ino), f"{snap}/{ino}")}
             newer: dict[int, Attr] = {}
             with self.lock:
@@ -877,6 +875,11 @@ class Overlay:
             yield result
         finally:
             shutil.rmtree(snap, ignore_errors=True)
+
+
+def _staged(attr: Attr | None) -> bool:
+    """Whether a change row's node is a file with closed bytes in the staging folder."""
+    return attr is not None and attr.type == FILE and attr.data
 
 
 def _empty(path: str) -> None:
