@@ -57,6 +57,7 @@ class Prefetcher:
         self.clock = clock
         self._cond = threading.Condition()
         self._order: list[Item] = []
+        self._sums = [0]  # the sizes of the order summed: _sums[i] is that of items before i
         self._pos: dict[int, int] = {}
         self._extend: Callable[[Item], list[Item]] | None = None
         self._hinted = False
@@ -94,7 +95,7 @@ class Prefetcher:
             return not self._hinted or self._off >= self.leave_after
 
     def _reset(self, items: list[Item], extend) -> None:
-        self._order, self._extend = [], extend
+        self._order, self._extend, self._sums = [], extend, [0]
         self._pos, self._state = {}, {}
         self._append(items)
         self._cursor, self._next, self._off = -1, 0, 0
@@ -105,6 +106,7 @@ class Prefetcher:
             if item.key not in self._pos:
                 self._pos[item.key] = len(self._order)
                 self._order.append(item)
+                self._sums.append(self._sums[-1] + item.size)
 
     # -- demand reads ---------------------------------------------------------------------------
 
@@ -145,21 +147,22 @@ class Prefetcher:
             passed = range(self._next, min(self._cursor, len(self._order)))  # the cursor's was read
             self.counts["skipped"] += sum(1 for i in passed if self._order[i].key not in self._state)
             self._next = start
+        # Every item from the cursor to _next was handed out: the scan resumes at _next, and the
+        # window is measured from the cursor (``_sums``: the order's sizes summed up to each item).
         jobs: list[Job] = []
-        files = used = 0
-        pos = start
+        pos = self._next
         while len(jobs) < limit:
             if pos >= len(self._order) and not self._grow():
                 break
-            item = self._order[pos]
-            files += 1
-            used += item.size
+            files, used = pos - start + 1, self._sums[pos + 1] - self._sums[start]
             if files > self.ahead_files or (used > self.ahead_bytes and files > 1):
                 break
+            item = self._order[pos]
             if item.key not in self._state:
                 self._state[item.key] = "busy"
                 jobs.append(Job(item.key, item.size, push=pos % self.mark_every != self.mark_every - 1))
             pos += 1
+        self._next = pos
         return jobs
 
     def _grow(self) -> bool:
