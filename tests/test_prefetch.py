@@ -9,6 +9,7 @@ import json
 import multiprocessing
 import os
 import random
+import subprocess
 import time
 
 import pytest
@@ -300,11 +301,13 @@ def test_a_local_store_prepares_nothing_ahead_by_default(local_cli, local_mounts
     assert stats["requests"]["read"] == len(files)
 
 
-def test_a_hint_is_dropped_when_its_files_were_never_looked_up(local_cli, local_mounts, tmp_path, prefetch_local):
-    """A loader that reads files by path without listing their folders looks each up only as it
-    reads it: no push could land, so after a run of such files a local store's order is dropped
-    (preparing would only take CPU from the reader). Every byte is still right."""
-    files = {f"f{i:03d}.bin": _rand(500 + i, i) for i in range(200)}
+def test_a_loader_that_never_lists_its_folders_still_gets_pushes(local_cli, local_mounts, tmp_path,
+                                                                  prefetch_local):
+    """A loader that opens files by path never lists their folders, so the kernel holds no inode
+    for a file until its read: the daemon lists each folder of the order through the mount
+    (readdirplus gives the kernel every entry), after which pushes land and the reads of pushed
+    files never reach the daemon. Every byte is right."""
+    files = {f"d{i % 4}/f{i:03d}.bin": _rand(500 + i, i) for i in range(200)}
     vid = _publish(local_cli, tmp_path, files)
     mnt = tmp_path / "mnt"
     local_mounts.mount(vid, mnt)
@@ -312,10 +315,41 @@ def test_a_hint_is_dropped_when_its_files_were_never_looked_up(local_cli, local_
     random.Random(5).shuffle(order)
     (tmp_path / "order.txt").write_text("".join(p + "\n" for p in order))
     local_cli("prefetch", str(mnt), "--order", str(tmp_path / "order.txt"))
-    _wait_for(lambda: _stats(mnt)["prefetch"]["dropped"] == 1, "the order to be dropped")
+    _wait_for(lambda: _stats(mnt)["prefetch"]["pushed"] >= 100, "pushes")
+    before = _stats(mnt)
+    for path in order:
+        assert (mnt / path).read_bytes() == files[path]
+    after = _stats(mnt)
+    prefetch = after["prefetch"]
+    assert prefetch["listed"] == 4 and prefetch["unknown"] == 0 and prefetch["dropped"] == 0, prefetch
+    reads = after["requests"].get("read", 0) - before["requests"].get("read", 0)
+    assert reads < len(files) // 2, (reads, prefetch)
+
+
+def test_a_hint_is_dropped_when_its_files_cannot_be_given_inodes(local_cli, local_mounts, tmp_path,
+                                                                  prefetch_local):
+    """When the daemon cannot reach its files through the mount (here another filesystem is
+    mounted over it), no push could land: after a run of such files a local store's order is
+    dropped (preparing would only take CPU from the reader)."""
+    from dsfs.mountd import control
+
+    files = {f"f{i:03d}.bin": _rand(500 + i, i) for i in range(200)}
+    vid = _publish(local_cli, tmp_path, files)
+    mnt = tmp_path / "mnt"
+    local_mounts.mount(vid, mnt)
+    cover = tmp_path / "cover"
+    cover.mkdir()
+    root = os.open(mnt, os.O_RDONLY)  # the mount's root, still reachable once covered
+    subprocess.run(["mount", "--bind", str(cover), str(mnt)], check=True)
+    try:
+        control.request(str(mnt), {"op": "prefetch", "paths": sorted(files)}, timeout=60)
+        _wait_for(lambda: _stats(root)["prefetch"]["dropped"] == 1, "the order to be dropped")
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+        os.close(root)
     prefetch = _stats(mnt)["prefetch"]
     assert prefetch["pushed"] == 0 and prefetch["unknown"] >= 64 and prefetch["order"] == 0, prefetch
-    for path in order:
+    for path in sorted(files):
         assert (mnt / path).read_bytes() == files[path]
 
 

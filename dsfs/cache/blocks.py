@@ -68,6 +68,10 @@ WRITE_BACKLOG = 32 << 20
 # same chunk, up to this many bytes in one ranged GET: an epoch over many small files then costs
 # one GET per ~1 MiB instead of one per file. Neighbours already cached are left out.
 NEIGHBOUR_BYTES = 1 << 20
+# read_small_in_place: members this close together in a chunk are read by one ranged read, of
+# at most RUN_MAX bytes
+RUN_GAP = 64 << 10
+RUN_MAX = 8 << 20
 
 
 def default_cache_size(cache_dir: str | os.PathLike, used: int = 0) -> int:
@@ -645,6 +649,40 @@ class BlockCache:
             self._counts["fetched"] += len(data)
             self._counts["hashed"] += len(data)
         return data if hashlib.sha256(data).hexdigest() == entry.sha256 else None
+
+    def read_small_in_place(self, store: ObjectStore | None, entries: list[Entry]) -> list[bytes | None]:
+        """Small STORED members of a store read in place (no disk tier): the members that lie
+        close together in a chunk by one ranged read, each checked against its sha256. None for
+        a member that is not such a one, or whose read or check failed (``read_all`` of it
+        then tries again and reports why)."""
+        found: list[bytes | None] = [None] * len(entries)
+        if self.persist:
+            return found
+        store = self._store(store)
+        todo = sorted((i for i, e in enumerate(entries) if e.chunk and e.size and self._small_stored(e)),
+                      key=lambda i: (entries[i].chunk, entries[i].offset))
+        runs: list[list[int]] = []
+        for i in todo:
+            e, last = entries[i], entries[runs[-1][-1]] if runs else None
+            if last is not None and last.chunk == e.chunk and 0 <= e.offset - (last.offset + last.size) \
+                    <= RUN_GAP and e.offset + e.size - entries[runs[-1][0]].offset <= RUN_MAX:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        for run in runs:
+            first, last = entries[run[0]], entries[run[-1]]
+            try:
+                raw = memoryview(store.get_range(first.chunk, first.offset, last.offset + last.size - first.offset))
+            except (NotFound, OSError):
+                continue
+            self._count("fetched", len(raw))
+            for i in run:
+                e = entries[i]
+                data = raw[e.offset - first.offset:e.offset - first.offset + e.size]
+                self._count("hashed", len(data))
+                if len(data) == e.size and hashlib.sha256(data).hexdigest() == e.sha256:
+                    found[i] = bytes(data)
+        return found
 
     def _in_place_ok(self, entry: Entry, first: int, last: int) -> bool:
         """A read in place needs no check, or only blocks already checked in this process."""

@@ -53,6 +53,7 @@ mfusepy = mfusepy_bound_to_libfuse3()
 LONG_TIMEOUT = 86400.0
 XATTR_STATS = "user.dsfs.stats"
 PUSH_PIECE = 1 << 20  # bytes per notify_store message
+_CAP_READDIRPLUS_AUTO = 1 << 14  # fuse_common.h: plus only for a folder's first page, or after lookups
 _lib = mfusepy._libfuse
 _stat_t = mfusepy.c_stat
 _fi_p = POINTER(mfusepy.fuse_file_info)
@@ -278,6 +279,11 @@ class DirectOperations:
     # --- the callbacks ------------------------------------------------------------------
     def init(self, userdata, conn) -> None:
         try:
+            # Every listing page with attributes (readdirplus), not only a folder's first: the
+            # kernel then holds an inode for every entry listed, so a stat walk sends no lookup
+            # per file and prefetch can push into any file of a listed folder.
+            info = ctypes.cast(conn, POINTER(mfusepy.fuse_conn_info)).contents
+            info.want &= ~_CAP_READDIRPLUS_AUTO
             if self.on_ready is not None:
                 self.on_ready()
         except BaseException:

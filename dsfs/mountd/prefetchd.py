@@ -48,15 +48,21 @@ WARM_PIECE = 8 << 20
 WARM_QUIET = 0.2  # warm pauses until demand reads have been quiet this long (seconds)
 WARM_CACHE_SHARE = 0.5  # a remote warm fills at most this share of the disk cache
 JOB_BATCH = 8
-# A local store's order is dropped after this many files in a row the kernel had no inode for:
-# the reader looks each file up only as it reads it (it never listed the folders), so no push can
-# land, and preparing them only costs the daemon CPU the reader needs.
+# A local store's order is dropped after this many files in a row the kernel had no inode for
+# even after _introduce: no push can land, and preparing them only costs the daemon CPU the
+# reader needs.
 UNKNOWN_RUN = 64
 # files prepared ahead; pushed into the page cache (and their bytes); pushes the kernel had no
 # inode for, or refused; chunk ranges advised; jobs that failed; hints and their unknown paths
-# the order dropped because pushes stopped landing (local store)
+# Folders listed through the mount so that the kernel holds inodes for their files: at most this
+# many entries of one folder (a bigger one's files are looked up one by one), and a folder is
+# listed again only after this long (the kernel may have forgotten its files under memory pressure).
+LIST_MAX = 1 << 16
+LIST_AGAIN = 30.0
+# the order dropped because pushes stopped landing (local store); folders listed and files looked
+# up through the mount to give the kernel their inodes
 COUNTERS = ("prepared", "pushed", "pushed_bytes", "unknown", "refused", "advised", "failed",
-            "hints", "hint_unknown", "dropped")
+            "hints", "hint_unknown", "dropped", "listed", "looked_up")
 
 Push = Callable[[int, bytes], str]  # (inode, whole file) -> "pushed" | "unknown" | "refused"
 
@@ -90,10 +96,13 @@ class PrefetchService:
         self._cold: tuple[str, int] | None = None  # (chunk, offset) of the last cold read
         self._in_order = 0  # cold reads in a row that moved on in folder order
         self._unknown_run = 0  # files in a row a push could not land for (local store)
+        self._mountpoint: str | None = None
+        self._listed: collections.OrderedDict[int, float] = collections.OrderedDict()  # folder -> when
 
     # -- life -----------------------------------------------------------------------------------
 
     def start(self, mountpoint: str, *, warm: bool = False) -> None:
+        self._mountpoint = mountpoint
         server = self._listen(mountpoint)  # bound before the mount is reported ready
         if server is not None:
             self._spawn(self._control, server, name="dsfs-control")
@@ -113,7 +122,9 @@ class PrefetchService:
         self._threads.append(thread)
 
     def close(self) -> None:
-        """Stop every thread and wait for them (before the session they push into goes away)."""
+        """Stop every thread and wait for them (before the session they push into goes away).
+        Call it while the FUSE loop still answers, or after the kernel dropped the mount: a
+        push, and a listing through the mount, may wait for the loop's answer to a read."""
         self._closing.set()
         self.policy.stop()
         for thread in self._threads:
@@ -159,8 +170,7 @@ class PrefetchService:
         nodes = [node] + [n for n in self.view.index.near(node.chunk, node.offset + 1,
                                                             node.offset + FOLLOW_SPAN, AHEAD_FILES)]
         if self.local:
-            last = nodes[-1]
-            self._advise(node.chunk, node.offset, last.offset + last.csize - node.offset)
+            self._advise(nodes)
         self.policy.follow([Item(n.ino, n.size) for n in nodes], extend=self._after)
 
     def _after(self, last: Item) -> list[Item]:
@@ -207,33 +217,50 @@ class PrefetchService:
                 except DsfsError:
                     nodes.append(None)
             if self.local:  # let the disk work on the whole batch while we check them one by one
-                for node in nodes:
-                    if node is not None and node.chunk is not None:
-                        self._advise(node.chunk, node.offset, node.csize)
-            for job, node in zip(jobs, nodes):
-                ok = node is not None and not self._closing.is_set() and self._prepare(job, node)
+                self._advise([n for n in nodes if n is not None and n.chunk is not None])
+            pushes = [node is not None and self._pushable(job, node) for job, node in zip(jobs, nodes)]
+            ready = self._read_in_place([n for n, push in zip(nodes, pushes) if push])
+            for job, node, push in zip(jobs, nodes, pushes):
+                ok = node is not None and not self._closing.is_set() and \
+                    self._prepare(job, node, push, ready.get(node.ino))
                 self.policy.done(job, ok)
 
-    def _prepare(self, job: Job, node: Node) -> bool:
+    def _pushable(self, job: Job, node: Node) -> bool:
+        """Whether ``node``'s bytes go into the page cache: a small file the kernel holds (or now
+        holds, after ``_introduce``) an inode for."""
+        if not (job.push and self.push is not None and node.size <= PUSH_MAX and node.chunk is not None):
+            return False
+        if self.knows is None or self.knows(node.ino) or (self._introduce(node) and self.knows(node.ino)):
+            self._note_unknown(False)
+            return True
+        if not self._closing.is_set():
+            # The kernel holds no inode for the file and listing its folder did not give it one:
+            # a push would be dropped. From a local store the advice the batch gave the disk is
+            # the whole preparation; reading and checking the file here would only be done again
+            # by its demand read.
+            self._count("unknown")
+            self._note_unknown(True)
+        return False
+
+    def _read_in_place(self, nodes: list[Node]) -> dict[int, bytes]:
+        """A local store's small stored files, read straight from their chunks (neighbours by
+        one read) and each checked against its sha256: inode -> bytes. Those missing here go
+        through the cache one by one."""
+        if not self.local or not nodes:
+            return {}
+        found = self.cache.read_small_in_place(self.store, [n.to_entry() for n in nodes])
+        return {n.ino: data for n, data in zip(nodes, found) if data is not None}
+
+    def _prepare(self, job: Job, node: Node, push: bool, data: bytes | None) -> bool:
         # Neighbours in the chunk help a folder-order follow; under a (shuffled) hint they would
         # be bytes nobody reads soon, taking cache space from what the reader needs next.
         # Passing ``near`` (even one that finds none) also routes the fetch through the cache's
         # single flight, so a demand read of a file being prepared waits for it, not refetches.
         near = _no_neighbours if self.policy.stats()["hinted"] else self.view._near
         try:
-            pushable = job.push and self.push is not None and node.size <= PUSH_MAX
-            if pushable and self.knows is not None and not self.knows(node.ino):
-                # The reader has not looked the file up yet (a loader that never listed its
-                # folders): a push would be dropped. From a local store the advice the batch
-                # gave the disk is the whole preparation; reading and checking the file here
-                # would only be done again by its demand read.
-                self._count("unknown")
-                pushable = False
-                self._note_unknown(True)
-            elif pushable:
-                self._note_unknown(False)
-            if pushable:
-                data = self.cache.read_all(self.store, node.to_entry(), near=near)
+            if push:
+                if data is None:
+                    data = self.cache.read_all(self.store, node.to_entry(), near=near)
                 self._push(node.ino, data)
             elif not self.local:
                 self.cache.read_all(self.store, node.to_entry(), near=near) \
@@ -245,14 +272,49 @@ class PrefetchService:
             self._count("failed")
             return False
 
+    def _introduce(self, node: Node) -> bool:
+        """Give the kernel an inode for ``node`` so that its push can land: list its folder
+        through the mount (readdirplus hands the kernel every entry with its attributes, one
+        request per page of them: a loader that opens files by path then finds them looked up),
+        or look the file up if that folder was listed lately or is too big. Runs in a job
+        thread, which holds no lock the request threads answering it could need (see close).
+        False if the mount could not be asked (it is going away, or not reachable from here)."""
+        if self._mountpoint is None or self._closing.is_set():
+            return False
+        now = time.monotonic()
+        with self._lock:
+            listed = self._listed.get(node.parent)
+            fresh = listed is None or now - listed > LIST_AGAIN
+            if fresh:
+                self._listed[node.parent] = now
+                self._listed.move_to_end(node.parent)
+                while len(self._listed) > 4096:
+                    self._listed.popitem(last=False)
+        folder = os.path.join(self._mountpoint, os.path.dirname(node.path))
+        try:
+            if fresh:
+                with os.scandir(folder) as entries:
+                    for n, _ in enumerate(entries, 1):
+                        if n >= LIST_MAX:
+                            break
+                self._count("listed")
+            if not self.knows(node.ino):
+                os.stat(os.path.join(self._mountpoint, node.path))
+                self._count("looked_up")
+            return True
+        except OSError as exc:
+            log.debug("cannot introduce %r to the kernel: %s", node.path, exc)
+            return False
+
     def _note_unknown(self, unknown: bool) -> None:
         """Drop a local store's order once pushes stop landing (see UNKNOWN_RUN)."""
         with self._lock:
             self._unknown_run = self._unknown_run + 1 if unknown else 0
             drop = self.local and self._unknown_run == UNKNOWN_RUN
         if drop:
-            log.info("order dropped: %d files in a row were not looked up before their turn, so no "
-                     "push could land (list the folders first to have files pushed)", UNKNOWN_RUN)
+            log.info("order dropped: the kernel held no inode for %d files in a row and listing their "
+                     "folders through the mount gave it none (is something mounted over %s?)",
+                     UNKNOWN_RUN, self._mountpoint)
             self._count("dropped")
             self.policy.hint([])
 
@@ -262,17 +324,23 @@ class PrefetchService:
         if outcome == "pushed":
             self._count("pushed_bytes", len(data))
 
-    def _advise(self, chunk: str, offset: int, length: int) -> None:
-        path = self.store.local_path(chunk)
-        if path is None:
-            return
-        with contextlib.suppress(OSError):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
-            finally:
-                os.close(fd)
-            self._count("advised")
+    def _advise(self, nodes: list[Node]) -> None:
+        """Tell the disk which ranges of a local store's chunks are read next (one open per chunk)."""
+        by_chunk: dict[str, list[Node]] = {}
+        for node in nodes:
+            by_chunk.setdefault(node.chunk, []).append(node)
+        for chunk, members in by_chunk.items():
+            path = self.store.local_path(chunk)
+            if path is None:
+                continue
+            with contextlib.suppress(OSError):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    for start, end in _runs((n.offset, n.offset + n.csize) for n in members):
+                        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
+                finally:
+                    os.close(fd)
+                self._count("advised", len(members))
 
     # -- warm -----------------------------------------------------------------------------------
 
@@ -403,6 +471,17 @@ class PrefetchService:
             return
         if reply["ok"]:  # the caller returns at once; paths resolve here
             self.hint([str(p) for p in request["paths"]])
+
+
+def _runs(ranges, gap: int = 64 << 10) -> list[tuple[int, int]]:
+    """Byte ranges merged where less than ``gap`` lies between them."""
+    runs: list[list[int]] = []
+    for start, end in sorted(ranges):
+        if runs and start - runs[-1][1] <= gap:
+            runs[-1][1] = max(runs[-1][1], end)
+        else:
+            runs.append([start, end])
+    return [(a, b) for a, b in runs]
 
 
 def _no_neighbours(chunk: str, start: int, end: int) -> list:
