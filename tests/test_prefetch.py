@@ -9,7 +9,9 @@ import json
 import multiprocessing
 import os
 import random
+import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -351,6 +353,37 @@ def test_a_hint_is_dropped_when_its_files_cannot_be_given_inodes(local_cli, loca
     assert prefetch["pushed"] == 0 and prefetch["unknown"] >= 64 and prefetch["order"] == 0, prefetch
     for path in sorted(files):
         assert (mnt / path).read_bytes() == files[path]
+
+
+def test_a_stop_signal_while_pushing_ends_the_daemon_and_the_mount(local_cli, local_mounts, tmp_path,
+                                                                    prefetch_local):
+    """SIGTERM while readers run and prefetch pushes: a push into pages the kernel is reading
+    waits for that read's answer, so prefetch stops while the loop still answers, and only then
+    does the loop end. The daemon exits and the mount goes, whatever the readers were doing."""
+    from mounting import wait_dead
+
+    files = {f"d{i % 8}/f{i:04d}.bin": _rand(4096 + i, i) for i in range(1500)}
+    vid = _publish(local_cli, tmp_path, files)
+    mnt = tmp_path / "mnt"
+    record = local_mounts.mount(vid, mnt)
+    order = sorted(files)
+    random.Random(3).shuffle(order)
+    reader = subprocess.Popen([sys.executable, "-c", (
+        "import sys, os\n"
+        "for p in sys.argv[2:]:\n"
+        "    with open(os.path.join(sys.argv[1], p), 'rb') as f: f.read()\n"), str(mnt), *order],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import dsfs
+
+        dsfs.prefetch(mnt, order)
+        _wait_for(lambda: _stats(mnt)["prefetch"]["pushed"] >= 50, "pushes")
+        os.kill(record.pid, signal.SIGTERM)
+        wait_dead(record.pid, timeout=60)
+        assert not os.path.ismount(mnt)
+    finally:
+        reader.kill()
+        reader.wait()
 
 
 def test_the_hint_cli_and_api_errors(local_cli, local_mounts, tmp_path):

@@ -135,8 +135,9 @@ _session_unmount = _bind("fuse_session_unmount", None, c_void_p)
 _session_destroy = _bind("fuse_session_destroy", None, c_void_p)
 _notify_store = _bind("fuse_lowlevel_notify_store", c_int, c_void_p, c_uint64, c_int64,
                       POINTER(_BufVec), c_int)
-_set_signal_handlers = _bind("fuse_set_signal_handlers", c_int, c_void_p)
-_remove_signal_handlers = _bind("fuse_remove_signal_handlers", None, c_void_p)
+_session_exit = _bind("fuse_session_exit", None, c_void_p)
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_WAKE_SIGNAL = signal.SIGUSR1  # interrupts the loop's wait once the session is marked exited
 
 
 def _loop_mt(session: int, max_threads: int) -> int:
@@ -451,15 +452,8 @@ def serve(view: VersionView, mountpoint: str, options: list[str], on_ready, *, m
         if _session_mount(session, os.fsencode(mountpoint)) != 0:
             raise MountError(f"cannot mount at {mountpoint!r} (see the log for libfuse's reason)")
         try:
-            if _set_signal_handlers(session) != 0:
-                raise MountError("cannot install the signal handlers")
-            try:
-                status = _loop_mt(session, max_threads)
-            finally:
-                _remove_signal_handlers(session)
-                if prefetch is not None:
-                    prefetch.close()  # no push may outlive the session
-            if status not in (0, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, -signal.SIGTERM):
+            status = _serve_until_stopped(session, max_threads, prefetch)
+            if status != 0:
                 raise MountError(f"fuse loop ended with status {status}")
         finally:
             _session_unmount(session)
@@ -467,3 +461,47 @@ def serve(view: VersionView, mountpoint: str, options: list[str], on_ready, *, m
         _session_destroy(session)
     del ops  # the callbacks must outlive the session
 
+
+def _serve_until_stopped(session: int, max_threads: int, prefetch: PrefetchService | None) -> int:
+    """Run libfuse's loop in a thread of its own until the mount goes away or a stop signal
+    (TERM, INT, HUP) arrives here, in the main thread.
+
+    On a signal, prefetch stops first while the loop still answers requests: a push into a page
+    the kernel is reading waits for that read's answer, and a listing through the mount for its
+    own, so with the loop gone first such a thread (and the process with it) could never finish.
+    Then the session is marked exited and the loop's wait interrupted. Returns the loop's status."""
+    status: list[int] = []
+    stop: list[int] = []
+    wake = threading.Event()  # set by a stop signal or by the loop's end
+
+    def loop() -> None:
+        try:
+            status.append(_loop_mt(session, max_threads))
+        finally:
+            if prefetch is not None:
+                prefetch.close()  # no push may outlive the session
+            wake.set()
+
+    def on_stop(signum, _frame) -> None:
+        stop.append(signum)
+        wake.set()
+
+    previous = {signum: signal.signal(signum, on_stop) for signum in _STOP_SIGNALS}
+    previous[_WAKE_SIGNAL] = signal.signal(_WAKE_SIGNAL, lambda *_: None)
+    thread = threading.Thread(target=loop, name="dsfs-fuse-loop")
+    try:
+        thread.start()
+        wake.wait()
+        if stop:
+            log.info("signal %d: stopping", stop[0])
+            if prefetch is not None:
+                prefetch.close()
+            _session_exit(session)
+            while thread.is_alive():
+                signal.pthread_kill(thread.ident, _WAKE_SIGNAL)
+                thread.join(0.1)
+        thread.join()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return status[0] if status else 0
