@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 
-import os
-
 from ..changeset.manifest import DIR, EMPTY_SHA256, FILE, SYMLINK, Removal
 from ..changeset.packer import Source
 from ..repo import CommitSummary, Repository
@@ -39,7 +37,7 @@ def collect(changes: list[Change], view: VersionIndex) -> tuple[list[Source], li
         elif attr.type == SYMLINK:
             sources.append(Source(path, SYMLINK, mode=attr.mode, mtime_ns=attr.mtime_ns, target=attr.target))
         elif local is not None:
-            sources.append(Source(path, FILE, local, attr.mode, attr.mtime_ns, size=os.path.getsize(local),
+            sources.append(Source(path, FILE, local, attr.mode, attr.mtime_ns, size=attr.size,
                                   sha256=attr.sha256, hashed=True, compressible=attr.compressible))
         elif attr.base_node is not None and attr.base_node.type == FILE:
             node = attr.base_node

@@ -837,7 +837,8 @@ class Overlay:
     def snapshot(self) -> Iterator[list[tuple[str, Attr | None, str | None, str | None]]]:
         """The changes as of now, for a commit that runs while writes go on: ``changes()``
         rows plus the path of each closed file's bytes, a hard link that a later close of the
-        file does not change (once ``freeze`` was called, the staged file itself). The links are made outside the lock; a file closed again (or
+        file does not change (once ``freeze`` was called, the staged file itself), each row's
+        size that of those bytes. The links are made outside the lock; a file closed again (or
         removed) meanwhile is linked again under it (or left out: its removal is the next
         commit's)."""
         if self._frozen:  # nothing can close a file again: its staged bytes stay as they are
@@ -871,6 +872,8 @@ class Overlay:
                     attr = dataclasses.replace(newer[attr.ino], parent=attr.parent, name=attr.name)
                 if attr is None or attr.ino not in missing:
                     local = f"{snap}/{attr.ino}" if attr is not None and attr.ino in closes else None
+                    if local is not None:  # a writer's open file shows its live size, not the closed one
+                        attr = dataclasses.replace(attr, size=os.path.getsize(local))
                     result.append((path, attr, removed, local))
             yield result
         finally:
