@@ -22,11 +22,14 @@ operation and inode and answered with EIO, so a bad request never kills the daem
 Prefetch (``prefetchd``) pushes verified file bytes into the kernel's page cache with
 ``fuse_lowlevel_notify_store``. The kernel takes them only for inodes it knows, so the adapter
 keeps each inode's lookup count (lookups and readdirplus entries up, forgets down) and pushes
-only to inodes with a count.
+only to inodes with a count. A walk leaves the kernel holding nearly every inode of the version
+(entries are cached for a day), so the counts take 4 bytes an inode (``LookupCounts``), not a
+dict entry and an int object (about 70 bytes).
 """
 
 from __future__ import annotations
 
+import array
 import collections
 import ctypes
 import errno
@@ -37,6 +40,7 @@ import os
 import signal
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from ctypes import CFUNCTYPE, POINTER, Structure, c_char_p, c_double, c_int, c_int64, c_size_t
 from ctypes import c_uint, c_uint64, c_void_p
 
@@ -153,6 +157,53 @@ def _loop_mt(session: int, max_threads: int) -> int:
     return _bind("fuse_session_loop_mt_31", c_int, c_void_p, c_int)(session, 0)
 
 
+class LookupCounts:
+    """The kernel's lookup count of each inode it holds, as pages of ``PAGE`` 32-bit counters.
+
+    Inodes are index rows numbered in path order, so the inodes a walk or a listing hands out
+    fill pages densely: 1M inodes take about 4 MiB. A page is made when the first of its inodes
+    is learnt and dropped when the last is forgotten. A count stops at 2**32 - 1 (the kernel
+    would need that many replies for one inode); a wrong count only misplaces a push, which the
+    kernel then refuses. Not thread-safe: the caller locks."""
+
+    PAGE = 1 << 14
+    MAX = (1 << 32) - 1
+
+    def __init__(self) -> None:
+        self._pages: dict[int, array.array] = {}
+        self._live: dict[int, int] = {}  # page -> inodes in it with a count
+
+    def add(self, ino: int, n: int) -> None:
+        page, slot = divmod(ino, self.PAGE)
+        counts = self._pages.get(page)
+        if counts is None:
+            if n <= 0:
+                return
+            counts = self._pages[page] = array.array("I", [0]) * self.PAGE
+            self._live[page] = 0
+        old = counts[slot]
+        new = counts[slot] = min(max(old + n, 0), self.MAX)
+        if (old > 0) != (new > 0):
+            live = self._live[page] + (1 if new else -1)
+            if live:
+                self._live[page] = live
+            else:
+                del self._pages[page], self._live[page]
+
+    def __getitem__(self, ino: int) -> int:
+        page, slot = divmod(ino, self.PAGE)
+        counts = self._pages.get(page)
+        return 0 if counts is None else counts[slot]
+
+    def __len__(self) -> int:
+        """Inodes with a count."""
+        return sum(self._live.values())
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._pages) * self.PAGE * 4
+
+
 _pinned = threading.local()  # lives as long as the thread state it is kept in
 _gil_ensure = ctypes.pythonapi.PyGILState_Ensure
 _gil_ensure.restype = c_int
@@ -209,7 +260,7 @@ class DirectOperations:
         self.on_ready = on_ready
         self.prefetch = prefetch
         self.session: int | None = None  # set once libfuse made it; pushes go through it
-        self._known: collections.Counter[int] = collections.Counter()  # the kernel's lookup counts
+        self._known = LookupCounts()
         self.timeout = LONG_TIMEOUT if view.immutable else 1.0
         # Where a listing left off, so the next readdir call resumes by name, not by counting.
         self._cursors: OrderedDict[tuple[int, int], str] = OrderedDict()
@@ -233,17 +284,17 @@ class DirectOperations:
             doc["prefetch"] = self.prefetch.stats()
         return json.dumps(doc).encode()
 
-    def _learn(self, ino: int, n: int = 1) -> None:
+    def _learn(self, pairs: Iterable[tuple[int, int]]) -> None:
+        """Apply (inode, lookups gained or forgotten) pairs to the kernel's counts, in one lock."""
         with self._lock:
-            self._known[ino] += n
-            if self._known[ino] <= 0:
-                del self._known[ino]
+            for ino, n in pairs:
+                self._known.add(ino, n)
 
     def knows(self, ino: int) -> bool:
         """Whether the kernel holds an inode for ``ino`` (it looked it up, or listed it with
         readdirplus, and has not forgotten it): only such a file can be pushed."""
         with self._lock:
-            return self._known.get(ino, 0) > 0
+            return self._known[ino] > 0
 
     def push(self, ino: int, data: bytes) -> str:
         """Put a file's verified bytes into the kernel's page cache: "pushed", "unknown" (the
@@ -299,16 +350,15 @@ class DirectOperations:
                 raise
             node = None
         if node is not None:
-            self._learn(node.ino)
+            self._learn(((node.ino, 1),))
         _reply_entry(req, ctypes.byref(self._entry(node)))
 
     def forget(self, req, ino, nlookup) -> None:
-        self._learn(ino, -nlookup)  # inodes are index rows: nothing else to free
+        self._learn(((ino, -nlookup),))  # inodes are index rows: nothing else to free
         _reply_none(req)
 
     def forget_multi(self, req, count, forgets) -> None:
-        for item in ctypes.cast(forgets, POINTER(_Forget))[:count]:
-            self._learn(item.ino, -item.nlookup)
+        self._learn((item.ino, -item.nlookup) for item in ctypes.cast(forgets, POINTER(_Forget))[:count])
         _reply_none(req)
 
     @_handler
@@ -372,6 +422,7 @@ class DirectOperations:
         buf = ctypes.create_string_buffer(size)
         base = ctypes.addressof(buf)
         used, pos, last = 0, off, None
+        listed: list[tuple[int, int]] = []  # inodes handed to the kernel with readdirplus
         st = _stat_t()
         for name, node in entries:
             raw = os.fsencode(name)
@@ -388,10 +439,11 @@ class DirectOperations:
             if n > size - used:
                 break
             if plus and name not in (".", ".."):
-                self._learn(node.ino)
+                listed.append((node.ino, 1))
             used += n
             pos += 1
             last = name
+        self._learn(listed)
         if pos >= 2 and last not in (None, ".", ".."):
             with self._lock:
                 self._cursors[(ino, pos)] = last
