@@ -3,6 +3,7 @@ the version or with what was read stays within its stated size (bench/README.md,
 
 from __future__ import annotations
 
+from dsfs.cache.tiers import MemoryTier
 from dsfs.mountd.direct import LookupCounts
 
 
@@ -23,3 +24,17 @@ def test_lookup_counts_take_4_bytes_an_inode_and_free_forgotten_pages():
     counts.add(9, -1)  # forgetting an inode never learnt makes no page
     counts.add(9, LookupCounts.MAX + 5)
     assert counts[9] == LookupCounts.MAX and counts.nbytes == LookupCounts.PAGE * 4
+
+
+def test_the_memory_tier_keeps_alive_only_the_bytes_it_counts():
+    # A leaf cut from a run of leaves (or a member from a neighbour GET) is a slice of a larger
+    # buffer: kept as it is, the tier would count 64 KiB and hold the whole run.
+    tier = MemoryTier(limit=1 << 20)
+    run = bytes(range(256)) * 1024  # 256 KiB
+    tier.put("leaf", memoryview(run)[65536:131072])
+    whole = memoryview(bytes(4096))
+    tier.put("block", whole)
+    leaf = tier.get("leaf")
+    assert bytes(leaf) == run[65536:131072] and memoryview(leaf.obj).nbytes == 65536
+    assert tier.get("block").obj is whole.obj  # a value over its own buffer is not copied
+    assert tier.size == 65536 + 4096

@@ -49,9 +49,19 @@ def unwrap(key: str, value: object, length: int) -> memoryview | None:
     return payload
 
 
+def _own(value: memoryview) -> memoryview:
+    """``value`` over a buffer of its own size: a slice of a larger buffer (a leaf of a run of
+    leaves, a member of a neighbour GET) would keep all of that buffer alive, uncounted."""
+    base = value.obj
+    if base is not None and memoryview(base).nbytes != value.nbytes:
+        return memoryview(bytes(value))
+    return value
+
+
 class MemoryTier:
     """A small in-process LRU of verified blocks, so the many small reads FUSE makes inside one
-    block do not each re-read and re-check it from disk."""
+    block do not each re-read and re-check it from disk. ``limit`` bounds the bytes it keeps
+    alive: a value that is a slice of a larger buffer is copied out of it first."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -69,6 +79,7 @@ class MemoryTier:
     def put(self, key: str, value: memoryview) -> None:
         if len(value) > self.limit:
             return
+        value = _own(value)
         with self.lock:
             old = self.items.pop(key, None)
             if old is not None:
