@@ -3,7 +3,9 @@ the version or with what was read stays within its stated size (bench/README.md,
 
 from __future__ import annotations
 
-from dsfs.cache.tiers import MemoryTier
+import threading
+
+from dsfs.cache.tiers import SQLITE_CACHE_PAGES, DiskTier, MemoryTier
 from dsfs.mountd.direct import LookupCounts
 
 
@@ -38,3 +40,21 @@ def test_the_memory_tier_keeps_alive_only_the_bytes_it_counts():
     assert bytes(leaf) == run[65536:131072] and memoryview(leaf.obj).nbytes == 65536
     assert tier.get("block").obj is whole.obj  # a value over its own buffer is not copied
     assert tier.size == 65536 + 4096
+
+
+def test_each_disk_cache_connection_has_no_memory_map_and_a_small_page_cache(tmp_path):
+    # diskcache opens a connection per thread: each one's map of the database would count in the
+    # daemon's RSS on its own, so none maps it and each caches at most SQLITE_CACHE_PAGES pages.
+    tier = DiskTier(tmp_path / "blocks", 1 << 30, lambda used: 1 << 30)
+    tier.put_many([("k", b"x" * 100)])
+
+    def pragmas() -> tuple:
+        con = tier._db._con
+        return con.execute("PRAGMA mmap_size").fetchone()[0], con.execute("PRAGMA cache_size").fetchone()[0]
+
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append((bytes(tier.get("k", 100)), pragmas())))
+    worker.start()
+    worker.join()
+    assert seen == [(b"x" * 100, (0, SQLITE_CACHE_PAGES))] and pragmas() == (0, SQLITE_CACHE_PAGES)
+    tier.close()
