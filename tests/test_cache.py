@@ -294,6 +294,25 @@ def test_sequential_reads_are_served_by_read_ahead(block_by_block, store, cache,
     assert store.gets == 16
 
 
+def test_blocks_a_stream_is_done_with_go_before_those_read_ahead(block_by_block, store, cache_dir, tmp_path):
+    # Two files streamed side by side, with memory for just their windows: plain LRU would drop
+    # the block each reader needs next (read ahead longest ago) and keep the ones it finished.
+    files = {name: random_bytes(16 * BS, seed=i) for i, name in enumerate(("a.bin", "b.bin"))}
+    entries = pack_files(store, tmp_path, files)
+
+    def gets_of_two_streams(memory_limit: int) -> int:
+        before, states = store.gets, {name: ReadState() for name in files}
+        with BlockCache(cache_dir, block_size=BS, persist=False, readahead_max=2,
+                        memory_limit=memory_limit) as cache:
+            for offset in range(0, 16 * BS, 256):
+                for name, data in files.items():
+                    assert cache.read(store, entries[name], offset, 256, states[name]) == data[offset:offset + 256]
+                    cache.drain()
+        return store.gets - before
+
+    assert gets_of_two_streams(6 * BS) == gets_of_two_streams(64 * BS)  # no block fetched twice
+
+
 def test_random_reads_do_not_read_ahead(block_by_block, store, cache, tmp_path):
     data = random_bytes(16 * BS, seed=4)
     entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]

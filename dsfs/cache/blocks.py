@@ -216,6 +216,10 @@ class BlockCache:
             keep = end < min((i + 1) * bs, entry.size)
             block = self._block(store, entry, i, foreground=True, remember=keep, near=near)
             parts.append(block[max(offset - i * bs, 0):end - i * bs])
+            if not keep and state is not None:
+                # A stream is done with this block: under memory pressure it goes before the
+                # blocks read ahead of it (plain LRU would drop the next one the reader needs).
+                self._memory.demote(self.block_key(entry.sha256, i))
         data = b"".join(parts)
         if state is not None and not self._whole_fetch(entry) and not self._checkable(entry):
             self._hash_along(entry, state, offset, data)

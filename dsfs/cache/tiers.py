@@ -95,6 +95,13 @@ class MemoryTier:
                 _, dropped = self.items.popitem(last=False)
                 self.size -= len(dropped)
 
+    def demote(self, key: str) -> None:
+        """Make ``key`` the first to go: its reader is done with it (a block read to its end),
+        while the blocks read ahead of that reader are still to come."""
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key, last=False)
+
     def drop(self, key: str) -> None:
         with self.lock:
             old = self.items.pop(key, None)
