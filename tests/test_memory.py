@@ -58,3 +58,12 @@ def test_each_disk_cache_connection_has_no_memory_map_and_a_small_page_cache(tmp
     worker.join()
     assert seen == [(b"x" * 100, (0, SQLITE_CACHE_PAGES))] and pragmas() == (0, SQLITE_CACHE_PAGES)
     tier.close()
+
+
+def test_a_big_block_is_written_to_its_file_from_the_payload_in_place(tmp_path):
+    tier = DiskTier(tmp_path / "blocks", 1 << 30, lambda used: 1 << 30)
+    payload = bytes(range(256)) * 1024  # 256 KiB: a file of its own
+    tier.put_many([("big", memoryview(payload)[:200_000])])
+    assert bytes(tier.get("big", 200_000)) == payload[:200_000]
+    assert tier.get("big", 199_999) is None  # the envelope's length is checked
+    tier.close()
