@@ -24,6 +24,7 @@ from .changeset.manifest import (
     DatasetRecord,
     Entry,
     Removal,
+    T,
     VersionManifest,
     check_dataset_name,
     dataset_key,
@@ -212,10 +213,10 @@ class Catalog:
         """Append an uploaded change-set to a draft: the single step that makes it visible."""
         return self.update_draft(version_id, lambda m: m.changesets.append(ref))
 
-    def changeset_items(self, ref: ChangeSetRef, tmp_dir: str, *, fields: bool = False
-                        ) -> Iterator[Entry | tuple | Removal]:
-        """Stream a change-set's items without holding the file in memory (adds as
-        ``entry_fields`` tuples when ``fields``)."""
+    def changeset_items(self, ref: ChangeSetRef, tmp_dir: str, *, make: Callable[[dict], T] | None = None
+                        ) -> Iterator[Entry | T | Removal]:
+        """Stream a change-set's items without holding the file in memory (adds as what ``make``
+        returns for each decoded line, see ``iter_changeset``)."""
         local = self.store.local_path(ref.key)
         tmp = None
         try:
@@ -226,7 +227,7 @@ class Catalog:
                 self.store.download_file(ref.key, tmp)
                 local = tmp
             with open(local, "rb") as stream:
-                yield from iter_changeset(stream, ref.key, fields=fields)
+                yield from iter_changeset(stream, ref.key, make=make)
         except (NotFound, FileNotFoundError):
             raise Corrupt(f"change-set missing from store: {ref.key!r}") from None
         finally:

@@ -7,7 +7,8 @@ from dsfs.paths import (NameTooLong, ancestors, check_name_length, check_path, n
                         normalize_dest, parent_of)
 
 GOOD = ["a", "a/b", "a b/c.txt", "x" * 255, "é/ü", ".hidden", "a..b", "..a",
-        "caf\udce9.jpg", "\udcff/\udc80" * 3, "\udce9" * 255, "a\nb", "back\\slash"]
+        "caf\udce9.jpg", "\udcff/\udc80" * 3, "\udce9" * 255, "a\nb", "back\\slash",
+        "a/.b", "d/" * 100 + "f", "a/" + "x" * 255, "x" * 200 + "/" + "é" * 60]
 BAD = [
     ("", "must not be empty"),
     ("/abs", "must be relative"),
@@ -16,6 +17,9 @@ BAD = [
     ("./a", "'.' components"),
     ("a//b", "empty component"),
     ("a/", "empty component"),
+    ("a/.", "'.' components"),
+    ("a/" + "y" * 256, "longer than 255"),
+    ("d/" * 100 + "\x00", "nul byte"),
     ("a\x00b", "nul byte"),
     ("y" * 256, "longer than 255"),
     ("é" * 128, "longer than 255"),

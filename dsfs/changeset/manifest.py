@@ -21,8 +21,8 @@ import itertools
 import json
 import re
 import zlib
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, TypeVar
 
 from ..errors import Corrupt, InvalidInput
 from ..paths import check_path, name_bytes
@@ -46,6 +46,7 @@ EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 # sha256 per HASH_BLOCK-sized piece instead ("blocks"), for big files of either method.
 HASH_BLOCK = 4 << 20
 _HEX = frozenset("0123456789abcdef")
+T = TypeVar("T")
 
 
 def block_count(size: int) -> int:
@@ -162,7 +163,7 @@ def entry_fields(d: dict) -> tuple:
         mode, mtime_ns = int(d["mode"]) & 0o7777, int(d["mtime_ns"])
         if kind == FILE:
             size, sha256 = int(d["size"]), str(d["sha256"])
-            if len(sha256) != 64 or size < 0:
+            if len(sha256) != 64 or size < 0 or not _HEX.issuperset(sha256):
                 raise Corrupt(f"manifest entry has a bad size or sha256: {path!r}")
             return (path, kind, size, sha256, mode, mtime_ns, None, *_location(d, path, size))
         if kind == DIR:
@@ -283,9 +284,11 @@ def _decode_batch(lines: list[bytes], first: int, key: str) -> list:
     raise Corrupt(f"corrupt change-set near line {first}: {key!r}")
 
 
-def iter_changeset(stream: BinaryIO, key: str, *, fields: bool = False) -> Iterator[Entry | tuple | Removal]:
+def iter_changeset(stream: BinaryIO, key: str, *, make: Callable[[dict], T] | None = None
+                   ) -> Iterator[Entry | T | Removal]:
     """Parse a gzip'd change-set file lazily from a binary stream, validating each line.
-    Adds come as Entry objects, or as ``entry_fields`` tuples when ``fields``.
+    Adds come as Entry objects, or as what ``make`` returns for the decoded line (``entry_fields``
+    and the index build's row maker: each refuses a bad line as ``Entry.from_json`` does).
 
     Removals must come before entries (that is what makes "an add wins" hold inside one file).
     Lines are decoded a batch at a time (about 1 MiB of text), so memory stays bounded.
@@ -300,7 +303,7 @@ def iter_changeset(stream: BinaryIO, key: str, *, fields: bool = False) -> Itera
         raise Corrupt(f"corrupt change-set (no header): {key!r}") from None
     _check_schema(header, "dsfs-changeset", key)
     seen_add = False
-    make = entry_fields if fields else Entry.from_json
+    make = make or Entry.from_json
     n = 1
     try:
         batch = first[1:]

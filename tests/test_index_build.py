@@ -1,0 +1,130 @@
+"""The index build's own reading of change-set lines: its fast row maker and its batching.
+
+The build turns each "add" line into a work row in one call for the common shape (a plain file),
+and through ``entry_fields`` for every other line; these check that both ways give the same row
+or refuse a line with the same error, and that a change-set mixing the shapes builds what its
+lines say, in their order.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_merge import Lineage
+
+from dsfs.changeset.manifest import DIR, FILE, HASH_BLOCK, SYMLINK, ChangeSet, Entry, entry_fields, new_id, now_iso
+from dsfs.errors import Corrupt
+from dsfs.resolver.build import row_maker
+from dsfs.resolver.update import entry_row
+
+GOOD = {"op": "add", "path": "d/f.jpg", "type": "file", "mode": 0o100644, "mtime_ns": 5, "size": 3,
+        "sha256": "ab" * 32, "chunk": "versions/x/chunks/c-0000.zip", "offset": 7, "csize": 3, "method": 0}
+# Values each field may take: the good one, others that entry_fields takes too, and bad ones.
+VARIANTS = {
+    "path": ["d/f.jpg", "f", ".hidden/f", "a/" + "x" * 255, "caf\udce9.jpg", "../x", "/x", "a\x00b", "a//b", "a/.",
+             "y" * 256, "", 7, None],
+    "type": ["file", "dir", "symlink", "fifo", None],
+    "mode": [0o644, -1, True, 5.5, "644", "rw", None],
+    "mtime_ns": [5, 0, -3, 2.0, "9", None],
+    "size": [3, 0, HASH_BLOCK + 1, -1, 3.0, True, "3", None],
+    "sha256": ["ab" * 32, "AB" * 32, "zz" * 32, "ab" * 31 + " a", "ab" * 33, 12, None],
+    "chunk": ["versions/x/chunks/c-0000.zip", None, 5],
+    "offset": [7, 0, -1, 7.0, None],
+    "csize": [3, -2, "3", None],
+    "method": [0, 8, 12, True, 8.0, None],
+    "target": ["../t", None],
+    "blocks": ["cd" * 32, "zz"],
+    "tree": ["ef" * 32, "E" * 64],
+    "tree_offset": [9, -1],
+}
+MISSING = object()
+
+
+@st.composite
+def lines(draw) -> dict:
+    line = dict(GOOD)
+    for key in draw(st.lists(st.sampled_from(sorted(VARIANTS)), max_size=4, unique=True)):
+        value = draw(st.sampled_from([*VARIANTS[key], MISSING]))
+        if value is MISSING:
+            line.pop(key, None)
+        else:
+            line[key] = value
+    return line
+
+
+def _slow(line: dict, chunks: dict[str, int]) -> tuple:
+    fields = entry_fields(line)
+    return entry_row(fields, 3, None if fields[7] is None else chunks.setdefault(fields[7], len(chunks) + 1))
+
+
+def _wide(row: tuple) -> tuple:
+    """A row of either width as the 16 values it stands for."""
+    return row if len(row) == 16 else row[:7] + (None,) + row[7:] + (None, None, None)
+
+
+@settings(max_examples=600, deadline=None)
+@given(line=lines())
+def test_the_fast_row_is_the_row_of_entry_fields_or_the_same_error(line):
+    chunks: dict[str, int] = {}
+    try:
+        want = _slow(line, chunks)
+    except Corrupt as exc:
+        with pytest.raises(Corrupt) as got:
+            row_maker({}, 3)(line)
+        assert str(got.value) == str(exc)
+        return
+    assert _wide(row_maker({}, 3)(line)) == want
+
+
+def test_plain_files_take_the_fast_row_and_other_lines_the_full_one():
+    make = row_maker({}, 3)
+    assert len(make(GOOD)) == 12
+    empty = {k: v for k, v in GOOD.items() if k not in ("chunk", "offset", "csize", "method")} | {"size": 0}
+    assert make(empty)[7:11] == (None, 0, 0, 0)
+    assert len(make(GOOD | {"path": ".hidden/" + "x" * 200 + "/" + "y" * 200})) == 12  # (checked name by name)
+    for other in ({"type": "dir"}, {"type": "symlink", "target": "t"}, {"blocks": "cd" * 32}, {"size": True}):
+        assert len(make(GOOD | other)) == 16
+
+
+@pytest.mark.parametrize("sha", ["AB" * 32, "zz" * 32, "ab" * 31 + " a"])
+def test_a_sha256_that_is_not_lowercase_hex_is_corrupt(sha):
+    for parse in (Entry.from_json, entry_fields, row_maker({}, 1)):
+        with pytest.raises(Corrupt, match="bad size or sha256"):
+            parse(GOOD | {"sha256": sha})
+
+
+def _file(path: str, content: str, **kw) -> Entry:
+    return Entry(path, FILE, len(content), f"{len(content):064x}", 0o644,
+                 chunk=f"versions/x/chunks/{content}.zip", csize=len(content), **kw)
+
+
+def test_a_changeset_mixing_row_shapes_builds_each_path_from_its_last_line(tmp_path):
+    """Plain rows and full ones go to SQLite in separate batches: a path's later line still wins."""
+    lineage = Lineage(tmp_path)
+    big = HASH_BLOCK + 1
+    entries = [
+        _file("p", "plain1"),
+        Entry("p", FILE, big, "1" * 64, 0o600, chunk="versions/x/chunks/tree.zip", csize=big, tree="2" * 64,
+              tree_offset=big + 40),
+        _file("q", "q1"),
+        Entry("l", SYMLINK, target="p", mode=0o777),
+        _file("q", "q2"),
+        Entry("e", FILE, 0, mode=0o640),
+        Entry("d", DIR, mode=0o700),
+        _file("d/x", "x"),
+        _file("b", "b1"),
+        Entry("b", FILE, big, "3" * 64, 0o644, chunk="versions/x/chunks/blocks.zip", csize=big,
+              blocks="4" * 128),
+    ]
+    m = lineage.catalog.create_version("ds", "v", [])
+    cs = ChangeSet(m.id, new_id()[:12], now_iso(), entries, [])
+    lineage.catalog.record_changeset(m.id, lineage.catalog.write_changeset(cs, len(entries), 0, 0, []))
+    index = lineage.builder.index_for(lineage.catalog.version(m.id))
+    p, q, b = index.by_path("p"), index.by_path("q"), index.by_path("b")
+    assert (p.tree, p.tree_offset, p.mode, p.chunk) == ("2" * 64, big + 40, 0o600, "versions/x/chunks/tree.zip")
+    assert q.chunk == "versions/x/chunks/q2.zip" and b.blocks == "4" * 128 and b.tree is None
+    assert index.by_path("l").target == "p" and index.by_path("e").chunk is None
+    assert index.by_path("d").mode == 0o700 and index.by_path("d/x").size == 1
+    assert index.chunks() == sorted(f"versions/x/chunks/{k}.zip" for k in ("blocks", "tree", "q2", "x"))
+    assert index.files == 6
