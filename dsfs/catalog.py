@@ -14,6 +14,7 @@ import concurrent.futures
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from typing import BinaryIO, TypeVar
 
 from .changeset.manifest import (
     DRAFT,
@@ -22,9 +23,6 @@ from .changeset.manifest import (
     ChangeSet,
     ChangeSetRef,
     DatasetRecord,
-    Entry,
-    Removal,
-    T,
     VersionManifest,
     check_dataset_name,
     dataset_key,
@@ -36,6 +34,8 @@ from .changeset.manifest import (
 )
 from .errors import AlreadyExists, Conflict, Corrupt, InvalidInput, NotFound, ReadOnly
 from .store.base import ObjectStore
+
+T = TypeVar("T")
 
 _CAS_ATTEMPTS = 50
 
@@ -213,10 +213,10 @@ class Catalog:
         """Append an uploaded change-set to a draft: the single step that makes it visible."""
         return self.update_draft(version_id, lambda m: m.changesets.append(ref))
 
-    def changeset_items(self, ref: ChangeSetRef, tmp_dir: str, *, make: Callable[[dict], T] | None = None
-                        ) -> Iterator[Entry | T | Removal]:
-        """Stream a change-set's items without holding the file in memory (adds as what ``make``
-        returns for each decoded line, see ``iter_changeset``)."""
+    def changeset_items(self, ref: ChangeSetRef, tmp_dir: str,
+                        parse: Callable[[BinaryIO, str], Iterator[T]] = iter_changeset) -> Iterator[T]:
+        """Stream a change-set's items without holding the file in memory: ``parse(stream, key)``
+        of the file opened (``iter_changeset``, or one of its variants)."""
         local = self.store.local_path(ref.key)
         tmp = None
         try:
@@ -227,7 +227,7 @@ class Catalog:
                 self.store.download_file(ref.key, tmp)
                 local = tmp
             with open(local, "rb") as stream:
-                yield from iter_changeset(stream, ref.key, make=make)
+                yield from parse(stream, ref.key)
         except (NotFound, FileNotFoundError):
             raise Corrupt(f"change-set missing from store: {ref.key!r}") from None
         finally:

@@ -8,14 +8,21 @@ lines say, in their order.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import json
+import os
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_merge import Lineage
+from test_merge import Lineage, test_merge
 
 from dsfs.changeset.manifest import DIR, FILE, HASH_BLOCK, SYMLINK, ChangeSet, Entry, entry_fields, new_id, now_iso
 from dsfs.errors import Corrupt
-from dsfs.resolver.build import row_maker
+from dsfs.resolver import build, parse
+from dsfs.resolver.parse import row_maker
 from dsfs.resolver.update import entry_row
 
 GOOD = {"op": "add", "path": "d/f.jpg", "type": "file", "mode": 0o100644, "mtime_ns": 5, "size": 3,
@@ -128,3 +135,117 @@ def test_a_changeset_mixing_row_shapes_builds_each_path_from_its_last_line(tmp_p
     assert index.by_path("d").mode == 0o700 and index.by_path("d/x").size == 1
     assert index.chunks() == sorted(f"versions/x/chunks/{k}.zip" for k in ("blocks", "tree", "q2", "x"))
     assert index.files == 6
+
+
+@pytest.fixture
+def apart(monkeypatch):
+    """Every change-set read by a child process, however small."""
+    monkeypatch.setattr(build, "PARSE_APART", 0)
+
+
+@pytest.mark.parametrize("name", ["single root", "folder tombstone removes the subtree", "deep linear lineage",
+                                  "later parent's file replaces earlier parent's folder", "diamond"])
+def test_changesets_read_in_a_second_process_build_the_same_view(tmp_path, apart, name):
+    test_merge(tmp_path, name)
+
+
+def test_a_second_process_numbers_chunks_as_the_build_does(tmp_path, apart):
+    """Chunks interned by the child (new keys, and keys an earlier change-set interned) agree with the
+    build's own ids: every file reads its own chunk."""
+    lineage = Lineage(tmp_path)
+    lineage.version("r", [], "+a=1", "+b=2", "+d/c=3")
+    lineage.version("c", ["r"], "+b=9", "+e=1", "+d/f=4")
+    assert lineage.view("c") == {"a": "1", "b": "9", "d": "/", "d/c": "3", "d/f": "4", "e": "1"}
+    assert lineage.builder.stats["parsed_apart"] == 2
+
+
+def _children() -> list[int]:
+    """The pids of this process's children still running or unreaped."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                found.append(int(pid))
+    return found
+
+
+def _error(lineage: Lineage, name: str) -> str:
+    with pytest.raises(Corrupt) as exc:
+        lineage.view(name)
+    return str(exc.value)
+
+
+def test_a_second_process_refuses_what_this_one_refuses(tmp_path, monkeypatch):
+    """Each bad change-set fails with the same error read here and read by a child."""
+    lineage = Lineage(tmp_path)
+    lineage.version("x", [], "+k=1", "+k/z=2", publish=False)
+    lineage.version("r", [], *[f"+d/f{i}={i}" for i in range(6000)], publish=False)
+    path = tmp_path / "store" / lineage.catalog.version(lineage.ids["r"]).changesets[0].key
+    lines = gzip.decompress(path.read_bytes()).splitlines()
+    bad_lines = [json.dumps(GOOD | {"path": "../x"}), "{nope", json.dumps(GOOD | {"path": "/x"}),
+                 json.dumps(GOOD | {"sha256": "x" * 64}), json.dumps({"op": "remove", "path": "a"})]
+    seen = []
+    for bad in [None, *bad_lines]:
+        if bad is not None:
+            path.write_bytes(gzip.compress(b"\n".join([*lines[:1000], bad.encode(), *lines[1000:]]) + b"\n"))
+        else:  # the stream cut short
+            path.write_bytes(gzip.compress(b"\n".join(lines) + b"\n", compresslevel=0)[:-5000])
+        for name in ("x", "r"):
+            monkeypatch.setattr(build, "PARSE_APART", 10**9)
+            here = _error(lineage, name)
+            monkeypatch.setattr(build, "PARSE_APART", 0)
+            assert _error(lineage, name) == here
+            seen.append(here)
+    assert "truncated after line" in seen[1] and "line 1001 (removal after an add)" in seen[-1]
+    assert not [p for p in os.listdir(tmp_path / "index") if p.startswith(".build-")]
+    assert not _children()
+
+
+@pytest.mark.parametrize("reader", ["/bin/false", "/nonexistent/python"])
+def test_where_no_second_process_reads_this_one_does(tmp_path, apart, monkeypatch, caplog, reader):
+    monkeypatch.setattr(parse.sys, "executable", reader)
+    test_merge(tmp_path, "deep linear lineage")
+    assert "reading" in caplog.text and "here" in caplog.text
+
+
+def test_a_second_process_that_dies_midway_is_taken_over(tmp_path, apart, monkeypatch, caplog):
+    """A child killed after some batches: this process reads on from the first item it did not get."""
+    monkeypatch.setattr(parse, "_BATCH", 100)
+    real = parse.subprocess.Popen
+
+    def popen(*args, **kwargs):
+        child = real(*args, **kwargs)
+        real_load = parse.pickle.load
+        loads = iter(range(10**9))
+
+        def load(stream):
+            if next(loads) == 5:
+                child.kill()
+                child.wait()
+                raise EOFError
+            return real_load(stream)
+        monkeypatch.setattr(parse.pickle, "load", load)
+        return child
+    monkeypatch.setattr(parse.subprocess, "Popen", popen)
+    lineage = Lineage(tmp_path)
+    lineage.version("r", [], *[f"+d{i % 7}/f{i}={i % 5}" for i in range(2000)])
+    view = lineage.view("r")
+    assert len(view) == 2007 and view["d3/f1998"] == "3"
+    assert "after 500 items" in caplog.text
+    assert not _children()
+
+
+@pytest.mark.parametrize("at", [10**9, 0])
+def test_blank_lines_are_skipped(tmp_path, monkeypatch, at):
+    monkeypatch.setattr(build, "PARSE_APART", at)
+    lineage = Lineage(tmp_path)
+    lineage.version("r", [], "+a=1", "+b=2", "+c/d=3", publish=False)
+    path = tmp_path / "store" / lineage.catalog.version(lineage.ids["r"]).changesets[0].key
+    lines = gzip.decompress(path.read_bytes()).splitlines()
+    path.write_bytes(gzip.compress(b"\n".join([lines[0], b"", lines[1], b"  \r", *lines[2:], b""]) + b"\n"))
+    assert lineage.view("r") == {"a": "1", "b": "2", "c": "/", "c/d": "3"}
+    path.write_bytes(gzip.compress(b"\n".join([lines[0], b"", lines[1], b"{", *lines[2:]]) + b"\n"))
+    for built in (tmp_path / "index").iterdir():
+        built.unlink()
+    with pytest.raises(Corrupt, match="corrupt change-set line 3"):
+        lineage.view("r")

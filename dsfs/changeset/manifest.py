@@ -270,7 +270,12 @@ def _line_batches(gz, size: int = 1 << 20) -> Iterator[list[bytes]]:
 
 
 def _decode_batch(lines: list[bytes], first: int, key: str) -> list:
-    """JSON-decode many lines in one call; on failure, find and name the bad line."""
+    """JSON-decode many lines in one call (blank ones skipped); on failure, find and name the bad
+    line."""
+    try:  # (blank lines are rare: looked for only when the batch does not decode)
+        return _decode("[" + b",".join(lines).decode("utf-8", "surrogateescape") + "]")
+    except ValueError:
+        pass
     lines = [raw for raw in lines if raw.strip()]
     try:
         return _decode("[" + b",".join(lines).decode("utf-8", "surrogateescape") + "]")

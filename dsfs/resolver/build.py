@@ -32,11 +32,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
 from ..catalog import Catalog
-from ..changeset.manifest import DEFLATED, DIR, FILE, STORED, ChangeSetRef, Removal, VersionManifest, entry_fields
+from ..changeset.manifest import DIR, ChangeSetRef, Removal, VersionManifest, entry_fields, iter_changeset
 from ..errors import Corrupt, InvalidInput
-from ..paths import ancestors, check_path, name_bytes, name_str
+from ..paths import ancestors, name_bytes, name_str
 from .index import INDEX_FORMAT, INDEX_SQL, NODES_SQL, ROOT_INO, SCHEMA_SQL, TYPE_CODES, VersionIndex
-from .update import IndexUpdate, PathConflict, entry_row, folder_row, lineage_digests, unsorted_limit
+from .parse import PARSE_APART, intern, parse_apart, parse_here
+from .update import IndexUpdate, PathConflict, folder_row, lineage_digests, unsorted_limit
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ _WORK_COLUMNS = ("path, nlen, type, size, mode, mtime_ns, sha256, target, chunk_
 _PLAIN_COLUMNS = "path, nlen, type, size, mode, mtime_ns, sha256, chunk_id, offset, csize, method, provider_id"
 _INSERT = {16: f"INSERT OR REPLACE INTO scratch.work VALUES ({','.join('?' * 16)})",
            12: f"INSERT OR REPLACE INTO scratch.work({_PLAIN_COLUMNS}) VALUES ({','.join('?' * 12)})"}
-_FILE = TYPE_CODES[FILE]
 # Every node of an attached index with its path, built down from the root's children.
 _COPY_SELECT = (
     "WITH RECURSIVE t(path, nlen, ino, type, size, mode, mtime_ns, sha256, target, chunk_id, offset, csize, "
@@ -71,43 +71,6 @@ _COPY_SELECT = (
 )
 
 
-def row_maker(chunks: dict[str, int], provider: int) -> Callable[[dict], tuple]:
-    """The maker of a change-set's work rows from its decoded "add" lines: ``entry_row`` of
-    ``entry_fields`` (16 values), or for a plain file (the most common line by far) the same
-    values without the four that are None, checked and made in one call. The fast path takes
-    only lines whose fields have exactly the types and values ``entry_fields`` accepts as they
-    are; any other line goes through ``entry_fields``, which refuses a bad one with its error."""
-
-    def make(d: dict) -> tuple:
-        size, sha, mode, mtime_ns = d.get("size"), d.get("sha256"), d.get("mode"), d.get("mtime_ns")
-        chunk, offset, csize, method = d.get("chunk"), d.get("offset"), d.get("csize"), d.get("method")
-        if (d.get("type") == FILE and type(size) is int and size >= 0 and type(sha) is str and len(sha) == 64
-                and type(mode) is int and type(mtime_ns) is int and "blocks" not in d and "tree" not in d
-                and (type(chunk) is str and type(offset) is int and type(csize) is int and type(method) is int
-                     and offset >= 0 and csize >= 0 and (method == STORED or method == DEFLATED)
-                     or chunk is None and size == 0 and "chunk" not in d)):
-            try:
-                raw = check_path(d.get("path"), what="manifest path").encode("utf-8", "surrogateescape")
-                digest = bytes.fromhex(sha)
-            except (InvalidInput, ValueError):
-                return general(d)
-            if digest.hex() == sha:
-                if chunk is None:
-                    offset = csize = method = 0
-                else:
-                    chunk = chunks.get(chunk) or _Work.intern(chunks, chunk)
-                return (raw, len(raw) - raw.rfind(b"/") - 1, _FILE, size, mode & 0o7777, mtime_ns, digest, chunk,
-                        offset, csize, method, provider)
-        return general(d)
-
-    def general(d: dict) -> tuple:
-        fields = entry_fields(d)
-        chunk = fields[7]
-        return entry_row(fields, provider, None if chunk is None else _Work.intern(chunks, chunk))
-
-    return make
-
-
 class _Work:
     """The view under construction: a path-keyed table plus the set of its folders' paths.
 
@@ -122,13 +85,6 @@ class _Work:
         self.removals: list[bytes] = []  # paths whose removal is not applied yet
         self.chunks: dict[str, int] = {}  # key -> id, as the index's ``chunks`` table will have them
         self.providers: dict[str, int] = {}  # version -> id, likewise
-
-    @staticmethod
-    def intern(ids: dict[str, int], key: str) -> int:
-        got = ids.get(key)
-        if got is None:
-            got = ids[key] = len(ids) + 1
-        return got
 
     def flush(self) -> None:
         if self.pending:
@@ -194,12 +150,12 @@ class _Work:
                 self._push(folder_row(folder, mtime_ns, provider))
             self.dirs.add(folder)
 
-    def apply(self, items_of: Callable[..., Iterable[tuple | Removal]], version: str) -> None:
-        """Apply a change-set's removals and adds: ``items_of(make=...)`` streams them, the adds as
-        ``make`` makes them from their lines."""
-        provider = self.intern(self.providers, version)
+    def apply(self, items_of: Callable[[dict[str, int], int], Iterable[tuple | Removal]], version: str) -> None:
+        """Apply a change-set's removals and adds: ``items_of(chunks, provider)`` streams them, the
+        adds as rows of ``row_maker(chunks, provider)``."""
+        provider = intern(self.providers, version)
         add, removals = self.add, self.removals
-        for item in items_of(make=row_maker(self.chunks, provider)):
+        for item in items_of(self.chunks, provider):
             if type(item) is tuple:
                 add(item, provider)
             else:
@@ -222,7 +178,7 @@ class _Work:
                                     ("src_providers", self.providers, "SELECT id, version FROM src.providers")):
                 self.conn.execute(f"CREATE TABLE scratch.{table}(src INTEGER PRIMARY KEY, id INTEGER NOT NULL)")
                 self.conn.executemany(f"INSERT INTO scratch.{table} VALUES (?, ?)",
-                                      [(src, self.intern(ids, key)) for src, key in self.conn.execute(sql)])
+                                      [(src, intern(ids, key)) for src, key in self.conn.execute(sql)])
             self.conn.execute(f"INSERT OR REPLACE INTO scratch.work({_WORK_COLUMNS}) {_COPY_SELECT}", (_DIR,))
             self.conn.execute("DROP TABLE scratch.src_chunks")
             self.conn.execute("DROP TABLE scratch.src_providers")
@@ -256,8 +212,9 @@ def _folders(conn: sqlite3.Connection) -> dict[bytes, int]:
 class ViewBuilder:
     """Finds or builds the index of a version's merged view under ``index_dir``.
 
-    ``stats`` counts full builds (``built``), in-place updates (``updated``) and the nodes those
-    updates inserted, changed or deleted (``rows_updated``)."""
+    ``stats`` counts full builds (``built``), in-place updates (``updated``), the nodes those
+    updates inserted, changed or deleted (``rows_updated``), and the change-sets a build read in a
+    second process (``parsed_apart``)."""
 
     def __init__(self, catalog: Catalog, index_dir: str) -> None:
         self.catalog = catalog
@@ -336,9 +293,10 @@ class ViewBuilder:
                 update.dropped_providers.add(root)
                 conn.execute("UPDATE nodes SET mtime_ns = ?, provider_id = ? WHERE ino = 1",
                              (_root_mtime(manifest), own))
+                fields = functools.partial(iter_changeset, make=entry_fields)
                 for ref in manifest.changesets[held:]:
                     with _conflicts_are_corrupt(manifest, ref.id):
-                        update.apply(self.catalog.changeset_items(ref, self.index_dir, make=entry_fields), manifest.id)
+                        update.apply(self.catalog.changeset_items(ref, self.index_dir, fields), manifest.id)
                 update.finish(own, {"version": manifest.id, "dataset": manifest.dataset, "format": INDEX_FORMAT,
                                     "changesets": str(len(manifest.changesets)), "lineage": digests[-1]})
                 conn.commit()
@@ -388,6 +346,16 @@ class ViewBuilder:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(scratch)
 
+    def _rows(self, ref: ChangeSetRef, chunks: dict[str, int], provider: int) -> Iterator[tuple | Removal]:
+        """A change-set's removals and work rows (``row_maker``); a big one's parsed in a second
+        process while this one inserts."""
+        parse = parse_here
+        if ref.entries >= PARSE_APART:
+            parse = parse_apart
+            self.stats["parsed_apart"] += 1
+        return self.catalog.changeset_items(ref, self.index_dir, functools.partial(parse, chunks=chunks,
+                                                                                  provider=provider))
+
     def _replay(self, manifest: VersionManifest, work: _Work, visiting: set[str]) -> None:
         if manifest.id in visiting:
             raise Corrupt(f"version lineage has a cycle through {manifest.id!r}")
@@ -403,7 +371,7 @@ class ViewBuilder:
                 work.overlay(self.index_for(parent).path)
         for ref in manifest.changesets:
             with _conflicts_are_corrupt(manifest, ref.id):
-                work.apply(functools.partial(self.catalog.changeset_items, ref, self.index_dir), manifest.id)
+                work.apply(functools.partial(self._rows, ref), manifest.id)
         visiting.discard(manifest.id)
 
 
@@ -545,7 +513,7 @@ def _finalize(conn: sqlite3.Connection, manifest: VersionManifest, work: _Work) 
     All in SQL: the folders are numbered first (a row's inode is its rank in path order), then
     every row is copied in path order, taking the next rowid and its folder's inode as parent."""
     conn.executescript(SCHEMA_SQL)
-    own = work.intern(work.providers, manifest.id)
+    own = intern(work.providers, manifest.id)
     for table, ids in (("chunks", work.chunks), ("providers", work.providers)):
         conn.executemany(f"INSERT INTO {table} VALUES (?, ?)", [(i, key) for key, i in ids.items()])
     # Interned along the whole replay: drop what the merged view no longer uses (chunks below,
