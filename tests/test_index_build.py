@@ -21,7 +21,7 @@ from test_merge import Lineage, test_merge
 
 from dsfs.changeset.manifest import DIR, FILE, HASH_BLOCK, SYMLINK, ChangeSet, Entry, entry_fields, new_id, now_iso
 from dsfs.errors import Corrupt
-from dsfs.resolver import build, parse
+from dsfs.resolver import parse
 from dsfs.resolver.parse import row_maker
 from dsfs.resolver.update import entry_row
 
@@ -140,7 +140,7 @@ def test_a_changeset_mixing_row_shapes_builds_each_path_from_its_last_line(tmp_p
 @pytest.fixture
 def apart(monkeypatch):
     """Every change-set read by a child process, however small."""
-    monkeypatch.setattr(build, "PARSE_APART", 0)
+    monkeypatch.setattr(parse, "PARSE_APART", 0)
 
 
 @pytest.mark.parametrize("name", ["single root", "folder tombstone removes the subtree", "deep linear lineage",
@@ -157,6 +157,20 @@ def test_a_second_process_numbers_chunks_as_the_build_does(tmp_path, apart):
     lineage.version("c", ["r"], "+b=9", "+e=1", "+d/f=4")
     assert lineage.view("c") == {"a": "1", "b": "9", "d": "/", "d/c": "3", "d/f": "4", "e": "1"}
     assert lineage.builder.stats["parsed_apart"] == 2
+
+
+def test_one_second_process_reads_a_whole_build_as_chunks_come_from_overlays_too(tmp_path, apart):
+    """p1 is replayed (by the child), p2's cached index overlaid (its chunk keys interned here),
+    then c's change-set read by the same child, which must number p2's chunk as this process did."""
+    lineage = Lineage(tmp_path)
+    lineage.version("p2", [], "+x=7", "+w=6")
+    assert lineage.view("p2") == {"x": "7", "w": "6"}
+    lineage.version("p1", [], "+a=1", "+b=2")
+    lineage.version("c", ["p1", "p2"], "+y=7", "+z=8", "+b=6")
+    before = lineage.builder.stats["parsed_apart"]
+    assert lineage.view("c") == {"a": "1", "b": "6", "w": "6", "x": "7", "y": "7", "z": "8"}
+    assert lineage.builder.stats["parsed_apart"] - before == 2
+    assert not _children()
 
 
 def _children() -> list[int]:
@@ -191,9 +205,9 @@ def test_a_second_process_refuses_what_this_one_refuses(tmp_path, monkeypatch):
         else:  # the stream cut short
             path.write_bytes(gzip.compress(b"\n".join(lines) + b"\n", compresslevel=0)[:-5000])
         for name in ("x", "r"):
-            monkeypatch.setattr(build, "PARSE_APART", 10**9)
+            monkeypatch.setattr(parse, "PARSE_APART", 10**9)
             here = _error(lineage, name)
-            monkeypatch.setattr(build, "PARSE_APART", 0)
+            monkeypatch.setattr(parse, "PARSE_APART", 0)
             assert _error(lineage, name) == here
             seen.append(here)
     assert "truncated after line" in seen[1] and "line 1001 (removal after an add)" in seen[-1]
@@ -237,7 +251,7 @@ def test_a_second_process_that_dies_midway_is_taken_over(tmp_path, apart, monkey
 
 @pytest.mark.parametrize("at", [10**9, 0])
 def test_blank_lines_are_skipped(tmp_path, monkeypatch, at):
-    monkeypatch.setattr(build, "PARSE_APART", at)
+    monkeypatch.setattr(parse, "PARSE_APART", at)
     lineage = Lineage(tmp_path)
     lineage.version("r", [], "+a=1", "+b=2", "+c/d=3", publish=False)
     path = tmp_path / "store" / lineage.catalog.version(lineage.ids["r"]).changesets[0].key

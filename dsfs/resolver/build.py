@@ -36,7 +36,7 @@ from ..changeset.manifest import DIR, ChangeSetRef, Removal, VersionManifest, en
 from ..errors import Corrupt, InvalidInput
 from ..paths import ancestors, name_bytes, name_str
 from .index import INDEX_FORMAT, INDEX_SQL, NODES_SQL, ROOT_INO, SCHEMA_SQL, TYPE_CODES, VersionIndex
-from .parse import PARSE_APART, intern, parse_apart, parse_here
+from .parse import Reader, intern
 from .update import IndexUpdate, PathConflict, folder_row, lineage_digests, unsorted_limit
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class _Work:
         self.removals: list[bytes] = []  # paths whose removal is not applied yet
         self.chunks: dict[str, int] = {}  # key -> id, as the index's ``chunks`` table will have them
         self.providers: dict[str, int] = {}  # version -> id, likewise
+        self.reader = Reader()
 
     def flush(self) -> None:
         if self.pending:
@@ -337,7 +338,11 @@ class ViewBuilder:
                 conn.execute("PRAGMA scratch.synchronous=OFF")
                 conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
                 work = _Work(conn)
-                self._replay(manifest, work, visiting=set())
+                try:
+                    self._replay(manifest, work, visiting=set())
+                finally:
+                    work.reader.close()
+                    self.stats["parsed_apart"] += work.reader.apart
                 _finalize(conn, manifest, work)
                 conn.commit()
                 conn.execute("DETACH DATABASE scratch")
@@ -346,15 +351,11 @@ class ViewBuilder:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(scratch)
 
-    def _rows(self, ref: ChangeSetRef, chunks: dict[str, int], provider: int) -> Iterator[tuple | Removal]:
-        """A change-set's removals and work rows (``row_maker``); a big one's parsed in a second
-        process while this one inserts."""
-        parse = parse_here
-        if ref.entries >= PARSE_APART:
-            parse = parse_apart
-            self.stats["parsed_apart"] += 1
-        return self.catalog.changeset_items(ref, self.index_dir, functools.partial(parse, chunks=chunks,
-                                                                                  provider=provider))
+    def _rows(self, ref: ChangeSetRef, reader: Reader, chunks: dict[str, int], provider: int
+              ) -> Iterator[tuple | Removal]:
+        """A change-set's removals and work rows (``row_maker``), as ``reader`` reads them."""
+        return self.catalog.changeset_items(ref, self.index_dir, functools.partial(
+            reader.items, entries=ref.entries, chunks=chunks, provider=provider))
 
     def _replay(self, manifest: VersionManifest, work: _Work, visiting: set[str]) -> None:
         if manifest.id in visiting:
@@ -371,7 +372,7 @@ class ViewBuilder:
                 work.overlay(self.index_for(parent).path)
         for ref in manifest.changesets:
             with _conflicts_are_corrupt(manifest, ref.id):
-                work.apply(functools.partial(self._rows, ref), manifest.id)
+                work.apply(functools.partial(self._rows, ref, work.reader), manifest.id)
         visiting.discard(manifest.id)
 
 

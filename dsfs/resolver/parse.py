@@ -1,16 +1,18 @@
-"""Reading a change-set's lines into the index build's work rows, here or in a second process.
+"""Reading change-sets into the index build's work rows, here or in a second process.
 
 ``row_maker`` turns a decoded "add" line into its row. A build spends about as long reading a big
 change-set (gunzip, JSON, the checks and the rows) as inserting its rows into SQLite, so on two
-cores the two overlap: ``parse_apart`` reads the open change-set file in a child process
-(``python -m dsfs.resolver.parse``) and yields what ``parse_here`` would, in the same order, a batch
-at a time: rows, Removals, and the first bad line's error where the child met it (``Corrupt``,
-same message). The child starts from the build's chunk ids, and the keys it interns are interned
-here in the same order, so both number chunks alike.
+cores the two overlap: once a build has met ``PARSE_APART`` entries, its ``Reader`` has a child
+process (``python -m dsfs.resolver.parse``) read each change-set file, and yields what
+``parse_here`` would, in the same order, a batch at a time: rows, Removals, and the first bad
+line's error where the child met it (``Corrupt``, same message). The child's chunk ids are the
+build's: it is told the keys the build interned since (from overlaid indexes), and the keys it
+interns are interned here in the same order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -29,7 +31,7 @@ from .update import entry_row
 
 log = logging.getLogger(__name__)
 
-PARSE_APART = 100_000  # entries from which a change-set is read in a second process
+PARSE_APART = 100_000  # entries a build meets before its change-sets are read in a second process
 _BATCH = 5000  # items per message from a child
 _FILE = TYPE_CODES[FILE]
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -85,24 +87,32 @@ def parse_here(stream: BinaryIO, key: str, *, chunks: dict[str, int], provider: 
     return iter_changeset(stream, key, make=row_maker(chunks, provider))
 
 
-def parse_apart(stream: BinaryIO, key: str, *, chunks: dict[str, int], provider: int
-                ) -> Iterator[tuple | Removal]:
-    """What ``parse_here`` yields, read by a child process. Where none starts, or one dies, this
-    process reads on from where it stopped."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
-    done = 0
-    with tempfile.TemporaryFile() as errors:
-        try:
-            child = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=errors, pass_fds=(stream.fileno(),), env=env)
-        except OSError as exc:
-            log.warning("cannot start a change-set reader (%s): reading %s here", exc, key)
-        else:
+class Reader:
+    """Reads one build's change-sets into items: in this process, and from the change-set that
+    brings the build to ``PARSE_APART`` entries on, in one child process kept until ``close``
+    (``apart`` counts the change-sets it read). Where no child starts, or one dies, this process
+    reads on from the first item it did not get."""
+
+    def __init__(self) -> None:
+        self.child: subprocess.Popen | None = None
+        self.errors: BinaryIO | None = None  # the child's stderr
+        self.entries = 0  # met so far
+        self.failed = False
+        self.synced = 0  # chunk ids the child has (they are the build's: it interns alike)
+        self.apart = 0
+
+    def items(self, stream: BinaryIO, key: str, *, entries: int, chunks: dict[str, int], provider: int
+              ) -> Iterator[tuple | Removal]:
+        """What ``parse_here`` yields for the open change-set file ``stream``."""
+        self.entries += entries
+        done = 0
+        if self.child is None and self.entries >= PARSE_APART and not self.failed:
+            self._start(key)
+        if self.child is not None:
             try:
-                with child.stdin:
-                    child.stdin.write(pickle.dumps((stream.fileno(), key, chunks, provider, _BATCH)))
+                self._send(("parse", stream.name, key, list(chunks)[self.synced:], provider, _BATCH))
                 while True:
-                    kind, *rest = pickle.load(child.stdout)
+                    kind, *rest = pickle.load(self.child.stdout)
                     if kind == "items":
                         items, new_chunks = rest
                         for chunk in new_chunks:
@@ -110,51 +120,97 @@ def parse_apart(stream: BinaryIO, key: str, *, chunks: dict[str, int], provider:
                         done += len(items)
                         yield from items
                     elif kind == "error":
+                        self.close()  # (the build stops here)
                         raise Corrupt(rest[0])
                     else:
+                        self.synced = len(chunks)
+                        self.apart += 1
                         return
             except Corrupt:
                 raise  # the file's own error (Corrupt is an OSError too)
             except (EOFError, OSError, pickle.UnpicklingError):
+                self._lost(key, done)
+            except GeneratorExit:  # the build stops mid-way (a conflict): the child is mid-file
+                self.close()
+                raise
+        stream.seek(0)
+        yield from itertools.islice(parse_here(stream, key, chunks=chunks, provider=provider), done, None)
+
+    def _start(self, key: str) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
+        self.errors = tempfile.TemporaryFile()
+        try:
+            self.child = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=self.errors, env=env)
+        except OSError as exc:
+            log.warning("cannot start a change-set reader (%s): reading %s here", exc, key)
+            self.close()
+            self.failed = True
+
+    def _send(self, message: tuple) -> None:
+        pickle.dump(message, self.child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        self.child.stdin.flush()
+
+    def _lost(self, key: str, done: int) -> None:
+        self.child.kill()
+        self.child.wait()
+        self.errors.seek(0)
+        log.warning("change-set reader exited with %s after %d items of %s: reading on here (%s)",
+                    self.child.returncode, done, key, self.errors.read()[-500:].decode(errors="replace").strip())
+        self.close()
+        self.failed = True
+
+    def close(self) -> None:
+        """End the child, if any (it exits when its input ends)."""
+        child, self.child = self.child, None
+        if child is not None:
+            with contextlib.suppress(OSError):
+                child.stdin.close()
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                child.kill()
                 child.wait()
-                errors.seek(0)
-                log.warning("change-set reader exited with %s after %d items of %s: reading on here (%s)",
-                            child.returncode, done, key, errors.read()[-500:].decode(errors="replace").strip())
-            finally:
-                if child.poll() is None:
-                    child.kill()
-                child.wait()
-                child.stdout.close()
-    stream.seek(0)
-    yield from itertools.islice(parse_here(stream, key, chunks=chunks, provider=provider), done, None)
+            child.stdout.close()
+        if self.errors is not None:
+            self.errors.close()
+            self.errors = None
 
 
 def _child() -> None:
-    """The child's side: read the file given by descriptor, send pickled batches to stdout."""
-    fd, key, chunks, provider, size = pickle.load(sys.stdin.buffer)
-    out = sys.stdout.buffer
-    batch: list[tuple | Removal] = []
-    known = len(chunks)
+    """The child's side: for each ("parse", ...) message read from stdin, the file's items as
+    pickled batches to stdout, then "end" (or its first bad line's error)."""
+    source, out = sys.stdin.buffer, sys.stdout.buffer
+    chunks: dict[str, int] = {}
+    while True:
+        try:
+            _, path, key, new_chunks, provider, size = pickle.load(source)
+        except EOFError:
+            return
+        for chunk in new_chunks:
+            intern(chunks, chunk)
+        known = len(chunks)
+        batch: list[tuple | Removal] = []
 
-    def send(*message) -> None:
-        nonlocal known
-        new = list(chunks)[known:]
-        known += len(new)
-        pickle.dump(("items", batch, new), out, protocol=pickle.HIGHEST_PROTOCOL)
-        batch.clear()
-        if message:
-            pickle.dump(message, out, protocol=pickle.HIGHEST_PROTOCOL)
+        def send(*message) -> None:
+            nonlocal known
+            new = list(chunks)[known:]
+            known += len(new)
+            pickle.dump(("items", batch, new), out, protocol=pickle.HIGHEST_PROTOCOL)
+            batch.clear()
+            if message:
+                pickle.dump(message, out, protocol=pickle.HIGHEST_PROTOCOL)
+            out.flush()
 
-    try:
-        with open(fd, "rb", closefd=False) as stream:
-            for item in parse_here(stream, key, chunks=chunks, provider=provider):
-                batch.append(item)
-                if len(batch) >= size:
-                    send()
-        send("end")
-    except Corrupt as exc:
-        send("error", str(exc))
-    out.flush()
+        try:
+            with open(path, "rb") as stream:
+                for item in parse_here(stream, key, chunks=chunks, provider=provider):
+                    batch.append(item)
+                    if len(batch) >= size:
+                        send()
+            send("end")
+        except Corrupt as exc:
+            send("error", str(exc))
 
 
 if __name__ == "__main__":
