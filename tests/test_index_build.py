@@ -116,7 +116,9 @@ def test_a_changeset_mixing_row_shapes_builds_each_path_from_its_last_line(tmp_p
               tree_offset=big + 40),
         _file("q", "q1"),
         Entry("l", SYMLINK, target="p", mode=0o777),
+        _file("z", "z1"),
         _file("q", "q2"),
+        _file("z", "z2"),
         Entry("e", FILE, 0, mode=0o640),
         Entry("d", DIR, mode=0o700),
         _file("d/x", "x"),
@@ -131,10 +133,11 @@ def test_a_changeset_mixing_row_shapes_builds_each_path_from_its_last_line(tmp_p
     p, q, b = index.by_path("p"), index.by_path("q"), index.by_path("b")
     assert (p.tree, p.tree_offset, p.mode, p.chunk) == ("2" * 64, big + 40, 0o600, "versions/x/chunks/tree.zip")
     assert q.chunk == "versions/x/chunks/q2.zip" and b.blocks == "4" * 128 and b.tree is None
+    assert index.by_path("z").chunk == "versions/x/chunks/z2.zip"  # (one batch, sorted by path: still the later)
     assert index.by_path("l").target == "p" and index.by_path("e").chunk is None
     assert index.by_path("d").mode == 0o700 and index.by_path("d/x").size == 1
-    assert index.chunks() == sorted(f"versions/x/chunks/{k}.zip" for k in ("blocks", "tree", "q2", "x"))
-    assert index.files == 6
+    assert index.chunks() == sorted(f"versions/x/chunks/{k}.zip" for k in ("blocks", "tree", "q2", "x", "z2"))
+    assert index.files == 7
 
 
 @pytest.fixture

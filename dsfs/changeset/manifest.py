@@ -240,6 +240,7 @@ class ChangeSet:
 
 
 _decode = json.JSONDecoder().decode
+CHANGESET_BLOCK = 1 << 20  # bytes of a change-set's text read (and its lines decoded) at a time
 
 
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
@@ -257,10 +258,10 @@ def _line(d: dict) -> bytes:
         return (_ESCAPED_BYTE.sub(lambda m: f"\\u{ord(m[0]):04x}", text) + "\n").encode("utf-8")
 
 
-def _line_batches(gz, size: int = 1 << 20) -> Iterator[list[bytes]]:
-    """The decompressed lines of ``gz`` in batches, read in big blocks (not line by line)."""
+def _line_batches(read: Callable[[int], bytes]) -> Iterator[list[bytes]]:
+    """The decompressed lines ``read`` returns in batches, read in big blocks (not line by line)."""
     rest = b""
-    while block := gz.read(size):
+    while block := read(CHANGESET_BLOCK):
         lines = (rest + block).split(b"\n")
         rest = lines.pop()
         if lines:
@@ -300,7 +301,15 @@ def iter_changeset(stream: BinaryIO, key: str, *, make: Callable[[dict], T] | No
     """
     import gzip
 
-    batches = _line_batches(gzip.GzipFile(fileobj=stream, mode="rb"))
+    return read_changeset(gzip.GzipFile(fileobj=stream, mode="rb").read, key, make=make)
+
+
+def read_changeset(read: Callable[[int], bytes], key: str, *, make: Callable[[dict], T] | None = None
+                   ) -> Iterator[Entry | T | Removal]:
+    """``iter_changeset`` of the decompressed text that ``read(CHANGESET_BLOCK)`` returns a block
+    at a time: a GzipFile's read, or what stands for one (b"" at the end, an OSError, EOFError or
+    zlib.error where the stream breaks)."""
+    batches = _line_batches(read)
     try:
         first = next(batches)
         header = json.loads(first[0])

@@ -24,6 +24,7 @@ import datetime as _dt
 import functools
 import hashlib
 import logging
+import operator
 import os
 import shutil
 import sqlite3
@@ -54,6 +55,7 @@ _WORK_COLUMNS = ("path, nlen, type, size, mode, mtime_ns, sha256, target, chunk_
 _PLAIN_COLUMNS = "path, nlen, type, size, mode, mtime_ns, sha256, chunk_id, offset, csize, method, provider_id"
 _INSERT = {16: f"INSERT OR REPLACE INTO scratch.work VALUES ({','.join('?' * 16)})",
            12: f"INSERT OR REPLACE INTO scratch.work({_PLAIN_COLUMNS}) VALUES ({','.join('?' * 12)})"}
+_PATH = operator.itemgetter(0)
 # Every node of an attached index with its path, built down from the root's children.
 _COPY_SELECT = (
     "WITH RECURSIVE t(path, nlen, ino, type, size, mode, mtime_ns, sha256, target, chunk_id, offset, csize, "
@@ -88,7 +90,11 @@ class _Work:
         self.reader = Reader()
 
     def flush(self) -> None:
+        """Insert the pending rows, in path order: an insert near the last one finds its pages at
+        hand (a change-set's modifications land all over the table). The sort is stable, so of two
+        rows of one path the later still replaces the earlier."""
         if self.pending:
+            self.pending.sort(key=_PATH)
             self.conn.executemany(_INSERT[len(self.pending[0])], self.pending)
             self.pending.clear()
 

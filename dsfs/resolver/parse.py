@@ -13,6 +13,7 @@ interns are interned here in the same order.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import itertools
 import logging
 import os
@@ -20,10 +21,13 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import threading
+import zlib
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from ..changeset.manifest import DEFLATED, FILE, STORED, Removal, entry_fields, iter_changeset
+from ..changeset.manifest import (CHANGESET_BLOCK, DEFLATED, FILE, STORED, Removal, entry_fields, iter_changeset,
+                                  read_changeset)
 from ..errors import Corrupt, InvalidInput
 from ..paths import check_path
 from .index import TYPE_CODES
@@ -90,11 +94,13 @@ def parse_here(stream: BinaryIO, key: str, *, chunks: dict[str, int], provider: 
 class Reader:
     """Reads one build's change-sets into items: in this process, and from the change-set that
     brings the build to ``PARSE_APART`` entries on, in one child process kept until ``close``
-    (``apart`` counts the change-sets it read). Where no child starts, or one dies, this process
-    reads on from the first item it did not get."""
+    (``apart`` counts the change-sets it read). A thread here gunzips each file into the child's
+    input (zlib lets go of the GIL), so the child only decodes and checks. Where no child starts,
+    or one dies, this process reads on from the first item it did not get."""
 
     def __init__(self) -> None:
         self.child: subprocess.Popen | None = None
+        self.feeder: threading.Thread | None = None
         self.errors: BinaryIO | None = None  # the child's stderr
         self.entries = 0  # met so far
         self.failed = False
@@ -109,8 +115,12 @@ class Reader:
         if self.child is None and self.entries >= PARSE_APART and not self.failed:
             self._start(key)
         if self.child is not None:
+            ended = False
             try:
-                self._send(("parse", stream.name, key, list(chunks)[self.synced:], provider, _BATCH))
+                _send(self.child.stdin, ("parse", key, list(chunks)[self.synced:], provider, _BATCH))
+                self.feeder = threading.Thread(target=_feed, args=(stream, self.child.stdin), daemon=True,
+                                               name="dsfs-changeset-feed")
+                self.feeder.start()
                 while True:
                     kind, *rest = pickle.load(self.child.stdout)
                     if kind == "items":
@@ -120,9 +130,10 @@ class Reader:
                         done += len(items)
                         yield from items
                     elif kind == "error":
-                        self.close()  # (the build stops here)
                         raise Corrupt(rest[0])
                     else:
+                        ended = True
+                        self.feeder.join()
                         self.synced = len(chunks)
                         self.apart += 1
                         return
@@ -130,9 +141,9 @@ class Reader:
                 raise  # the file's own error (Corrupt is an OSError too)
             except (EOFError, OSError, pickle.UnpicklingError):
                 self._lost(key, done)
-            except GeneratorExit:  # the build stops mid-way (a conflict): the child is mid-file
-                self.close()
-                raise
+            finally:
+                if not ended:  # a bad line, the child lost, or the build stopped mid-way (a conflict)
+                    self.close(kill=True)
         stream.seek(0)
         yield from itertools.islice(parse_here(stream, key, chunks=chunks, provider=provider), done, None)
 
@@ -147,23 +158,22 @@ class Reader:
             self.close()
             self.failed = True
 
-    def _send(self, message: tuple) -> None:
-        pickle.dump(message, self.child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-        self.child.stdin.flush()
-
     def _lost(self, key: str, done: int) -> None:
         self.child.kill()
         self.child.wait()
         self.errors.seek(0)
         log.warning("change-set reader exited with %s after %d items of %s: reading on here (%s)",
                     self.child.returncode, done, key, self.errors.read()[-500:].decode(errors="replace").strip())
-        self.close()
         self.failed = True
 
-    def close(self) -> None:
-        """End the child, if any (it exits when its input ends)."""
+    def close(self, kill: bool = False) -> None:
+        """End the child, if any (it exits when its input ends), and the thread feeding it."""
         child, self.child = self.child, None
         if child is not None:
+            if kill:
+                child.kill()  # (a feeder blocked on the pipe gets an error and ends)
+            if self.feeder is not None:
+                self.feeder.join()
             with contextlib.suppress(OSError):
                 child.stdin.close()
             try:
@@ -172,19 +182,52 @@ class Reader:
                 child.kill()
                 child.wait()
             child.stdout.close()
+        self.feeder = None
         if self.errors is not None:
             self.errors.close()
             self.errors = None
 
 
+def _send(pipe: BinaryIO, message: object) -> None:
+    pickle.dump(message, pipe, protocol=pickle.HIGHEST_PROTOCOL)
+    pipe.flush()
+
+
+def _feed(stream: BinaryIO, pipe: BinaryIO) -> None:
+    """Gunzip ``stream`` into ``pipe`` as ``GzipFile.read(CHANGESET_BLOCK)`` returns it, a block
+    at a time, then None (False where the stream breaks)."""
+    gz = gzip.GzipFile(fileobj=stream, mode="rb")
+    try:
+        while True:
+            try:
+                block = gz.read(CHANGESET_BLOCK) or None
+            except (OSError, EOFError, zlib.error):
+                block = False
+            _send(pipe, block)
+            if not block:
+                return
+    except (OSError, ValueError):
+        pass  # the child is gone: the reader finds out
+
+
+def _frames(source: BinaryIO) -> Callable[[int], bytes]:
+    """The blocks ``_feed`` sends, as ``GzipFile.read`` returned them (``read_changeset``'s read)."""
+    def read(_size: int) -> bytes:
+        block = pickle.load(source)
+        if block is False:
+            raise EOFError("change-set stream cut short")
+        return block or b""
+    return read
+
+
 def _child() -> None:
-    """The child's side: for each ("parse", ...) message read from stdin, the file's items as
-    pickled batches to stdout, then "end" (or its first bad line's error)."""
+    """The child's side: for each ("parse", ...) message on stdin and the blocks after it, the
+    file's items as pickled batches to stdout, then "end" (or its first bad line's error)."""
     source, out = sys.stdin.buffer, sys.stdout.buffer
     chunks: dict[str, int] = {}
     while True:
         try:
-            _, path, key, new_chunks, provider, size = pickle.load(source)
+            _, key, new_chunks, provider, size = pickle.load(source)
         except EOFError:
             return
         for chunk in new_chunks:
@@ -203,14 +246,14 @@ def _child() -> None:
             out.flush()
 
         try:
-            with open(path, "rb") as stream:
-                for item in parse_here(stream, key, chunks=chunks, provider=provider):
-                    batch.append(item)
-                    if len(batch) >= size:
-                        send()
+            for item in read_changeset(_frames(source), key, make=row_maker(chunks, provider)):
+                batch.append(item)
+                if len(batch) >= size:
+                    send()
             send("end")
         except Corrupt as exc:
             send("error", str(exc))
+            return  # (the build stops: the rest of the file's blocks are not read)
 
 
 if __name__ == "__main__":
