@@ -517,8 +517,8 @@ def _upgrade_5(conn: sqlite3.Connection) -> None:
 def _finalize(conn: sqlite3.Connection, manifest: VersionManifest, work: _Work) -> None:
     """Number the merged paths into inodes (in path order) and write the served tables.
 
-    All in SQL: the folders are numbered first (a row's inode is its rank in path order), then
-    every row is copied in path order, taking the next rowid and its folder's inode as parent."""
+    The folders are numbered first (a row's inode is its rank in path order), then every row is
+    copied in path order in SQL, taking the next rowid and its folder's inode as parent."""
     conn.executescript(SCHEMA_SQL)
     own = intern(work.providers, manifest.id)
     for table, ids in (("chunks", work.chunks), ("providers", work.providers)):
@@ -528,10 +528,7 @@ def _finalize(conn: sqlite3.Connection, manifest: VersionManifest, work: _Work) 
     conn.execute("DELETE FROM providers WHERE id != ? AND id NOT IN (SELECT provider_id FROM scratch.work)", (own,))
     conn.execute("INSERT INTO nodes VALUES (1, 1, X'', ?, 0, ?, ?, NULL, NULL, NULL, NULL, NULL, "
                  "NULL, ?, 2, NULL, NULL, NULL, NULL)", (_DIR, 0o755, _root_mtime(manifest), own))
-    conn.execute("CREATE TABLE scratch.folders(path BLOB PRIMARY KEY, ino INTEGER NOT NULL) WITHOUT ROWID")
-    conn.execute("INSERT INTO scratch.folders VALUES (X'', 1)")
-    conn.execute("INSERT INTO scratch.folders SELECT path, ino FROM (SELECT path, type, "
-                 "row_number() OVER (ORDER BY path) + 1 AS ino FROM scratch.work) WHERE type = ?", (_DIR,))
+    _number_folders(conn)
     # CROSS JOIN keeps scratch.work the outer loop, read in path order: rowids 2, 3, ... in order.
     conn.execute(
         "INSERT INTO nodes(parent, name, type, size, mode, mtime_ns, sha256, target, chunk_id, offset, csize, "
@@ -557,6 +554,20 @@ def _finalize(conn: sqlite3.Connection, manifest: VersionManifest, work: _Work) 
         ("version", manifest.id), ("dataset", manifest.dataset), ("files", str(files)),
         ("bytes", str(total or 0)), ("format", INDEX_FORMAT), ("changesets", str(len(manifest.changesets))),
         ("lineage", digests[-1])])
+
+
+def _number_folders(conn: sqlite3.Connection) -> None:
+    """Make ``scratch.folders``: each folder's path and inode, 2 + the rows before it in path order,
+    summed from the counts of rows from one folder to the next (a window numbering every row
+    costs four times as much)."""
+    conn.execute("CREATE TABLE scratch.folders(path BLOB PRIMARY KEY, ino INTEGER NOT NULL) WITHOUT ROWID")
+    numbered, before, previous = [(b"", ROOT_INO)], 0, b""
+    for (path,) in conn.execute("SELECT path FROM scratch.work WHERE type = ?", (_DIR,)).fetchall():
+        before += conn.execute("SELECT count(*) FROM scratch.work WHERE path >= ? AND path < ?",
+                               (previous, path)).fetchone()[0]
+        numbered.append((path, before + 2))
+        previous = path
+    conn.executemany("INSERT INTO scratch.folders VALUES (?, ?)", numbered)
 
 
 def _folder_links(conn: sqlite3.Connection) -> None:
