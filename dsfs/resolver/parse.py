@@ -2,10 +2,10 @@
 
 ``row_maker`` turns a decoded "add" line into its row. A build spends about as long reading a big
 change-set (gunzip, JSON, the checks and the rows) as inserting its rows into SQLite, so on two
-cores the two overlap: once a build has met ``PARSE_APART`` entries, its ``Reader`` has a child
-process (``python -m dsfs.resolver.parse``) read each change-set file, and yields what
-``parse_here`` would, in the same order, a batch at a time: rows, Removals, and the first bad
-line's error where the child met it (``Corrupt``, same message). The child's chunk ids are the
+cores the two overlap: once a build has met ``PARSE_APART`` entries, its ``Reader`` has a thread
+gunzip each change-set file into a child process (``_child``), which decodes and checks the lines,
+and yields what ``parse_here`` would, in the same order, a batch at a time: rows, Removals, and
+the first bad line's error where the child met it (``Corrupt``, same message). The child's chunk ids are the
 build's: it is told the keys the build interned since (from overlaid indexes), and the keys it
 interns are interned here in the same order.
 """
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 PARSE_APART = 100_000  # entries a build meets before its change-sets are read in a second process
 _BATCH = 5000  # items per message from a child
 _FILE = TYPE_CODES[FILE]
+# (Not ``-m``: the package imports this module before runpy would run it as __main__.)
+_CHILD = f"from {__name__} import _child; _child()"
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -151,7 +153,7 @@ class Reader:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
         self.errors = tempfile.TemporaryFile()
         try:
-            self.child = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+            self.child = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, stderr=self.errors, env=env)
         except OSError as exc:
             log.warning("cannot start a change-set reader (%s): reading %s here", exc, key)
@@ -254,7 +256,3 @@ def _child() -> None:
         except Corrupt as exc:
             send("error", str(exc))
             return  # (the build stops: the rest of the file's blocks are not read)
-
-
-if __name__ == "__main__":
-    _child()
