@@ -125,23 +125,6 @@ class _Work:
         conn.executemany("DELETE FROM scratch.work WHERE path = ?", [(raw,) for raw in self.removals])
         self.removals.clear()
 
-    def add(self, row: tuple, provider: int) -> None:
-        """Add one row (see ``row_maker``), making the folders missing above it."""
-        if self.removals:
-            self.remove_now()
-        raw, dirs = row[0], self.dirs
-        cut = len(raw) - row[1] - 1
-        if cut > 0 and raw[:cut] not in dirs:
-            self._add_folders(raw, row[5], provider)
-        if row[2] == _DIR:
-            if raw not in dirs:
-                if self._type_at(raw) is not None:
-                    raise PathConflict(name_str(raw))
-                dirs.add(raw)
-        elif raw in dirs:
-            raise PathConflict(name_str(raw))
-        self._push(row)
-
     def _add_folders(self, raw: bytes, mtime_ns: int, provider: int) -> None:
         """Make the missing folders above ``raw`` (a file in the way is a conflict)."""
         end = raw.find(b"/")
@@ -157,18 +140,39 @@ class _Work:
                 self._push(folder_row(folder, mtime_ns, provider))
             self.dirs.add(folder)
 
-    def apply(self, items_of: Callable[[dict[str, int], int], Iterable[tuple | Removal]], version: str) -> None:
-        """Apply a change-set's removals and adds: ``items_of(chunks, provider)`` streams them, the
-        adds as rows of ``row_maker(chunks, provider)``."""
+    def apply(self, batches_of: Callable[[dict[str, int], int], Iterable[list[tuple | Removal]]], version: str
+              ) -> None:
+        """Apply a change-set's removals and adds: ``batches_of(chunks, provider)`` streams them in
+        lists, the adds as rows of ``row_maker(chunks, provider)``. Each add gets the folders
+        missing above it; a path that would be both a file and a folder is refused. (One loop,
+        no call per row: it runs a million times.)"""
         provider = intern(self.providers, version)
-        add, removals = self.add, self.removals
-        for item in items_of(self.chunks, provider):
-            if type(item) is tuple:
-                add(item, provider)
-            else:
-                removals.append(name_bytes(item.path))
-                if len(removals) >= _BATCH:
+        dirs, pending, removals = self.dirs, self.pending, self.removals
+        for batch in batches_of(self.chunks, provider):
+            for row in batch:
+                if type(row) is not tuple:
+                    removals.append(name_bytes(row.path))
+                    if len(removals) >= _BATCH:
+                        self.remove_now()
+                    continue
+                if removals:
                     self.remove_now()
+                raw = row[0]
+                cut = len(raw) - row[1] - 1
+                if cut > 0 and raw[:cut] not in dirs:
+                    self._add_folders(raw, row[5], provider)
+                if row[2] == _DIR:
+                    if raw not in dirs:
+                        if self._type_at(raw) is not None:
+                            raise PathConflict(name_str(raw))
+                        dirs.add(raw)
+                elif raw in dirs:
+                    raise PathConflict(name_str(raw))
+                if pending and len(row) != len(pending[0]):
+                    self.flush()
+                pending.append(row)
+                if len(pending) >= _BATCH:
+                    self.flush()
         if removals:
             self.remove_now()
         self.flush()
@@ -358,8 +362,8 @@ class ViewBuilder:
                     os.unlink(scratch)
 
     def _rows(self, ref: ChangeSetRef, reader: Reader, chunks: dict[str, int], provider: int
-              ) -> Iterator[tuple | Removal]:
-        """A change-set's removals and work rows (``row_maker``), as ``reader`` reads them."""
+              ) -> Iterator[list[tuple | Removal]]:
+        """A change-set's removals and work rows (``row_maker``) in lists, as ``reader`` reads them."""
         return self.catalog.changeset_items(ref, self.index_dir, functools.partial(
             reader.items, entries=ref.entries, chunks=chunks, provider=provider))
 

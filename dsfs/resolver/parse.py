@@ -110,8 +110,8 @@ class Reader:
         self.apart = 0
 
     def items(self, stream: BinaryIO, key: str, *, entries: int, chunks: dict[str, int], provider: int
-              ) -> Iterator[tuple | Removal]:
-        """What ``parse_here`` yields for the open change-set file ``stream``."""
+              ) -> Iterator[list[tuple | Removal]]:
+        """What ``parse_here`` yields for the open change-set file ``stream``, in lists."""
         self.entries += entries
         done = 0
         if self.child is None and self.entries >= PARSE_APART and not self.failed:
@@ -130,7 +130,7 @@ class Reader:
                         for chunk in new_chunks:
                             intern(chunks, chunk)
                         done += len(items)
-                        yield from items
+                        yield items
                     elif kind == "error":
                         raise Corrupt(rest[0])
                     else:
@@ -147,7 +147,9 @@ class Reader:
                 if not ended:  # a bad line, the child lost, or the build stopped mid-way (a conflict)
                     self.close(kill=True)
         stream.seek(0)
-        yield from itertools.islice(parse_here(stream, key, chunks=chunks, provider=provider), done, None)
+        rest = itertools.islice(parse_here(stream, key, chunks=chunks, provider=provider), done, None)
+        while batch := list(itertools.islice(rest, _BATCH)):
+            yield batch
 
     def _start(self, key: str) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
