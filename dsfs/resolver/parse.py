@@ -5,9 +5,9 @@ change-set (gunzip, JSON, the checks and the rows) as inserting its rows into SQ
 cores the two overlap: once a build has met ``PARSE_APART`` entries, its ``Reader`` has a thread
 gunzip each change-set file into a child process (``_child``), which decodes and checks the lines,
 and yields what ``parse_here`` would, in the same order, a batch at a time: rows, Removals, and
-the first bad line's error where the child met it (``Corrupt``, same message). The child's chunk ids are the
-build's: it is told the keys the build interned since (from overlaid indexes), and the keys it
-interns are interned here in the same order.
+the first bad line's error where the child met it (``Corrupt``, same message). The child's chunk
+ids are the build's: it is told the keys the build interned since (from overlaid indexes), and
+the keys it interns are interned here in the same order.
 """
 
 from __future__ import annotations
