@@ -59,22 +59,24 @@ def row_maker(chunks: dict[str, int], provider: int) -> Callable[[dict], tuple]:
     are; any other line goes through ``entry_fields``, which refuses a bad one with its error."""
 
     def make(d: dict) -> tuple:
-        size, sha, mode, mtime_ns = d.get("size"), d.get("sha256"), d.get("mode"), d.get("mtime_ns")
-        chunk, offset, csize, method = d.get("chunk"), d.get("offset"), d.get("csize"), d.get("method")
-        if (d.get("type") == FILE and type(size) is int and size >= 0 and type(sha) is str and len(sha) == 64
-                and type(mode) is int and type(mtime_ns) is int and "blocks" not in d and "tree" not in d
-                and (type(chunk) is str and type(offset) is int and type(csize) is int and type(method) is int
-                     and offset >= 0 and csize >= 0 and (method == STORED or method == DEFLATED)
-                     or chunk is None and size == 0 and "chunk" not in d)):
+        if d.get("type") == FILE and "blocks" not in d and "tree" not in d:
             try:
-                raw = check_path(d.get("path"), what="manifest path").encode("utf-8", "surrogateescape")
-                digest = bytes.fromhex(sha)
-            except (InvalidInput, ValueError):
-                return general(d)
-            if digest.hex() == sha:
-                if chunk is None:
-                    offset = csize = method = 0
+                size, sha, mode, mtime_ns = d["size"], d["sha256"], d["mode"], d["mtime_ns"]
+                if "chunk" in d:
+                    chunk, offset, csize, method = d["chunk"], d["offset"], d["csize"], d["method"]
+                    located = (type(chunk) is str and type(offset) is int and type(csize) is int
+                               and type(method) is int and offset >= 0 and csize >= 0
+                               and (method == STORED or method == DEFLATED))
                 else:
+                    chunk, offset, csize, method = None, 0, 0, STORED
+                    located = size == 0
+                raw = check_path(d["path"], what="manifest path").encode("utf-8", "surrogateescape")
+                digest = bytes.fromhex(sha)
+            except (KeyError, InvalidInput, ValueError, TypeError):
+                return general(d)
+            if (located and type(size) is int and type(mode) is int and type(mtime_ns) is int and size >= 0
+                    and len(digest) == 32 and digest.hex() == sha):
+                if chunk is not None:
                     chunk = chunks.get(chunk) or intern(chunks, chunk)
                 return (raw, len(raw) - raw.rfind(b"/") - 1, _FILE, size, mode & 0o7777, mtime_ns, digest, chunk,
                         offset, csize, method, provider)
