@@ -71,7 +71,7 @@ def row_maker(chunks: dict[str, int], provider: int) -> Callable[[dict], tuple]:
                     chunk, offset, csize, method = None, 0, 0, STORED
                     located = size == 0
                 raw = check_path(d["path"], what="manifest path").encode("utf-8", "surrogateescape")
-                digest = bytes.fromhex(sha)
+                digest = bytearray.fromhex(sha)  # (bound as it is: bytes go through an adapter first)
             except (KeyError, InvalidInput, ValueError, TypeError):
                 return general(d)
             if (located and type(size) is int and type(mode) is int and type(mtime_ns) is int and size >= 0
