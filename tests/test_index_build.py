@@ -138,6 +138,7 @@ def test_a_changeset_mixing_row_shapes_builds_each_path_from_its_last_line(tmp_p
     assert index.by_path("d").mode == 0o700 and index.by_path("d/x").size == 1
     assert index.chunks() == sorted(f"versions/x/chunks/{k}.zip" for k in ("blocks", "tree", "q2", "x", "z2"))
     assert index.files == 7
+    assert lineage.builder.stats["parsed_apart"] == 0  # (a small build reads its change-sets itself)
 
 
 @pytest.fixture
@@ -213,16 +214,19 @@ def test_a_second_process_refuses_what_this_one_refuses(tmp_path, monkeypatch):
             monkeypatch.setattr(parse, "PARSE_APART", 0)
             assert _error(lineage, name) == here
             seen.append(here)
-    assert "truncated after line" in seen[1] and "line 1001 (removal after an add)" in seen[-1]
+    assert "both a file and a folder: 'k'" in seen[0] and "truncated after line" in seen[1]
+    assert "line 1001 (removal after an add)" in seen[-1]
     assert not [p for p in os.listdir(tmp_path / "index") if p.startswith(".build-")]
     assert not _children()
 
 
-@pytest.mark.parametrize("reader", ["/bin/false", "/nonexistent/python"])
-def test_where_no_second_process_reads_this_one_does(tmp_path, apart, monkeypatch, caplog, reader):
+@pytest.mark.parametrize("reader, warning", [("/bin/false", "change-set reader exited with 1 after 0 items"),
+                                             ("/nonexistent/python", "cannot start a change-set reader")])
+def test_where_no_second_process_reads_this_one_does(tmp_path, apart, monkeypatch, caplog, reader, warning):
     monkeypatch.setattr(parse.sys, "executable", reader)
     test_merge(tmp_path, "deep linear lineage")
-    assert "reading" in caplog.text and "here" in caplog.text
+    assert warning in caplog.text and "here" in caplog.text
+    assert not _children()
 
 
 def test_a_second_process_that_dies_midway_is_taken_over(tmp_path, apart, monkeypatch, caplog):

@@ -149,8 +149,8 @@ class Reader:
                 if not ended:  # a bad line, the child lost, or the build stopped mid-way (a conflict)
                     self.close(kill=True)
         stream.seek(0)
-        rest = itertools.islice(parse_here(stream, key, chunks=chunks, provider=provider), done, None)
-        while batch := list(itertools.islice(rest, _BATCH)):
+        left = itertools.islice(parse_here(stream, key, chunks=chunks, provider=provider), done, None)
+        while batch := list(itertools.islice(left, _BATCH)):
             yield batch
 
     def _start(self, key: str) -> None:
