@@ -177,14 +177,30 @@ def test_one_second_process_reads_a_whole_build_as_chunks_come_from_overlays_too
     assert not _children()
 
 
-def _children() -> list[int]:
-    """The pids of this process's children still running or unreaped."""
-    found = []
+_BEFORE: set[int] = set()
+
+
+def _all_children() -> set[int]:
+    """The pids of this process's children, running or unreaped."""
+    found = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError):
             if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
-                found.append(int(pid))
+                found.add(int(pid))
     return found
+
+
+@pytest.fixture(autouse=True)
+def _children_before():
+    """Children this process had before the test (a session's S3 server, say): not the build's."""
+    global _BEFORE
+    _BEFORE = _all_children()
+    yield
+
+
+def _children() -> list[int]:
+    """The pids of children the test left running or unreaped."""
+    return sorted(_all_children() - _BEFORE)
 
 
 def _error(lineage: Lineage, name: str) -> str:
