@@ -34,9 +34,10 @@ class Settings:
     # them into the disk cache would double the disk traffic and space. True caches them anyway.
     cache_local_store: bool = False
     # A local store's published mount prepares files ahead of the reader (order hints, cold reads
-    # in folder order) and pushes them into the page cache, so their lookups and reads never reach
-    # the daemon. False leaves every read a demand read (a machine whose cores the reader needs).
-    prefetch_local: bool = True
+    # in folder order) only when true: its reads cost the daemon CPU, not waiting, and on a
+    # machine with few cores the preparing competes with the reader for them (bench_mount: an
+    # order hint or a folder-order walk ran at half the speed of plain demand reads on 2 cores).
+    prefetch_local: bool = False
     # A miss on a small file of a remote store also fetches the small files around it in the
     # same chunk, up to this many bytes in one ranged GET (0: one GET per file).
     neighbour_bytes: int = MiB

@@ -168,7 +168,15 @@ def _digests(args):
     return out
 
 
-def test_an_order_hint_serves_a_shuffled_four_process_epoch_ahead(cli, mounts, tmp_path):
+@pytest.fixture
+def prefetch_local(tmp_path, monkeypatch):
+    """Mounts of a local store prepare files ahead too (prefetch_local: true; off by default)."""
+    config = tmp_path / "prefetch-local.yaml"
+    config.write_text("prefetch_local: true\n")
+    monkeypatch.setenv("DSFS_CONFIG", str(config))
+
+
+def test_an_order_hint_serves_a_shuffled_four_process_epoch_ahead(cli, mounts, tmp_path, prefetch_local):
     """The loader lists the version, sends the epoch's shuffled order, and four processes read
     their share of it: every byte is right, and most files never reach the daemon as a read
     (their verified bytes were pushed into the page cache) or were prepared before their read."""
@@ -195,7 +203,7 @@ def test_an_order_hint_serves_a_shuffled_four_process_epoch_ahead(cli, mounts, t
     assert prefetch["misses"] <= len(files) // 10, prefetch
 
 
-def test_cold_reads_in_folder_order_push_the_next_files(local_cli, local_mounts, tmp_path):
+def test_cold_reads_in_folder_order_push_the_next_files(local_cli, local_mounts, tmp_path, prefetch_local):
     """Without a hint, a cold read of a small file prepares the files after it in its chunk
     (folder order) and pushes them: a walk that reads every file lets most of them be answered
     by the kernel, and the bytes are right."""
@@ -275,12 +283,10 @@ def test_warm_reads_the_whole_version_and_status_shows_it(cli, mounts, store_url
         assert _stats(mnt)["cache"]["fetched"] == before["cache"]["fetched"]  # all from the cache
 
 
-def test_prefetch_local_false_prepares_nothing_ahead(local_cli, local_mounts, tmp_path, monkeypatch):
-    """With prefetch_local: false, a local store's mount counts a hint but prepares nothing,
-    and follows no folder order: every read is a demand read (the reader keeps the CPU)."""
-    config = tmp_path / "dsfs.yaml"
-    config.write_text("prefetch_local: false\n")
-    monkeypatch.setenv("DSFS_CONFIG", str(config))
+def test_a_local_store_prepares_nothing_ahead_by_default(local_cli, local_mounts, tmp_path):
+    """Without prefetch_local, a local store's mount counts a hint but prepares nothing, and
+    follows no folder order: every read is a demand read (the reader keeps the CPU). A hint
+    that pushes nothing is dropped even when preparing is on: see the next test."""
     files = {f"d{i // 50}/f{i:03d}.bin": _rand(1000 + i, i) for i in range(100)}
     vid = _publish(local_cli, tmp_path, files)
     mnt = tmp_path / "mnt"
@@ -297,7 +303,8 @@ def test_prefetch_local_false_prepares_nothing_ahead(local_cli, local_mounts, tm
     assert stats["requests"]["read"] == len(files)
 
 
-def test_a_loader_that_never_lists_its_folders_still_gets_pushes(local_cli, local_mounts, tmp_path):
+def test_a_loader_that_never_lists_its_folders_still_gets_pushes(local_cli, local_mounts, tmp_path,
+                                                                  prefetch_local):
     """A loader that opens files by path never lists their folders, so the kernel holds no inode
     for a file until its read: the daemon lists each folder of the order through the mount
     (readdirplus gives the kernel every entry), after which pushes land and the reads of pushed
@@ -321,7 +328,8 @@ def test_a_loader_that_never_lists_its_folders_still_gets_pushes(local_cli, loca
     assert reads < len(files) // 2, (reads, prefetch)
 
 
-def test_a_hint_is_dropped_when_its_files_cannot_be_given_inodes(local_cli, local_mounts, tmp_path):
+def test_a_hint_is_dropped_when_its_files_cannot_be_given_inodes(local_cli, local_mounts, tmp_path,
+                                                                  prefetch_local):
     """When the daemon cannot reach its files through the mount (here another filesystem is
     mounted over it), no push could land: after a run of such files a local store's order is
     dropped (preparing would only take CPU from the reader)."""
@@ -347,7 +355,8 @@ def test_a_hint_is_dropped_when_its_files_cannot_be_given_inodes(local_cli, loca
         assert (mnt / path).read_bytes() == files[path]
 
 
-def test_a_stop_signal_while_pushing_ends_the_daemon_and_the_mount(local_cli, local_mounts, tmp_path):
+def test_a_stop_signal_while_pushing_ends_the_daemon_and_the_mount(local_cli, local_mounts, tmp_path,
+                                                                    prefetch_local):
     """SIGTERM while readers run and prefetch pushes: a push into pages the kernel is reading
     waits for that read's answer, so prefetch stops while the loop still answers, and only then
     does the loop end. The daemon exits and the mount goes, whatever the readers were doing."""
@@ -396,7 +405,7 @@ def test_the_hint_cli_and_api_errors(local_cli, local_mounts, tmp_path):
     local_cli("prefetch", vid)  # a ref still warms the cache now
 
 
-def test_hinted_sampler_sends_each_epoch_order(local_cli, local_mounts, tmp_path):
+def test_hinted_sampler_sends_each_epoch_order(local_cli, local_mounts, tmp_path, prefetch_local):
     from dsfs.torch import HintedSampler
 
     files = {f"f{i}.bin": _rand(100 + i, i) for i in range(20)}

@@ -75,7 +75,7 @@ class PrefetchService:
         self.cache = view.cache
         self.local = bool(view.store.is_local)
         # False: hints are counted and folder order is not followed; nothing is prepared ahead
-        # (a local store with prefetch_local: false in the config). --warm works either way.
+        # (a local store's default, config prefetch_local). --warm works either way.
         self.prepare = prepare
         if ahead_bytes is None:
             # A remote store prefetches into the disk cache: never more than a small share of it,
@@ -200,8 +200,8 @@ class PrefetchService:
         self._count("hints")
         self._count("hint_unknown", unknown)
         if not self.prepare:
-            log.info("order hint of %d files noted; this mount prepares nothing ahead "
-                     "(prefetch_local: false in the config)", len(items))
+            log.info("order hint of %d files noted; a local store's mount prepares nothing ahead "
+                     "(prefetch_local: true in the config turns it on)", len(items))
             return
         self.policy.hint(items)
 
