@@ -855,7 +855,9 @@ class Bench:
         result, extra = got if isinstance(got, tuple) else (got, None)
         if c.name == "direct" and c.pid:
             with contextlib.suppress(OSError, ValueError):
-                result["daemon_requests"] = json.loads(os.getxattr(c.mnt, "user.dsfs.stats"))["requests"]
+                stats = json.loads(os.getxattr(c.mnt, "user.dsfs.stats"))
+                result["daemon_requests"] = stats["requests"]
+                result["prefetch"] = stats.get("prefetch")
         if cpu0 is not None:
             cpu1 = proc_cpu(c.pid)
             if cpu1 is not None:
