@@ -286,3 +286,17 @@ def test_blank_lines_are_skipped(tmp_path, monkeypatch, at):
         built.unlink()
     with pytest.raises(Corrupt, match="corrupt change-set line 3"):
         lineage.view("r")
+
+
+def test_by_paths_finds_what_by_path_finds(tmp_path):
+    """An order hint resolves its paths with one query per folder: the same nodes as one
+    ``by_path`` each, None for missing ones (also under a file, or a folder that is not there)."""
+    lineage = Lineage(tmp_path)
+    lineage.version("r", [], *[f"+d{i % 3}/e{i % 2}/f{i}={i % 5}" for i in range(1200)],
+                    *[f"+flat/g{i}={i % 5}" for i in range(700)], "+top=1", "+l->top")
+    index = lineage.builder.index_for(lineage.catalog.version(lineage.ids["r"]))
+    paths = ["", "top", "l", "d1", "d2/e0", "d0/e0/f0", "d0/e0/f0", "d1/e1/f1", "nope", "d0/nope/f3",
+             "top/x", "d0/e0/f0/x", "d9/e0/f0", *[f"d{i % 3}/e{i % 2}/f{i}" for i in range(0, 1200, 7)],
+             *[f"flat/g{i}" for i in range(701)]]  # more names in one folder than one IN (...) takes
+    assert index.by_paths(paths) == [index.by_path(p) for p in paths]
+    assert index.by_paths(["nope"]) == [None]

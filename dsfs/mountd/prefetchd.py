@@ -184,13 +184,10 @@ class PrefetchService:
         """Make ``paths`` (relative to the mount; a folder stands for its files) the order."""
         items: list[Item] = []
         unknown = 0
-        for path in paths:
-            try:
-                node = self.view.by_path(path)
-            except DsfsError:
+        for node in self.view.by_paths(paths):
+            if node is None:
                 unknown += 1
-                continue
-            if node.is_dir:
+            elif node.is_dir:
                 items += [Item(n.ino, n.size) for n in self.view.index.walk(node.path)
                           if n.chunk is not None]
             elif node.chunk is not None:

@@ -87,6 +87,10 @@ class VersionView:
             raise NotFound(f"no such path: {path!r}")
         return node
 
+    def by_paths(self, paths: list[str]) -> list[Node | None]:
+        """Nodes by their paths, None where there is none (see ``VersionIndex.by_paths``)."""
+        return self.index.by_paths([path.strip("/") for path in paths])
+
     def children(self, ino: int, after: str | None = None, limit: int = 1000) -> list[Node]:
         node = self.getattr(ino)
         if not node.is_dir:

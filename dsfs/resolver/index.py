@@ -41,6 +41,7 @@ TYPE_CODES = {FILE: 0, DIR: 1, SYMLINK: 2}
 TYPE_NAMES = {v: k for k, v in TYPE_CODES.items()}
 _DIR_CODE = TYPE_CODES[DIR]
 _DIR_PATHS = 65536  # folder paths remembered per index
+_IN_MAX = 500  # names in one IN (...) list (SQLite's default limit is 999 parameters)
 
 SCHEMA_SQL = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
@@ -226,6 +227,45 @@ class VersionIndex:
             row = conn.execute(_NODE_SELECT + "WHERE n.parent = ? AND n.name = ? AND n.ino != 1",
                                (parent, last)).fetchone()
             return self._node(row, parent_path) if row else None
+
+    def by_paths(self, paths: list[str]) -> list[Node | None]:
+        """The nodes at ``paths`` (None where there is none), by one query per folder they are in
+        (``by_path`` makes one per path component: an order hint of 20k paths took 0.5 s)."""
+        found: list[Node | None] = [None] * len(paths)
+        wanted: dict[bytes, dict[bytes, list[int]]] = {}  # folder -> name -> positions
+        for i, path in enumerate(paths):
+            if not path:
+                found[i] = self.get(ROOT_INO)
+                continue
+            folder, _, name = name_bytes(path).rpartition(b"/")
+            wanted.setdefault(folder, {}).setdefault(name, []).append(i)
+        folders: dict[bytes, int | None] = {b"": ROOT_INO}
+        with self._conn() as conn:
+            for folder, names in wanted.items():
+                ino = self._folder_ino(conn, folder, folders)
+                keys = list(names)
+                for start in range(0, len(keys) if ino is not None else 0, _IN_MAX):
+                    part = keys[start:start + _IN_MAX]
+                    sql = _NODE_SELECT + f"WHERE n.parent = ? AND n.ino != 1 AND n.name IN ({','.join('?' * len(part))})"
+                    for row in conn.execute(sql, (ino, *part)):
+                        node = self._node(row, folder)
+                        for i in names[row[2]]:
+                            found[i] = node
+        return found
+
+    def _folder_ino(self, conn: sqlite3.Connection, folder: bytes, known: dict[bytes, int | None]) -> int | None:
+        """The inode of the folder at ``folder`` (None if there is no folder there), ``known``
+        holding those found before."""
+        if folder in known:
+            return known[folder]
+        parent_path, _, name = folder.rpartition(b"/")
+        parent = self._folder_ino(conn, parent_path, known)
+        row = None if parent is None else conn.execute(
+            "SELECT ino, type FROM nodes WHERE parent = ? AND name = ? AND ino != 1", (parent, name)).fetchone()
+        ino = known[folder] = row[0] if row is not None and row[1] == _DIR_CODE else None
+        if ino is not None:
+            self._dir_paths.setdefault(ino, folder)
+        return ino
 
     def children(self, ino: int, after: str | None = None, limit: int = 1000) -> list[Node]:
         """Children of a directory in name (byte) order, starting after the name ``after``."""
