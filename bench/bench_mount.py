@@ -128,6 +128,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache-size", help="dsfs mount --cache-size (default: dsfs's default)")
     p.add_argument("--compression", default="store", choices=["auto", "store", "deflate"],
                    help="dsfs compression for the version (default store: the data is random)")
+    p.add_argument("--prefetch-local", action="store_true",
+                   help="prefetch_local: true in the mounts' config (the local store prepares files ahead)")
     p.add_argument("--no-drop-caches", action="store_true",
                    help="do not write /proc/sys/vm/drop_caches before cold passes")
     p.add_argument("--py-spy", default="",
@@ -241,7 +243,8 @@ class Setup:
         for path in (self.src, self.store, self.cache, self.zip, self.zip.with_name("data.zip.index.sqlite")):
             bl.remove_tree(path)
         marker.unlink(missing_ok=True)
-        self.config.write_text(f"compression: {self.args.compression}\n")
+        self.config.write_text(f"compression: {self.args.compression}\n"
+                               f"prefetch_local: {'true' if self.args.prefetch_local else 'false'}\n")
         log(f"generating {self.args.files} small files + {self.args.large_files} x "
             f"{self.args.large_mib} MiB in {self.src}")
         t = time.perf_counter()
