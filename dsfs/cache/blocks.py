@@ -74,6 +74,23 @@ RUN_GAP = 64 << 10
 RUN_MAX = 8 << 20
 
 
+def member_runs(members: list, gap: int = RUN_GAP, span: int = RUN_MAX) -> list[list[int]]:
+    """Positions of ``members`` (anything with ``chunk``, ``offset`` and ``csize``) in runs that
+    one ranged read covers: members of one chunk in offset order, each starting at most ``gap``
+    bytes after the one before it ends, a run spanning at most ``span`` bytes."""
+    runs: list[list[int]] = []
+    for i in sorted(range(len(members)), key=lambda i: (members[i].chunk, members[i].offset)):
+        m = members[i]
+        if runs:
+            first, last = members[runs[-1][0]], members[runs[-1][-1]]
+            if last.chunk == m.chunk and 0 <= m.offset - (last.offset + last.csize) <= gap \
+                    and m.offset + m.csize - first.offset <= span:
+                runs[-1].append(i)
+                continue
+        runs.append([i])
+    return runs
+
+
 def default_cache_size(cache_dir: str | os.PathLike, used: int = 0) -> int:
     """min(10 GiB, 80% of the free space of the cache dir's filesystem, plus ``used`` bytes
     the cache already holds there)."""
@@ -649,10 +666,15 @@ class BlockCache:
             data = read_range(store, entry, 0, entry.size)
         except Corrupt:
             return None
-        with self._lock:
-            self._counts["fetched"] += len(data)
-            self._counts["hashed"] += len(data)
-        return data if hashlib.sha256(data).hexdigest() == entry.sha256 else None
+        self._count("fetched", len(data))
+        return self._whole_checked(entry, data)
+
+    def _whole_checked(self, entry: Entry, data: bytes | memoryview) -> bytes | None:
+        """``data`` as bytes if it is the whole file (its size and sha256), else None."""
+        self._count("hashed", len(data))
+        if len(data) == entry.size and hashlib.sha256(data).hexdigest() == entry.sha256:
+            return data if isinstance(data, bytes) else bytes(data)
+        return None
 
     def read_small_in_place(self, store: ObjectStore | None, entries: list[Entry]) -> list[bytes | None]:
         """Small STORED members of a store read in place (no disk tier): the members that lie
@@ -663,29 +685,17 @@ class BlockCache:
         if self.persist:
             return found
         store = self._store(store)
-        todo = sorted((i for i, e in enumerate(entries) if e.chunk and e.size and self._small_stored(e)),
-                      key=lambda i: (entries[i].chunk, entries[i].offset))
-        runs: list[list[int]] = []
-        for i in todo:
-            e, last = entries[i], entries[runs[-1][-1]] if runs else None
-            if last is not None and last.chunk == e.chunk and 0 <= e.offset - (last.offset + last.size) \
-                    <= RUN_GAP and e.offset + e.size - entries[runs[-1][0]].offset <= RUN_MAX:
-                runs[-1].append(i)
-            else:
-                runs.append([i])
-        for run in runs:
-            first, last = entries[run[0]], entries[run[-1]]
+        small = [i for i, e in enumerate(entries) if e.chunk and e.size and self._small_stored(e)]
+        for run in member_runs([entries[i] for i in small]):
+            members = [(small[j], entries[small[j]]) for j in run]
+            first, last = members[0][1], members[-1][1]
             try:
-                raw = memoryview(store.get_range(first.chunk, first.offset, last.offset + last.size - first.offset))
+                raw = memoryview(store.get_range(first.chunk, first.offset, last.offset + last.csize - first.offset))
             except (NotFound, OSError):
                 continue
             self._count("fetched", len(raw))
-            for i in run:
-                e = entries[i]
-                data = raw[e.offset - first.offset:e.offset - first.offset + e.size]
-                self._count("hashed", len(data))
-                if len(data) == e.size and hashlib.sha256(data).hexdigest() == e.sha256:
-                    found[i] = bytes(data)
+            for i, e in members:
+                found[i] = self._whole_checked(e, raw[e.offset - first.offset:e.offset - first.offset + e.size])
         return found
 
     def _in_place_ok(self, entry: Entry, first: int, last: int) -> bool:

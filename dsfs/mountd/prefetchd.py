@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import itertools
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..cache.blocks import member_runs
 from ..cache.prefetch import AHEAD_FILES, Item, Job, Prefetcher
 from ..errors import DsfsError
 from ..resolver.index import Node
@@ -322,22 +324,23 @@ class PrefetchService:
             self._count("pushed_bytes", len(data))
 
     def _advise(self, nodes: list[Node]) -> None:
-        """Tell the disk which ranges of a local store's chunks are read next (one open per chunk)."""
-        by_chunk: dict[str, list[Node]] = {}
-        for node in nodes:
-            by_chunk.setdefault(node.chunk, []).append(node)
-        for chunk, members in by_chunk.items():
+        """Tell the disk which ranges of a local store's chunks are read next: one advice per
+        run of neighbouring members (``member_runs``), one open per chunk."""
+        runs = member_runs(nodes)
+        for chunk, chunk_runs in itertools.groupby(runs, key=lambda run: nodes[run[0]].chunk):
             path = self.store.local_path(chunk)
             if path is None:
                 continue
             with contextlib.suppress(OSError):
                 fd = os.open(path, os.O_RDONLY)
                 try:
-                    for start, end in _runs((n.offset, n.offset + n.csize) for n in members):
-                        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
+                    for run in chunk_runs:
+                        first, last = nodes[run[0]], nodes[run[-1]]
+                        os.posix_fadvise(fd, first.offset, last.offset + last.csize - first.offset,
+                                         os.POSIX_FADV_WILLNEED)
+                        self._count("advised", len(run))
                 finally:
                     os.close(fd)
-                self._count("advised", len(members))
 
     # -- warm -----------------------------------------------------------------------------------
 
@@ -468,17 +471,6 @@ class PrefetchService:
             return
         if reply["ok"]:  # the caller returns at once; paths resolve here
             self.hint([str(p) for p in request["paths"]])
-
-
-def _runs(ranges, gap: int = 64 << 10) -> list[tuple[int, int]]:
-    """Byte ranges merged where less than ``gap`` lies between them."""
-    runs: list[list[int]] = []
-    for start, end in sorted(ranges):
-        if runs and start - runs[-1][1] <= gap:
-            runs[-1][1] = max(runs[-1][1], end)
-        else:
-            runs.append([start, end])
-    return [(a, b) for a, b in runs]
 
 
 def _no_neighbours(chunk: str, start: int, end: int) -> list:

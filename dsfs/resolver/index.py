@@ -214,19 +214,14 @@ class VersionIndex:
         """The node at ``path``, found name by name from the root."""
         if not path:
             return self.get(ROOT_INO)
-        *folders, last = name_bytes(path).split(b"/")
-        parent, parent_path = ROOT_INO, b""
+        folder, _, last = name_bytes(path).rpartition(b"/")
         with self._conn() as conn:
-            for name in folders:
-                row = conn.execute("SELECT ino, type FROM nodes WHERE parent = ? AND name = ? AND ino != 1",
-                                   (parent, name)).fetchone()
-                if row is None or row[1] != _DIR_CODE:
-                    return None
-                parent, parent_path = row[0], parent_path + b"/" + name if parent_path else name
-                self._dir_paths.setdefault(parent, parent_path)
+            parent = self._folder_ino(conn, folder, {b"": ROOT_INO})
+            if parent is None:
+                return None
             row = conn.execute(_NODE_SELECT + "WHERE n.parent = ? AND n.name = ? AND n.ino != 1",
                                (parent, last)).fetchone()
-            return self._node(row, parent_path) if row else None
+            return self._node(row, folder) if row else None
 
     def by_paths(self, paths: list[str]) -> list[Node | None]:
         """The nodes at ``paths`` (None where there is none), by one query per folder they are in
