@@ -198,6 +198,11 @@ class Prefetcher:
             self._cond.notify_all()
 
     @property
+    def hinted(self) -> bool:
+        """Whether the order is an explicit hint (not a folder-order follow)."""
+        return self._hinted
+
+    @property
     def stopped(self) -> bool:
         return self._stopped
 

@@ -255,7 +255,7 @@ class PrefetchService:
         # be bytes nobody reads soon, taking cache space from what the reader needs next.
         # Passing ``near`` (even one that finds none) also routes the fetch through the cache's
         # single flight, so a demand read of a file being prepared waits for it, not refetches.
-        near = _no_neighbours if self.policy.stats()["hinted"] else self.view._near
+        near = _no_neighbours if self.policy.hinted else self.view._near
         try:
             if push:
                 if data is None:
