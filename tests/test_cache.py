@@ -710,7 +710,8 @@ def test_bad_block_hashes_in_a_manifest_are_rejected():
 def test_read_ahead_opens_only_on_streams_and_doubles_to_its_bound():
     """The policy alone (dsfs/cache/readahead.py): random reads queue nothing; reads in order
     open a window of one block that doubles as the reader enters new blocks, up to the bound; a
-    file with a hash tree waits for two reads that each moved on; a jump closes the window; a
+    file with a hash tree waits for two reads that each moved on and a run of at least
+    STREAM_BYTES (the pieces of one split pread are no stream); a jump closes the window; a
     stream's reads that overtake each other keep it open, and reads merely near each other never
     open one."""
     mib = 1 << 20
@@ -730,6 +731,10 @@ def test_read_ahead_opens_only_on_streams_and_doubles_to_its_bound():
     queued = [b for q in streamed for b in q]
     assert queued == sorted(set(queued))  # each block queued once, in order
     assert reads([0, mib, 2 * mib], tree=True)[:2] == [[], []]  # a tree waits for two moves
+    assert reads([0, mib, 2 * mib], tree=True)[2] == [1]  # ... then streams
+    # One random pread the kernel split around pages it holds: pieces in order, but a short run.
+    kib = 1 << 10
+    assert reads([0, 80 * kib, 160 * kib, 240 * kib, 320 * kib], tree=True, size=64 * kib) == [[]] * 5
     assert reads([0, mib, 50 * mib])[2] == []  # a jump closes the window
     # Requests of 1 MiB answered out of order (three in flight): the window stays open and
     # still reaches every block once, in order.

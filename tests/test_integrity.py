@@ -21,6 +21,7 @@ import pytest
 
 from conftest import write_tree
 from dsfs.cache import BlockCache, ReadState
+from dsfs.cache.readahead import STREAM_BYTES
 from dsfs.changeset.manifest import HASH_BLOCK, STORED, Entry, entry_fields
 from dsfs.changeset.tree import LEAF, TreeBuilder, member_name, member_size, top_size
 from dsfs.errors import Corrupt
@@ -171,20 +172,23 @@ def test_later_reads_need_only_their_leaves(store, tmp_path, data, persist):
 
 @pytest.mark.parametrize("persist", [True, False])
 def test_reads_in_order_take_whole_blocks_and_read_ahead(store, tmp_path, data, persist):
-    """Once reads stream (two in a row that each moved on), a file with a hash tree is read in
-    whole 4 MiB blocks, checked against their block digests, with read-ahead; only the first two
-    reads take leaves. No byte is fetched twice but those two reads' leaves."""
+    """Once reads stream (two in a row that each moved on, over a run of STREAM_BYTES), a file
+    with a hash tree is read in whole 4 MiB blocks, checked against their block digests, with
+    read-ahead; only the reads before take leaves. No byte is fetched twice but those reads'
+    leaves."""
     entry = big_entry(store, tmp_path, data)
+    step = 128 << 10
     with new_cache(tmp_path, store, persist) as cache:
         state = ReadState()
-        for offset in range(0, SIZE, 128 << 10):
-            assert cache.read(store, entry, offset, 128 << 10, state) == data[offset:offset + (128 << 10)]
+        for offset in range(0, SIZE, step):
+            assert cache.read(store, entry, offset, step, state) == data[offset:offset + step]
         cache.drain()
         stats = cache.stats()
-    assert stats["leaf_reads"] == 2 and stats["readahead"] >= 1
-    # The two leaf reads' bytes (two leaves each) are fetched again as part of block 0; nothing
+    leaf_reads = STREAM_BYTES // step - 1  # the read that completes the run takes a block
+    assert stats["leaf_reads"] == leaf_reads and stats["readahead"] >= 1
+    # The leaf reads' bytes (two leaves each) are fetched again as part of block 0; nothing
     # else twice, whichever of the reader and a queued read-ahead gets to a block first.
-    assert stats["fetched"] - stats["tree_fetched"] == SIZE + 4 * LEAF
+    assert stats["fetched"] - stats["tree_fetched"] == SIZE + leaf_reads * step
     assert stats["tree_fetched"] == top_size(SIZE) + 32 * 64  # block digests, and block 0's leaves
 
 

@@ -6,7 +6,9 @@ ahead of them.
 random; once reads stream, a window that starts at one block and doubles with each new block
 the reader enters, up to ``max_window``. A file with a hash tree waits for two reads in a row that
 each moved on before it opens the window: a random read that lands near the last one, or a read
-the kernel retries after an error (it begins where the failed one began), stays leaf-sized. A
+the kernel retries after an error (it begins where the failed one began), stays leaf-sized; so
+does a run shorter than ``STREAM_BYTES``: the kernel splits one random pread into a request per
+stretch of pages it does not hold, and those look like reads in order. A
 stream's reads overtake each other (the kernel has several requests of a stream in flight, and
 the daemon's threads answer them in any order): a read that lands among the blocks an open window
 already covers keeps the window open (and grows it when it enters a new block), where a read
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
+
+STREAM_BYTES = 1 << 20  # the span a run in order must cover before a hash-tree file reads ahead
 
 
 class ReadState:
@@ -33,6 +37,7 @@ class ReadState:
         self.sequential = False  # whether the last read began where the one before ended
         self.start = -1  # offset of the previous read
         self.streak = 0  # reads in a row that were sequential and began past the one before
+        self.run_start = 0  # where the current run of sequential reads began
         self.ahead = -1  # highest block already queued for read-ahead
         self.hasher = hashlib.sha256()  # None once reads left the in-order path
         self.hashed = 0
@@ -59,8 +64,9 @@ def advance(state: ReadState, offset: int, end: int, first: int, last: int, *, n
         state.streak = state.streak + 1 if sequential and offset > state.start else 0
         state.start = offset
         if not sequential:
-            state.window, state.ahead = 0, -1
-        elif state.window == 0 and (not wait_for_stream or state.streak >= 2):
+            state.window, state.ahead, state.run_start = 0, -1, offset
+        elif state.window == 0 and (not wait_for_stream
+                                    or (state.streak >= 2 and end - state.run_start >= STREAM_BYTES)):
             state.window = 1
         elif last > state.last_block:
             state.window = min(state.window * 2, max_window)
