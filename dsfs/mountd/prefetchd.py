@@ -94,6 +94,7 @@ class PrefetchService:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._closing = threading.Event()
+        self._server: socket.socket | None = None  # the control socket, once listening
         self._last_demand = 0.0
         self._cold: tuple[str, int] | None = None  # (chunk, offset) of the last cold read
         self._in_order = 0  # cold reads in a row that moved on in folder order
@@ -105,7 +106,7 @@ class PrefetchService:
 
     def start(self, mountpoint: str, *, warm: bool = False) -> None:
         self._mountpoint = mountpoint
-        server = self._listen(mountpoint)  # bound before the mount is reported ready
+        server = self._server = self._listen(mountpoint)  # bound before the mount is reported ready
         if server is not None:
             self._spawn(self._control, server, name="dsfs-control")
         for i in range(self.workers if self.prepare else 0):
@@ -129,6 +130,10 @@ class PrefetchService:
         push, and a listing through the mount, may wait for the loop's answer to a read."""
         self._closing.set()
         self.policy.stop()
+        if self._server is not None:  # wake its accept() now, not at its timeout
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as knock:
+                knock.settimeout(1)
+                knock.connect(self._server.getsockname())
         for thread in self._threads:
             thread.join()
         self._threads.clear()
@@ -448,6 +453,8 @@ class PrefetchService:
                 except TimeoutError:
                     continue
                 with conn:
+                    if self._closing.is_set():  # the knock of close()
+                        return
                     self._answer(conn)
 
     def _answer(self, conn: socket.socket) -> None:
