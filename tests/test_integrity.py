@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import json
 import os
+import random
 import shutil
 import zipfile
 from pathlib import Path
@@ -217,6 +218,26 @@ def test_a_local_store_rereads_checked_leaves_in_place(store, tmp_path, data):
         after = cache.stats()
     assert after["hashed"] == before["hashed"] and after["leaf_reads"] == before["leaf_reads"]
     assert after["fetched"] - before["fetched"] == 3 * 90_000
+
+
+def test_a_local_store_keeps_no_leaf_in_memory_and_hashes_each_leaf_once(store, tmp_path, data):
+    """Without a disk cache, leaves are not kept in the memory tier (the kernel caches the chunk):
+    a read that runs from a checked leaf into new ones reads the checked one in place and hashes
+    only the new ones, and random reads leave the memory tier empty."""
+    entry = big_entry(store, tmp_path, data)
+    with new_cache(tmp_path, store, False) as cache:
+        at = HASH_BLOCK + 3 * LEAF
+        assert cache.read(store, entry, at + 10, 4096) == data[at + 10:at + 4106]  # checks leaf 3 of block 1
+        before = cache.stats()
+        got = cache.read(store, entry, at + 5000, 2 * LEAF)  # leaf 3 again, then leaves 4 and 5
+        assert got == data[at + 5000:at + 5000 + 2 * LEAF]
+        after = cache.stats()
+        assert after["hashed"] - before["hashed"] == 2 * LEAF
+        rng = random.Random(5)
+        for _ in range(50):
+            offset = rng.randrange(0, SIZE - LEAF)
+            assert cache.read(store, entry, offset, 3000) == data[offset:offset + 3000]
+        assert cache._memory.size == 0
 
 
 # -- correct bytes, old format and new ---------------------------------------------------------

@@ -74,6 +74,17 @@ RUN_GAP = 64 << 10
 RUN_MAX = 8 << 20
 
 
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """(first, last) of each run of consecutive numbers in sorted ``indices``."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
 def member_runs(members: list, gap: int = RUN_GAP, span: int = RUN_MAX) -> list[list[int]]:
     """Positions of ``members`` (anything with ``chunk``, ``offset`` and ``csize``) in runs that
     one ranged read covers: members of one chunk in offset order, each starting at most ``gap``
@@ -610,22 +621,27 @@ class BlockCache:
         missing = [j for j, leaf in leaves.items() if leaf is None]
         self._count("misses" if missing else "hits")
         self._count("leaf_reads")
-        # Without a disk cache, keep only the leaf this read stops inside (the next may want it).
-        keep = last if end < min((last + 1) * LEAF, entry.size) else None
-        while missing:
-            run = 1
-            while run < len(missing) and missing[run] == missing[0] + run:
-                run += 1
-            a, b = missing[0], missing[run - 1]
-            key = f"{self.leaf_key(entry.sha256, a)}-{b}"
-            _leader, data = self._single_flight(key, functools.partial(
-                self._fill_leaves, store, entry, a, b, keep))
+        checked: list[int] = []
+        if not self.persist and missing:
+            # Without a disk cache no leaf is kept in memory: one that passed its check here
+            # before is read again in place (the kernel caches the chunk), unhashed.
+            with self._lock:
+                checked = [j for j in missing if (entry.sha256, LEAF, j) in self._verified]
+            if checked:
+                missing = [j for j in missing if j not in set(checked)]
+        for a, b in _runs(checked):
+            data = memoryview(read_range(store, entry, a * LEAF, min((b + 1) * LEAF, entry.size) - a * LEAF))
+            self._count("fetched", len(data))
             for j in range(a, b + 1):
                 leaves[j] = data[(j - a) * LEAF:(j - a + 1) * LEAF]
-            missing = missing[run:]
+        for a, b in _runs(missing):
+            key = f"{self.leaf_key(entry.sha256, a)}-{b}"
+            _leader, data = self._single_flight(key, functools.partial(self._fill_leaves, store, entry, a, b))
+            for j in range(a, b + 1):
+                leaves[j] = data[(j - a) * LEAF:(j - a + 1) * LEAF]
         return b"".join(leaves[j][max(offset - j * LEAF, 0):end - j * LEAF] for j in range(first, last + 1))
 
-    def _fill_leaves(self, store: ObjectStore, entry: Entry, a: int, b: int, keep: int | None) -> memoryview:
+    def _fill_leaves(self, store: ObjectStore, entry: Entry, a: int, b: int) -> memoryview:
         """Leaves ``a..b`` of a file, by one ranged read, checked against its hash tree (read
         once more if short or wrong) and cached."""
         start = a * LEAF
@@ -640,9 +656,9 @@ class BlockCache:
                 self._count("corrupt")
                 raise
         view = memoryview(data)
-        for j in range(a, b + 1):
-            piece = view[(j - a) * LEAF:(j - a + 1) * LEAF]
-            self._put(self.leaf_key(entry.sha256, j), piece, remember=j == keep)
+        if self.persist:  # without a disk cache, a checked leaf is read again in place
+            for j in range(a, b + 1):
+                self._put(self.leaf_key(entry.sha256, j), view[(j - a) * LEAF:(j - a + 1) * LEAF])
         return view
 
     def _leaf_length(self, entry: Entry, j: int) -> int:
