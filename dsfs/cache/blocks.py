@@ -628,7 +628,8 @@ class BlockCache:
             with self._lock:
                 checked = [j for j in missing if (entry.sha256, LEAF, j) in self._verified]
             if checked:
-                missing = [j for j in missing if j not in set(checked)]
+                done = set(checked)
+                missing = [j for j in missing if j not in done]
         for a, b in _runs(checked):
             data = memoryview(read_range(store, entry, a * LEAF, min((b + 1) * LEAF, entry.size) - a * LEAF))
             self._count("fetched", len(data))
