@@ -134,6 +134,13 @@ def test_local_store_is_read_in_place_not_cached(local_cli, local_mounts, tmp_pa
     code, _, err = local_cli.run("prefetch", vid)
     assert code == 0
     assert json.loads(local_cli("cache", "stats", "--json")).get("count", 0) == 0
+    # Nor does the mount open the disk cache to report its counters.
+    stats = json.loads(os.getxattr(mnt, "user.dsfs.stats"))["cache"]
+    assert (stats["size"], stats["count"]) == (0, 0) and stats["fetched"] >= len(data)
+    pid = json.loads(local_cli("status", "--json"))[0]["pid"]
+    blocks = os.path.realpath(local_cli.cache_dir) + "/blocks"
+    held = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    assert not [path for path in held if path.startswith(blocks)], held
     local_mounts.umount(mnt)
     for chunk in _chunks(local_cli.store, vid):
         chunk.unlink()

@@ -297,12 +297,14 @@ class BlockCache:
         return f"{sha256}:{LEAF}:{index}"
 
     def stats(self) -> dict:
-        """Cache-wide size/limit/count; hits, misses and the rest count this instance's work."""
+        """Cache-wide size/limit/count (zeros without a disk cache: a local store's mount keeps
+        nothing on disk, and asking would open the disk tier); hits, misses and the rest count
+        this instance's work."""
         self._wait_for_writes()
         with self._lock:
             counts = dict(self._counts)
         return {
-            **self._disk.stats(),
+            **(self._disk.stats() if self.persist else {"size": 0, "limit": 0, "count": 0}),
             "hits": counts.get("hits", 0),
             "misses": counts.get("misses", 0),
             "fetched": counts.get("fetched", 0),
