@@ -610,28 +610,25 @@ class BlockCache:
             self._count("hits")
             return b"".join(blocks)
         first, last = offset // LEAF, (end - 1) // LEAF
-        if not self.persist:
+        if self.persist:
+            leaves: dict[int, memoryview | None] = {
+                j: self._lookup(self.leaf_key(entry.sha256, j), self._leaf_length(entry, j), remember=False)
+                for j in range(first, last + 1)}
+            checked: list[int] = []
+        else:
+            # Without a disk cache no leaf is kept in memory: one that passed its check here
+            # before is read again in place (the kernel caches the chunk), unhashed.
+            leaves = dict.fromkeys(range(first, last + 1))
             with self._lock:
-                checked = all((entry.sha256, LEAF, j) in self._verified for j in range(first, last + 1))
-            if checked:  # every leaf it touches passed its check here before: read in place
+                checked = [j for j in leaves if (entry.sha256, LEAF, j) in self._verified]
+            if len(checked) == len(leaves):  # every leaf it touches: just the range asked
                 data = read_range(store, entry, offset, end - offset)
                 self._count("fetched", len(data))
                 return data
-        leaves: dict[int, memoryview | None] = {
-            j: self._lookup(self.leaf_key(entry.sha256, j), self._leaf_length(entry, j), remember=False)
-            for j in range(first, last + 1)}
-        missing = [j for j, leaf in leaves.items() if leaf is None]
+        done = set(checked)
+        missing = [j for j, leaf in leaves.items() if leaf is None and j not in done]
         self._count("misses" if missing else "hits")
         self._count("leaf_reads")
-        checked: list[int] = []
-        if not self.persist and missing:
-            # Without a disk cache no leaf is kept in memory: one that passed its check here
-            # before is read again in place (the kernel caches the chunk), unhashed.
-            with self._lock:
-                checked = [j for j in missing if (entry.sha256, LEAF, j) in self._verified]
-            if checked:
-                done = set(checked)
-                missing = [j for j in missing if j not in done]
         for a, b in _runs(checked):
             data = memoryview(read_range(store, entry, a * LEAF, min((b + 1) * LEAF, entry.size) - a * LEAF))
             self._count("fetched", len(data))

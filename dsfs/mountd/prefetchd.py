@@ -54,13 +54,13 @@ JOB_BATCH = 8
 # even after _introduce: no push can land, and preparing them only costs the daemon CPU the
 # reader needs.
 UNKNOWN_RUN = 64
-# files prepared ahead; pushed into the page cache (and their bytes); pushes the kernel had no
-# inode for, or refused; chunk ranges advised; jobs that failed; hints and their unknown paths
 # Folders listed through the mount so that the kernel holds inodes for their files: at most this
 # many entries of one folder (a bigger one's files are looked up one by one), and a folder is
 # listed again only after this long (the kernel may have forgotten its files under memory pressure).
 LIST_MAX = 1 << 16
 LIST_AGAIN = 30.0
+# files prepared ahead; pushed into the page cache (and their bytes); pushes the kernel had no
+# inode for, or refused; chunk ranges advised; jobs that failed; hints and their unknown paths;
 # the order dropped because pushes stopped landing (local store); folders listed and files looked
 # up through the mount to give the kernel their inodes
 COUNTERS = ("prepared", "pushed", "pushed_bytes", "unknown", "refused", "advised", "failed",
