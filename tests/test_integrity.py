@@ -240,6 +240,47 @@ def test_a_local_store_keeps_no_leaf_in_memory_and_hashes_each_leaf_once(store, 
         assert cache._memory.size == 0
 
 
+class HintingStore(CountingStore):
+    """A CountingStore that records, in order, the hints it is given and the ranges read."""
+
+    def __init__(self, root) -> None:
+        super().__init__(root)
+        self.events: list[tuple] = []
+
+    def will_need(self, key: str, start: int, length: int) -> None:
+        self.events.append(("hint", key, start, length))
+        super().will_need(key, start, length)
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        self.events.append(("get", key, start, length))
+        return super().get_range(key, start, length)
+
+
+@pytest.mark.parametrize("persist", [True, False])
+def test_the_digests_a_check_reads_are_named_before_the_bytes_are_read(tmp_path, data, persist):
+    """A cold read of a big file tells the store which digests its check will read (past the
+    file's end in the chunk) before reading the bytes: a local folder's kernel then reads both at
+    once. The hints are exactly the digest reads, and nothing is hinted that is at hand."""
+    store = HintingStore(tmp_path / "store")
+    entry = big_entry(store, tmp_path, data)
+    top_and_leaves = (entry.chunk, entry.tree_offset, top_size(SIZE) + 2 * 32 * 64)
+    try:
+        with new_cache(tmp_path, store, persist) as cache:
+            for at, length, digests in ((HASH_BLOCK + 5 * LEAF + 1000, 4096, [top_and_leaves]),
+                                        (100, 4096, []), (HASH_BLOCK - 100, 200, []),
+                                        (2 * HASH_BLOCK + 3, 5000, [])):
+                store.events.clear()
+                assert cache.read(store, entry, at, length) == data[at:at + length]
+                hints = [e[1:] for e in store.events if e[0] == "hint"]
+                reads = [e[1:] for e in store.events if e[0] == "get"]
+                assert hints == digests and [r for r in reads if r[1] >= entry.tree_offset] == digests
+                if hints:
+                    assert store.events.index(("hint", *hints[0])) < store.events.index(("get", *reads[0]))
+                    assert reads[0][1] < entry.tree_offset  # the bytes, then the digests
+    finally:
+        store.close()
+
+
 # -- correct bytes, old format and new ---------------------------------------------------------
 
 _RANGES = [(0, 1), (0, 4096), (LEAF - 1, 2), (LEAF, LEAF), (3 * LEAF - 7, 2 * LEAF + 14),

@@ -589,6 +589,7 @@ class BlockCache:
     def _tree_checked_range(self, store: ObjectStore, entry: Entry, start: int, length: int) -> bytes:
         """Bytes of a file with a hash tree, read out to leaf boundaries to be checked."""
         lo, hi = start - start % LEAF, min(-(-(start + length) // LEAF) * LEAF, entry.size)
+        self._trees.will_check(store, entry, lo, hi)
         data = read_range(store, entry, lo, hi - lo)
         self._count("fetched", len(data))
         self._trees.check(store, entry, lo, data)

@@ -68,6 +68,30 @@ class TreeCheck:
                     raise Corrupt(f"sha256 mismatch for leaf {(lo + i // DIGEST * LEAF) // LEAF} "
                                   f"(block {b}) of {entry.path!r} in {entry.chunk!r}")
 
+    def will_check(self, store: ObjectStore, entry: Entry, start: int, end: int) -> None:
+        """Tell ``store`` which digests ``check`` of bytes ``[start, end)`` will read, before the
+        caller reads those bytes: from a local folder, the kernel then reads the digests (past
+        the end of a big file in its chunk) while the caller waits for the bytes, not after.
+        Looks only at the lists in memory."""
+        first, last = start // HASH_BLOCK, (end - 1) // HASH_BLOCK
+        with self._lock:
+            held = self._lists.keys()
+            top = f"{entry.sha256}:tree:top" in held
+            partial = [b for b in sorted({first, last})
+                       if not (start <= b * HASH_BLOCK and min((b + 1) * HASH_BLOCK, entry.size) <= end)
+                       and f"{entry.sha256}:tree:{b}" not in held]
+        ranges = []
+        if not top:  # as _top reads them, for the first block checked
+            span, length = leaf_span(entry.size, first)
+            if span - top_size(entry.size) <= _JOIN_GAP:
+                ranges.append((0, span + length))
+                partial = [b for b in partial if b > first]
+            else:
+                ranges.append((0, top_size(entry.size)))
+        ranges.extend(leaf_span(entry.size, b) for b in partial)
+        for span, length in ranges:
+            store.will_need(entry.chunk, entry.tree_offset + span, length)
+
     def _top(self, store: ObjectStore, entry: Entry, block: int) -> bytes:
         """The file's block digests, checked against its root."""
         key = f"{entry.sha256}:tree:top"

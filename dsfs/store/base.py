@@ -96,6 +96,11 @@ class ObjectStore(abc.ABC):
         """A local file holding the object, if the backend keeps one (zero-copy reads)."""
         return None
 
+    def will_need(self, key: str, start: int, length: int) -> None:
+        """A hint that ``length`` bytes from ``start`` are about to be read: a backend that can
+        start reading them in the background does (a local folder asks the kernel to); the
+        others ignore it. Never fails."""
+
     def close(self) -> None:
         pass
 

@@ -64,6 +64,13 @@ class _OpenFiles:
         finally:
             self._release(slot)
 
+    def will_need(self, key: str, path: str, length: int, start: int) -> None:
+        slot = self._acquire(key, path)
+        try:
+            os.posix_fadvise(slot[0], start, length, os.POSIX_FADV_WILLNEED)
+        finally:
+            self._release(slot)
+
     def _acquire(self, key: str, path: str) -> list:
         with self._lock:
             slot = self._files.get(key)
@@ -172,6 +179,11 @@ class LocalStore(ObjectStore):
             return os.pread(fd, length, start)
         finally:
             os.close(fd)
+
+    def will_need(self, key: str, start: int, length: int) -> None:
+        if _CHUNKS in key:  # (a chunk is the only object read in pieces)
+            with contextlib.suppress(OSError, DsfsError):
+                self._open.will_need(key, os.path.join(self.url, check_key(key)), length, start)
 
     def close(self) -> None:
         self._open.close()
