@@ -87,6 +87,8 @@ _NODE_SELECT = (
     "n.offset, n.csize, n.method, n.provider_id, n.nlink, n.blocks, n.tree, n.tree_offset FROM nodes n "
 )
 # The names from a node up to (not including) the root, nearest first.
+_BY_INO = "WHERE n.ino = ?"
+_BY_NAME = "WHERE n.parent = ? AND n.name = ? AND n.ino != 1"
 _UP_SQL = (
     "WITH RECURSIVE up(ino, parent, name, depth) AS ("
     "SELECT ino, parent, name, 0 FROM nodes WHERE ino = ? "
@@ -151,6 +153,11 @@ class VersionIndex:
             meta = dict(conn.execute("SELECT key, value FROM meta"))
             self._chunks = dict(conn.execute("SELECT id, key FROM chunks"))
             self._providers = dict(conn.execute("SELECT id, version FROM providers"))
+            # The statements of a lookup, made ready (and the top pages of the tables they read
+            # brought in) before the first request needs them: that one waits less.
+            conn.execute(_NODE_SELECT + _BY_NAME, (ROOT_INO, b"")).fetchone()
+            conn.execute(_NODE_SELECT + _BY_INO, (ROOT_INO,)).fetchone()
+            conn.execute(_UP_SQL, (ROOT_INO,)).fetchall()
         self.version_id = meta["version"]
         self.dataset = meta["dataset"]
         self.files = int(meta["files"])
@@ -204,11 +211,10 @@ class VersionIndex:
             return self._node(row, self._dir_path(conn, row[1])) if row else None
 
     def get(self, ino: int) -> Node | None:
-        return self._one(_NODE_SELECT + "WHERE n.ino = ?", (ino,))
+        return self._one(_NODE_SELECT + _BY_INO, (ino,))
 
     def lookup(self, parent: int, name: str) -> Node | None:
-        return self._one(_NODE_SELECT + "WHERE n.parent = ? AND n.name = ? AND n.ino != 1",
-                         (parent, name_bytes(name)))
+        return self._one(_NODE_SELECT + _BY_NAME, (parent, name_bytes(name)))
 
     def by_path(self, path: str) -> Node | None:
         """The node at ``path``, found name by name from the root."""
@@ -219,8 +225,7 @@ class VersionIndex:
             parent = self._folder_ino(conn, folder, {b"": ROOT_INO})
             if parent is None:
                 return None
-            row = conn.execute(_NODE_SELECT + "WHERE n.parent = ? AND n.name = ? AND n.ino != 1",
-                               (parent, last)).fetchone()
+            row = conn.execute(_NODE_SELECT + _BY_NAME, (parent, last)).fetchone()
             return self._node(row, folder) if row else None
 
     def by_paths(self, paths: list[str]) -> list[Node | None]:
