@@ -313,6 +313,32 @@ def test_blocks_a_stream_is_done_with_go_before_those_read_ahead(block_by_block,
     assert gets_of_two_streams(6 * BS) == gets_of_two_streams(64 * BS)  # no block fetched twice
 
 
+@pytest.mark.parametrize("persist", [True, False])
+def test_a_stream_keeps_only_its_window_and_a_few_finished_blocks_in_memory(block_by_block, store, cache_dir,
+                                                                              tmp_path, persist):
+    """However much room the memory tier has, a stream through a file holds the blocks read ahead
+    of it and at most blocks.DONE_BLOCKS it finished (it held every block it had read, up to the
+    limit, before); a block a late read brings back just behind the reader is let go when the
+    stream finishes the next ones."""
+    data = random_bytes(32 * BS, seed=23)
+    entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]
+    # finished, read ahead (readahead_max), the current one, and the late read's
+    bound = (blocks.DONE_BLOCKS + 2 + 1 + 1) * BS
+    with BlockCache(cache_dir, block_size=BS, size_limit=64 << 20, persist=persist, readahead_max=2,
+                    memory_limit=64 * BS) as cache:
+        state, peak, late = ReadState(), 0, []
+        for offset in range(0, 32 * BS, 256):
+            assert cache.read(store, entry, offset, 256, state) == data[offset:offset + 256]
+            cache.drain()
+            peak = max(peak, cache._memory.size)
+            if offset == 20 * BS:  # a late read of block 17 (dropped already), from another handle
+                assert cache.read(store, entry, 17 * BS + 10, 100) == data[17 * BS + 10:17 * BS + 110]
+                late.append(cache._memory.get(cache.block_key(entry.sha256, 17)) is not None)
+        assert peak <= bound
+        assert late == [persist]  # a disk cache's block comes back to memory; a local read is in place
+        assert cache._memory.get(cache.block_key(entry.sha256, 17)) is None
+
+
 def test_random_reads_do_not_read_ahead(block_by_block, store, cache, tmp_path):
     data = random_bytes(16 * BS, seed=4)
     entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]

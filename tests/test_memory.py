@@ -42,6 +42,28 @@ def test_the_memory_tier_keeps_alive_only_the_bytes_it_counts():
     assert tier.size == 65536 + 4096
 
 
+def test_the_memory_tier_keeps_only_a_few_blocks_their_readers_are_done_with():
+    # A stream's finished blocks are demoted: past done_limit bytes of them the oldest go at once,
+    # however much room the tier has; a late request's get leaves a done block done (not recent);
+    # putting it again makes it an ordinary block.
+    tier = MemoryTier(limit=1 << 20, done_limit=2 * 4096)
+    for i in range(6):
+        tier.put(f"b{i}", memoryview(bytes(4096)))
+    for i in range(4):
+        tier.demote(f"b{i}")
+    assert list(tier.items) == ["b3", "b2", "b4", "b5"] and tier.size == 4 * 4096
+    assert list(tier.done) == ["b2", "b3"] and tier.done_size == 2 * 4096
+    assert tier.get("b2") is not None and list(tier.done) == ["b2", "b3"] and next(iter(tier.items)) == "b3"
+    tier.demote("b4")
+    assert "b2" not in tier.items and list(tier.done) == ["b3", "b4"]
+    tier.put("b3", memoryview(bytes(4096)))
+    assert list(tier.done) == ["b4"] and tier.done_size == 4096 and list(tier.items)[-1] == "b3"
+    tier.drop("b4")
+    assert tier.done_size == 0 and tier.size == 2 * 4096
+    tier.clear()
+    assert tier.size == tier.done_size == 0 and not tier.done
+
+
 def test_each_disk_cache_connection_has_no_memory_map_and_a_small_page_cache(tmp_path):
     # diskcache opens a connection per thread: each one's map of the database would count in the
     # daemon's RSS on its own, so none maps it and each caches at most SQLITE_CACHE_PAGES pages.

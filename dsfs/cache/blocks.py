@@ -64,6 +64,11 @@ WHOLE_CHECK_MAX = HASH_BLOCK
 # is served but not kept (the disk is slower than the store: a read never waits for the cache);
 # a prefetch, whose point is to keep blocks, waits for the writer instead.
 WRITE_BACKLOG = 32 << 20
+# Blocks a stream is done with that memory keeps, for the kernel's requests that come in any order
+# and may still ask for the end of a block a later request finished; and how many blocks behind
+# the one a stream finished it is taken to be done with too.
+DONE_BLOCKS = 2
+DONE_LOOKBACK = 4
 # A miss on a small member of a remote store also fetches the small members around it in the
 # same chunk, up to this many bytes in one ranged GET: an epoch over many small files then costs
 # one GET per ~1 MiB instead of one per file. Neighbours already cached are left out.
@@ -175,7 +180,7 @@ class BlockCache:
         self._disk = DiskTier(self.cache_dir / "blocks", size_limit,
                               lambda used: default_cache_size(self.cache_dir, used=used),
                               on_corrupt=lambda: self._count("corrupt"))
-        self._memory = MemoryTier(memory_limit)
+        self._memory = MemoryTier(memory_limit, done_limit=DONE_BLOCKS * block_size)
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
         # (sha256, block) pairs whose bytes in the store passed their block hash in this process:
@@ -247,7 +252,10 @@ class BlockCache:
             if not keep and state is not None:
                 # A stream is done with this block: under memory pressure it goes before the
                 # blocks read ahead of it (plain LRU would drop the next one the reader needs).
-                self._memory.demote(self.block_key(entry.sha256, i))
+                # So are the few before it, which a late request (the kernel's come in any
+                # order) may have brought back after they were done with and dropped.
+                for j in range(max(i - DONE_LOOKBACK, 0), i + 1):
+                    self._memory.demote(self.block_key(entry.sha256, j))
         data = b"".join(parts)
         if state is not None and not self._whole_fetch(entry) and not self._checkable(entry):
             self._hash_along(entry, state, offset, data)

@@ -89,16 +89,21 @@ class MemoryTier:
     block do not each re-read and re-check it from disk. ``limit`` bounds the bytes it keeps
     alive: a value that is a slice of a larger buffer is copied out of it first."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, done_limit: int | None = None) -> None:
         self.limit = limit
         self.size = 0
         self.items: collections.OrderedDict[str, memoryview] = collections.OrderedDict()
         self.lock = threading.Lock()
+        # Keys demoted (their reader is done with them), oldest first, and their bytes: kept up
+        # to ``done_limit`` for a reader's late requests, never up to ``limit``.
+        self.done_limit = limit if done_limit is None else done_limit
+        self.done: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.done_size = 0
 
     def get(self, key: str) -> memoryview | None:
         with self.lock:
             value = self.items.get(key)
-            if value is not None:
+            if value is not None and key not in self.done:  # (a late request: still done with)
                 self.items.move_to_end(key)
             return value
 
@@ -107,32 +112,49 @@ class MemoryTier:
             return
         value = _own(value)
         with self.lock:
-            old = self.items.pop(key, None)
-            if old is not None:
-                self.size -= len(old)
+            self._pop(key)
             self.items[key] = value
             self.size += len(value)
             while self.size > self.limit:
-                _, dropped = self.items.popitem(last=False)
-                self.size -= len(dropped)
+                self._pop(next(iter(self.items)))
 
     def demote(self, key: str) -> None:
         """Make ``key`` the first to go: its reader is done with it (a block read to its end),
-        while the blocks read ahead of that reader are still to come."""
+        while the blocks read ahead of that reader are still to come. Past ``done_limit`` bytes
+        of such keys, the oldest go at once: the kernel holds their pages, and a memory tier
+        full of blocks nobody will read again was most of a streaming mount's memory."""
         with self.lock:
-            if key in self.items:
-                self.items.move_to_end(key, last=False)
+            value = self.items.get(key)
+            if value is None:
+                return
+            self.items.move_to_end(key, last=False)
+            if key not in self.done:
+                self.done[key] = len(value)
+                self.done_size += len(value)
+            while self.done_size > self.done_limit:
+                self._pop(next(iter(self.done)))
 
     def drop(self, key: str) -> None:
         with self.lock:
-            old = self.items.pop(key, None)
-            if old is not None:
-                self.size -= len(old)
+            self._pop(key)
 
     def clear(self) -> None:
         with self.lock:
             self.items.clear()
             self.size = 0
+            self.done.clear()
+            self.done_size = 0
+
+    def _pop(self, key: str) -> None:
+        old = self.items.pop(key, None)
+        if old is not None:
+            self.size -= len(old)
+        self._undone(key)
+
+    def _undone(self, key: str) -> None:
+        n = self.done.pop(key, None)
+        if n is not None:
+            self.done_size -= n
 
 
 class DiskTier:
