@@ -90,6 +90,11 @@ def locations(env: dict, ref: str, rels: list[str]) -> dict[str, tuple[str, int,
         index.close()
 
 
+def proc_kib(pid: int, field: str) -> int:
+    """A ``/proc/<pid>/status`` figure (VmRSS, VmHWM) in KiB."""
+    return int(Path(f"/proc/{pid}/status").read_text().split(f"{field}:")[1].split()[0])
+
+
 def drop_caches() -> None:
     subprocess.run(["sync"], check=False)
     try:
@@ -183,7 +188,7 @@ def main() -> int:
                 dsfs("umount", str(mnt))
             rows[label] = {"cold": cold, "warm": warm, "gets": stats["misses"] + stats["readahead"]}
         big_rows: dict[str, float] = {}
-        peak_rss_mib, big_stats = None, None
+        peak_rss_mib, idle_rss_mib, big_stats = None, None, None
         if args.big_mib:
             key, offset, length = where[big]
             part = 8 << 20
@@ -195,10 +200,11 @@ def main() -> int:
             drop_caches()
             dsfs("mount", vid, str(mnt))
             try:
+                pid = json.loads(dsfs("status", "--json"))[0]["pid"]
+                idle_rss_mib = proc_kib(pid, "VmRSS") / 1024
                 big_rows["dsfs, read() 1 MiB in order"] = sequential(str(mnt / big))
                 big_stats = json.loads(os.getxattr(mnt, "user.dsfs.stats"))["cache"]
-                pid = json.loads(dsfs("status", "--json"))[0]["pid"]
-                peak_rss_mib = int(Path(f"/proc/{pid}/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
+                peak_rss_mib = proc_kib(pid, "VmHWM") / 1024
             finally:
                 dsfs("umount", str(mnt))
         client.close()
@@ -215,14 +221,16 @@ def main() -> int:
             print(f"\n{args.big_mib} MiB file, cold{'MB/s':>23}{'/boto3':>12}")
             for label, mbs in big_rows.items():
                 print(f"{label:34}{mbs:>10.0f}{mbs / base:>12.2f}")
-            print(f"daemon peak RSS after the big read: {peak_rss_mib:.0f} MiB; blocks read ahead "
+            print(f"daemon RSS after mounting: {idle_rss_mib:.0f} MiB; peak after the big read: {peak_rss_mib:.0f} MiB; "
+                  f"blocks read ahead "
                   f"{big_stats['readahead']}, waited for {big_stats['misses']}")
         out = HERE / "out"
         out.mkdir(exist_ok=True)
         (out / "bench_s3.json").write_text(json.dumps({"files": args.files, "threads": args.threads,
                                                       "big_mib": args.big_mib, "loadavg": os.getloadavg(),
                                                       "rows": rows, "big": big_rows,
-                                                      "daemon_peak_rss_mib": peak_rss_mib, "big_cache": big_stats}, indent=1))
+                                                      "daemon_peak_rss_mib": peak_rss_mib, "daemon_idle_rss_mib": idle_rss_mib,
+                                                      "big_cache": big_stats}, indent=1))
     finally:
         if os.path.ismount(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
