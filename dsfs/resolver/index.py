@@ -86,9 +86,9 @@ _NODE_SELECT = (
     "SELECT n.ino, n.parent, n.name, n.type, n.size, n.mode, n.mtime_ns, n.sha256, n.target, n.chunk_id, "
     "n.offset, n.csize, n.method, n.provider_id, n.nlink, n.blocks, n.tree, n.tree_offset FROM nodes n "
 )
-# The names from a node up to (not including) the root, nearest first.
 _BY_INO = "WHERE n.ino = ?"
 _BY_NAME = "WHERE n.parent = ? AND n.name = ? AND n.ino != 1"
+# The names from a node up to (not including) the root, nearest first.
 _UP_SQL = (
     "WITH RECURSIVE up(ino, parent, name, depth) AS ("
     "SELECT ino, parent, name, 0 FROM nodes WHERE ino = ? "
