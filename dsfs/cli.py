@@ -50,6 +50,11 @@ def _node_json(node) -> dict:
             "mode": f"{node.mode:04o}", "mtime_ns": node.mtime_ns, **target, "version": node.version}
 
 
+def _text(text: str) -> str:
+    """``text`` as valid UTF-8 text: the bytes of a name in it that are not UTF-8 as U+FFFD."""
+    return name_bytes(text).decode("utf-8", "replace")
+
+
 def _name_json(key: str, name: str) -> dict:
     """A name for JSON output: as text when its bytes are UTF-8; else the text with U+FFFD for
     each bad byte, plus ``KEY_b64``, the exact bytes in base64 (docs/FORMAT.md)."""
@@ -253,7 +258,11 @@ def cmd_verify(repo, args):
     from .sdk import DatasetVersion
     problems = DatasetVersion.get(args.ref).verify(hash=args.hash)
     if args.json:
-        _print_json({"ok": not problems, "problems": problems})
+        # Each problem as valid UTF-8 text (a byte of a name that is not: U+FFFD), and each one
+        # about a file also under "files", with the name's exact bytes where they are not UTF-8.
+        _print_json({"ok": not problems, "problems": [_text(p) for p in problems],
+                     "files": [{"problem": _text(p), **_name_json("path", p.path)}
+                               for p in problems if getattr(p, "path", None) is not None]})
     else:
         for p in problems:
             print(p)

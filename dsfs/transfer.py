@@ -105,8 +105,20 @@ class _SingleFile(LocalStore):
             return f.read(length)
 
 
-def verify_view(store: ObjectStore, index: VersionIndex, *, hash_files: bool, progress=None) -> list[str]:
-    problems: list[str] = []
+class Problem(str):
+    """A problem ``verify_view`` found, as its text; ``path`` is the file it is about (None for
+    a chunk), so output that must be valid UTF-8 can give a name's exact bytes apart."""
+
+    path: str | None
+
+    def __new__(cls, text: str, path: str | None = None) -> "Problem":
+        problem = super().__new__(cls, text)
+        problem.path = path
+        return problem
+
+
+def verify_view(store: ObjectStore, index: VersionIndex, *, hash_files: bool, progress=None) -> list[Problem]:
+    problems: list[Problem] = []
     needed: dict[str, int] = collections.defaultdict(int)
     files: list[Node] = []
     for node in index.walk():
@@ -120,16 +132,16 @@ def verify_view(store: ObjectStore, index: VersionIndex, *, hash_files: bool, pr
         try:
             size = store.head(chunk).size
         except NotFound:
-            problems.append(f"chunk missing: {chunk}")
+            problems.append(Problem(f"chunk missing: {chunk}"))
             bad_chunks.add(chunk)
             continue
         if size < end:
-            problems.append(f"chunk truncated: {chunk} ({size} bytes, members need {end})")
+            problems.append(Problem(f"chunk truncated: {chunk} ({size} bytes, members need {end})"))
             bad_chunks.add(chunk)
     if not hash_files:
         return problems
 
-    def check(node: Node) -> str | None:
+    def check(node: Node) -> Problem | None:
         if node.chunk in bad_chunks:
             return None
         entry = node.to_entry()
@@ -141,13 +153,13 @@ def verify_view(store: ObjectStore, index: VersionIndex, *, hash_files: bool, pr
                 if tree is not None:
                     tree.update(block)
             if digest.hexdigest() != node.sha256:
-                return f"sha256 mismatch: {node.path}"
+                return Problem(f"sha256 mismatch: {node.path}", node.path)
             if tree is not None:
                 root, member = tree.finish()
                 if root != entry.tree or read_tree(store, entry, 0, len(member)) != member:
-                    return f"hash tree mismatch: {node.path}"
+                    return Problem(f"hash tree mismatch: {node.path}", node.path)
         except Corrupt as exc:
-            return str(exc)
+            return Problem(str(exc), node.path)
         finally:
             if progress:
                 progress(node.size)

@@ -171,6 +171,27 @@ def test_ls_prints_names_as_their_bytes(bcli, tmp_path):
     assert b"link\xe9 -> " + LATIN1 in out.stdout and b"Traceback" not in out.stderr
 
 
+def test_verify_json_is_utf8_and_names_a_bad_file_by_its_bytes(local_cli, local_store_url, tmp_path):
+    """A corrupt file with a name that is not UTF-8: `verify --hash --json` prints strict UTF-8
+    JSON, the problem's text with U+FFFD for the bad byte, and the name's bytes under "files"."""
+    v1 = published(local_cli, build(tmp_path / "src"))
+    [chunk] = [p for p in Path(local_store_url).rglob("*.zip") if FILES[LATIN1] in p.read_bytes()]
+    data = bytearray(chunk.read_bytes())
+    data[data.index(FILES[LATIN1])] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    run = subprocess.run([sys.executable, "-m", "dsfs", "--store", local_store_url, "--cache-dir",
+                          str(local_cli.cache_dir), "verify", "--hash", "--json", v1],
+                         env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"}, capture_output=True)
+    assert run.returncode == 5 and b"Traceback" not in run.stderr
+    doc = json.loads(run.stdout.decode("utf-8"))  # strict: no raw byte of the name in it
+    assert doc["ok"] is False and doc["problems"] == ["sha256 mismatch: caf\ufffd.jpg"]
+    assert [(f["problem"], json_name(f, "path")) for f in doc["files"]] == \
+        [("sha256 mismatch: caf\ufffd.jpg", LATIN1)]
+    text = subprocess.run([sys.executable, "-m", "dsfs", "--store", local_store_url, "--cache-dir",
+                           str(local_cli.cache_dir), "verify", "--hash", v1], capture_output=True)
+    assert text.returncode == 5 and text.stdout == b"sha256 mismatch: " + LATIN1 + b"\n"
+
+
 def test_store_keeps_names_as_documented(local_cli, local_store_url, tmp_path):
     """Change-sets are valid UTF-8 with \\udcXX escapes; zip members carry the raw bytes."""
     local_cli("create", "ds")
