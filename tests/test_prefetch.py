@@ -165,6 +165,7 @@ def _digests(args):
     for p in paths:
         with open(os.path.join(root, p), "rb") as f:
             out.append((p, hashlib.sha256(f.read()).hexdigest()))
+        time.sleep(0.002)  # a loader that does some work per sample (decoding, augmenting)
     return out
 
 
