@@ -378,6 +378,27 @@ def test_a_read_never_waits_for_the_disk_writer_and_a_prefetch_does(store, cache
         assert cache.stats()["unkept"] >= 12
 
 
+def test_a_block_that_left_memory_before_the_writer_stored_it_is_not_fetched_again(store, cache_dir, tmp_path,
+                                                                                    monkeypatch):
+    """A block the memory tier let go (a stream's finished block, an eviction) while it still
+    waits for the disk writer is served from the writer's queue, not fetched from the store."""
+    data = random_bytes(4 * BS, seed=24)
+    entry = pack_files(store, tmp_path, {"a.bin": data})["a.bin"]
+    with BlockCache(cache_dir, block_size=BS, size_limit=64 << 20, readahead_max=0) as cache:
+        stuck = threading.Event()
+        put_many = cache._disk.put_many
+        monkeypatch.setattr(cache._disk, "put_many", lambda items: stuck.wait(30) and put_many(items))
+        assert cache.read(store, entry, BS + 5, 10) == data[BS + 5:BS + 15]
+        key = cache.block_key(entry.sha256, 1)
+        cache._memory.drop(key)
+        gets = store.gets
+        assert cache.read(store, entry, BS + 100, 50) == data[BS + 100:BS + 150]
+        assert store.gets == gets and key not in cache._disk
+        stuck.set()
+        cache.drain()
+        assert key in cache._disk and not cache._unwritten
+
+
 # -- eviction -------------------------------------------------------------------------------
 
 

@@ -194,6 +194,9 @@ class BlockCache:
         self._writes: queue.SimpleQueue = queue.SimpleQueue()
         self._writes_pending = 0
         self._writes_bytes = 0  # bytes queued for the writer: bounded by WRITE_BACKLOG
+        # The blocks queued for the writer, by key: one that left the memory tier before it was
+        # stored (a stream's finished block, an eviction) is still served from here, not fetched.
+        self._unwritten: dict[str, bytes | memoryview] = {}
         self._writes_cond = threading.Condition()
         self._filling = threading.local()  # .on while this thread runs prefetch(): it waits to keep blocks
         self._writer_thread = threading.Thread(target=self._writer, name="dsfs-cache-writer", daemon=True)
@@ -403,11 +406,17 @@ class BlockCache:
             self._counts[name] += n
 
     def _lookup(self, key: str, length: int, remember: bool) -> memoryview | None:
-        """A verified block from memory or disk (a block failing its checks is a miss)."""
+        """A verified block from memory, the disk writer's queue or disk (a block failing its
+        checks is a miss)."""
         data = self._memory.get(key)
         if data is not None or not self.persist:
             return data
-        data = self._disk.get(key, length)
+        with self._writes_cond:
+            data = self._unwritten.get(key)  # left memory before the writer stored it
+        if data is not None:
+            data = memoryview(data)
+        else:
+            data = self._disk.get(key, length)
         if data is not None and remember:
             self._memory.put(key, data)
         return data
@@ -431,6 +440,7 @@ class BlockCache:
             if not full:
                 self._writes_pending += 1
                 self._writes_bytes += len(payload)
+                self._unwritten[key] = payload
         if full:
             self._count("unkept")
         else:
@@ -451,6 +461,9 @@ class BlockCache:
             with self._writes_cond:
                 self._writes_pending -= len(batch)
                 self._writes_bytes -= sum(len(payload) for _key, payload in batch)
+                for key, payload in batch:
+                    if self._unwritten.get(key) is payload:
+                        del self._unwritten[key]
                 self._writes_cond.notify_all()
             if stop:
                 return
