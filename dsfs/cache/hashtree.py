@@ -33,6 +33,18 @@ from ..store.base import ObjectStore
 _JOIN_GAP = 64 << 10
 
 
+def _whole_block(entry: Entry, b: int, start: int, end: int) -> bool:
+    """Whether bytes ``[start, end)`` cover block ``b`` of the file whole."""
+    return start <= b * HASH_BLOCK and min((b + 1) * HASH_BLOCK, entry.size) <= end
+
+
+def _top_read(entry: Entry, block: int) -> int:
+    """Bytes from the start of a file's tree member that a first touch at ``block`` reads: the
+    block digests, and the leaf digests of blocks 0..block with them when they lie near."""
+    start, length = leaf_span(entry.size, block)
+    return start + length if start - top_size(entry.size) <= _JOIN_GAP else top_size(entry.size)
+
+
 class TreeCheck:
     """Verified digests of hash trees, and the checks of file bytes against them."""
 
@@ -57,7 +69,7 @@ class TreeCheck:
             block_end = min((b + 1) * HASH_BLOCK, entry.size)
             lo, hi = max(start, b * HASH_BLOCK), min(end, block_end)
             digests = leaf_digests(view[lo - start:hi - start])
-            if lo == b * HASH_BLOCK and hi == block_end:  # the whole block: one digest to compare
+            if _whole_block(entry, b, start, end):  # one digest to compare
                 if node_digest(digests) != self._top(store, entry, b)[DIGEST * b:DIGEST * (b + 1)]:
                     raise Corrupt(f"sha256 mismatch for block {b} of {entry.path!r} in {entry.chunk!r}")
                 continue
@@ -78,16 +90,12 @@ class TreeCheck:
             held = self._lists.keys()
             top = f"{entry.sha256}:tree:top" in held
             partial = [b for b in sorted({first, last})
-                       if not (start <= b * HASH_BLOCK and min((b + 1) * HASH_BLOCK, entry.size) <= end)
-                       and f"{entry.sha256}:tree:{b}" not in held]
+                       if not _whole_block(entry, b, start, end) and f"{entry.sha256}:tree:{b}" not in held]
         ranges = []
         if not top:  # as _top reads them, for the first block checked
-            span, length = leaf_span(entry.size, first)
-            if span - top_size(entry.size) <= _JOIN_GAP:
-                ranges.append((0, span + length))
+            ranges.append((0, _top_read(entry, first)))
+            if ranges[0][1] > top_size(entry.size):  # the leaf digests of blocks up to it too
                 partial = [b for b in partial if b > first]
-            else:
-                ranges.append((0, top_size(entry.size)))
         ranges.extend(leaf_span(entry.size, b) for b in partial)
         for span, length in ranges:
             store.will_need(entry.chunk, entry.tree_offset + span, length)
@@ -97,9 +105,8 @@ class TreeCheck:
         key = f"{entry.sha256}:tree:top"
         top = self._get(key, top_size(entry.size))
         if top is None:
-            start, length = leaf_span(entry.size, block)
-            join = start - top_size(entry.size) <= _JOIN_GAP
-            raw = self._fetch(store, entry, 0, start + length if join else top_size(entry.size))
+            raw = self._fetch(store, entry, 0, _top_read(entry, block))
+            join = len(raw) > top_size(entry.size)
             top = raw[:top_size(entry.size)]
             self._verify_top(entry, top)
             self._keep(key, top)
