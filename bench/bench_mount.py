@@ -236,6 +236,9 @@ class Setup:
     def prepare(self) -> None:
         marker = self.work / "setup.json"
         params = setup_params(self.args)
+        # Written each run: a reused store keeps its data, not the last run's prefetch setting.
+        self.config.write_text(f"compression: {self.args.compression}\n"
+                               f"prefetch_local: {'true' if self.args.prefetch_local else 'false'}\n")
         if self.args.reuse and marker.exists():
             doc = json.loads(marker.read_text())
             if doc.get("params") == params and self.zip.exists() and self.store.exists():
@@ -246,8 +249,6 @@ class Setup:
         for path in (self.src, self.store, self.cache, self.zip, self.zip.with_name("data.zip.index.sqlite")):
             bl.remove_tree(path)
         marker.unlink(missing_ok=True)
-        self.config.write_text(f"compression: {self.args.compression}\n"
-                               f"prefetch_local: {'true' if self.args.prefetch_local else 'false'}\n")
         log(f"generating {self.args.files} small files + {self.args.large_files} x "
             f"{self.args.large_mib} MiB in {self.src}")
         t = time.perf_counter()
