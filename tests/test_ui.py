@@ -386,6 +386,30 @@ def test_change_set_counts_match_what_add_reported(ui, store):
     assert (squash["added"], squash["modified"], squash["removed"]) == (flat["files"], 0, 0)
 
 
+def test_last_change_counts_change_sets_recorded_on_a_draft(tmp_path):
+    """A draft changes after it is created: its change-sets' commit times are its last change,
+    and the dataset's (the datasets page's "last change")."""
+    from dsfs.config import load_settings
+    from dsfs.repo import Repository
+    from dsfs.ui.model import UiModel
+
+    (tmp_path / "cache").mkdir()
+    cli = Cli(str(tmp_path / "store"), tmp_path / "cache")
+    draft = cli("create", "late", "--name", "d").strip()
+    created = json.loads(cli("show", draft, "--json"))["created"]
+    time.sleep(1.1)  # change-set ids carry their time to the second
+    before_add = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    cli("add", draft, str(write_tree(tmp_path / "src", {"x.txt": "x"})))
+    model = UiModel(Repository(load_settings(store=str(tmp_path / "store"), cache_dir=str(tmp_path / "cache"))))
+    try:
+        (row,) = model.datasets()["datasets"]
+        (version,) = model.dataset("late")["versions"]
+    finally:
+        model.close()
+    assert row["last_change"] == version["changed"] and version["created"] == created
+    assert row["last_change"][:19] >= before_add > created[:19]
+
+
 def test_change_set_counts_stream_in_batches(store, monkeypatch):
     """The counting reads a change-set in batches (10,000 lines): with batches of one line, every
     change-set still counts as ``dsfs add`` reported it."""

@@ -41,6 +41,8 @@ TABLE_TYPES = {"csv": ",", "tsv": "\t"}
 _DIFF_MEMO_ROWS = 200_000  # a bigger diff is computed again for each page rather than held
 _COUNT_BATCH = 10_000
 _FULL_ID = re.compile(r"[0-9a-f]{32}")
+# A change-set id starts with the UTC time of its commit (docs/FORMAT.md): 20261121T170656-22894b9e.
+_CHANGESET_TIME = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})-[0-9a-f]{8}")
 
 
 class _Memo:
@@ -99,11 +101,10 @@ class UiModel:
     def _dataset_row(self, record) -> dict:
         versions = self._manifests(record.versions)
         published = sum(v.is_published for v in versions)
-        times = [record.created] + [t for v in versions for t in (v.created, v.published) if t]
         return {"name": record.name, "project": record.project, "tags": record.tags,
                 "description": record.description, "created": record.created,
                 "versions": len(versions), "published": published, "drafts": len(versions) - published,
-                "last_change": max(times)}
+                "last_change": max([record.created] + [last_change(v) for v in versions])}
 
     def dataset(self, name: str) -> dict:
         """A dataset's record, its versions (oldest first, each with its kind) and the parents
@@ -390,6 +391,18 @@ def version_kinds(versions: list[VersionManifest]) -> dict[str, str]:
     return kinds
 
 
+def last_change(v: VersionManifest) -> str:
+    """When ``v`` last changed: created, published, or given a change-set (a draft changes long
+    after it was created; its change-set ids carry their commit times, to the second)."""
+    times = [v.created, v.published or ""]
+    for ref in v.changesets:
+        found = _CHANGESET_TIME.fullmatch(ref.id)
+        if found:
+            year, month, day, hour, minute, second = found.groups()
+            times.append(f"{year}-{month}-{day}T{hour}:{minute}:{second}.000000+00:00")
+    return max(times)
+
+
 def _line_row(item: Entry | Removal) -> dict:
     if isinstance(item, Removal):
         return {"op": "remove", "path": item.path, "type": "dir" if item.is_dir else "file", "size": None,
@@ -401,7 +414,7 @@ def _line_row(item: Entry | Removal) -> dict:
 
 def _version_row(v: VersionManifest, kind: str) -> dict:
     return {"id": v.id, "dataset": v.dataset, "name": v.name, "state": v.state, "kind": kind,
-            "created": v.created, "published": v.published, "parents": v.parents,
+            "created": v.created, "published": v.published, "changed": last_change(v), "parents": v.parents,
             "comment": v.comment, "changesets": len(v.changesets)}
 
 
