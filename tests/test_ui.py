@@ -127,7 +127,7 @@ class Server:
 
     def request(self, target: str, headers: dict | None = None, timeout: float = 60) -> tuple[int, dict, bytes]:
         """GET ``target`` exactly as written (no client-side normalization of ``..``)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             conn.request("GET", target, headers=headers or {})
             response = conn.getresponse()
@@ -145,9 +145,9 @@ class Server:
         assert status == 200, f"{target}: {status} {body[:300]!r}"
         return body.decode()
 
-    def stop(self) -> str:
-        """Ctrl-C, as a person stops it: exit 0; returns its stderr."""
-        self.proc.send_signal(signal.SIGINT)
+    def stop(self, sig: int = signal.SIGINT) -> str:
+        """Ctrl-C, as a person stops it (or ``sig``): exit 0; returns its stderr."""
+        self.proc.send_signal(sig)
         code = self.proc.wait(timeout=30)
         self.proc.stdout.close()
         err = self.log.read_text()
@@ -595,6 +595,21 @@ def test_non_loopback_bind_warns_loudly_and_open_starts_a_browser(store, tmp_pat
         done.touch()
         err = server.stop()
     assert "WARNING" in err and "NO AUTHENTICATION" in err and "0.0.0.0" in err
+
+
+def test_ipv6_loopback_serves_its_own_host_name_quietly(store, tmp_path):
+    """``--host ::1`` is loopback: no warning, and a browser's ``Host: [::1]:port`` is served
+    (Starlette before 1.7 cut that header at its first colon and refused every request)."""
+    server = Server(store.url, store.cache_dir, tmp_path / "ui.log", "--host", "::1")
+    try:
+        assert server.url == f"http://[::1]:{server.port}/"
+        status, _, body = server.request("/api/datasets", {"Host": f"[::1]:{server.port}"})
+        assert status == 200 and "pets" in {d["name"] for d in json.loads(body)["datasets"]}
+        assert server.request("/api/datasets", {"Host": f"localhost:{server.port}"})[0] == 200
+        assert server.request("/api/datasets", {"Host": "[::2]"})[0] == 400
+    finally:
+        err = server.stop(signal.SIGTERM)
+    assert "WARNING" not in err and "Traceback" not in err
 
 
 def test_without_graphviz_the_dataset_page_still_lists_versions(store, tmp_path):
