@@ -48,7 +48,9 @@ BASE = {"readme.txt": "hello from base\nsecond line\n", "log.txt": "".join(f"lin
         "img/cat.png": png(24, 24), "data/a.bin": b"\x00\x01" * 3000, "data/b.bin": b"b" * 10}
 CATS = {"readme.txt": "cats changed the readme\n", "cats/tom.txt": "tom\n", "cats/felix.txt": "felix\n"}
 DOGS = {"dogs/rex.txt": "rex\n", "data/c.bin": b"\x00\x01" * 3000}  # c.bin: a.bin's bytes again
-WORK = {"extra/note.txt": "a note\n", "data/a.bin": b"rewritten in the snapshot"}
+WORK = {"extra/note.txt": "a note\n", "data/a.bin": b"rewritten in the snapshot",
+        # Symlinks out of the dataset: the UI shows their targets and never follows them.
+        "extra/escape": "-> ../../../../secret.txt", "extra/root": "-> /"}
 BIRDS1 = {"a.txt": "a", "b.txt": "b"}
 BIRDS2 = {"b.txt": "b, sung again", "c.txt": "c"}
 ODD_NAME = 'song <b>"1"</b> & more'
@@ -547,6 +549,34 @@ TRAVERSALS = [
     "/api/datasets/%2e%2e",
     "/versions/..@x",
     "/api/versions/%2e%2e%2f%2e%2e@v1/tree",
+    # Encoded twice: the server decodes once, so these are names with '%' in them, never '..'.
+    "/versions/{v}/files/%252e%252e/%252e%252e/%252e%252e/secret.txt",
+    "/versions/{v}/files/..%252f..%252f..%252fsecret.txt",
+    "/versions/{v}?path=%252e%252e%252f%252e%252e%252fsecret.txt",
+    "/api/versions/{v}/tree?path=%252e%252e",
+    "/api/versions/{v}/preview?path=%252e%252e%252f%252e%252e%252fsecret.txt",
+    "/api/versions/{v}/image?path=%252e%252e%252fimg%252fcat.png",
+    "/api/versions/%252e%252e%252f%252e%252e%252fsecret.txt",
+    "/static/%252e%252e/model.py",
+    "/static/%252e%252e%252fmodel.py",
+    "/datasets/%252e%252e%252f%252e%252e",
+    "/api/datasets/%252e%252e/graph.svg",
+    # Refs that name paths.
+    "/api/diff?a=..%2f..%2fsecret.txt&b={v}",
+    "/api/diff?a={v}&b=%2e%2e%2fstore%2fversions",
+    "/diff?a=%252e%252e%252fsecret.txt&b={v}",
+    "/api/versions/pets@..%2f..%2fsecret.txt/tree",
+]
+# Through the symlinks in snap1 (extra/escape -> ../../../../secret.txt, extra/root -> /).
+THROUGH_SYMLINKS = [
+    "/versions/{v}/files/extra/root/etc/passwd",
+    "/versions/{v}/files/extra/escape/x",
+    "/versions/{v}?path=extra/root/etc",
+    "/api/versions/{v}/tree?path=extra/root/etc",
+    "/api/versions/{v}/file?path=extra/root/etc/passwd",
+    "/api/versions/{v}/preview?path=extra/root/etc/passwd",
+    "/api/versions/{v}/image?path=extra/escape",
+    "/api/versions/{v}/image?path=extra/root/etc/passwd",
 ]
 
 
@@ -556,6 +586,17 @@ def test_urls_never_reach_outside_the_store_view(ui, store):
         status, _, body = ui.request(target)
         assert status in (403, 404), f"{target}: {status}"
         assert b"TOP-SECRET" not in body and b"root:" not in body and b"UiModel" not in body, target
+    for template in THROUGH_SYMLINKS:
+        target = template.format(v=store.ids["snap1"])
+        status, _, body = ui.request(target)
+        assert status in (400, 404), f"{target}: {status}"  # 400: a symlink is not a folder
+        assert b"TOP-SECRET" not in body and b"root:" not in body, target
+    snap = store.ids["snap1"]
+    for link, target in (("extra/escape", "../../../../secret.txt"), ("extra/root", "/")):
+        assert ui.json(f"/api/versions/{snap}/file?path={link}")["target"] == target
+        assert ui.json(f"/api/versions/{snap}/preview?path={link}") == {
+            "kind": "none", "reason": "a symlink has no bytes to show"}
+        assert b"TOP-SECRET" not in ui.request(f"/versions/{snap}/files/{link}")[2]
     assert ui.request("/static/app.js")[0] == 200
 
 
