@@ -496,13 +496,21 @@ def test_previews_through_the_block_cache(ui, store, tmp_path):
     assert log["truncated"] and log["text"].splitlines() == [f"line {i}" for i in range(60)]
 
 
-def test_diff_page_matches_dsfs_diff_and_filters(ui, store):
+def test_diff_page_matches_dsfs_diff_and_filters(ui, store, tmp_path):
     a, b = store.ids["base"], store.ids["snap1"]
     expected = json.loads(store.cli("diff", a, b, "--json"))
-    rows = parse(ui.text(f"/diff?a={a}&b={b}")).by_id("diff").find(tag="tr")
+    dom = rendered(tmp_path, ui.url + f"diff?a={a}&b={b}")
+    rows = dom.by_id("diff").find(tag="tr")
     got = sorted((r.attrs["data-kind"], r.attrs["data-path"]) for r in rows if "data-kind" in r.attrs)
     assert got == sorted((k, n["path"]) for k, nodes in expected.items() for n in nodes)
     assert {k for k, _ in got} == {"added", "modified", "removed"}
+    summary = " ".join(dom.by_id("diff-summary").text.split())
+    for kind, nodes in expected.items():
+        assert f"{len(nodes)} {kind}" in summary
+    filtered = rendered(tmp_path, ui.url + f"diff?a={a}&b={b}&kind=removed")
+    assert [(r.attrs["data-kind"], r.attrs["data-path"]) for r in filtered.by_id("diff").find(tag="tr")
+            if "data-kind" in r.attrs] == [("removed", n["path"]) for n in expected["removed"]]
+    assert [o.attrs.get("value") for o in filtered.find(tag="option") if "selected" in o.attrs] == ["removed"]
     modified = ui.json(f"/api/diff?a={a}&b={b}&kind=modified")["rows"]
     assert [(r["path"], r["old_size"], r["size"]) for r in modified] == [
         ("data/a.bin", len(BASE["data/a.bin"]), len(WORK["data/a.bin"]))]
@@ -521,6 +529,9 @@ def test_screenshots_are_not_blank(ui, store, tmp_path):
         shot = tmp_path / f"{name}.png"
         chromium(tmp_path, ui.url + url, f"--screenshot={shot}", "--window-size=800,600")
         assert_not_blank(shot)
+    # The preview is drawn, not just its page: every colour of the 24x24 gradient is on screen.
+    gradient = {bytes((x * 7 % 256, y * 7 % 256, 160)) for x in range(24) for y in range(24)}
+    assert gradient <= set(png_pixels((tmp_path / "image.png").read_bytes()))
 
 
 TRAVERSALS = [
