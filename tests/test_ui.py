@@ -476,6 +476,56 @@ def test_file_tree_pages_through_the_index(ui, store):
         tag="tr", **{"data-path": "cats/tom.txt"})
 
 
+def test_a_big_folder_pages_from_the_index(tmp_path, monkeypatch):
+    """A folder of 2,500 files is served 200 rows a page, the pages following each other's next
+    links; once the version's index exists, no page, listing, file or preview reads a change-set
+    or walks the version."""
+    from dsfs.catalog import Catalog
+    from dsfs.config import load_settings
+    from dsfs.repo import Repository
+    from dsfs.resolver import VersionIndex
+    from dsfs.ui.model import UiModel
+
+    (tmp_path / "cache").mkdir()
+    url = str(tmp_path / "store")
+    cli = Cli(url, tmp_path / "cache")
+    big = {f"big/f{i:05d}.txt": f"{i}\n" for i in range(2500)}
+    vid = cli("create", "big", "--name", "v1").strip()
+    cli("add", vid, str(write_tree(tmp_path / "src", {**big, "top.txt": "top\n"})))
+    cli("publish", vid)
+    server = Server(url, tmp_path / "cache", tmp_path / "ui.log")
+    try:
+        names, target, pages = [], f"/versions/{vid}?path=big", 0
+        while target:
+            status, _, body = server.request(target)
+            assert status == 200 and len(body) < 150_000, (target, status, len(body))
+            page = parse(body.decode())
+            rows = [r.attrs["data-path"] for r in page.by_id("tree").find(tag="tr") if "data-path" in r.attrs]
+            assert len(rows) == (200 if pages < 12 else 100)
+            names += rows
+            pages += 1
+            more = page.find(id="tree-next")
+            target = more[0].attrs["href"].removesuffix("#files") if more else None
+        assert names == sorted(big) and pages == 13
+    finally:
+        server.stop()
+
+    def nowhere(*args, **kwargs):
+        raise AssertionError("read the whole version")
+
+    monkeypatch.setattr(Catalog, "changeset_items", nowhere)
+    monkeypatch.setattr(VersionIndex, "walk", nowhere)
+    model = UiModel(Repository(load_settings(store=url, cache_dir=str(tmp_path / "cache"))))
+    try:
+        assert model.version(vid)["files"] == 2501
+        page = model.listing(vid, "big", "f01999.txt")
+        assert [e["name"] for e in page["entries"]][:2] == ["f02000.txt", "f02001.txt"]
+        assert model.file(vid, "big/f02499.txt")["size"] == 5
+        assert model.preview(vid, "big/f02499.txt")["text"] == "2499"
+    finally:
+        model.close()
+
+
 def test_previews_through_the_block_cache(ui, store, tmp_path):
     snap = store.ids["snap1"]
     dom = rendered(tmp_path, ui.url + f"versions/{snap}/files/labels.csv")
