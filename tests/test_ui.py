@@ -726,6 +726,33 @@ def test_without_graphviz_the_dataset_page_still_lists_versions(store, tmp_path)
         server.stop()
 
 
+WITHOUT_UI_EXTRA = """
+import sys
+for name in ("starlette", "uvicorn", "jinja2"):
+    sys.modules[name] = None  # as if the ui extra were not installed: importing it fails
+from dsfs.cli import main
+code = main(sys.argv[1:])
+assert not {"starlette", "uvicorn", "jinja2"} & {m for m, v in sys.modules.items() if v is not None}
+sys.exit(code)
+"""
+
+
+def test_the_ui_is_an_optional_extra(store):
+    """Without Starlette, uvicorn and Jinja2 the other commands work and import none of them;
+    ``dsfs ui`` says what to install."""
+    def dsfs(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", WITHOUT_UI_EXTRA, "--store", store.url,
+                               "--cache-dir", str(store.cache_dir), *args], capture_output=True, text=True,
+                              timeout=60)
+
+    listed = dsfs("datasets")
+    assert listed.returncode == 0 and "pets" in listed.stdout, listed.stderr
+    refused = dsfs("ui", "--port", "0")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "dsfs ui needs the ui extra: pip install 'dsfs[ui]' (missing: " in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_a_busy_port_is_an_error(store):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
