@@ -321,10 +321,19 @@ def test_dag_in_the_rendered_dom(ui, store, tmp_path):
     nodes = {e.attrs["id"].removeprefix("version-"): e for e in svg.find(tag="g", cls="version")}
     pets = {name: vid for name, vid in store.ids.items() if name != "birds"}
     assert set(nodes) == set(pets.values())
+    versions = {v["id"]: v for v in ui.json("/api/datasets/pets")["versions"]}
     for name, vid in pets.items():
-        node = nodes[vid]
-        assert node.find(tag="text")[0].text == name  # the first line: the name
-        assert f"/versions/{vid}" in [a.attrs.get("xlink:href") for a in node.find(tag="a")]
+        node, v = nodes[vid], versions[vid]
+        state = v["state"] + (f" · {v['kind']}" if v["kind"] else "")
+        # Three lines: the name, the state (and kind), the date.
+        assert [t.text for t in node.find(tag="text")] == [name, state, v["created"][:16].replace("T", " ")]
+        # The whole node (its shape and its text) is the link to the version's page.
+        (link,) = node.find(tag="a")
+        assert link.attrs["xlink:href"] == f"/versions/{vid}"
+        assert link.find(tag="text") and (link.find(tag="path") or link.find(tag="polygon"))
+        assert parse(ui.text(link.attrs["xlink:href"])).find(tag="h1")[0].parts[0].strip() == name
+    # The page draws the graph the API serves.
+    assert ui.text("/api/datasets/pets/graph.svg") in ui.text("/datasets/pets")
     assert "draft" in nodes[store.ids["Current"]].classes
     assert "published" in nodes[store.ids["base"]].classes
     assert "snapshot" in nodes[store.ids["snap1"]].classes and "squash" in nodes[store.ids["flat"]].classes
