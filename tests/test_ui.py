@@ -535,6 +535,64 @@ def test_a_big_folder_pages_from_the_index(tmp_path, monkeypatch):
         model.close()
 
 
+def test_previews_read_only_their_capped_head(tmp_path):
+    """A preview fetches about its 64 KiB head, not the file, whether the file is stored
+    (the cache's first block) or compressed (which the cache would fetch whole: its first
+    compressed bytes are inflated); an image over the cap fetches nothing. Counted as chunk
+    bytes read from the store, with 1 MiB blocks."""
+    from dsfs.changeset.manifest import DEFLATED, STORED
+    from dsfs.config import load_settings
+    from dsfs.errors import InvalidInput
+    from dsfs.repo import Repository
+    from dsfs.store import open_store
+    from dsfs.store.faulty import FaultyStore
+    from dsfs.ui import model as ui_model
+
+    class CountingStore(FaultyStore):  # no faults: it counts the chunk bytes read
+        chunk_bytes = 0
+
+        def get(self, key):
+            data, etag = super().get(key)
+            self.chunk_bytes += len(data) if "/chunks/" in key else 0
+            return data, etag
+
+        def get_range(self, key, start, length):
+            data = super().get_range(key, start, length)
+            self.chunk_bytes += len(data) if "/chunks/" in key else 0
+            return data
+
+    (tmp_path / "cache").mkdir()
+    url = str(tmp_path / "store")
+    cli = Cli(url, tmp_path / "cache")
+    # Random hex compresses to about half: the stored text is many blocks, whatever the method.
+    text = "".join(os.urandom(32).hex() + "\n" for _ in range(256 * 1024))  # 16.25 MiB
+    vid = cli("create", "capped", "--name", "v1").strip()
+    cli("add", vid, str(write_tree(tmp_path / "src", {"big.txt": text, "noise.bin": os.urandom(16 << 20),
+                                                       "huge.png": os.urandom(9 << 20)})))
+    cli("publish", vid)
+    settings = load_settings(store=url, cache_dir=str(tmp_path / "cache"),
+                             options={"block_size": "1M", "neighbour_bytes": "1M"})
+    store = CountingStore(open_store(url, settings))
+    model = ui_model.UiModel(Repository(settings, store=store))
+    try:
+        index = model.repo.index(model.resolve(vid))
+        big, noise = index.by_path("big.txt").to_entry(), index.by_path("noise.bin").to_entry()
+        assert (big.method, noise.method) == (DEFLATED, STORED) and big.csize > 4 << 20
+        preview = model.preview(vid, "big.txt")
+        assert preview["truncated"] and preview["text"].splitlines() == text.splitlines()[:ui_model.TEXT_LINES]
+        assert 0 < store.chunk_bytes <= 256 << 10, store.chunk_bytes  # of 8 MiB compressed
+        read = store.chunk_bytes
+        assert model.preview(vid, "noise.bin") == {"kind": "none", "reason": "binary file"}
+        assert 0 < store.chunk_bytes - read <= 1 << 20, store.chunk_bytes - read  # one block of 16
+        read = store.chunk_bytes
+        assert model.preview(vid, "huge.png") == {"kind": "none", "reason": "image larger than 8 MiB"}
+        with pytest.raises(InvalidInput, match="image larger than 8 MiB: 'huge.png'"):
+            model.image(vid, "huge.png")
+        assert store.chunk_bytes == read
+    finally:
+        model.close()
+
+
 def test_previews_through_the_block_cache(ui, store, tmp_path):
     snap = store.ids["snap1"]
     dom = rendered(tmp_path, ui.url + f"versions/{snap}/files/labels.csv")

@@ -23,7 +23,8 @@ import re
 import threading
 from collections.abc import Iterator
 
-from ..changeset.manifest import DRAFT, Entry, Removal, VersionManifest, check_dataset_name, new_id
+from ..changeset.manifest import DRAFT, STORED, Entry, Removal, VersionManifest, check_dataset_name, new_id
+from ..changeset.reader import iter_member
 from ..errors import InvalidInput, NotFound
 from ..paths import check_path
 from ..repo import Repository, _count_files
@@ -302,7 +303,7 @@ class UiModel:
             if node.size > IMAGE_MAX:
                 return {"kind": "none", "reason": f"image larger than {IMAGE_MAX >> 20} MiB"}
             return {"kind": "image", "type": IMAGE_TYPES[suffix]}
-        head = self._open_cache().read(None, node.to_entry(), 0, TEXT_HEAD)
+        head = self._head(node.to_entry())
         truncated = node.size > len(head)
         text = _as_text(head, truncated)
         if text is None:
@@ -315,6 +316,21 @@ class UiModel:
             return {"kind": "table", "rows": rows, "truncated": truncated or len(lines) > CSV_ROWS + 1}
         return {"kind": "text", "text": "\n".join(lines[:TEXT_LINES]),
                 "truncated": truncated or len(lines) > TEXT_LINES}
+
+    def _head(self, entry: Entry) -> bytes:
+        """The first ``TEXT_HEAD`` bytes of a file, fetching about that much. The block cache
+        fetches a compressed member whole (only the whole can be checked against its sha256):
+        fine up to a block, but a preview of a big compressed CSV must not fetch all of it, so
+        its head is inflated from the member's first compressed bytes (unchecked)."""
+        if entry.method == STORED or entry.csize <= self.repo.settings.block_size:
+            return self._open_cache().read(None, entry, 0, TEXT_HEAD)
+        head = bytearray()
+        with contextlib.closing(iter_member(self.repo.store, entry, block=TEXT_HEAD)) as pieces:
+            for piece in pieces:
+                head += piece
+                if len(head) >= TEXT_HEAD:
+                    break
+        return bytes(head[:TEXT_HEAD])
 
     def image(self, ref: str, path: str) -> tuple[bytes, str]:
         """An image's bytes (checked against its sha256) and media type, for ``preview``."""
