@@ -23,7 +23,15 @@ import re
 import threading
 from collections.abc import Iterator
 
-from ..changeset.manifest import DRAFT, STORED, Entry, Removal, VersionManifest, check_dataset_name, new_id
+from ..changeset.manifest import (
+    DRAFT,
+    STORED,
+    Entry,
+    Removal,
+    VersionManifest,
+    check_dataset_name,
+    new_id,
+)
 from ..changeset.reader import iter_member
 from ..errors import InvalidInput, NotFound
 from ..paths import check_path
