@@ -48,7 +48,9 @@ BASE = {"readme.txt": "hello from base\nsecond line\n", "log.txt": "".join(f"lin
         "img/cat.png": png(24, 24), "data/a.bin": b"\x00\x01" * 3000, "data/b.bin": b"b" * 10}
 CATS = {"readme.txt": "cats changed the readme\n", "cats/tom.txt": "tom\n", "cats/felix.txt": "felix\n"}
 DOGS = {"dogs/rex.txt": "rex\n", "data/c.bin": b"\x00\x01" * 3000}  # c.bin: a.bin's bytes again
-WORK = {"extra/note.txt": "a note\n", "data/a.bin": b"rewritten in the snapshot"}
+WORK = {"extra/note.txt": "a note\n", "data/a.bin": b"rewritten in the snapshot",
+        # Symlinks out of the dataset: the UI shows their targets and never follows them.
+        "extra/escape": "-> ../../../../secret.txt", "extra/root": "-> /"}
 BIRDS1 = {"a.txt": "a", "b.txt": "b"}
 BIRDS2 = {"b.txt": "b, sung again", "c.txt": "c"}
 ODD_NAME = 'song <b>"1"</b> & more'
@@ -127,7 +129,7 @@ class Server:
 
     def request(self, target: str, headers: dict | None = None, timeout: float = 60) -> tuple[int, dict, bytes]:
         """GET ``target`` exactly as written (no client-side normalization of ``..``)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             conn.request("GET", target, headers=headers or {})
             response = conn.getresponse()
@@ -145,9 +147,9 @@ class Server:
         assert status == 200, f"{target}: {status} {body[:300]!r}"
         return body.decode()
 
-    def stop(self) -> str:
-        """Ctrl-C, as a person stops it: exit 0; returns its stderr."""
-        self.proc.send_signal(signal.SIGINT)
+    def stop(self, sig: int = signal.SIGINT) -> str:
+        """Ctrl-C, as a person stops it (or ``sig``): exit 0; returns its stderr."""
+        self.proc.send_signal(sig)
         code = self.proc.wait(timeout=30)
         self.proc.stdout.close()
         err = self.log.read_text()
@@ -319,10 +321,19 @@ def test_dag_in_the_rendered_dom(ui, store, tmp_path):
     nodes = {e.attrs["id"].removeprefix("version-"): e for e in svg.find(tag="g", cls="version")}
     pets = {name: vid for name, vid in store.ids.items() if name != "birds"}
     assert set(nodes) == set(pets.values())
+    versions = {v["id"]: v for v in ui.json("/api/datasets/pets")["versions"]}
     for name, vid in pets.items():
-        node = nodes[vid]
-        assert node.find(tag="text")[0].text == name  # the first line: the name
-        assert f"/versions/{vid}" in [a.attrs.get("xlink:href") for a in node.find(tag="a")]
+        node, v = nodes[vid], versions[vid]
+        state = v["state"] + (f" · {v['kind']}" if v["kind"] else "")
+        # Three lines: the name, the state (and kind), the date.
+        assert [t.text for t in node.find(tag="text")] == [name, state, v["created"][:16].replace("T", " ")]
+        # The whole node (its shape and its text) is the link to the version's page.
+        (link,) = node.find(tag="a")
+        assert link.attrs["xlink:href"] == f"/versions/{vid}"
+        assert link.find(tag="text") and (link.find(tag="path") or link.find(tag="polygon"))
+        assert parse(ui.text(link.attrs["xlink:href"])).find(tag="h1")[0].parts[0].strip() == name
+    # The page draws the graph the API serves.
+    assert ui.text("/api/datasets/pets/graph.svg") in ui.text("/datasets/pets")
     assert "draft" in nodes[store.ids["Current"]].classes
     assert "published" in nodes[store.ids["base"]].classes
     assert "snapshot" in nodes[store.ids["snap1"]].classes and "squash" in nodes[store.ids["flat"]].classes
@@ -384,6 +395,30 @@ def test_change_set_counts_match_what_add_reported(ui, store):
     assert flat["kind"] == "squash" and flat["parents"] == []
     squash = ui.json(f"/api/versions/{store.ids['flat']}/changesets/{flat['changesets'][0]['id']}")
     assert (squash["added"], squash["modified"], squash["removed"]) == (flat["files"], 0, 0)
+
+
+def test_last_change_counts_change_sets_recorded_on_a_draft(tmp_path):
+    """A draft changes after it is created: its change-sets' commit times are its last change,
+    and the dataset's (the datasets page's "last change")."""
+    from dsfs.config import load_settings
+    from dsfs.repo import Repository
+    from dsfs.ui.model import UiModel
+
+    (tmp_path / "cache").mkdir()
+    cli = Cli(str(tmp_path / "store"), tmp_path / "cache")
+    draft = cli("create", "late", "--name", "d").strip()
+    created = json.loads(cli("show", draft, "--json"))["created"]
+    time.sleep(1.1)  # change-set ids carry their time to the second
+    before_add = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    cli("add", draft, str(write_tree(tmp_path / "src", {"x.txt": "x"})))
+    model = UiModel(Repository(load_settings(store=str(tmp_path / "store"), cache_dir=str(tmp_path / "cache"))))
+    try:
+        (row,) = model.datasets()["datasets"]
+        (version,) = model.dataset("late")["versions"]
+    finally:
+        model.close()
+    assert row["last_change"] == version["changed"] and version["created"] == created
+    assert row["last_change"][:19] >= before_add > created[:19]
 
 
 def test_change_set_counts_stream_in_batches(store, monkeypatch):
@@ -450,6 +485,114 @@ def test_file_tree_pages_through_the_index(ui, store):
         tag="tr", **{"data-path": "cats/tom.txt"})
 
 
+def test_a_big_folder_pages_from_the_index(tmp_path, monkeypatch):
+    """A folder of 2,500 files is served 200 rows a page, the pages following each other's next
+    links; once the version's index exists, no page, listing, file or preview reads a change-set
+    or walks the version."""
+    from dsfs.catalog import Catalog
+    from dsfs.config import load_settings
+    from dsfs.repo import Repository
+    from dsfs.resolver import VersionIndex
+    from dsfs.ui.model import UiModel
+
+    (tmp_path / "cache").mkdir()
+    url = str(tmp_path / "store")
+    cli = Cli(url, tmp_path / "cache")
+    big = {f"big/f{i:05d}.txt": f"{i}\n" for i in range(2500)}
+    vid = cli("create", "big", "--name", "v1").strip()
+    cli("add", vid, str(write_tree(tmp_path / "src", {**big, "top.txt": "top\n"})))
+    cli("publish", vid)
+    server = Server(url, tmp_path / "cache", tmp_path / "ui.log")
+    try:
+        names, target, pages = [], f"/versions/{vid}?path=big", 0
+        while target:
+            status, _, body = server.request(target)
+            assert status == 200 and len(body) < 150_000, (target, status, len(body))
+            page = parse(body.decode())
+            rows = [r.attrs["data-path"] for r in page.by_id("tree").find(tag="tr") if "data-path" in r.attrs]
+            assert len(rows) == (200 if pages < 12 else 100)
+            names += rows
+            pages += 1
+            more = page.find(id="tree-next")
+            target = more[0].attrs["href"].removesuffix("#files") if more else None
+        assert names == sorted(big) and pages == 13
+    finally:
+        server.stop()
+
+    def nowhere(*args, **kwargs):
+        raise AssertionError("read the whole version")
+
+    monkeypatch.setattr(Catalog, "changeset_items", nowhere)
+    monkeypatch.setattr(VersionIndex, "walk", nowhere)
+    model = UiModel(Repository(load_settings(store=url, cache_dir=str(tmp_path / "cache"))))
+    try:
+        assert model.version(vid)["files"] == 2501
+        page = model.listing(vid, "big", "f01999.txt")
+        assert [e["name"] for e in page["entries"]][:2] == ["f02000.txt", "f02001.txt"]
+        assert model.file(vid, "big/f02499.txt")["size"] == 5
+        assert model.preview(vid, "big/f02499.txt")["text"] == "2499"
+    finally:
+        model.close()
+
+
+def test_previews_read_only_their_capped_head(tmp_path):
+    """A preview fetches about its 64 KiB head, not the file, whether the file is stored
+    (the cache's first block) or compressed (which the cache would fetch whole: its first
+    compressed bytes are inflated); an image over the cap fetches nothing. Counted as chunk
+    bytes read from the store, with 1 MiB blocks."""
+    from dsfs.changeset.manifest import DEFLATED, STORED
+    from dsfs.config import load_settings
+    from dsfs.errors import InvalidInput
+    from dsfs.repo import Repository
+    from dsfs.store import open_store
+    from dsfs.store.faulty import FaultyStore
+    from dsfs.ui import model as ui_model
+
+    class CountingStore(FaultyStore):  # no faults: it counts the chunk bytes read
+        chunk_bytes = 0
+
+        def get(self, key):
+            data, etag = super().get(key)
+            self.chunk_bytes += len(data) if "/chunks/" in key else 0
+            return data, etag
+
+        def get_range(self, key, start, length):
+            data = super().get_range(key, start, length)
+            self.chunk_bytes += len(data) if "/chunks/" in key else 0
+            return data
+
+    (tmp_path / "cache").mkdir()
+    url = str(tmp_path / "store")
+    cli = Cli(url, tmp_path / "cache")
+    # Random hex compresses to about half: the stored text is many blocks, whatever the method.
+    text = "".join(os.urandom(32).hex() + "\n" for _ in range(256 * 1024))  # 16.25 MiB
+    vid = cli("create", "capped", "--name", "v1").strip()
+    cli("add", vid, str(write_tree(tmp_path / "src", {"big.txt": text, "noise.bin": os.urandom(16 << 20),
+                                                       "huge.png": os.urandom(9 << 20)})))
+    cli("publish", vid)
+    settings = load_settings(store=url, cache_dir=str(tmp_path / "cache"),
+                             options={"block_size": "1M", "neighbour_bytes": "1M"})
+    store = CountingStore(open_store(url, settings))
+    model = ui_model.UiModel(Repository(settings, store=store))
+    try:
+        index = model.repo.index(model.resolve(vid))
+        big, noise = index.by_path("big.txt").to_entry(), index.by_path("noise.bin").to_entry()
+        assert (big.method, noise.method) == (DEFLATED, STORED) and big.csize > 4 << 20
+        preview = model.preview(vid, "big.txt")
+        assert preview["truncated"] and preview["text"].splitlines() == text.splitlines()[:ui_model.TEXT_LINES]
+        assert 0 < store.chunk_bytes <= 256 << 10, store.chunk_bytes  # of 8 MiB compressed
+        read = store.chunk_bytes
+        assert model.preview(vid, "noise.bin") == {"kind": "none", "reason": "binary file"}
+        assert 0 < store.chunk_bytes - read <= 1 << 20, store.chunk_bytes - read  # one block of 16
+        read = store.chunk_bytes
+        assert model.preview(vid, "huge.png") == {"kind": "none", "reason": "image larger than 8 MiB"}
+        with pytest.raises(InvalidInput, match="image larger than 8 MiB: 'huge.png'"):
+            model.image(vid, "huge.png")
+        assert store.chunk_bytes == read
+    finally:
+        model.close()
+
+
 def test_previews_through_the_block_cache(ui, store, tmp_path):
     snap = store.ids["snap1"]
     dom = rendered(tmp_path, ui.url + f"versions/{snap}/files/labels.csv")
@@ -470,13 +613,21 @@ def test_previews_through_the_block_cache(ui, store, tmp_path):
     assert log["truncated"] and log["text"].splitlines() == [f"line {i}" for i in range(60)]
 
 
-def test_diff_page_matches_dsfs_diff_and_filters(ui, store):
+def test_diff_page_matches_dsfs_diff_and_filters(ui, store, tmp_path):
     a, b = store.ids["base"], store.ids["snap1"]
     expected = json.loads(store.cli("diff", a, b, "--json"))
-    rows = parse(ui.text(f"/diff?a={a}&b={b}")).by_id("diff").find(tag="tr")
+    dom = rendered(tmp_path, ui.url + f"diff?a={a}&b={b}")
+    rows = dom.by_id("diff").find(tag="tr")
     got = sorted((r.attrs["data-kind"], r.attrs["data-path"]) for r in rows if "data-kind" in r.attrs)
     assert got == sorted((k, n["path"]) for k, nodes in expected.items() for n in nodes)
     assert {k for k, _ in got} == {"added", "modified", "removed"}
+    summary = " ".join(dom.by_id("diff-summary").text.split())
+    for kind, nodes in expected.items():
+        assert f"{len(nodes)} {kind}" in summary
+    filtered = rendered(tmp_path, ui.url + f"diff?a={a}&b={b}&kind=removed")
+    assert [(r.attrs["data-kind"], r.attrs["data-path"]) for r in filtered.by_id("diff").find(tag="tr")
+            if "data-kind" in r.attrs] == [("removed", n["path"]) for n in expected["removed"]]
+    assert [o.attrs.get("value") for o in filtered.find(tag="option") if "selected" in o.attrs] == ["removed"]
     modified = ui.json(f"/api/diff?a={a}&b={b}&kind=modified")["rows"]
     assert [(r["path"], r["old_size"], r["size"]) for r in modified] == [
         ("data/a.bin", len(BASE["data/a.bin"]), len(WORK["data/a.bin"]))]
@@ -495,6 +646,9 @@ def test_screenshots_are_not_blank(ui, store, tmp_path):
         shot = tmp_path / f"{name}.png"
         chromium(tmp_path, ui.url + url, f"--screenshot={shot}", "--window-size=800,600")
         assert_not_blank(shot)
+    # The preview is drawn, not just its page: every colour of the 24x24 gradient is on screen.
+    gradient = {bytes((x * 7 % 256, y * 7 % 256, 160)) for x in range(24) for y in range(24)}
+    assert gradient <= set(png_pixels((tmp_path / "image.png").read_bytes()))
 
 
 TRAVERSALS = [
@@ -523,6 +677,34 @@ TRAVERSALS = [
     "/api/datasets/%2e%2e",
     "/versions/..@x",
     "/api/versions/%2e%2e%2f%2e%2e@v1/tree",
+    # Encoded twice: the server decodes once, so these are names with '%' in them, never '..'.
+    "/versions/{v}/files/%252e%252e/%252e%252e/%252e%252e/secret.txt",
+    "/versions/{v}/files/..%252f..%252f..%252fsecret.txt",
+    "/versions/{v}?path=%252e%252e%252f%252e%252e%252fsecret.txt",
+    "/api/versions/{v}/tree?path=%252e%252e",
+    "/api/versions/{v}/preview?path=%252e%252e%252f%252e%252e%252fsecret.txt",
+    "/api/versions/{v}/image?path=%252e%252e%252fimg%252fcat.png",
+    "/api/versions/%252e%252e%252f%252e%252e%252fsecret.txt",
+    "/static/%252e%252e/model.py",
+    "/static/%252e%252e%252fmodel.py",
+    "/datasets/%252e%252e%252f%252e%252e",
+    "/api/datasets/%252e%252e/graph.svg",
+    # Refs that name paths.
+    "/api/diff?a=..%2f..%2fsecret.txt&b={v}",
+    "/api/diff?a={v}&b=%2e%2e%2fstore%2fversions",
+    "/diff?a=%252e%252e%252fsecret.txt&b={v}",
+    "/api/versions/pets@..%2f..%2fsecret.txt/tree",
+]
+# Through the symlinks in snap1 (extra/escape -> ../../../../secret.txt, extra/root -> /).
+THROUGH_SYMLINKS = [
+    "/versions/{v}/files/extra/root/etc/passwd",
+    "/versions/{v}/files/extra/escape/x",
+    "/versions/{v}?path=extra/root/etc",
+    "/api/versions/{v}/tree?path=extra/root/etc",
+    "/api/versions/{v}/file?path=extra/root/etc/passwd",
+    "/api/versions/{v}/preview?path=extra/root/etc/passwd",
+    "/api/versions/{v}/image?path=extra/escape",
+    "/api/versions/{v}/image?path=extra/root/etc/passwd",
 ]
 
 
@@ -532,6 +714,17 @@ def test_urls_never_reach_outside_the_store_view(ui, store):
         status, _, body = ui.request(target)
         assert status in (403, 404), f"{target}: {status}"
         assert b"TOP-SECRET" not in body and b"root:" not in body and b"UiModel" not in body, target
+    for template in THROUGH_SYMLINKS:
+        target = template.format(v=store.ids["snap1"])
+        status, _, body = ui.request(target)
+        assert status in (400, 404), f"{target}: {status}"  # 400: a symlink is not a folder
+        assert b"TOP-SECRET" not in body and b"root:" not in body, target
+    snap = store.ids["snap1"]
+    for link, target in (("extra/escape", "../../../../secret.txt"), ("extra/root", "/")):
+        assert ui.json(f"/api/versions/{snap}/file?path={link}")["target"] == target
+        assert ui.json(f"/api/versions/{snap}/preview?path={link}") == {
+            "kind": "none", "reason": "a symlink has no bytes to show"}
+        assert b"TOP-SECRET" not in ui.request(f"/versions/{snap}/files/{link}")[2]
     assert ui.request("/static/app.js")[0] == 200
 
 
@@ -573,6 +766,21 @@ def test_non_loopback_bind_warns_loudly_and_open_starts_a_browser(store, tmp_pat
     assert "WARNING" in err and "NO AUTHENTICATION" in err and "0.0.0.0" in err
 
 
+def test_ipv6_loopback_serves_its_own_host_name_quietly(store, tmp_path):
+    """``--host ::1`` is loopback: no warning, and a browser's ``Host: [::1]:port`` is served
+    (Starlette before 1.7 cut that header at its first colon and refused every request)."""
+    server = Server(store.url, store.cache_dir, tmp_path / "ui.log", "--host", "::1")
+    try:
+        assert server.url == f"http://[::1]:{server.port}/"
+        status, _, body = server.request("/api/datasets", {"Host": f"[::1]:{server.port}"})
+        assert status == 200 and "pets" in {d["name"] for d in json.loads(body)["datasets"]}
+        assert server.request("/api/datasets", {"Host": f"localhost:{server.port}"})[0] == 200
+        assert server.request("/api/datasets", {"Host": "[::2]"})[0] == 400
+    finally:
+        err = server.stop(signal.SIGTERM)
+    assert "WARNING" not in err and "Traceback" not in err
+
+
 def test_without_graphviz_the_dataset_page_still_lists_versions(store, tmp_path):
     server = Server(store.url, store.cache_dir, tmp_path / "ui.log", env={"PATH": str(tmp_path)})
     try:
@@ -583,6 +791,33 @@ def test_without_graphviz_the_dataset_page_still_lists_versions(store, tmp_path)
         assert status == 503 and b"install graphviz" in body
     finally:
         server.stop()
+
+
+WITHOUT_UI_EXTRA = """
+import sys
+for name in ("starlette", "uvicorn", "jinja2"):
+    sys.modules[name] = None  # as if the ui extra were not installed: importing it fails
+from dsfs.cli import main
+code = main(sys.argv[1:])
+assert not {"starlette", "uvicorn", "jinja2"} & {m for m, v in sys.modules.items() if v is not None}
+sys.exit(code)
+"""
+
+
+def test_the_ui_is_an_optional_extra(store):
+    """Without Starlette, uvicorn and Jinja2 the other commands work and import none of them;
+    ``dsfs ui`` says what to install."""
+    def dsfs(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", WITHOUT_UI_EXTRA, "--store", store.url,
+                               "--cache-dir", str(store.cache_dir), *args], capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    listed = dsfs("datasets")
+    assert listed.returncode == 0 and "pets" in listed.stdout, listed.stderr
+    refused = dsfs("ui", "--port", "0")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "dsfs ui needs the ui extra: pip install 'dsfs[ui]' (missing: " in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_a_busy_port_is_an_error(store):

@@ -23,7 +23,16 @@ import re
 import threading
 from collections.abc import Iterator
 
-from ..changeset.manifest import DRAFT, Entry, Removal, VersionManifest, check_dataset_name, new_id
+from ..changeset.manifest import (
+    DRAFT,
+    STORED,
+    Entry,
+    Removal,
+    VersionManifest,
+    check_dataset_name,
+    new_id,
+)
+from ..changeset.reader import iter_member
 from ..errors import InvalidInput, NotFound
 from ..paths import check_path
 from ..repo import Repository, _count_files
@@ -41,6 +50,8 @@ TABLE_TYPES = {"csv": ",", "tsv": "\t"}
 _DIFF_MEMO_ROWS = 200_000  # a bigger diff is computed again for each page rather than held
 _COUNT_BATCH = 10_000
 _FULL_ID = re.compile(r"[0-9a-f]{32}")
+# A change-set id starts with the UTC time of its commit (docs/FORMAT.md): 20261121T170656-22894b9e.
+_CHANGESET_TIME = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})-[0-9a-f]{8}")
 
 
 class _Memo:
@@ -99,11 +110,10 @@ class UiModel:
     def _dataset_row(self, record) -> dict:
         versions = self._manifests(record.versions)
         published = sum(v.is_published for v in versions)
-        times = [record.created] + [t for v in versions for t in (v.created, v.published) if t]
         return {"name": record.name, "project": record.project, "tags": record.tags,
                 "description": record.description, "created": record.created,
                 "versions": len(versions), "published": published, "drafts": len(versions) - published,
-                "last_change": max(times)}
+                "last_change": max([record.created] + [last_change(v) for v in versions])}
 
     def dataset(self, name: str) -> dict:
         """A dataset's record, its versions (oldest first, each with its kind) and the parents
@@ -301,7 +311,7 @@ class UiModel:
             if node.size > IMAGE_MAX:
                 return {"kind": "none", "reason": f"image larger than {IMAGE_MAX >> 20} MiB"}
             return {"kind": "image", "type": IMAGE_TYPES[suffix]}
-        head = self._open_cache().read(None, node.to_entry(), 0, TEXT_HEAD)
+        head = self._head(node.to_entry())
         truncated = node.size > len(head)
         text = _as_text(head, truncated)
         if text is None:
@@ -314,6 +324,21 @@ class UiModel:
             return {"kind": "table", "rows": rows, "truncated": truncated or len(lines) > CSV_ROWS + 1}
         return {"kind": "text", "text": "\n".join(lines[:TEXT_LINES]),
                 "truncated": truncated or len(lines) > TEXT_LINES}
+
+    def _head(self, entry: Entry) -> bytes:
+        """The first ``TEXT_HEAD`` bytes of a file, fetching about that much. The block cache
+        fetches a compressed member whole (only the whole can be checked against its sha256):
+        fine up to a block, but a preview of a big compressed CSV must not fetch all of it, so
+        its head is inflated from the member's first compressed bytes (unchecked)."""
+        if entry.method == STORED or entry.csize <= self.repo.settings.block_size:
+            return self._open_cache().read(None, entry, 0, TEXT_HEAD)
+        head = bytearray()
+        with contextlib.closing(iter_member(self.repo.store, entry, block=TEXT_HEAD)) as pieces:
+            for piece in pieces:
+                head += piece
+                if len(head) >= TEXT_HEAD:
+                    break
+        return bytes(head[:TEXT_HEAD])
 
     def image(self, ref: str, path: str) -> tuple[bytes, str]:
         """An image's bytes (checked against its sha256) and media type, for ``preview``."""
@@ -390,6 +415,18 @@ def version_kinds(versions: list[VersionManifest]) -> dict[str, str]:
     return kinds
 
 
+def last_change(v: VersionManifest) -> str:
+    """When ``v`` last changed: created, published, or given a change-set (a draft changes long
+    after it was created; its change-set ids carry their commit times, to the second)."""
+    times = [v.created, v.published or ""]
+    for ref in v.changesets:
+        found = _CHANGESET_TIME.fullmatch(ref.id)
+        if found:
+            year, month, day, hour, minute, second = found.groups()
+            times.append(f"{year}-{month}-{day}T{hour}:{minute}:{second}.000000+00:00")
+    return max(times)
+
+
 def _line_row(item: Entry | Removal) -> dict:
     if isinstance(item, Removal):
         return {"op": "remove", "path": item.path, "type": "dir" if item.is_dir else "file", "size": None,
@@ -401,7 +438,7 @@ def _line_row(item: Entry | Removal) -> dict:
 
 def _version_row(v: VersionManifest, kind: str) -> dict:
     return {"id": v.id, "dataset": v.dataset, "name": v.name, "state": v.state, "kind": kind,
-            "created": v.created, "published": v.published, "parents": v.parents,
+            "created": v.created, "published": v.published, "changed": last_change(v), "parents": v.parents,
             "comment": v.comment, "changesets": len(v.changesets)}
 
 
