@@ -580,6 +580,7 @@ def test_previews_read_only_their_capped_head(tmp_path):
         assert (big.method, noise.method) == (DEFLATED, STORED) and big.csize > 4 << 20
         preview = model.preview(vid, "big.txt")
         assert preview["truncated"] and preview["text"].splitlines() == text.splitlines()[:ui_model.TEXT_LINES]
+        assert preview["checked"] is False  # the page says so (app.js, #preview-unchecked)
         assert 0 < store.chunk_bytes <= 256 << 10, store.chunk_bytes  # of 8 MiB compressed
         read = store.chunk_bytes
         assert model.preview(vid, "noise.bin") == {"kind": "none", "reason": "binary file"}
@@ -602,7 +603,7 @@ def test_previews_through_the_block_cache(ui, store, tmp_path):
     assert dom.by_id("sha256").text == hashlib.sha256(BASE["labels.csv"].encode()).hexdigest()
     # The later parent (dogs) wins the merge: its readme is base's.
     text = ui.json(f"/api/versions/{snap}/preview?path=readme.txt")
-    assert text == {"kind": "text", "text": BASE["readme.txt"].rstrip("\n"), "truncated": False}
+    assert text == {"kind": "text", "text": BASE["readme.txt"].rstrip("\n"), "truncated": False, "checked": True}
     image = ui.json(f"/api/versions/{snap}/preview?path=img/cat.png")
     assert image["kind"] == "image"
     status, headers, body = ui.request(f"/api/versions/{snap}/image?path=img/cat.png")

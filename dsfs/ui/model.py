@@ -311,7 +311,7 @@ class UiModel:
             if node.size > IMAGE_MAX:
                 return {"kind": "none", "reason": f"image larger than {IMAGE_MAX >> 20} MiB"}
             return {"kind": "image", "type": IMAGE_TYPES[suffix]}
-        head = self._head(node.to_entry())
+        head, checked = self._head(node.to_entry())
         truncated = node.size > len(head)
         text = _as_text(head, truncated)
         if text is None:
@@ -321,24 +321,26 @@ class UiModel:
             lines.pop()  # the last line was cut by the size cap
         if suffix in TABLE_TYPES:
             rows = list(csv.reader(io.StringIO("\n".join(lines[:CSV_ROWS + 1])), delimiter=TABLE_TYPES[suffix]))
-            return {"kind": "table", "rows": rows, "truncated": truncated or len(lines) > CSV_ROWS + 1}
+            return {"kind": "table", "rows": rows, "truncated": truncated or len(lines) > CSV_ROWS + 1,
+                    "checked": checked}
         return {"kind": "text", "text": "\n".join(lines[:TEXT_LINES]),
-                "truncated": truncated or len(lines) > TEXT_LINES}
+                "truncated": truncated or len(lines) > TEXT_LINES, "checked": checked}
 
-    def _head(self, entry: Entry) -> bytes:
-        """The first ``TEXT_HEAD`` bytes of a file, fetching about that much. The block cache
-        fetches a compressed member whole (only the whole can be checked against its sha256):
-        fine up to a block, but a preview of a big compressed CSV must not fetch all of it, so
-        its head is inflated from the member's first compressed bytes (unchecked)."""
+    def _head(self, entry: Entry) -> tuple[bytes, bool]:
+        """The first ``TEXT_HEAD`` bytes of a file, fetching about that much, and whether they
+        were checked. The block cache fetches a compressed member whole (only the whole can be
+        checked against its sha256): fine up to a block, but a preview of a big compressed CSV
+        must not fetch all of it, so its head is inflated from the member's first compressed
+        bytes, unchecked, and the page says so."""
         if entry.method == STORED or entry.csize <= self.repo.settings.block_size:
-            return self._open_cache().read(None, entry, 0, TEXT_HEAD)
+            return self._open_cache().read(None, entry, 0, TEXT_HEAD), True
         head = bytearray()
         with contextlib.closing(iter_member(self.repo.store, entry, block=TEXT_HEAD)) as pieces:
             for piece in pieces:
                 head += piece
                 if len(head) >= TEXT_HEAD:
                     break
-        return bytes(head[:TEXT_HEAD])
+        return bytes(head[:TEXT_HEAD]), False
 
     def image(self, ref: str, path: str) -> tuple[bytes, str]:
         """An image's bytes (checked against its sha256) and media type, for ``preview``."""

@@ -55,6 +55,10 @@ async function fillPreview() {
   if (doc.kind === "text") parts.push(element("pre", doc.text, {id: "preview-text"}));
   if (doc.kind === "none") parts.push(element("p", "no preview: " + doc.reason, {class: "muted"}));
   if (doc.truncated) parts.push(element("p", "(the first part only)", {class: "muted"}));
+  if (doc.checked === false) {
+    parts.push(element("p", "not checked against the file's sha256: the head of a big compressed file " +
+                            "is shown without reading all of it", {class: "muted", id: "preview-unchecked"}));
+  }
   box.replaceChildren(...parts);
   box.dataset.kind = doc.kind;
 }
