@@ -147,10 +147,7 @@ class Repository:
 
     def change_metadata(self, ref: str, update: dict, *, replace: bool = False) -> VersionManifest:
         """Set keys of a draft's metadata (all of it with ``replace``); values must be JSON."""
-        try:
-            json.dumps(update)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"metadata must be JSON: {exc}") from None
+        _check_json(update)
         manifest = self.resolve_draft(ref)
 
         def change(m: VersionManifest) -> None:
@@ -184,6 +181,7 @@ class Repository:
             raise InvalidInput("the same parent is given twice")
         if name is not None:
             check_version_name(name)
+        _check_json(metadata)
         self.catalog.ensure_dataset(dataset, project=project, tags=tags, description=description)
         if not parents and not root:
             published = [v for v in self.catalog.versions(dataset) if v.is_published]
@@ -223,15 +221,28 @@ class Repository:
     def snapshot(self, dataset: str, *, name: str | None = None, child_name: str | None = None,
                  child_comment: str = "", child_metadata: dict | None = None) -> tuple[VersionManifest, VersionManifest]:
         """The seed's simple structure: the current draft becomes a published snapshot (same id),
-        and a new draft child of it becomes current."""
-        drafts = [v for v in self.catalog.versions(dataset) if not v.is_published]
+        and a new draft child of it becomes current.
+
+        Everything the child needs is checked before the draft is published (its name free, its
+        metadata JSON), and the draft must not be mounted writable, as for ``publish``: a refused
+        snapshot leaves the dataset as it was, not with a published draft and no child."""
+        versions = self.catalog.versions(dataset)
+        drafts = [v for v in versions if not v.is_published]
         if len(drafts) != 1:
             raise InvalidInput(f"snapshot needs exactly one draft in dataset {dataset!r}, found {len(drafts)}")
-        name = name or f"snapshot {now_iso()[:-6]}"
-        check_version_name(name)
-        published = self.catalog.publish(drafts[0].id, name)
-        child = self.catalog.create_version(dataset, check_version_name(child_name or "Current"),
-                                            [published.id], comment=child_comment,
+        draft = drafts[0]
+        name = check_version_name(name or f"snapshot {now_iso()[:-6]}")
+        child_name = check_version_name(child_name or "Current")
+        _check_json(child_metadata)
+        if child_name == name:
+            raise InvalidInput(f"the snapshot and its child cannot both be named {name!r}")
+        # The draft's own name is freed when it is published under another one.
+        taken = {v.name for v in versions if v.id != draft.id}
+        for wanted in (name, child_name):
+            if wanted in taken:
+                raise AlreadyExists(f"version name already exists in dataset {dataset!r}: {wanted!r}")
+        published = self.publish(draft.id, name)
+        child = self.catalog.create_version(dataset, child_name, [published.id], comment=child_comment,
                                             metadata=child_metadata)
         return published, child
 
@@ -567,6 +578,14 @@ class Repository:
                                            sum(e.size for e in entries if e.type == FILE), [])
         self.catalog.record_changeset(new.id, ref)
         return self.catalog.publish(new.id)
+
+
+def _check_json(metadata: dict | None) -> None:
+    """Version metadata must be JSON (it is stored in the version's record)."""
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"metadata must be JSON: {exc}") from None
 
 
 def _drop_write_bits(root: str) -> None:

@@ -305,6 +305,12 @@ ERRORS = [
      ("delete", "--dataset", "ds", "--all-versions"), errors.ReadOnly, PermissionError),
     ("snapshot without one draft", lambda w: DatasetVersion.create_snapshot("other"), ("snapshot", "other"),
      errors.InvalidInput, ValueError),
+    ("snapshot onto a taken child name", lambda w: DatasetVersion.create_snapshot("ds", child_name="v1"),
+     ("snapshot", "ds", "--child-name", "v1"), errors.AlreadyExists, ValueError),
+    ("snapshot onto a taken name", lambda w: DatasetVersion.create_snapshot("ds", publish_name="second"),
+     ("snapshot", "ds", "--name", "second"), errors.AlreadyExists, ValueError),
+    ("snapshot and child of one name", lambda w: DatasetVersion.create_snapshot("ds", publish_name="x", child_name="x"),
+     ("snapshot", "ds", "--name", "x", "--child-name", "x"), errors.InvalidInput, ValueError),
     ("squash a draft", lambda w: DatasetVersion.squash("flat", ["ds@work"]),
      ("squash", "ds@work", "--dataset", "flat"), errors.InvalidInput, ValueError),
     ("remove nothing", lambda w: _draft("ds").remove_files("*.zzz"), ("remove", "ds@draft", "*.zzz"),
@@ -363,6 +369,46 @@ def test_current_warns_when_several_drafts(local_api, local_world):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert DatasetVersion.get_current("ds").name == "second"  # no draft: the latest published
+
+
+def test_a_refused_snapshot_leaves_the_draft_as_it_was(local_api, local_world):
+    """Whatever refuses a snapshot, it does so before the draft is published: the dataset keeps
+    its draft (a child that could not be made would leave none). A draft mounted writable is
+    refused as ``publish`` refuses it, by the API and the CLI alike."""
+    from dsfs.draft.lease import Lease
+
+    work = DatasetVersion.get("ds@work")
+    refusals = [
+        (lambda: DatasetVersion.create_snapshot("ds", child_name="second"), errors.AlreadyExists,
+         "version name already exists in dataset 'ds': 'second'"),
+        (lambda: DatasetVersion.create_snapshot("ds", publish_name="r", child_name="r"), errors.InvalidInput,
+         "the snapshot and its child cannot both be named 'r'"),
+        (lambda: DatasetVersion.create_snapshot("ds", child_metadata={"when": object()}), errors.InvalidInput,
+         "metadata must be JSON"),
+        (lambda: DatasetVersion.create_snapshot("ds", child_name="draft"), errors.InvalidInput,
+         "version name 'draft' is reserved"),
+    ]
+    for snapshot, cls, message in refusals:
+        with pytest.raises(cls, match=re.escape(message)):
+            snapshot()
+    lease = Lease.acquire(Repository(load_settings(store=local_api.store, cache_dir=str(local_api.cache_dir))).store,
+                          work.id, "/mnt/elsewhere")
+    try:
+        with pytest.raises(errors.Conflict, match="is mounted writable by") as caught:
+            DatasetVersion.create_snapshot("ds")
+        assert local_api.fails("snapshot", "ds", code=errors.Conflict.exit_code).strip() == f"dsfs: error: {caught.value}"
+    finally:
+        lease.release()
+    assert work.refresh().state == "draft" and work.name == "work"
+    assert [v.name for v in DatasetVersion.get_versions("ds")] == ["v1", "second", "work"]
+    snapshot = DatasetVersion.create_snapshot("ds", child_name="work")  # its own name is free once published
+    assert snapshot.id == work.id and DatasetVersion.get_current("ds").name == "work"
+
+
+def test_create_version_metadata_must_be_json(local_api):
+    with pytest.raises(errors.InvalidInput, match="metadata must be JSON"):
+        DatasetVersion.create_version("ds", "bad", metadata={"when": object()})
+    assert [d.name for d in Dataset.list()] == []  # refused before the dataset was made
 
 
 def test_squash_holds_what_a_child_of_the_same_parents_holds(local_api, local_world):
