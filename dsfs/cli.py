@@ -443,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("get", cmd_get, "a writable local copy of a version")
     sp.add_argument("ref", help="the version")
     sp.add_argument("dest", help="local folder to fill")
-    sp.add_argument("--overwrite", action="store_true", help="allow a non-empty destination")
+    sp.add_argument("--overwrite", action="store_true", help="replace what a non-empty destination holds")
 
     sp = command("verify", cmd_verify, "check chunks (and with --hash every file's sha256)", json_flag=True)
     sp.add_argument("ref", help="the version")

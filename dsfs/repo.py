@@ -414,7 +414,11 @@ class Repository:
         return result
 
     def get(self, ref: str, dest: str, *, overwrite: bool = False) -> int:
-        """A writable local copy of the merged view at ``dest``; returns the number of files."""
+        """A writable local copy of the merged view at ``dest``; returns the number of files.
+
+        ``dest`` must be empty; with ``overwrite`` what it holds is replaced (the seed's "overwrite
+        its contents with the dataset contents"), so the copy holds the version and nothing else,
+        ready to change and ``sync`` back."""
         from .transfer import extract_view
 
         manifest = self.resolve(ref)
@@ -422,9 +426,19 @@ class Repository:
             raise InvalidInput(f"destination exists and is not a folder: {dest!r}")
         if os.path.isdir(dest) and os.listdir(dest) and not overwrite:
             raise InvalidInput(f"destination folder is not empty: {dest!r} (use --overwrite)")
-        index = self.index(manifest)
+        index = self.index(manifest)  # first: a version that cannot be read leaves dest alone
+        if os.path.isdir(dest) and os.listdir(dest):
+            self._check_holds_no_state(dest)
+            _empty_folder(dest)
         with self.progress("downloading", index.total_size) as bar:
             return extract_view(self.store, index, dest, self.tmp_dir, bar)
+
+    def _check_holds_no_state(self, folder: str) -> None:
+        """Refuse to empty a folder that holds this store or the cache."""
+        inside = os.path.realpath(folder) + os.sep
+        for what, path in (("store", self.settings.store), ("cache", self.settings.cache_dir)):
+            if "://" not in path and (os.path.realpath(path) + os.sep).startswith(inside):
+                raise InvalidInput(f"destination folder holds the {what}, not overwriting it: {folder!r}")
 
     def verify(self, ref: str, *, hash_files: bool = False) -> list[str]:
         """Problems found: missing or short chunks, and with ``hash_files`` wrong bytes."""
@@ -586,6 +600,15 @@ def _check_json(metadata: dict | None) -> None:
         json.dumps(metadata)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"metadata must be JSON: {exc}") from None
+
+
+def _empty_folder(folder: str) -> None:
+    """Remove everything ``folder`` holds (symlinks themselves, not what they lead to)."""
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
 
 
 def _drop_write_bits(root: str) -> None:

@@ -393,8 +393,8 @@ class DatasetVersion:
 
     def get_mutable_local_copy(self, target_folder: str | os.PathLike, overwrite: bool = False, *,
                                progress: ProgressCallback | None = None) -> str:
-        """A writable copy of the whole version in ``target_folder`` (which must be empty unless
-        ``overwrite``); its path."""
+        """A writable copy of the whole version in ``target_folder``, which must be empty;
+        ``overwrite`` replaces what it holds. Its path."""
         target = _local(target_folder)
         _reporting(self._repo, progress).get(self.id, target, overwrite=overwrite)
         return target

@@ -168,10 +168,22 @@ READS: list[tuple[str, Callable, Callable]] = [
     ("get_mutable_local_copy()", lambda w: tree_digest(
         DatasetVersion.get("ds@work").get_mutable_local_copy(w["tmp"] / "api-copy")),
      lambda c, w: (c("get", "ds@work", str(w["tmp"] / "cli-copy")), tree_digest(w["tmp"] / "cli-copy"))[1]),
+    ("get_mutable_local_copy(overwrite)", lambda w: tree_digest(
+        DatasetVersion.get("ds@second").get_mutable_local_copy(_littered(w["tmp"] / "api-over"), overwrite=True)),
+     lambda c, w: (c("get", "ds@second", str(_littered(w["tmp"] / "cli-over")), "--overwrite"),
+                   tree_digest(w["tmp"] / "cli-over"))[1]),
     ("get_local_copy()", lambda w: _writable(tree_digest(DatasetVersion.get("ds@v1").get_local_copy())),
      lambda c, w: _writable(
          (c("get", "ds@v1", str(w["tmp"] / "cli-copy1")), tree_digest(w["tmp"] / "cli-copy1"))[1])),
 ]
+
+
+def _littered(folder: Path) -> Path:
+    """A folder holding what a version does not: a file where ds@second has a folder, a folder
+    where it has a file, a symlink, and files in both."""
+    return write_tree(folder, {"img/old.jpg": "stale", "extra": "a file where a folder goes",
+                               "readme.txt/x": "a folder where a file goes", "gone.txt": "stale",
+                               "link": "-> gone.txt"})
 
 
 def _writable(digest: dict) -> dict:
@@ -493,6 +505,22 @@ def test_local_copy_is_read_only_and_reused(local_api, local_world):
     after = work.get_local_copy()  # a draft's copy follows its changes; the old one goes
     assert after != before and not os.path.exists(before)
     assert (open(os.path.join(after, "readme.txt")).read()) == "changed\n"
+
+
+def test_a_mutable_copy_over_a_full_folder_holds_the_version_only(local_api, local_world):
+    """overwrite replaces what the folder held: the copy is the version, ready to sync back."""
+    work = DatasetVersion.get("ds@work")
+    clean = tree_digest(work.get_mutable_local_copy(local_world["tmp"] / "clean"))
+    target = _littered(local_world["tmp"] / "full")
+    with pytest.raises(ValueError, match="destination folder is not empty"):
+        work.get_mutable_local_copy(target)
+    assert tree_digest(target) == tree_digest(_littered(local_world["tmp"] / "again"))  # left alone
+    assert tree_digest(work.get_mutable_local_copy(target, overwrite=True)) == clean
+    assert work.sync_folder(target).empty  # nothing of the old contents goes back
+    for holder in (Path(local_api.store).parent, local_api.cache_dir):
+        with pytest.raises(ValueError, match="destination folder holds the (store|cache), not overwriting it: "):
+            work.get_mutable_local_copy(holder, overwrite=True)
+    assert DatasetVersion.get("ds@v1").verify() == []
 
 
 def test_configure_and_the_environment(local_api, local_world, tmp_path, monkeypatch):
