@@ -135,7 +135,7 @@ def cmd_snapshot(repo, args):
 
 def cmd_datasets(repo, args):
     from .sdk import Dataset
-    records = [d.record for d in Dataset.list(project=args.project, tag=args.tag)]
+    records = [d.record for d in Dataset.list(project=args.project, tag=args.tag, partial_name=args.partial_name)]
     if args.json:
         _print_json([{"name": r.name, "project": r.project, "tags": r.tags,
                       "description": r.description, "created": r.created,
@@ -413,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("datasets", cmd_datasets, "list datasets", json_flag=True)
     sp.add_argument("--project", help="only this project's")
     sp.add_argument("--tag", action="append", help="only those with this tag (repeat: all of them)")
+    sp.add_argument("--partial-name", metavar="TEXT", help="only those whose name holds TEXT (any case)")
 
     sp = command("versions", cmd_versions, "list a dataset's versions", json_flag=True)
     sp.add_argument("dataset", help="dataset name")

@@ -160,7 +160,10 @@ READS: list[tuple[str, Callable, Callable]] = [
     ("Dataset.list(tags)", lambda w: [d.name for d in Dataset.list(tag=["raw", "wav"])],
      lambda c, w: [d["name"] for d in json.loads(c("datasets", "--tag", "raw", "--tag", "wav", "--json"))]),
     ("Dataset.list(partial_name)", lambda w: [d.name for d in Dataset.list(partial_name="THE")],
-     lambda c, w: [d["name"] for d in json.loads(c("datasets", "--json")) if "the" in d["name"]]),
+     lambda c, w: [d["name"] for d in json.loads(c("datasets", "--partial-name", "THE", "--json"))]),
+    ("Dataset.list(all filters)", lambda w: [d.name for d in Dataset.list(project="audio", tag="wav", partial_name="OTH")],
+     lambda c, w: [d["name"] for d in json.loads(c("datasets", "--project", "audio", "--tag", "wav",
+                                                   "--partial-name", "OTH", "--json"))]),
     ("dataset fields", lambda w: (lambda d: [d.name, d.project, d.tags, d.description, len(d.version_ids)])(
         Dataset.get("ds")),
      lambda c, w: (lambda d: [d["name"], d["project"], d["tags"], d["description"], d["versions"]])(
