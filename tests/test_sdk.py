@@ -379,6 +379,9 @@ def test_current_warns_when_several_drafts(local_api, local_world):
     DatasetVersion.create_version("ds", "later", parent_version_names=["v1"])
     with pytest.warns(UserWarning, match=r"dataset 'ds' has 2 drafts; the newest, ds@later, is current"):
         assert DatasetVersion.get_current("ds").name == "later"
+    with pytest.warns(UserWarning, match=r"dataset 'ds' has 2 drafts") as warned:  # the seed's form
+        assert DatasetVersion.get_version(dataset_name="ds").name == "later"
+    assert warned[0].filename == __file__  # pointing at the caller's line
     Dataset.get("ds").delete_version(version_name="later")
     Dataset.get("ds").delete_version(version_name="work")
     with warnings.catch_warnings():
@@ -435,8 +438,13 @@ def test_squash_holds_what_a_child_of_the_same_parents_holds(local_api, local_wo
     third.publish_version()
     order = ["ds@v1", "ds@second", "ds@third"]
     child = DatasetVersion.create_version("ds", "child", parent_version_ids=order)
-    flat = DatasetVersion.squash("flat", order)
     repo = Repository(load_settings(store=local_api.store, cache_dir=str(local_api.cache_dir)))
+    chunks_before = sorted(i.key for i in repo.store.list("versions/") if "/chunks/" in i.key)
+    flat = DatasetVersion.squash("flat", order)
+    # No bytes uploaded: no chunk anywhere is new, the squash's entries point at its sources'.
+    assert sorted(i.key for i in repo.store.list("versions/") if "/chunks/" in i.key) == chunks_before
+    assert {n.chunk.split("/")[1] for n in repo.ls(flat.id, recursive=True) if n.chunk} <= {
+        v.id for v in DatasetVersion.get_versions("ds")}
     assert _outcome(repo, flat.id)[0] == _outcome(repo, child.id)[0]
     assert flat.list_files() == ["data/link", "data/train/a.csv", "data/train/b.csv", "data/val.csv",
                                  "extra/x.txt", "img/cat.jpg", "readme.txt/x"]
