@@ -380,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("ref", help="the draft")
     sp.add_argument("paths", nargs="+", metavar="PATH", help="local files or folders")
     sp.add_argument("--dest", help="folder inside the dataset (default: the top)")
-    sp.add_argument("--wildcard", metavar="GLOB", help="only files whose name matches")
+    sp.add_argument("--wildcard", metavar="GLOB", action="append",
+                    help="only files whose name matches (a path glob such as train/*.jpg: whose path "
+                         "in the folder matches); repeat for several")
     sp.add_argument("--non-recursive", action="store_true", help="only the top level of a folder")
     sp.add_argument("--strict", action="store_true",
                     help="refuse a fifo, socket or device instead of skipping it")

@@ -747,16 +747,32 @@ def _merge_join(a: Iterator[Node], b: Iterator[Node]) -> Iterator[tuple[Node | N
 def collect_sources(local: str, base: str, *, wildcard: str | list[str] | None = None,
                     recursive: bool = True, strict: bool = False) -> Iterator[Source]:
     """Sources for a local file or folder: a folder's contents land under ``base``; with a
-    ``wildcard`` (a glob or a list of them), only files and symlinks whose name matches one.
+    ``wildcard`` (a glob or a list of them), only files and symlinks one matches. A bare name
+    glob (``*.jpg``) matches names, at any depth when ``recursive`` (else at the top level); one
+    with a ``/`` (``train/*.jpg``) matches paths relative to the folder, at its own depth,
+    as ``remove`` matches paths relative to the dataset.
 
     A fifo, socket or device has no bytes to store: it is skipped with a warning, or refused
     with ``strict``.
     """
     local = os.path.abspath(local)
     globs = [wildcard] if isinstance(wildcard, str) else wildcard
+    if globs is not None:
+        globs = [g.strip("/") if "/" in g else g for g in globs]
+    # How deep a walk that is not recursive goes: as deep as its deepest path glob.
+    depth = max((g.count("/") for g in globs or [] if "/" in g), default=0)
 
-    def matches(name: str) -> bool:
-        return globs is None or any(fnmatch.fnmatch(name, g) for g in globs)
+    def matches(rel: str) -> bool:
+        if globs is None:
+            return True
+        name = rel.rpartition("/")[2]
+        for glob in globs:
+            if "/" in glob:
+                if rel.count("/") == glob.count("/") and fnmatch.fnmatchcase(rel, glob):
+                    return True
+            elif (recursive or "/" not in rel) and fnmatch.fnmatch(name, glob):
+                return True
+        return False
 
     if not os.path.lexists(local):
         raise NotFound(f"no such file or folder: {local!r}")
@@ -780,26 +796,27 @@ def collect_sources(local: str, base: str, *, wildcard: str | list[str] | None =
         rel_dir = os.path.relpath(dirpath, local)
         rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/")
         dirnames.sort()
-        if not recursive:
+        if not recursive and (rel_dir.count("/") + 1 if rel_dir else 0) >= depth:
             # Symlinks to folders are listed in dirnames; keep them as symlinks.
             for d in dirnames:
                 full = os.path.join(dirpath, d)
-                if os.path.islink(full) and matches(d):
-                    yield from source(d, full)
+                if os.path.islink(full) and matches(join(rel_dir, d)):
+                    yield from source(join(rel_dir, d), full)
             dirnames[:] = []
         for d in list(dirnames):
             full = os.path.join(dirpath, d)
             rel = join(rel_dir, d)
             if os.path.islink(full):
                 dirnames.remove(d)
-                if matches(d):
+                if matches(rel):
                     yield from source(rel, full)
             elif globs is None:
                 yield from source(rel, full)
         for f in sorted(filenames):
-            if not matches(f):
+            rel = join(rel_dir, f)
+            if not matches(rel):
                 continue
-            yield from source(join(rel_dir, f), os.path.join(dirpath, f))
+            yield from source(rel, os.path.join(dirpath, f))
 
 
 def _lstat(local: str) -> os.stat_result:

@@ -224,8 +224,9 @@ CHANGES = [
            lambda c, d, w: c("add", f"{d}@draft", str(w["src"]), "--wildcard", "*.txt", "--non-recursive",
                              "--dest", "in/here")),
     Change("add_files(wildcards)", lambda d, w: _draft(d).add_files(w["src"], wildcard=["*.csv", "*.txt"]),
-           lambda c, d, w: (c("add", f"{d}@draft", str(w["src"]), "--wildcard", "*.csv"),
-                            c("add", f"{d}@draft", str(w["src"]), "--wildcard", "*.txt"))),
+           lambda c, d, w: c("add", f"{d}@draft", str(w["src"]), "--wildcard", "*.csv", "--wildcard", "*.txt")),
+    Change("add_files(path wildcard)", lambda d, w: _draft(d).add_files(w["src"], wildcard="data/*/*.csv"),
+           lambda c, d, w: c("add", f"{d}@draft", str(w["src"]), "--wildcard", "data/*/*.csv")),
     Change("remove_files(path)", lambda d, w: _draft(d).remove_files("data/train"),
            lambda c, d, w: c("remove", f"{d}@draft", "data/train")),
     Change("remove_files(glob)", lambda d, w: _draft(d).remove_files("*.jpg"),
@@ -349,6 +350,34 @@ def test_errors_agree_with_the_cli(api, world):
 
 
 # -- what only the API does -------------------------------------------------------------------
+
+
+ADD_WILDCARDS = [  # (wildcard, recursive, what lands in the dataset)
+    ("*.jpg", True, ["img/cat.jpg", "img/deep/owl.jpg", "img/dog.jpg"]),
+    ("*.txt", False, ["readme.txt"]),
+    ("img/*.jpg", True, ["img/cat.jpg", "img/dog.jpg"]),  # a path glob: its own depth only
+    ("img/*.jpg", False, ["img/cat.jpg", "img/dog.jpg"]),
+    ("/img/deep/*/", False, ["img/deep/owl.jpg"]),
+    ("*/*.csv", True, ["data/val.csv"]),
+    ("data/l*", False, ["data/link"]),  # a symlink, kept as one
+    (["data/train/*.csv", "*.txt"], False, ["data/train/a.csv", "data/train/b.csv", "readme.txt"]),
+    (["data/train/*.csv", "*.txt"], True, ["data/train/a.csv", "data/train/b.csv", "readme.txt"]),
+    (["*.jpg", "data/*.csv"], False, ["data/val.csv"]),
+]
+
+
+def test_add_files_wildcards_match_names_or_paths_relative_to_the_folder(local_api, local_world):
+    """A bare name glob matches names (at any depth when recursive, as the seed's rglob); one
+    with a '/' matches paths relative to the folder, as remove_files matches them in the
+    dataset. The API and the CLI add the same."""
+    for n, (wildcard, recursive, expected) in enumerate(ADD_WILDCARDS):
+        by_api = DatasetVersion.create_version("ds", f"wild-api-{n}")
+        by_api.add_files(local_world["src"], wildcard=wildcard, recursive=recursive)
+        by_cli = DatasetVersion.create_version("ds", f"wild-cli-{n}")
+        globs = [wildcard] if isinstance(wildcard, str) else wildcard
+        local_api("add", by_cli.id, str(local_world["src"]), *[a for g in globs for a in ("--wildcard", g)],
+                  *([] if recursive else ["--non-recursive"]))
+        assert by_api.list_files() == expected == _paths(local_api, by_cli.id, "-r"), (wildcard, recursive)
 
 
 def test_create_follows_the_seed(local_api):
