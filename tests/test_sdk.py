@@ -265,7 +265,7 @@ def _twin(name: str) -> None:
     DatasetVersion.create_version(name, "work", parent_version_ids=["ds@v1"]).remove_files("img/dog.jpg")
 
 
-@_stores("moto", "seaweed")
+@_stores("moto")
 def test_changes_agree_with_the_cli(api, world):
     assert len({c.name for c in CHANGES}) == len(CHANGES)
     repo = Repository(load_settings(store=api.store, cache_dir=str(api.cache_dir)))
