@@ -485,7 +485,9 @@ def test_version_of_another_dataset_is_not_found(local_api, local_world):
         DatasetVersion.get_version("other", version_id=local_world["v1"])
 
 
-def test_metadata_and_mask_labels(local_api, local_world):
+@_stores("moto")
+def test_metadata_and_mask_labels(api, world):
+    """set_metadata and set_masks_labels have no command of their own: the CLI shows their result."""
     work = DatasetVersion.get("ds@work")
     work.set_metadata({"abc": "1234", "nested": {"n": [1, 2]}})
     work.set_masks_labels({(0, 0, 0): ["background"], (1, 1, 1): ["person", "sitting"], (2, 2, 2): ["cat"]})
@@ -493,7 +495,7 @@ def test_metadata_and_mask_labels(local_api, local_world):
         {"value": [0, 0, 0], "labels": ["background"]}, {"value": [1, 1, 1], "labels": ["person", "sitting"]},
         {"value": [2, 2, 2], "labels": ["cat"]}]}}
     assert work.get_metadata() == expected
-    assert json.loads(local_api("show", "ds@work", "--json"))["metadata"] == expected
+    assert json.loads(api("show", "ds@work", "--json"))["metadata"] == expected
     with pytest.raises(ValueError, match="a mask value must be an"):
         work.set_masks_labels({(0, 0): ["x"]})
     with pytest.raises(ValueError, match="metadata must be JSON"):
