@@ -135,7 +135,7 @@ def cmd_snapshot(repo, args):
 
 def cmd_datasets(repo, args):
     from .sdk import Dataset
-    records = [d.record for d in Dataset.list(project=args.project, tag=args.tag)]
+    records = [d.record for d in Dataset.list(project=args.project, tag=args.tag, partial_name=args.partial_name)]
     if args.json:
         _print_json([{"name": r.name, "project": r.project, "tags": r.tags,
                       "description": r.description, "created": r.created,
@@ -380,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("ref", help="the draft")
     sp.add_argument("paths", nargs="+", metavar="PATH", help="local files or folders")
     sp.add_argument("--dest", help="folder inside the dataset (default: the top)")
-    sp.add_argument("--wildcard", metavar="GLOB", help="only files whose name matches")
+    sp.add_argument("--wildcard", metavar="GLOB", action="append",
+                    help="only files whose name matches (a path glob such as train/*.jpg: whose path "
+                         "in the folder matches); repeat for several")
     sp.add_argument("--non-recursive", action="store_true", help="only the top level of a folder")
     sp.add_argument("--strict", action="store_true",
                     help="refuse a fifo, socket or device instead of skipping it")
@@ -413,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("datasets", cmd_datasets, "list datasets", json_flag=True)
     sp.add_argument("--project", help="only this project's")
     sp.add_argument("--tag", action="append", help="only those with this tag (repeat: all of them)")
+    sp.add_argument("--partial-name", metavar="TEXT", help="only those whose name holds TEXT (any case)")
 
     sp = command("versions", cmd_versions, "list a dataset's versions", json_flag=True)
     sp.add_argument("dataset", help="dataset name")
@@ -443,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("get", cmd_get, "a writable local copy of a version")
     sp.add_argument("ref", help="the version")
     sp.add_argument("dest", help="local folder to fill")
-    sp.add_argument("--overwrite", action="store_true", help="allow a non-empty destination")
+    sp.add_argument("--overwrite", action="store_true", help="replace what a non-empty destination holds")
 
     sp = command("verify", cmd_verify, "check chunks (and with --hash every file's sha256)", json_flag=True)
     sp.add_argument("ref", help="the version")

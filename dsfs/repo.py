@@ -147,10 +147,7 @@ class Repository:
 
     def change_metadata(self, ref: str, update: dict, *, replace: bool = False) -> VersionManifest:
         """Set keys of a draft's metadata (all of it with ``replace``); values must be JSON."""
-        try:
-            json.dumps(update)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"metadata must be JSON: {exc}") from None
+        _check_json(update)
         manifest = self.resolve_draft(ref)
 
         def change(m: VersionManifest) -> None:
@@ -184,6 +181,7 @@ class Repository:
             raise InvalidInput("the same parent is given twice")
         if name is not None:
             check_version_name(name)
+        _check_json(metadata)
         self.catalog.ensure_dataset(dataset, project=project, tags=tags, description=description)
         if not parents and not root:
             published = [v for v in self.catalog.versions(dataset) if v.is_published]
@@ -223,15 +221,28 @@ class Repository:
     def snapshot(self, dataset: str, *, name: str | None = None, child_name: str | None = None,
                  child_comment: str = "", child_metadata: dict | None = None) -> tuple[VersionManifest, VersionManifest]:
         """The seed's simple structure: the current draft becomes a published snapshot (same id),
-        and a new draft child of it becomes current."""
-        drafts = [v for v in self.catalog.versions(dataset) if not v.is_published]
+        and a new draft child of it becomes current.
+
+        Everything the child needs is checked before the draft is published (its name free, its
+        metadata JSON), and the draft must not be mounted writable, as for ``publish``: a refused
+        snapshot leaves the dataset as it was, not with a published draft and no child."""
+        versions = self.catalog.versions(dataset)
+        drafts = [v for v in versions if not v.is_published]
         if len(drafts) != 1:
             raise InvalidInput(f"snapshot needs exactly one draft in dataset {dataset!r}, found {len(drafts)}")
-        name = name or f"snapshot {now_iso()[:-6]}"
-        check_version_name(name)
-        published = self.catalog.publish(drafts[0].id, name)
-        child = self.catalog.create_version(dataset, check_version_name(child_name or "Current"),
-                                            [published.id], comment=child_comment,
+        draft = drafts[0]
+        name = check_version_name(name or f"snapshot {now_iso()[:-6]}")
+        child_name = check_version_name(child_name or "Current")
+        _check_json(child_metadata)
+        if child_name == name:
+            raise InvalidInput(f"the snapshot and its child cannot both be named {name!r}")
+        # The draft's own name is freed when it is published under another one.
+        taken = {v.name for v in versions if v.id != draft.id}
+        for wanted in (name, child_name):
+            if wanted in taken:
+                raise AlreadyExists(f"version name already exists in dataset {dataset!r}: {wanted!r}")
+        published = self.publish(draft.id, name)
+        child = self.catalog.create_version(dataset, child_name, [published.id], comment=child_comment,
                                             metadata=child_metadata)
         return published, child
 
@@ -403,7 +414,11 @@ class Repository:
         return result
 
     def get(self, ref: str, dest: str, *, overwrite: bool = False) -> int:
-        """A writable local copy of the merged view at ``dest``; returns the number of files."""
+        """A writable local copy of the merged view at ``dest``; returns the number of files.
+
+        ``dest`` must be empty; with ``overwrite`` what it holds is replaced (the seed's "overwrite
+        its contents with the dataset contents"), so the copy holds the version and nothing else,
+        ready to change and ``sync`` back."""
         from .transfer import extract_view
 
         manifest = self.resolve(ref)
@@ -411,9 +426,19 @@ class Repository:
             raise InvalidInput(f"destination exists and is not a folder: {dest!r}")
         if os.path.isdir(dest) and os.listdir(dest) and not overwrite:
             raise InvalidInput(f"destination folder is not empty: {dest!r} (use --overwrite)")
-        index = self.index(manifest)
+        index = self.index(manifest)  # first: a version that cannot be read leaves dest alone
+        if os.path.isdir(dest) and os.listdir(dest):
+            self._check_holds_no_state(dest)
+            _empty_folder(dest)
         with self.progress("downloading", index.total_size) as bar:
             return extract_view(self.store, index, dest, self.tmp_dir, bar)
+
+    def _check_holds_no_state(self, folder: str) -> None:
+        """Refuse to empty a folder that holds this store or the cache."""
+        inside = os.path.realpath(folder) + os.sep
+        for what, path in (("store", self.settings.store), ("cache", self.settings.cache_dir)):
+            if "://" not in path and (os.path.realpath(path) + os.sep).startswith(inside):
+                raise InvalidInput(f"destination folder holds the {what}, not overwriting it: {folder!r}")
 
     def verify(self, ref: str, *, hash_files: bool = False) -> list[str]:
         """Problems found: missing or short chunks, and with ``hash_files`` wrong bytes."""
@@ -569,6 +594,23 @@ class Repository:
         return self.catalog.publish(new.id)
 
 
+def _check_json(metadata: dict | None) -> None:
+    """Version metadata must be JSON (it is stored in the version's record)."""
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"metadata must be JSON: {exc}") from None
+
+
+def _empty_folder(folder: str) -> None:
+    """Remove everything ``folder`` holds (symlinks themselves, not what they lead to)."""
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+
+
 def _drop_write_bits(root: str) -> None:
     """Files below ``root`` become read-only; folders stay writable, so the cache can remove them."""
     for dirpath, _, filenames in os.walk(root):
@@ -705,16 +747,32 @@ def _merge_join(a: Iterator[Node], b: Iterator[Node]) -> Iterator[tuple[Node | N
 def collect_sources(local: str, base: str, *, wildcard: str | list[str] | None = None,
                     recursive: bool = True, strict: bool = False) -> Iterator[Source]:
     """Sources for a local file or folder: a folder's contents land under ``base``; with a
-    ``wildcard`` (a glob or a list of them), only files and symlinks whose name matches one.
+    ``wildcard`` (a glob or a list of them), only files and symlinks one matches. A bare name
+    glob (``*.jpg``) matches names, at any depth when ``recursive`` (else at the top level); one
+    with a ``/`` (``train/*.jpg``) matches paths relative to the folder, at its own depth,
+    as ``remove`` matches paths relative to the dataset.
 
     A fifo, socket or device has no bytes to store: it is skipped with a warning, or refused
     with ``strict``.
     """
     local = os.path.abspath(local)
     globs = [wildcard] if isinstance(wildcard, str) else wildcard
+    if globs is not None:
+        globs = [g.strip("/") if "/" in g else g for g in globs]
+    # How deep a walk that is not recursive goes: as deep as its deepest path glob.
+    depth = max((g.count("/") for g in globs or [] if "/" in g), default=0)
 
-    def matches(name: str) -> bool:
-        return globs is None or any(fnmatch.fnmatch(name, g) for g in globs)
+    def matches(rel: str) -> bool:
+        if globs is None:
+            return True
+        name = rel.rpartition("/")[2]
+        for glob in globs:
+            if "/" in glob:
+                if rel.count("/") == glob.count("/") and fnmatch.fnmatchcase(rel, glob):
+                    return True
+            elif (recursive or "/" not in rel) and fnmatch.fnmatch(name, glob):
+                return True
+        return False
 
     if not os.path.lexists(local):
         raise NotFound(f"no such file or folder: {local!r}")
@@ -738,26 +796,27 @@ def collect_sources(local: str, base: str, *, wildcard: str | list[str] | None =
         rel_dir = os.path.relpath(dirpath, local)
         rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/")
         dirnames.sort()
-        if not recursive:
+        if not recursive and (rel_dir.count("/") + 1 if rel_dir else 0) >= depth:
             # Symlinks to folders are listed in dirnames; keep them as symlinks.
             for d in dirnames:
                 full = os.path.join(dirpath, d)
-                if os.path.islink(full) and matches(d):
-                    yield from source(d, full)
+                if os.path.islink(full) and matches(join(rel_dir, d)):
+                    yield from source(join(rel_dir, d), full)
             dirnames[:] = []
         for d in list(dirnames):
             full = os.path.join(dirpath, d)
             rel = join(rel_dir, d)
             if os.path.islink(full):
                 dirnames.remove(d)
-                if matches(d):
+                if matches(rel):
                     yield from source(rel, full)
             elif globs is None:
                 yield from source(rel, full)
         for f in sorted(filenames):
-            if not matches(f):
+            rel = join(rel_dir, f)
+            if not matches(rel):
                 continue
-            yield from source(join(rel_dir, f), os.path.join(dirpath, f))
+            yield from source(rel, os.path.join(dirpath, f))
 
 
 def _lstat(local: str) -> os.stat_result:

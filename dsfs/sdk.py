@@ -319,8 +319,9 @@ class DatasetVersion:
                   recursive: bool = True, dataset_path: str = "", *, strict: bool = False,
                   progress: ProgressCallback | None = None) -> CommitSummary:
         """Add local files or folders (a folder's contents land in ``dataset_path``) as one
-        change-set; only files whose name matches ``wildcard`` (one glob or a list), and below the
-        top level only if ``recursive``. Bytes already stored are not uploaded again. A fifo,
+        change-set; only files ``wildcard`` matches (one glob or a list): a name glob (``*.jpg``)
+        their names, below the top level only if ``recursive``; a path glob (``train/*.jpg``)
+        their paths relative to the folder. Bytes already stored are not uploaded again. A fifo,
         socket or device is skipped with a warning (``strict``: refused)."""
         summary = _reporting(self._repo, progress).add(
             self.id, [_local(p) for p in _listed(path)], dest=dataset_path, wildcard=wildcard,
@@ -393,8 +394,8 @@ class DatasetVersion:
 
     def get_mutable_local_copy(self, target_folder: str | os.PathLike, overwrite: bool = False, *,
                                progress: ProgressCallback | None = None) -> str:
-        """A writable copy of the whole version in ``target_folder`` (which must be empty unless
-        ``overwrite``); its path."""
+        """A writable copy of the whole version in ``target_folder``, which must be empty;
+        ``overwrite`` replaces what it holds. Its path."""
         target = _local(target_folder)
         _reporting(self._repo, progress).get(self.id, target, overwrite=overwrite)
         return target

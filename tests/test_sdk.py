@@ -160,7 +160,10 @@ READS: list[tuple[str, Callable, Callable]] = [
     ("Dataset.list(tags)", lambda w: [d.name for d in Dataset.list(tag=["raw", "wav"])],
      lambda c, w: [d["name"] for d in json.loads(c("datasets", "--tag", "raw", "--tag", "wav", "--json"))]),
     ("Dataset.list(partial_name)", lambda w: [d.name for d in Dataset.list(partial_name="THE")],
-     lambda c, w: [d["name"] for d in json.loads(c("datasets", "--json")) if "the" in d["name"]]),
+     lambda c, w: [d["name"] for d in json.loads(c("datasets", "--partial-name", "THE", "--json"))]),
+    ("Dataset.list(all filters)", lambda w: [d.name for d in Dataset.list(project="audio", tag="wav", partial_name="OTH")],
+     lambda c, w: [d["name"] for d in json.loads(c("datasets", "--project", "audio", "--tag", "wav",
+                                                   "--partial-name", "OTH", "--json"))]),
     ("dataset fields", lambda w: (lambda d: [d.name, d.project, d.tags, d.description, len(d.version_ids)])(
         Dataset.get("ds")),
      lambda c, w: (lambda d: [d["name"], d["project"], d["tags"], d["description"], d["versions"]])(
@@ -168,10 +171,22 @@ READS: list[tuple[str, Callable, Callable]] = [
     ("get_mutable_local_copy()", lambda w: tree_digest(
         DatasetVersion.get("ds@work").get_mutable_local_copy(w["tmp"] / "api-copy")),
      lambda c, w: (c("get", "ds@work", str(w["tmp"] / "cli-copy")), tree_digest(w["tmp"] / "cli-copy"))[1]),
+    ("get_mutable_local_copy(overwrite)", lambda w: tree_digest(
+        DatasetVersion.get("ds@second").get_mutable_local_copy(_littered(w["tmp"] / "api-over"), overwrite=True)),
+     lambda c, w: (c("get", "ds@second", str(_littered(w["tmp"] / "cli-over")), "--overwrite"),
+                   tree_digest(w["tmp"] / "cli-over"))[1]),
     ("get_local_copy()", lambda w: _writable(tree_digest(DatasetVersion.get("ds@v1").get_local_copy())),
      lambda c, w: _writable(
          (c("get", "ds@v1", str(w["tmp"] / "cli-copy1")), tree_digest(w["tmp"] / "cli-copy1"))[1])),
 ]
+
+
+def _littered(folder: Path) -> Path:
+    """A folder holding what a version does not: a file where ds@second has a folder, a folder
+    where it has a file, a symlink, and files in both."""
+    return write_tree(folder, {"img/old.jpg": "stale", "extra": "a file where a folder goes",
+                               "readme.txt/x": "a folder where a file goes", "gone.txt": "stale",
+                               "link": "-> gone.txt"})
 
 
 def _writable(digest: dict) -> dict:
@@ -209,8 +224,9 @@ CHANGES = [
            lambda c, d, w: c("add", f"{d}@draft", str(w["src"]), "--wildcard", "*.txt", "--non-recursive",
                              "--dest", "in/here")),
     Change("add_files(wildcards)", lambda d, w: _draft(d).add_files(w["src"], wildcard=["*.csv", "*.txt"]),
-           lambda c, d, w: (c("add", f"{d}@draft", str(w["src"]), "--wildcard", "*.csv"),
-                            c("add", f"{d}@draft", str(w["src"]), "--wildcard", "*.txt"))),
+           lambda c, d, w: c("add", f"{d}@draft", str(w["src"]), "--wildcard", "*.csv", "--wildcard", "*.txt")),
+    Change("add_files(path wildcard)", lambda d, w: _draft(d).add_files(w["src"], wildcard="data/*/*.csv"),
+           lambda c, d, w: c("add", f"{d}@draft", str(w["src"]), "--wildcard", "data/*/*.csv")),
     Change("remove_files(path)", lambda d, w: _draft(d).remove_files("data/train"),
            lambda c, d, w: c("remove", f"{d}@draft", "data/train")),
     Change("remove_files(glob)", lambda d, w: _draft(d).remove_files("*.jpg"),
@@ -249,7 +265,7 @@ def _twin(name: str) -> None:
     DatasetVersion.create_version(name, "work", parent_version_ids=["ds@v1"]).remove_files("img/dog.jpg")
 
 
-@_stores("moto", "seaweed")
+@_stores("moto")
 def test_changes_agree_with_the_cli(api, world):
     assert len({c.name for c in CHANGES}) == len(CHANGES)
     repo = Repository(load_settings(store=api.store, cache_dir=str(api.cache_dir)))
@@ -305,6 +321,12 @@ ERRORS = [
      ("delete", "--dataset", "ds", "--all-versions"), errors.ReadOnly, PermissionError),
     ("snapshot without one draft", lambda w: DatasetVersion.create_snapshot("other"), ("snapshot", "other"),
      errors.InvalidInput, ValueError),
+    ("snapshot onto a taken child name", lambda w: DatasetVersion.create_snapshot("ds", child_name="v1"),
+     ("snapshot", "ds", "--child-name", "v1"), errors.AlreadyExists, ValueError),
+    ("snapshot onto a taken name", lambda w: DatasetVersion.create_snapshot("ds", publish_name="second"),
+     ("snapshot", "ds", "--name", "second"), errors.AlreadyExists, ValueError),
+    ("snapshot and child of one name", lambda w: DatasetVersion.create_snapshot("ds", publish_name="x", child_name="x"),
+     ("snapshot", "ds", "--name", "x", "--child-name", "x"), errors.InvalidInput, ValueError),
     ("squash a draft", lambda w: DatasetVersion.squash("flat", ["ds@work"]),
      ("squash", "ds@work", "--dataset", "flat"), errors.InvalidInput, ValueError),
     ("remove nothing", lambda w: _draft("ds").remove_files("*.zzz"), ("remove", "ds@draft", "*.zzz"),
@@ -328,6 +350,34 @@ def test_errors_agree_with_the_cli(api, world):
 
 
 # -- what only the API does -------------------------------------------------------------------
+
+
+ADD_WILDCARDS = [  # (wildcard, recursive, what lands in the dataset)
+    ("*.jpg", True, ["img/cat.jpg", "img/deep/owl.jpg", "img/dog.jpg"]),
+    ("*.txt", False, ["readme.txt"]),
+    ("img/*.jpg", True, ["img/cat.jpg", "img/dog.jpg"]),  # a path glob: its own depth only
+    ("img/*.jpg", False, ["img/cat.jpg", "img/dog.jpg"]),
+    ("/img/deep/*/", False, ["img/deep/owl.jpg"]),
+    ("*/*.csv", True, ["data/val.csv"]),
+    ("data/l*", False, ["data/link"]),  # a symlink, kept as one
+    (["data/train/*.csv", "*.txt"], False, ["data/train/a.csv", "data/train/b.csv", "readme.txt"]),
+    (["data/train/*.csv", "*.txt"], True, ["data/train/a.csv", "data/train/b.csv", "readme.txt"]),
+    (["*.jpg", "data/*.csv"], False, ["data/val.csv"]),
+]
+
+
+def test_add_files_wildcards_match_names_or_paths_relative_to_the_folder(local_api, local_world):
+    """A bare name glob matches names (at any depth when recursive, as the seed's rglob); one
+    with a '/' matches paths relative to the folder, as remove_files matches them in the
+    dataset. The API and the CLI add the same."""
+    for n, (wildcard, recursive, expected) in enumerate(ADD_WILDCARDS):
+        by_api = DatasetVersion.create_version("ds", f"wild-api-{n}")
+        by_api.add_files(local_world["src"], wildcard=wildcard, recursive=recursive)
+        by_cli = DatasetVersion.create_version("ds", f"wild-cli-{n}")
+        globs = [wildcard] if isinstance(wildcard, str) else wildcard
+        local_api("add", by_cli.id, str(local_world["src"]), *[a for g in globs for a in ("--wildcard", g)],
+                  *([] if recursive else ["--non-recursive"]))
+        assert by_api.list_files() == expected == _paths(local_api, by_cli.id, "-r"), (wildcard, recursive)
 
 
 def test_create_follows_the_seed(local_api):
@@ -358,11 +408,54 @@ def test_current_warns_when_several_drafts(local_api, local_world):
     DatasetVersion.create_version("ds", "later", parent_version_names=["v1"])
     with pytest.warns(UserWarning, match=r"dataset 'ds' has 2 drafts; the newest, ds@later, is current"):
         assert DatasetVersion.get_current("ds").name == "later"
+    with pytest.warns(UserWarning, match=r"dataset 'ds' has 2 drafts") as warned:  # the seed's form
+        assert DatasetVersion.get_version(dataset_name="ds").name == "later"
+    assert warned[0].filename == __file__  # pointing at the caller's line
     Dataset.get("ds").delete_version(version_name="later")
     Dataset.get("ds").delete_version(version_name="work")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert DatasetVersion.get_current("ds").name == "second"  # no draft: the latest published
+
+
+def test_a_refused_snapshot_leaves_the_draft_as_it_was(local_api, local_world):
+    """Whatever refuses a snapshot, it does so before the draft is published: the dataset keeps
+    its draft (a child that could not be made would leave none). A draft mounted writable is
+    refused as ``publish`` refuses it, by the API and the CLI alike."""
+    from dsfs.draft.lease import Lease
+
+    work = DatasetVersion.get("ds@work")
+    refusals = [
+        (lambda: DatasetVersion.create_snapshot("ds", child_name="second"), errors.AlreadyExists,
+         "version name already exists in dataset 'ds': 'second'"),
+        (lambda: DatasetVersion.create_snapshot("ds", publish_name="r", child_name="r"), errors.InvalidInput,
+         "the snapshot and its child cannot both be named 'r'"),
+        (lambda: DatasetVersion.create_snapshot("ds", child_metadata={"when": object()}), errors.InvalidInput,
+         "metadata must be JSON"),
+        (lambda: DatasetVersion.create_snapshot("ds", child_name="draft"), errors.InvalidInput,
+         "version name 'draft' is reserved"),
+    ]
+    for snapshot, cls, message in refusals:
+        with pytest.raises(cls, match=re.escape(message)):
+            snapshot()
+    lease = Lease.acquire(Repository(load_settings(store=local_api.store, cache_dir=str(local_api.cache_dir))).store,
+                          work.id, "/mnt/elsewhere")
+    try:
+        with pytest.raises(errors.Conflict, match="is mounted writable by") as caught:
+            DatasetVersion.create_snapshot("ds")
+        assert local_api.fails("snapshot", "ds", code=errors.Conflict.exit_code).strip() == f"dsfs: error: {caught.value}"
+    finally:
+        lease.release()
+    assert work.refresh().state == "draft" and work.name == "work"
+    assert [v.name for v in DatasetVersion.get_versions("ds")] == ["v1", "second", "work"]
+    snapshot = DatasetVersion.create_snapshot("ds", child_name="work")  # its own name is free once published
+    assert snapshot.id == work.id and DatasetVersion.get_current("ds").name == "work"
+
+
+def test_create_version_metadata_must_be_json(local_api):
+    with pytest.raises(errors.InvalidInput, match="metadata must be JSON"):
+        DatasetVersion.create_version("ds", "bad", metadata={"when": object()})
+    assert [d.name for d in Dataset.list()] == []  # refused before the dataset was made
 
 
 def test_squash_holds_what_a_child_of_the_same_parents_holds(local_api, local_world):
@@ -374,8 +467,13 @@ def test_squash_holds_what_a_child_of_the_same_parents_holds(local_api, local_wo
     third.publish_version()
     order = ["ds@v1", "ds@second", "ds@third"]
     child = DatasetVersion.create_version("ds", "child", parent_version_ids=order)
-    flat = DatasetVersion.squash("flat", order)
     repo = Repository(load_settings(store=local_api.store, cache_dir=str(local_api.cache_dir)))
+    chunks_before = sorted(i.key for i in repo.store.list("versions/") if "/chunks/" in i.key)
+    flat = DatasetVersion.squash("flat", order)
+    # No bytes uploaded: no chunk anywhere is new, the squash's entries point at its sources'.
+    assert sorted(i.key for i in repo.store.list("versions/") if "/chunks/" in i.key) == chunks_before
+    assert {n.chunk.split("/")[1] for n in repo.ls(flat.id, recursive=True) if n.chunk} <= {
+        v.id for v in DatasetVersion.get_versions("ds")}
     assert _outcome(repo, flat.id)[0] == _outcome(repo, child.id)[0]
     assert flat.list_files() == ["data/link", "data/train/a.csv", "data/train/b.csv", "data/val.csv",
                                  "extra/x.txt", "img/cat.jpg", "readme.txt/x"]
@@ -387,7 +485,9 @@ def test_version_of_another_dataset_is_not_found(local_api, local_world):
         DatasetVersion.get_version("other", version_id=local_world["v1"])
 
 
-def test_metadata_and_mask_labels(local_api, local_world):
+@_stores("moto")
+def test_metadata_and_mask_labels(api, world):
+    """set_metadata and set_masks_labels have no command of their own: the CLI shows their result."""
     work = DatasetVersion.get("ds@work")
     work.set_metadata({"abc": "1234", "nested": {"n": [1, 2]}})
     work.set_masks_labels({(0, 0, 0): ["background"], (1, 1, 1): ["person", "sitting"], (2, 2, 2): ["cat"]})
@@ -395,7 +495,7 @@ def test_metadata_and_mask_labels(local_api, local_world):
         {"value": [0, 0, 0], "labels": ["background"]}, {"value": [1, 1, 1], "labels": ["person", "sitting"]},
         {"value": [2, 2, 2], "labels": ["cat"]}]}}
     assert work.get_metadata() == expected
-    assert json.loads(local_api("show", "ds@work", "--json"))["metadata"] == expected
+    assert json.loads(api("show", "ds@work", "--json"))["metadata"] == expected
     with pytest.raises(ValueError, match="a mask value must be an"):
         work.set_masks_labels({(0, 0): ["x"]})
     with pytest.raises(ValueError, match="metadata must be JSON"):
@@ -447,6 +547,22 @@ def test_local_copy_is_read_only_and_reused(local_api, local_world):
     after = work.get_local_copy()  # a draft's copy follows its changes; the old one goes
     assert after != before and not os.path.exists(before)
     assert (open(os.path.join(after, "readme.txt")).read()) == "changed\n"
+
+
+def test_a_mutable_copy_over_a_full_folder_holds_the_version_only(local_api, local_world):
+    """overwrite replaces what the folder held: the copy is the version, ready to sync back."""
+    work = DatasetVersion.get("ds@work")
+    clean = tree_digest(work.get_mutable_local_copy(local_world["tmp"] / "clean"))
+    target = _littered(local_world["tmp"] / "full")
+    with pytest.raises(ValueError, match="destination folder is not empty"):
+        work.get_mutable_local_copy(target)
+    assert tree_digest(target) == tree_digest(_littered(local_world["tmp"] / "again"))  # left alone
+    assert tree_digest(work.get_mutable_local_copy(target, overwrite=True)) == clean
+    assert work.sync_folder(target).empty  # nothing of the old contents goes back
+    for holder in (Path(local_api.store).parent, local_api.cache_dir):
+        with pytest.raises(ValueError, match="destination folder holds the (store|cache), not overwriting it: "):
+            work.get_mutable_local_copy(holder, overwrite=True)
+    assert DatasetVersion.get("ds@v1").verify() == []
 
 
 def test_configure_and_the_environment(local_api, local_world, tmp_path, monkeypatch):
