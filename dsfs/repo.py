@@ -8,6 +8,7 @@ with a compare-and-swap. An interruption before that last step leaves the draft 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import json
@@ -586,12 +587,22 @@ class Repository:
                                 created=now_iso())
         with self.views.merged(probe) as index:
             entries = [node.to_entry() for node in index.walk()]
+        new_dataset = dataset not in self.catalog.dataset_names()
         new = self.create(dataset, root=True, name=name)
-        changeset = ChangeSet(new.id, f"squash-{new_id()[:8]}", now_iso(), entries, [])
-        ref = self.catalog.write_changeset(changeset, len(entries), 0,
-                                           sum(e.size for e in entries if e.type == FILE), [])
-        self.catalog.record_changeset(new.id, ref)
-        return self.catalog.publish(new.id)
+        try:
+            changeset = ChangeSet(new.id, f"squash-{new_id()[:8]}", now_iso(), entries, [])
+            ref = self.catalog.write_changeset(changeset, len(entries), 0,
+                                               sum(e.size for e in entries if e.type == FILE), [])
+            self.catalog.record_changeset(new.id, ref)
+            return self.catalog.publish(new.id)
+        except BaseException:
+            # No half-made squash: the draft it was going to be goes (with what it recorded), and
+            # the dataset too if the squash made it and nothing else has come into it since.
+            with contextlib.suppress(Exception):
+                self._delete_versions([self.catalog.version(new.id)], force=False)
+                if new_dataset and not self.catalog.versions(dataset):
+                    self.catalog.delete_dataset_record(dataset)
+            raise
 
 
 def _check_json(metadata: dict | None) -> None:

@@ -248,6 +248,9 @@ class DatasetVersion:
             raise InvalidInput("give parent_version_names or parent_version_ids, not both")
         parents = [f"{dataset_name}@{n}" for n in parent_version_names or []] or list(parent_version_ids or [])
         repo = _repository(create=True)
+        if not raise_if_exists:  # the existing version, whatever the parents given now would say
+            with contextlib.suppress(NotFound):
+                return cls._find(repo, dataset_name, version_name, None)
         try:
             manifest = repo.create(dataset_name, parents=parents, root=not parents, name=version_name,
                                    comment=comment or "", metadata=metadata)

@@ -11,6 +11,7 @@ progress, mount.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -396,6 +397,9 @@ def test_create_follows_the_seed(local_api):
 def test_create_version_returns_an_existing_name_and_raises_on_request(local_api, local_world):
     again = DatasetVersion.create_version("ds", "work", parent_version_names=["second"])
     assert again == DatasetVersion.get("ds@work") and again.parent_ids == [local_world["v1"]]
+    # the name decides first: parents that would be refused (missing, a draft) do not matter
+    assert DatasetVersion.create_version("ds", "work", parent_version_names=["no-such"]) == again
+    assert DatasetVersion.create_version("ds", "work", parent_version_names=["work"]) == again
     with pytest.raises(ValueError, match="version name already exists in dataset 'ds': 'work'"):
         DatasetVersion.create_version("ds", "work", raise_if_exists=True)
     child = DatasetVersion.create_version("ds", "by-id", parent_version_ids=[local_world["v1"]])
@@ -478,6 +482,23 @@ def test_squash_holds_what_a_child_of_the_same_parents_holds(local_api, local_wo
     assert flat.list_files() == ["data/link", "data/train/a.csv", "data/train/b.csv", "data/val.csv",
                                  "extra/x.txt", "img/cat.jpg", "readme.txt/x"]
     assert (flat.parent_ids, flat.state) == ([], "published")
+
+
+def test_a_squash_that_fails_leaves_no_version_behind(local_api, local_world, monkeypatch):
+    """A squash that cannot record its change-set (here the store is full) leaves no empty draft,
+    nor the dataset it made for it: the same squash then succeeds."""
+    from dsfs.catalog import Catalog
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Catalog, "write_changeset", full)
+    with pytest.raises(OSError, match="No space left"):
+        DatasetVersion.squash("flat", ["ds@v1", "ds@second"])
+    assert "flat" not in [d.name for d in Dataset.list()]  # the squash made it, and took it back
+    monkeypatch.undo()
+    flat = DatasetVersion.squash("flat", ["ds@v1", "ds@second"])
+    assert [v.id for v in DatasetVersion.get_versions("flat")] == [flat.id]
 
 
 def test_version_of_another_dataset_is_not_found(local_api, local_world):
