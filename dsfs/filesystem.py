@@ -21,7 +21,9 @@ resolved at every call. Symlinks to files read as those files; other symlinks ar
 Writes go to drafts only. Outside a transaction each write call (closing a file opened "wb",
 ``pipe_file``, which writes one, ``rm``) records one change-set; inside ``with fs.transaction:``
 they all become one change-set when the block ends, and nothing is recorded if it raises.
-Written bytes wait in temp files under ``<cache_dir>/tmp`` until then.
+Written bytes wait in temp files under ``<cache_dir>/tmp`` until then. ``copy``/``cp_file`` copy
+files of any version into a draft (their bytes are not stored again); ``mv`` is a copy and a
+removal in one change-set.
 
 Threading: an instance may be shared by threads, as fsspec shares cached instances (the view,
 the index and the block cache are thread-safe); a transaction belongs to the instance, as in
@@ -45,16 +47,17 @@ from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 from fsspec.transaction import Transaction
 
 from .cache import ReadState, open_cache
-from .changeset.manifest import DRAFT, FILE, SYMLINK, Removal
+from .changeset.manifest import DRAFT, FILE, SYMLINK, Entry, Removal
 from .changeset.packer import Source
 from .config import load_settings
-from .errors import InvalidInput, NotFound, ReadOnly
+from .errors import Corrupt, InvalidInput, NotFound, ReadOnly
 from .draft.lease import check_not_leased
 from .mountd.view import VersionView
 from .paths import ancestors, check_path, parent_of
 from .repo import Repository
 from .resolver.index import ROOT_INO, Node
 
+COPY_PIECE = 8 << 20  # bytes a copy reads at a time
 _MAX_LINKS = 40  # symlinks followed in a row before a path counts as missing (as ELOOP)
 
 
@@ -77,6 +80,7 @@ class _Changes:
         self.view = view
         self.sources: dict[str, Source] = {}
         self.removals: dict[str, Removal] = {}
+        self.known: dict[str, Entry] = {}  # sha256 -> stored bytes of copied files (not sent again)
         self.temp: list[str] = []
 
     def claim(self, view: VersionView) -> "_Changes":
@@ -310,7 +314,8 @@ class DsfsFileSystem(AbstractFileSystem):
         return view.read(node, start, end - start) if end > start else b""
 
     def _open(self, path: str, mode: str = "rb", block_size=None, autocommit: bool = True,
-              cache_options=None, **kwargs) -> "DsfsFile":
+              cache_options=None, mode_bits: int = 0o644, copy_of: Entry | None = None,
+              **kwargs) -> "DsfsFile":
         if mode == "rb":
             view, node = self._file(path)
             return DsfsFile(self, path, mode, view=view, node=node, block_size=block_size,
@@ -321,9 +326,9 @@ class DsfsFileSystem(AbstractFileSystem):
         node = view.index.by_path(rel)
         if node is not None and node.is_dir:
             raise IsAFolder(f"is a folder: {f'{ref}/{rel}'!r}")
-        # A rewritten file keeps its mode; a new one gets 0o644.
-        mode_bits = node.mode if node is not None and node.type == FILE else 0o644
-        return DsfsFile(self, path, mode, view=view, rel=rel, mode_bits=mode_bits,
+        # A rewritten file keeps its mode; a new one gets ``mode_bits`` (0o644; a copy, its source's).
+        mode_bits = node.mode if node is not None and node.type == FILE else mode_bits
+        return DsfsFile(self, path, mode, view=view, rel=rel, mode_bits=mode_bits, copy_of=copy_of,
                         changes=None if autocommit else self.transaction.stage(view),
                         block_size=block_size, autocommit=autocommit)
 
@@ -351,9 +356,38 @@ class DsfsFileSystem(AbstractFileSystem):
                 draft = changes.view.manifest
                 check_not_leased(self.repo.store, draft.id)
                 self.repo.commit_changes(draft, sorted(changes.sources.values(), key=lambda s: s.path),
-                                         sorted(changes.removals.values(), key=lambda r: r.path))
+                                         sorted(changes.removals.values(), key=lambda r: r.path), changes.known)
         finally:
             changes.discard()
+
+    def cp_file(self, path1: str, path2: str, **kwargs) -> None:
+        """Copy a file of any version into a draft, read through the block cache (checked) and
+        written as ``open(path2, "wb")`` would: in this transaction, or its own change-set. Its
+        bytes are not stored again (the packer finds them by sha256). A new file takes the
+        source's mode. A folder copies nothing itself: its files do (``copy(recursive=True)``),
+        as a draft's folders come with their files."""
+        ref, view, node = self._lookup(path1)
+        if node.is_dir:
+            return
+        view, node = self._file(path1)
+        state = ReadState()
+        with self.open(path2, "wb", mode_bits=node.mode, copy_of=node.to_entry()) as out:
+            pos = 0
+            while pos < node.size:
+                piece = view.read(node, pos, min(COPY_PIECE, node.size - pos), state)
+                if not piece:
+                    raise Corrupt(f"{ref}/{node.path} ended at {pos} of its {node.size} bytes")
+                out.write(piece)
+                pos += len(piece)
+
+    def mv(self, path1, path2, recursive: bool = False, maxdepth: int | None = None, **kwargs) -> None:
+        """Copy, then remove the source: one change-set (inside a transaction, part of it), so a
+        move that fails half-way records nothing. Source and destination are in one draft."""
+        if self._intrans:
+            super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
+            return
+        with self.transaction:
+            super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
 
     def rm(self, path, recursive: bool = False, **kwargs) -> None:
         """Remove files (a folder with ``recursive``, as one tombstone); every path or glob in
@@ -387,9 +421,10 @@ class DsfsFile(AbstractBufferedFile):
 
     def __init__(self, fs: DsfsFileSystem, path: str, mode: str, *, view: VersionView,
                  node: Node | None = None, rel: str = "", mode_bits: int = 0o644,
-                 changes: _Changes | None = None, **kwargs) -> None:
+                 changes: _Changes | None = None, copy_of: Entry | None = None, **kwargs) -> None:
         self._view, self._node, self._rel, self._mode_bits = view, node, rel, mode_bits
         self._changes = changes
+        self._copy_of = copy_of  # the stored file being copied: its bytes are not sent again
         self._state = ReadState()
         self._out = None
         block_size = kwargs.pop("block_size", None) or "default"
@@ -412,6 +447,8 @@ class DsfsFile(AbstractBufferedFile):
         if final:
             changes = self._changes or _Changes(self._view)
             changes.write(self._rel, self._out.name, self._mode_bits)
+            if self._copy_of is not None and self._copy_of.sha256:
+                changes.known[self._copy_of.sha256] = self._copy_of
             if self.autocommit:
                 self.fs.record(changes)
         return True

@@ -250,8 +250,10 @@ class Repository:
     # -- changing a draft ---------------------------------------------------------------------
 
     def commit_changes(self, manifest: VersionManifest, sources: list[Source],
-                       removals: list[Removal]) -> CommitSummary:
-        """Record one change-set on a draft. Unchanged sources are dropped first."""
+                       removals: list[Removal], known: dict[str, Entry] | None = None) -> CommitSummary:
+        """Record one change-set on a draft. Unchanged sources are dropped first. Bytes already
+        stored are not sent again: the draft's own, and ``known`` (sha256 -> where they are
+        stored for another version, e.g. a file copied from it)."""
         summary = CommitSummary(manifest.id)
         index = self.index(manifest)
         view = _PathLookup(index)
@@ -279,7 +281,7 @@ class Repository:
         pending = PendingUploads(self.store, manifest.id)
         with self.progress("uploading", sum(s.size for s in changed if s.type == FILE)) as bar:
             entries, stats = pack(self.store, manifest.id, changeset_id, changed,
-                                  lambda shas: _stored_blobs(index, pending, shas),
+                                  lambda shas: _stored_blobs(index, pending, shas, known or {}),
                                   self.settings, self.tmp_dir, bar)
         changeset = ChangeSet(manifest.id, changeset_id, now_iso(), entries, removals)
         ref = self.catalog.write_changeset(changeset, len(entries), stats.bytes_new, stats.bytes_dedup,
@@ -652,11 +654,13 @@ def _count_files(index: VersionIndex | _PathLookup, sources: list[Source], remov
     return added, modified, len(gone - written)
 
 
-def _stored_blobs(index: VersionIndex, pending: PendingUploads, shas: list[str]) -> dict[str, Entry]:
-    """Stored copies of these contents: in the view, else in an interrupted commit's uploads."""
+def _stored_blobs(index: VersionIndex, pending: PendingUploads, shas: list[str],
+                  known: dict[str, Entry]) -> dict[str, Entry]:
+    """Stored copies of these contents: in the view, else among those ``known``, else in an
+    interrupted commit's uploads."""
     found = index.find_blobs(shas)
     for sha in shas:
-        if sha not in found and (entry := pending.find(sha)) is not None:
+        if sha not in found and (entry := known.get(sha) or pending.find(sha)) is not None:
             found[sha] = entry
     return found
 

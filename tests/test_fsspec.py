@@ -25,6 +25,7 @@ import pytest
 from conftest import Cli, write_tree
 import dsfs
 from dsfs import errors
+from dsfs.errors import ReadOnly
 from dsfs.filesystem import DsfsFileSystem, IsAFolder, PathNotFound
 from dsfs.draft.lease import Lease
 
@@ -378,6 +379,33 @@ def test_a_transaction_becomes_one_changeset(fs, where, draft):
     assert fs.find(draft) == [f"{draft}/{p}" for p in ["a.txt", "b/b.parquet", "run.sh", "unfinished.txt"]]
     assert fs.info(f"{draft}/old")["type"] == "directory"  # emptied by rm, not removed
     assert pd.read_parquet(f"dsfs://{draft}/b/b.parquet", storage_options=where.options).equals(_frame(3))
+
+
+def test_copy_and_move_into_a_draft(fs, where, draft):
+    """cp_file copies from any version (here the published one) and within the draft, stores no
+    byte twice and keeps the source's mode; mv is one change-set; a folder copies its files."""
+    before = _changesets(where.cli, draft)
+    chunks = _chunk_keys(fs)
+    fs.cp_file(f"{where.v1}/labels.csv", f"{draft}/copied/labels.csv")
+    fs.cp_file(f"{draft}/run.sh", f"{draft}/bin/run.sh")
+    assert _changesets(where.cli, draft) == before + 2
+    assert _chunk_keys(fs) == chunks  # bytes already stored are pointed at, not sent again
+    assert fs.cat(f"{draft}/copied/labels.csv") == fs.cat(f"{where.v1}/labels.csv")
+    assert fs.info(f"{draft}/bin/run.sh")["mode"] == 0o755
+    fs.mv(f"{draft}/keep.txt", f"{draft}/moved/keep.txt")
+    assert _changesets(where.cli, draft) == before + 3
+    assert not fs.exists(f"{draft}/keep.txt") and fs.cat(f"{draft}/moved/keep.txt") == b"keep\n"
+    fs.copy(f"{where.v1}/tables", f"{draft}/t", recursive=True)
+    assert fs.find(f"{draft}/t") == [f"{draft}/t/part-{n}.parquet" for n in range(4)]
+    with pytest.raises(ReadOnly, match="published"):  # the source of a move must go too
+        fs.mv(f"{where.v1}/labels.csv", f"{draft}/stolen.csv")
+    assert not fs.exists(f"{draft}/stolen.csv")  # the failed move recorded nothing
+    with pytest.raises(FileNotFoundError):
+        fs.cp_file(f"{draft}/no-such.txt", f"{draft}/x.txt")
+
+
+def _chunk_keys(fs) -> list[str]:
+    return sorted(i.key for i in fs.repo.store.list("versions/") if "/chunks/" in i.key)
 
 
 def test_a_transaction_that_raises_records_nothing(fs, where, draft):
