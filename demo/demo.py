@@ -145,6 +145,12 @@ def sdk_demo(work: Path, env: dict) -> None:
     print(f"# {sum(1 for p in Path(copy).rglob('*') if p.is_file())} files in the read-only copy")
     python("child.verify(hash=True)", scope)
     python("DatasetVersion.squash('pets-flat', [child]).list_files('masks')", scope)
+    # The seed's simple structure: one draft ("Current") that each snapshot publishes, keeping
+    # its id, and continues in a new draft child.
+    python("Dataset.create('masks-only', dataset_project='demo').name", scope)
+    python("DatasetVersion.get_current('masks-only').add_files(extra).describe()", scope)
+    python("DatasetVersion.create_snapshot('masks-only', publish_name='first').name", scope)
+    python("[(v.name, v.state) for v in DatasetVersion.get_versions('masks-only')]", scope)
     dsfs("show", "pets@masks", env=env)
 
 
