@@ -437,8 +437,12 @@ class Repository:
             return extract_view(self.store, index, dest, self.tmp_dir, bar)
 
     def _check_holds_no_state(self, folder: str) -> None:
-        """Refuse to empty a folder that holds this store or the cache."""
-        inside = os.path.realpath(folder) + os.sep
+        """Refuse to empty a folder that holds this store or the cache, or a home folder or the
+        filesystem's root (a slip of the argument must not cost a user their files)."""
+        real = os.path.realpath(folder)
+        if real in ("/", os.path.realpath(os.path.expanduser("~"))):
+            raise InvalidInput(f"not emptying {folder!r} to overwrite it (it is {real!r}): give a folder of its own")
+        inside = real + os.sep
         for what, path in (("store", self.settings.store), ("cache", self.settings.cache_dir)):
             if "://" not in path and (os.path.realpath(path) + os.sep).startswith(inside):
                 raise InvalidInput(f"destination folder holds the {what}, not overwriting it: {folder!r}")

@@ -586,6 +586,16 @@ def test_a_mutable_copy_over_a_full_folder_holds_the_version_only(local_api, loc
     assert DatasetVersion.get("ds@v1").verify() == []
 
 
+def test_a_mutable_copy_never_empties_a_home_folder_or_the_root(local_api, local_world, monkeypatch):
+    home = _littered(local_world["tmp"] / "home")
+    monkeypatch.setenv("HOME", str(home))
+    work = DatasetVersion.get("ds@work")
+    for folder in (home, Path("/")):
+        with pytest.raises(ValueError, match=f"not emptying '{folder}' to overwrite it"):
+            work.get_mutable_local_copy(folder, overwrite=True)
+    assert tree_digest(home) == tree_digest(_littered(local_world["tmp"] / "home-again"))
+
+
 def test_configure_and_the_environment(local_api, local_world, tmp_path, monkeypatch):
     dsfs.configure()
     monkeypatch.setenv("DSFS_STORE", local_api.store)
