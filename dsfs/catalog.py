@@ -11,11 +11,12 @@ the published manifest is created once, the draft record is deleted.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, TypeVar
 
+from . import tmpfiles
 from .changeset.manifest import (
     DRAFT,
     PUBLISHED,
@@ -218,13 +219,12 @@ class Catalog:
         """Stream a change-set's items without holding the file in memory: ``parse(stream, key)``
         of the file opened (``iter_changeset``, or one of its variants)."""
         local = self.store.local_path(ref.key)
-        tmp = None
+        tmp = held = None
         try:
             if local is None:
-                os.makedirs(tmp_dir, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix="changeset-")
-                os.close(fd)
+                held, tmp = tmpfiles.make(tmp_dir, "changeset-")
                 self.store.download_file(ref.key, tmp)
+                held = tmpfiles.rehold(held, tmp)  # (a download may rename its own file over tmp)
                 local = tmp
             with open(local, "rb") as stream:
                 yield from parse(stream, ref.key)
@@ -232,7 +232,9 @@ class Catalog:
             raise Corrupt(f"change-set missing from store: {ref.key!r}") from None
         finally:
             if tmp is not None:
-                os.unlink(tmp)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            tmpfiles.close(held)
 
     def publish(self, version_id: str, name: str | None = None) -> VersionManifest:
         manifest = self.version(version_id)

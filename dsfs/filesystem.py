@@ -37,15 +37,16 @@ import errno
 import itertools
 import os
 import posixpath
-import tempfile
 import threading
 import weakref
+from typing import BinaryIO
 from urllib.parse import unquote
 
 from fsspec import available_protocols
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 from fsspec.transaction import Transaction
 
+from . import tmpfiles
 from .cache import ReadState, open_cache
 from .changeset.manifest import DRAFT, FILE, SYMLINK, Entry, Removal
 from .changeset.packer import Source
@@ -82,6 +83,7 @@ class _Changes:
         self.removals: dict[str, Removal] = {}
         self.known: dict[str, Entry] = {}  # sha256 -> stored bytes of copied files (not sent again)
         self.temp: list[str] = []
+        self.held: list[int] = []  # the temp files' locks (dsfs.tmpfiles), let go when they go
 
     def claim(self, view: VersionView) -> "_Changes":
         """These changes, if ``view`` is their draft: one change-set writes one draft."""
@@ -91,10 +93,11 @@ class _Changes:
                                f"not {other.dataset}@{other.name} too")
         return self
 
-    def write(self, rel: str, local: str, mode: int) -> None:
+    def write(self, rel: str, local: str, mode: int, held: int) -> None:
         """Stage the written (closed) temp file ``local`` at ``rel``: its size and mtime are the
-        packer's to check against what it reads."""
+        packer's to check against what it reads. ``held`` (its lock) is these changes' now."""
         self.temp.append(local)
+        self.held.append(held)
         source = Source.from_local(rel, local)
         source.mode = mode
         self.sources[rel] = source
@@ -121,6 +124,9 @@ class _Changes:
             except FileNotFoundError:
                 pass
         self.temp.clear()
+        for held in self.held:
+            tmpfiles.close(held)
+        self.held.clear()
 
 
 class DraftTransaction(Transaction):
@@ -343,10 +349,16 @@ class DsfsFileSystem(AbstractFileSystem):
             raise ReadOnly(f"version is published and cannot change: {ref!r} ({view.manifest.name!r})")
         return ref, view, check_path(rel)
 
-    def _temp_file(self):
-        """A new temp file for staged bytes, open for writing."""
-        os.makedirs(self.repo.tmp_dir, exist_ok=True)
-        return tempfile.NamedTemporaryFile(dir=self.repo.tmp_dir, prefix="fsspec-", delete=False)
+    def _temp_file(self) -> tuple[BinaryIO, int, str]:
+        """A new temp file for staged bytes: open for writing, the descriptor holding its lock
+        (dsfs.tmpfiles: a killed writer's file is swept later), its path."""
+        held, path = tmpfiles.make(self.repo.tmp_dir, "fsspec-")
+        try:
+            return open(path, "wb"), held, path
+        except BaseException:
+            tmpfiles.close(held)
+            os.unlink(path)
+            raise
 
     def record(self, changes: _Changes) -> None:
         """Record staged changes as one change-set (nothing when there are none); the temp
@@ -426,7 +438,8 @@ class DsfsFile(AbstractBufferedFile):
         self._changes = changes
         self._copy_of = copy_of  # the stored file being copied: its bytes are not sent again
         self._state = ReadState()
-        self._out = None
+        self._out = self._held = None
+        self._temp = ""
         block_size = kwargs.pop("block_size", None) or "default"
         super().__init__(fs, path, mode, block_size=block_size, size=node.size if node else None, **kwargs)
 
@@ -434,7 +447,7 @@ class DsfsFile(AbstractBufferedFile):
         return self._view.read(self._node, start, end - start, self._state)
 
     def _initiate_upload(self) -> None:
-        self._out = self.fs._temp_file()
+        self._out, self._held, self._temp = self.fs._temp_file()
 
     def _upload_chunk(self, final: bool = False) -> bool:
         try:
@@ -446,7 +459,8 @@ class DsfsFile(AbstractBufferedFile):
             raise
         if final:
             changes = self._changes or _Changes(self._view)
-            changes.write(self._rel, self._out.name, self._mode_bits)
+            held, self._held = self._held, None
+            changes.write(self._rel, self._temp, self._mode_bits, held)
             if self._copy_of is not None and self._copy_of.sha256:
                 changes.known[self._copy_of.sha256] = self._copy_of
             if self.autocommit:
@@ -462,8 +476,10 @@ class DsfsFile(AbstractBufferedFile):
     def _drop(self) -> None:
         if self._out is not None:
             self._out.close()
-            os.unlink(self._out.name)
+            os.unlink(self._temp)
             self._out = None
+        held, self._held = self._held, None
+        tmpfiles.close(held)
 
     def __exit__(self, exc_type, *exc) -> None:
         if exc_type is not None:

@@ -20,6 +20,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 
+from . import tmpfiles
 from .catalog import Catalog
 from .changeset.manifest import (
     DIR,
@@ -86,6 +87,7 @@ class Repository:
         self.store = store or open_store(settings.store, settings, create=create_store)
         self.catalog = Catalog(self.store)
         self.tmp_dir = os.path.join(settings.cache_dir, "tmp")
+        tmpfiles.sweep(self.tmp_dir)  # what killed commands left there (dsfs/tmpfiles.py)
         self.views = ViewBuilder(self.catalog, settings.index_dir)
         self.progress: ProgressFactory = lambda label, total: Progress(label, total)
 

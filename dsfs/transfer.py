@@ -13,8 +13,8 @@ import concurrent.futures
 import contextlib
 import hashlib
 import os
-import tempfile
 
+from . import tmpfiles
 from .changeset.manifest import SYMLINK
 from .changeset.reader import iter_member, read_tree
 from .changeset.tree import TreeBuilder, member_size
@@ -47,16 +47,15 @@ def extract_view(store: ObjectStore, index: VersionIndex, dest: str, tmp_dir: st
 
     def extract_chunk(chunk: str | None, nodes: list[Node]) -> None:
         source = store
-        tmp = None
+        tmp = held = None
         try:
             if chunk is not None and store.local_path(chunk) is None and len(nodes) >= _WHOLE_CHUNK_MEMBERS:
-                os.makedirs(tmp_dir, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix="get-")
-                os.close(fd)
+                held, tmp = tmpfiles.make(tmp_dir, "get-")
                 try:
                     store.download_file(chunk, tmp)
                 except NotFound:
                     raise Corrupt(f"chunk missing from store: {chunk!r}") from None
+                held = tmpfiles.rehold(held, tmp)  # (a download may rename its own file over tmp)
                 source = _SingleFile(chunk, tmp)
             for node in sorted(nodes, key=lambda n: n.offset or 0):
                 _write_file(source, node, os.path.join(dest, node.path))
@@ -64,7 +63,9 @@ def extract_view(store: ObjectStore, index: VersionIndex, dest: str, tmp_dir: st
                     progress(node.size)
         finally:
             if tmp is not None:
-                os.unlink(tmp)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            tmpfiles.close(held)
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         for fut in [pool.submit(extract_chunk, c, n) for c, n in by_chunk.items()]:

@@ -24,7 +24,7 @@ import pytest
 
 from conftest import Cli, write_tree
 import dsfs
-from dsfs import errors
+from dsfs import errors, tmpfiles
 from dsfs.errors import ReadOnly
 from dsfs.filesystem import DsfsFileSystem, IsAFolder, PathNotFound
 from dsfs.draft.lease import Lease
@@ -375,6 +375,8 @@ def test_a_transaction_becomes_one_changeset(fs, where, draft):
         unfinished.write(b"joins too")
         assert not fs.exists(f"{draft}/a.txt")  # nothing shows before the end
         assert _changesets(where.cli, draft) == before
+        # the staged bytes are held: even with no grace, a sweep (dsfs/tmpfiles.py) takes none
+        assert tmpfiles.sweep(os.path.join(where.cache, "tmp"), grace=0) == []
     assert _changesets(where.cli, draft) == before + 1
     assert fs.find(draft) == [f"{draft}/{p}" for p in ["a.txt", "b/b.parquet", "run.sh", "unfinished.txt"]]
     assert fs.info(f"{draft}/old")["type"] == "directory"  # emptied by rm, not removed

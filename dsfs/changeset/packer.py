@@ -21,11 +21,11 @@ import os
 import secrets
 import shutil
 import stat
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from .. import tmpfiles
 from ..config import Settings
 from ..errors import Conflict, DsfsError, InvalidInput, NoSpace
 from ..paths import name_bytes
@@ -250,7 +250,8 @@ class _ChunkWriter:
 
     def __init__(self, store: ObjectStore, key: str, tmp_dir: str, level: int) -> None:
         self.store, self.key = store, key
-        fd, self.tmp = tempfile.mkstemp(dir=tmp_dir, prefix="chunk-", suffix=".zip")
+        fd, self.tmp = tmpfiles.make(tmp_dir, "chunk-", ".zip")
+        self.held = os.dup(fd)  # the lock stays while the file is uploaded (tmpfiles.sweep)
         self.file = _ChunkFile(fd)
         self.zip = zipfile.ZipFile(self.file, "w", allowZip64=True, compresslevel=level)
         self.members: list[Entry] = []
@@ -348,6 +349,7 @@ class _ChunkWriter:
         finally:
             if os.path.exists(self.tmp):
                 os.unlink(self.tmp)
+            self._release()
 
     def abort(self) -> None:
         try:
@@ -357,6 +359,11 @@ class _ChunkWriter:
         self._close_file()
         if os.path.exists(self.tmp):
             os.unlink(self.tmp)
+        self._release()
+
+    def _release(self) -> None:
+        held, self.held = self.held, None
+        tmpfiles.close(held)
 
     def _close_file(self) -> None:
         if self.file.fd >= 0:
