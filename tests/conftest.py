@@ -7,6 +7,9 @@ import hashlib
 import io
 import os
 import shutil
+import subprocess
+import sys
+import time
 import types
 from pathlib import Path
 
@@ -171,6 +174,27 @@ def write_tree(root: Path, files: dict[str, bytes | str]) -> Path:
         else:
             path.write_bytes(content if isinstance(content, bytes) else content.encode())
     return root
+
+
+def add_caught_packing(cli: Cli, work: Path, **popen) -> tuple[str, Path, subprocess.Popen]:
+    """A ``dsfs add`` of a big compressible file to a new draft of dataset ``ds``, run in its own
+    process and caught while it packs a chunk (deflating keeps the packer busy long enough):
+    (the draft, the folder added, the process, still running)."""
+
+    draft = cli("create", "ds").strip()
+    big = work / "big"
+    big.mkdir()
+    with open(big / "text.csv", "wb") as f:
+        for i in range(400):
+            f.write(b"".join(b"%d,%d,some text value\n" % (i, j) for j in range(20000)))
+    env = {**os.environ, "DSFS_STORE": cli.store, "DSFS_CACHE_DIR": str(cli.cache_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "dsfs", "add", draft, str(big)], env=env, **popen)
+    tmp = Path(cli.cache_dir) / "tmp"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (tmp.exists() and any(tmp.glob("pack-*/chunk-*"))):
+        time.sleep(0.01)
+    assert proc.poll() is None, "add finished before it was caught packing"
+    return draft, big, proc
 
 
 def _mounts_for(store: str, cache_dir: Path):

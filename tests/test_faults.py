@@ -7,13 +7,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import write_tree
+from conftest import add_caught_packing, write_tree
 
 
 @pytest.fixture
@@ -158,24 +156,11 @@ def test_unreachable_s3_store(tmp_path, monkeypatch, cache_dir):
 
 def test_interrupted_add_leaves_the_draft_unchanged(local_cli, tmp_path, cache_dir):
     """SIGINT while a chunk is being packed: exit 130, no change-set recorded, store readable."""
-    draft = local_cli("create", "ds").strip()
-    big = tmp_path / "big"
-    big.mkdir()
-    # Compressible data is deflated, which keeps the packer busy long enough to interrupt.
-    with open(big / "text.csv", "wb") as f:
-        for i in range(400):
-            f.write(b"".join(b"%d,%d,some text value\n" % (i, j) for j in range(20000)))
-    env = {**os.environ, "DSFS_STORE": local_cli.store, "DSFS_CACHE_DIR": str(cache_dir)}
     # A runner that started us in the background may have SIGINT ignored, which the child would
     # inherit (and Python then raises no KeyboardInterrupt): give the child the default back.
-    proc = subprocess.Popen([sys.executable, "-m", "dsfs", "add", draft, str(big)], env=env,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    draft, _, proc = add_caught_packing(local_cli, tmp_path, stderr=subprocess.PIPE, text=True,
+                                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     tmp = cache_dir / "tmp"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (tmp.exists() and any(tmp.glob("pack-*/chunk-*"))):
-        time.sleep(0.01)
-    assert proc.poll() is None, "add finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted; nothing was recorded" in err

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from conftest import add_caught_packing
 from dsfs import tmpfiles
 
 HOUR = 3600
@@ -68,20 +69,8 @@ def test_a_packers_folder_goes_once_empty_and_old(tmp_path):
 def test_a_killed_add_leaves_a_chunk_the_next_command_sweeps(local_cli, tmp_path, cache_dir):
     """kill -9 while a chunk is being packed: the partial chunk stays (nothing can remove it
     then), and once it is old any dsfs command removes it; the draft and store are unharmed."""
-    draft = local_cli("create", "ds").strip()
-    big = tmp_path / "big"
-    big.mkdir()
-    with open(big / "text.csv", "wb") as f:  # compressible: deflating keeps the packer busy
-        for i in range(400):
-            f.write(b"".join(b"%d,%d,some text value\n" % (i, j) for j in range(20000)))
-    env = {**os.environ, "DSFS_STORE": local_cli.store, "DSFS_CACHE_DIR": str(cache_dir)}
-    proc = subprocess.Popen([sys.executable, "-m", "dsfs", "add", draft, str(big)], env=env,
-                            stderr=subprocess.DEVNULL)
+    draft, big, proc = add_caught_packing(local_cli, tmp_path, stderr=subprocess.DEVNULL)
     tmp = cache_dir / "tmp"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (tmp.exists() and any(tmp.glob("pack-*/chunk-*"))):
-        time.sleep(0.01)
-    assert proc.poll() is None, "add finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     left = [p for p in tmp.rglob("*") if p.is_file()]
