@@ -49,7 +49,7 @@ from ..errors import DsfsError, MountError
 from ..resolver.index import ROOT_INO, Node
 from .libfuse import mfusepy_bound_to_libfuse3
 from .prefetchd import PrefetchService
-from .view import VersionView
+from .view import ST_BLKSIZE, VersionView
 
 log = logging.getLogger(__name__)
 
@@ -310,13 +310,15 @@ class DirectOperations:
                 return "refused"
         return "pushed"
 
-    # stat(2) fields into a C struct stat
+    # stat(2) fields into a C struct stat: the view's ``stat_fields``, set straight from the node
+    # (no dict between them: a listing fills one per entry)
     def _fill(self, st, node: Node) -> None:
-        f = self.view.stat_fields(node)
-        st.st_ino, st.st_mode, st.st_nlink = f["st_ino"], f["st_mode"], f["st_nlink"]
-        st.st_size, st.st_uid, st.st_gid = f["st_size"], f["st_uid"], f["st_gid"]
-        st.st_blksize, st.st_blocks = f["st_blksize"], f["st_blocks"]
-        sec, nsec = divmod(f["st_mtime_ns"], 1_000_000_000)
+        view = self.view
+        size = node.size
+        st.st_ino, st.st_mode, st.st_nlink = node.ino, view.stat_mode(node), node.nlink
+        st.st_size, st.st_uid, st.st_gid = size, view.uid, view.gid
+        st.st_blksize, st.st_blocks = ST_BLKSIZE, (size + 511) // 512
+        sec, nsec = divmod(node.mtime_ns, 1_000_000_000)
         for ts in (st.st_atimespec, st.st_mtimespec, st.st_ctimespec):
             ts.tv_sec, ts.tv_nsec = sec, nsec
 

@@ -24,6 +24,8 @@ from ..store.base import ObjectStore
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 4096
+ST_BLKSIZE = 1 << 17  # the st_blksize files report (the size tools read in)
+_KINDS = {DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
 NODE_MEMO = 32768  # nodes of a published version remembered (about 10 MiB); then it starts over
 
 
@@ -136,20 +138,19 @@ class VersionView:
             raise NoAttribute(f"no attribute {name!r} on {node.path!r}")
         return value
 
+    def stat_mode(self, node: Node) -> int:
+        """A node's st_mode: its kind and permission bits (published data without write bits)."""
+        kind = _KINDS.get(node.type, stat.S_IFREG)
+        if self.immutable and kind != stat.S_IFLNK:
+            return kind | (node.mode & ~0o222)  # published data is read-only; say so in the bits too
+        return kind | node.mode
+
     def stat_fields(self, node: Node) -> dict:
-        """The stat(2) fields of a node, shared by both adapters."""
-        if node.type == DIR:
-            kind = stat.S_IFDIR
-        elif node.type == SYMLINK:
-            kind = stat.S_IFLNK
-        else:
-            kind = stat.S_IFREG
-        mode = node.mode
-        if self.immutable and node.type != SYMLINK:
-            mode &= ~0o222  # published data is read-only; say so in the permission bits too
+        """The stat(2) fields of a node, shared by both adapters (the direct one sets them from
+        ``stat_mode`` and the node straight into its C struct: a listing fills one per entry)."""
         return {
             "st_ino": node.ino,
-            "st_mode": kind | mode,
+            "st_mode": self.stat_mode(node),
             "st_nlink": node.nlink,
             "st_size": node.size,
             "st_uid": self.uid,
@@ -157,7 +158,7 @@ class VersionView:
             "st_mtime_ns": node.mtime_ns,
             "st_ctime_ns": node.mtime_ns,
             "st_atime_ns": node.mtime_ns,
-            "st_blksize": 1 << 17,
+            "st_blksize": ST_BLKSIZE,
             "st_blocks": (node.size + 511) // 512,
         }
 
