@@ -18,7 +18,6 @@ Threading: a ``VersionIndex`` may be shared by threads; each thread gets its own
 from __future__ import annotations
 
 import bisect
-import contextlib
 import dataclasses
 import heapq
 import queue
@@ -138,6 +137,22 @@ def path_order(path: str) -> bytes:
     return name_bytes(path)
 
 
+class _Borrowed:
+    """``with index._conn() as conn``: one of the index's pooled connections, given back after."""
+
+    __slots__ = ("index", "conn")
+
+    def __init__(self, index: VersionIndex) -> None:
+        self.index = index
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn = self.index._take()
+        return self.conn
+
+    def __exit__(self, *exc) -> None:
+        self.index._pool.put(self.conn)
+
+
 class VersionIndex:
     """Read access to a built index file."""
 
@@ -168,10 +183,14 @@ class VersionIndex:
         self._chunk_ids = {key: cid for cid, key in self._chunks.items()}
         self._dir_paths: dict[int, bytes] = {ROOT_INO: b""}
 
-    @contextlib.contextmanager
-    def _conn(self) -> Iterator[sqlite3.Connection]:
+    def _conn(self) -> _Borrowed:
+        """A connection of the pool for a ``with`` block (a plain class, not a generator: a
+        lookup borrows one per request)."""
+        return _Borrowed(self)
+
+    def _take(self) -> sqlite3.Connection:
         try:
-            conn = self._pool.get_nowait()
+            return self._pool.get_nowait()
         except queue.Empty:
             flags = "mode=ro&immutable=1" if self.immutable else "mode=ro"
             conn = sqlite3.connect(f"file:{self.path}?{flags}", uri=True, check_same_thread=False)
@@ -179,10 +198,7 @@ class VersionIndex:
             conn.execute("PRAGMA cache_size=-16384")
             with self._lock:
                 self._all.append(conn)
-        try:
-            yield conn
-        finally:
-            self._pool.put(conn)
+            return conn
 
     def _node(self, row, parent_path: bytes) -> Node:
         ino, name, chunk_id, target, sha, blocks, tree = row[0], row[2], row[9], row[8], row[7], row[15], row[16]
