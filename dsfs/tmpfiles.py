@@ -33,12 +33,7 @@ def make(folder: str, prefix: str, suffix: str = "") -> tuple[int, str]:
         except FileNotFoundError:  # a sweep took the (empty, long unchanged) folder just now
             if attempt:
                 raise
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-    except OSError:
-        os.close(fd)
-        os.unlink(path)
-        raise
+    _lock(fd)
     return fd, path
 
 
@@ -46,12 +41,17 @@ def hold(path: str) -> int:
     """A descriptor holding ``path``'s lock (for a file whose first descriptor is closed while
     the file is still needed)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    _lock(fd)
+    return fd
+
+
+def _lock(fd: int) -> None:
+    """Take the shared lock. A filesystem without flock (some network ones say ENOLCK) gets none:
+    the file works as ever, and ``sweep``, which cannot lock there either, never removes it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
     except OSError:
-        os.close(fd)
-        raise
-    return fd
+        pass
 
 
 def rehold(fd: int, path: str) -> int:

@@ -86,3 +86,23 @@ def test_a_killed_add_leaves_a_chunk_the_next_command_sweeps(local_cli, tmp_path
     assert local_cli("ls", draft, "-r") == ""
     local_cli("add", draft, str(big))  # and the next add works as ever
     assert local_cli("ls", draft, "-r").split()[-1] == "text.csv"
+
+
+def test_a_filesystem_without_locks_keeps_its_files(tmp_path, monkeypatch):
+    """Where flock fails (ENOLCK on some network filesystems), temp files still work and the
+    sweep, unable to tell which are in use, removes none."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    fd, path = tmpfiles.make(str(tmp_path / "tmp"), "fsspec-")
+    os.write(fd, b"staged")
+    tmpfiles.close(fd)
+    held = tmpfiles.hold(path)
+    _age(path)
+    assert tmpfiles.sweep(str(tmp_path / "tmp")) == []
+    tmpfiles.close(held)
+    assert open(path, "rb").read() == b"staged"
