@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, TypeVar
 
@@ -218,23 +217,14 @@ class Catalog:
                         parse: Callable[[BinaryIO, str], Iterator[T]] = iter_changeset) -> Iterator[T]:
         """Stream a change-set's items without holding the file in memory: ``parse(stream, key)``
         of the file opened (``iter_changeset``, or one of its variants)."""
-        local = self.store.local_path(ref.key)
-        tmp = held = None
         try:
-            if local is None:
-                held, tmp = tmpfiles.make(tmp_dir, "changeset-")
-                self.store.download_file(ref.key, tmp)
-                held = tmpfiles.rehold(held, tmp)  # (a download may rename its own file over tmp)
-                local = tmp
-            with open(local, "rb") as stream:
-                yield from parse(stream, ref.key)
+            with contextlib.ExitStack() as stack:
+                local = self.store.local_path(ref.key) or stack.enter_context(
+                    tmpfiles.downloaded(self.store, ref.key, tmp_dir, "changeset-"))
+                with open(local, "rb") as stream:
+                    yield from parse(stream, ref.key)
         except (NotFound, FileNotFoundError):
             raise Corrupt(f"change-set missing from store: {ref.key!r}") from None
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-            tmpfiles.close(held)
 
     def publish(self, version_id: str, name: str | None = None) -> VersionManifest:
         manifest = self.version(version_id)

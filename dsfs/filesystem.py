@@ -249,7 +249,10 @@ class DsfsFileSystem(AbstractFileSystem):
         return None
 
     def _file(self, path: str) -> tuple[VersionView, Node]:
-        ref, view, node = self._lookup(path)
+        return self._file_at(path, *self._lookup(path))
+
+    def _file_at(self, path: str, ref: str, view: VersionView, node: Node) -> tuple[VersionView, Node]:
+        """The file ``node`` is, or leads to as a symlink (``path`` and ``ref`` name it in errors)."""
         target = self._follow(view, node)
         if target is None:
             raise PathNotFound(f"symlink leads nowhere in {ref!r}: {node.path!r} -> {node.target!r}")
@@ -381,7 +384,7 @@ class DsfsFileSystem(AbstractFileSystem):
         ref, view, node = self._lookup(path1)
         if node.is_dir:
             return
-        view, node = self._file(path1)
+        view, node = self._file_at(path1, ref, view, node)
         state = ReadState()
         with self.open(path2, "wb", mode_bits=node.mode, copy_of=node.to_entry()) as out:
             pos = 0

@@ -34,6 +34,7 @@ from .changeset.manifest import (
     VersionManifest,
     check_dataset_name,
     check_version_name,
+    new_changeset_id,
     new_id,
     now_iso,
 )
@@ -278,7 +279,7 @@ class Repository:
         summary.added, summary.modified, summary.removed = _count_files(view, changed, removals)
         summary.folders = sum(s.type == DIR for s in changed) + sum(r.is_dir for r in removals)
         check_against_view(view, [r.path for r in removals], [(s.path, s.type == DIR) for s in changed])
-        changeset_id = f"{now_iso()[:19].replace(':', '').replace('-', '')}-{new_id()[:8]}"
+        changeset_id = new_changeset_id()
         # Bytes an interrupted commit to this draft already uploaded are reused, not sent again.
         pending = PendingUploads(self.store, manifest.id)
         with self.progress("uploading", sum(s.size for s in changed if s.type == FILE)) as bar:

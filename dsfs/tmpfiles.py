@@ -19,6 +19,11 @@ import fcntl
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .store.base import ObjectStore
 
 GRACE = 3600.0
 
@@ -54,12 +59,21 @@ def _lock(fd: int) -> None:
         pass
 
 
-def rehold(fd: int, path: str) -> int:
-    """Hold ``path`` again after something put a new file there (a download that writes its own
-    temp file and renames it over ``path``), and let the old hold go."""
-    new = hold(path)
-    close(fd)
-    return new
+@contextlib.contextmanager
+def downloaded(store: ObjectStore, key: str, folder: str, prefix: str) -> Iterator[str]:
+    """The object ``key`` of ``store`` in a held temp file of ``folder`` for the ``with`` block,
+    deleted after it. The download may write a file of its own and rename it over the one made
+    here (boto3 does): the file at the path is held again once it is there."""
+    held, path = make(folder, prefix)
+    try:
+        store.download_file(key, path)
+        close(held)
+        held = hold(path)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        close(held)
 
 
 def sweep(folder: str, grace: float = GRACE) -> list[str]:

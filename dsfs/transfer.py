@@ -47,25 +47,17 @@ def extract_view(store: ObjectStore, index: VersionIndex, dest: str, tmp_dir: st
 
     def extract_chunk(chunk: str | None, nodes: list[Node]) -> None:
         source = store
-        tmp = held = None
-        try:
+        with contextlib.ExitStack() as stack:
             if chunk is not None and store.local_path(chunk) is None and len(nodes) >= _WHOLE_CHUNK_MEMBERS:
-                held, tmp = tmpfiles.make(tmp_dir, "get-")
                 try:
-                    store.download_file(chunk, tmp)
+                    tmp = stack.enter_context(tmpfiles.downloaded(store, chunk, tmp_dir, "get-"))
                 except NotFound:
                     raise Corrupt(f"chunk missing from store: {chunk!r}") from None
-                held = tmpfiles.rehold(held, tmp)  # (a download may rename its own file over tmp)
                 source = _SingleFile(chunk, tmp)
             for node in sorted(nodes, key=lambda n: n.offset or 0):
                 _write_file(source, node, os.path.join(dest, node.path))
                 if progress:
                     progress(node.size)
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-            tmpfiles.close(held)
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         for fut in [pool.submit(extract_chunk, c, n) for c, n in by_chunk.items()]:

@@ -149,9 +149,6 @@ class MemoryTier:
         old = self.items.pop(key, None)
         if old is not None:
             self.size -= len(old)
-        self._undone(key)
-
-    def _undone(self, key: str) -> None:
         n = self.done.pop(key, None)
         if n is not None:
             self.done_size -= n

@@ -66,6 +66,25 @@ def new_id() -> str:
     return secrets.token_hex(16)
 
 
+def new_changeset_id() -> str:
+    """A change-set's id: the UTC time of its commit to the second, then 8 random hex digits
+    (``20261121T170656-22894b9e``)."""
+    return f"{now_iso()[:19].replace(':', '').replace('-', '')}-{new_id()[:8]}"
+
+
+_CHANGESET_TIME = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})-[0-9a-f]{8}")
+
+
+def changeset_time(changeset_id: str) -> str | None:
+    """The commit time a ``new_changeset_id`` carries, as an ISO time in UTC (as ``now_iso``
+    writes them); None for an id that carries none (a squash's)."""
+    found = _CHANGESET_TIME.fullmatch(changeset_id)
+    if found is None:
+        return None
+    year, month, day, hour, minute, second = found.groups()
+    return f"{year}-{month}-{day}T{hour}:{minute}:{second}.000000+00:00"
+
+
 def check_dataset_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name.endswith(" "):
         raise InvalidInput(

@@ -29,6 +29,7 @@ from ..changeset.manifest import (
     Entry,
     Removal,
     VersionManifest,
+    changeset_time,
     check_dataset_name,
     new_id,
 )
@@ -50,8 +51,6 @@ TABLE_TYPES = {"csv": ",", "tsv": "\t"}
 _DIFF_MEMO_ROWS = 200_000  # a bigger diff is computed again for each page rather than held
 _COUNT_BATCH = 10_000
 _FULL_ID = re.compile(r"[0-9a-f]{32}")
-# A change-set id starts with the UTC time of its commit (docs/FORMAT.md): 20261121T170656-22894b9e.
-_CHANGESET_TIME = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})-[0-9a-f]{8}")
 
 
 class _Memo:
@@ -420,13 +419,7 @@ def version_kinds(versions: list[VersionManifest]) -> dict[str, str]:
 def last_change(v: VersionManifest) -> str:
     """When ``v`` last changed: created, published, or given a change-set (a draft changes long
     after it was created; its change-set ids carry their commit times, to the second)."""
-    times = [v.created, v.published or ""]
-    for ref in v.changesets:
-        found = _CHANGESET_TIME.fullmatch(ref.id)
-        if found:
-            year, month, day, hour, minute, second = found.groups()
-            times.append(f"{year}-{month}-{day}T{hour}:{minute}:{second}.000000+00:00")
-    return max(times)
+    return max([v.created, v.published or ""] + [t for ref in v.changesets if (t := changeset_time(ref.id))])
 
 
 def _line_row(item: Entry | Removal) -> dict:
