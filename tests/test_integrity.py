@@ -15,6 +15,8 @@ import json
 import os
 import random
 import shutil
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -415,6 +417,30 @@ def test_a_corrupted_byte_in_a_big_file_is_caught_by_a_random_read(cli, mounts, 
         os.close(fd)
 
 
+def test_a_random_read_hands_the_kernel_the_rest_of_its_leaf(cli, mounts, tmp_path, data):
+    """A small read inside a leaf fetches and checks the whole leaf; the checked bytes before
+    the read go into the kernel's page cache (the spill), so reading them later is answered by
+    the kernel, not by another read request, and with the right bytes."""
+    vid = _publish(cli, tmp_path, "ds", {"big.bin": data})
+    mnt = tmp_path / "mnt"
+    mounts.mount(vid, mnt)
+    at = HASH_BLOCK + 5 * LEAF
+    fd = os.open(mnt / "big.bin", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 4096, at + 8192) == data[at + 8192:at + 12288]
+        deadline = time.monotonic() + 30
+        while (doc := json.loads(os.getxattr(mnt, "user.dsfs.stats"))).get("spill", {}).get("pushed", 0) < 1:
+            assert time.monotonic() < deadline, doc
+            time.sleep(0.02)
+        assert doc["spill"]["pushed_bytes"] >= 8192, doc
+        reads = doc["requests"]["read"]
+        assert os.pread(fd, 8192, at) == data[at:at + 8192]
+        assert json.loads(os.getxattr(mnt, "user.dsfs.stats"))["requests"]["read"] == reads
+    finally:
+        os.close(fd)
+    assert (mnt / "big.bin").read_bytes() == data
+
+
 def _as_before_trees(store_url: str, cache_dir: Path, vid: str, data: bytes) -> None:
     """Rewrite a version's change-set as a dsfs from before hash trees wrote it ("blocks")."""
     store = open_store(store_url)
@@ -477,3 +503,36 @@ def test_verify_hash_checks_the_hash_tree(local_cli, tmp_path, data):
     assert "1 problem" in out
     code, stdout, _ = local_cli.run("verify", "--hash", vid)
     assert code == 5 and stdout.strip() == "hash tree mismatch: big.bin"
+
+
+def test_a_spill_pushes_only_pages_the_kernel_was_not_sent():
+    """The spiller's page bookkeeping: pieces are cut to the runs of pages no read answered and
+    no earlier spill pushed, and each goes out once, at its offset."""
+    from dsfs.mountd.direct import Spiller
+
+    pushed = []
+    done = threading.Event()
+
+    def push(ino, data, start):
+        pushed.append((ino, start, bytes(data)))
+        if len(pushed) == 3:
+            done.set()
+        return "pushed"
+
+    spiller = Spiller(push)
+    try:
+        page = 4096
+        blob = bytes(range(256)) * (16 * page // 256)  # 16 pages
+        spiller.sent(7, len(blob), 4 * page, 2 * page)  # a read answered pages 4-5
+        spiller.offer(7, [(0, memoryview(blob)[:8 * page])])  # pages 0-7: 0-3 and 6-7 go
+        spiller.offer(7, [(2 * page, memoryview(blob)[2 * page:10 * page])])  # only 8-9 are new
+        assert done.wait(10), pushed
+        assert [(ino, start, len(data)) for ino, start, data in pushed] == [
+            (7, 0, 4 * page), (7, 6 * page, 2 * page), (7, 8 * page, 2 * page)]
+        assert all(data == blob[start:start + len(data)] for _, start, data in pushed)
+        deadline = time.monotonic() + 10  # (counted once a queued offer's pieces are all out)
+        while spiller.stats() != {"pushed": 3, "pushed_bytes": 8 * page}:
+            assert time.monotonic() < deadline, spiller.stats()
+            time.sleep(0.01)
+    finally:
+        spiller.close()

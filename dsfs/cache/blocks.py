@@ -208,10 +208,13 @@ class BlockCache:
 
     def read(self, store: ObjectStore | None, entry: Entry, offset: int, length: int,
              state: ReadState | None = None,
-             near: Callable[[str, int, int], list[Entry]] | None = None) -> bytes:
+             near: Callable[[str, int, int], list[Entry]] | None = None,
+             spill: Callable[[int, memoryview], None] | None = None) -> bytes:
         """Bytes ``[offset, offset+length)`` of a file, clipped to its size. ``near(chunk, lo,
         hi)`` lists the files whose bytes start in that range of a chunk: given, a miss on a
-        small member fetches its uncached neighbours along with it (disk-cached stores only)."""
+        small member fetches its uncached neighbours along with it (disk-cached stores only).
+        ``spill(start, data)`` gets the verified bytes a random read of a file with a hash tree
+        fetched and checked beyond the range asked (the rest of the leaves its ends fall in)."""
         store = self._store(store)
         if offset < 0 or length < 0:
             raise InvalidInput(f"bad read range: offset {offset}, length {length}")
@@ -227,7 +230,7 @@ class BlockCache:
         if entry.tree is not None and not (state and state.window):
             # A random read of a file with a hash tree costs about its own size: the 64 KiB
             # leaves it touches, each checked on its own (sequential reads take whole blocks).
-            return self._read_leaves(store, entry, offset, end)
+            return self._read_leaves(store, entry, offset, end, spill)
         if not self.persist and offset == 0 and end == entry.size and self._small_stored(entry):
             # The commonest read of all (a small file read whole) from a local store: one read
             # in place and one hash; anything wrong takes the general path, which refetches,
@@ -617,10 +620,12 @@ class BlockCache:
         self._note_verified([(entry.sha256, LEAF, j) for j in range(lo // LEAF, -(-hi // LEAF))])
         return data if (lo, hi) == (start, start + length) else data[start - lo:start - lo + length]
 
-    def _read_leaves(self, store: ObjectStore, entry: Entry, offset: int, end: int) -> bytes:
+    def _read_leaves(self, store: ObjectStore, entry: Entry, offset: int, end: int,
+                     spill: Callable[[int, memoryview], None] | None = None) -> bytes:
         """Bytes ``[offset, end)`` of a file with a hash tree: from cached blocks when every one
         the read touches is at hand, else from its leaves, fetching (and checking) only those
-        not cached, one ranged read per run of them."""
+        not cached, one ranged read per run of them. ``spill``: as for ``read``, given the
+        checked bytes of the first and last leaves before ``offset`` and after ``end``."""
         bs = self.block_size
         blocks = []
         for i in range(offset // bs, (end - 1) // bs + 1):
@@ -661,6 +666,11 @@ class BlockCache:
             _leader, data = self._single_flight(key, functools.partial(self._fill_leaves, store, entry, a, b))
             for j in range(a, b + 1):
                 leaves[j] = data[(j - a) * LEAF:(j - a + 1) * LEAF]
+        if spill is not None:
+            if offset > first * LEAF:
+                spill(first * LEAF, memoryview(leaves[first])[:offset - first * LEAF])
+            if end < last * LEAF + len(leaves[last]):
+                spill(end, memoryview(leaves[last])[end - last * LEAF:])
         return b"".join(leaves[j][max(offset - j * LEAF, 0):end - j * LEAF] for j in range(first, last + 1))
 
     def _fill_leaves(self, store: ObjectStore, entry: Entry, a: int, b: int) -> memoryview:

@@ -40,7 +40,7 @@ import os
 import signal
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from ctypes import CFUNCTYPE, POINTER, Structure, c_char_p, c_double, c_int, c_int64, c_size_t
 from ctypes import c_uint, c_uint64, c_void_p
 
@@ -57,6 +57,8 @@ mfusepy = mfusepy_bound_to_libfuse3()
 LONG_TIMEOUT = 86400.0
 XATTR_STATS = "user.dsfs.stats"
 PUSH_PIECE = 1 << 20  # bytes per notify_store message
+_PAGE = 4096  # the kernel's page cache granularity (a spill sends whole pages)
+_SENT_FILES = 64  # files whose sent pages the spiller remembers
 _CAP_READDIRPLUS_AUTO = 1 << 14  # fuse_common.h: plus only for a folder's first page, or after lookups
 _lib = mfusepy._libfuse
 _stat_t = mfusepy.c_stat
@@ -252,6 +254,103 @@ def _handler(method):
     return wrapper
 
 
+class Spiller:
+    """Pushes into the kernel's page cache what a random read of a big file fetched and checked
+    beyond what the kernel asked: the rest of the 64 KiB leaves the read's ends fall in (the
+    cache checks whole leaves, so these bytes cost nothing more to get). A later read of those
+    pages is then answered by the kernel. On a 512 MiB file read at random 4-128 KiB, about half
+    the reads that would reach the daemon do not.
+
+    Pushes run in a thread of their own, never in a request thread: a push into a page that
+    another read has locked waits for that read's answer, and a request thread must stay free to
+    give it. At most ``limit`` bytes wait; more are dropped (a push is only ever a shortcut)."""
+
+    def __init__(self, push: Callable[[int, memoryview, int], str], limit: int = 8 << 20) -> None:
+        self._push = push
+        self._limit = limit
+        self._queue: collections.deque[tuple[int, list[tuple[int, memoryview]], int]] = collections.deque()
+        self._waiting = 0  # bytes queued
+        self._closed = False
+        self._cond = threading.Condition()
+        self._counts: collections.Counter[str] = collections.Counter()
+        # Per file read at random lately, a byte per page: whether the kernel was sent it.
+        self._sent: OrderedDict[int, bytearray] = OrderedDict()
+        self._thread = threading.Thread(target=self._run, name="dsfs-spill", daemon=True)
+        self._thread.start()
+
+    def sent(self, ino: int, size: int, start: int, length: int) -> None:
+        """Note that the kernel got bytes ``[start, start+length)`` of a file of ``size`` bytes
+        (a read's answer): a spill then skips the pages it holds already."""
+        with self._cond:
+            pages = self._pages_of(ino, size)
+            pages[start // _PAGE:-(-(start + length) // _PAGE)] = b"\x01" * (-(-(start + length) // _PAGE) - start // _PAGE)
+
+    def offer(self, ino: int, pieces: list[tuple[int, memoryview]]) -> None:
+        """Queue the pages of ``(start, bytes)`` pieces of inode ``ino`` that the kernel was not
+        sent yet (``start`` is on a page boundary); never blocks."""
+        todo = []
+        with self._cond:
+            pages = self._sent.get(ino)
+            for start, data in pieces:
+                first, end = start // _PAGE, -(-(start + len(data)) // _PAGE)
+                at = first if pages is None else pages.find(0, first, end)
+                while at != -1:
+                    stop = end if pages is None else pages.find(1, at, end)
+                    stop = end if stop == -1 else stop
+                    todo.append((at * _PAGE, data[at * _PAGE - start:stop * _PAGE - start]))
+                    if pages is not None:
+                        pages[at:stop] = b"\x01" * (stop - at)
+                    at = -1 if pages is None or stop == end else pages.find(0, stop, end)
+            size = sum(len(data) for _, data in todo)
+            if not todo:
+                return
+            if self._closed or self._waiting + size > self._limit:
+                self._counts["dropped"] += len(todo)
+                return
+            self._queue.append((ino, todo, size))
+            self._waiting += size
+            self._cond.notify()
+
+    def _pages_of(self, ino: int, size: int) -> bytearray:
+        pages = self._sent.get(ino)
+        if pages is None:
+            pages = self._sent[ino] = bytearray(-(-size // _PAGE))
+            while len(self._sent) > _SENT_FILES:
+                self._sent.popitem(last=False)
+        else:
+            self._sent.move_to_end(ino)
+        return pages
+
+    def stats(self) -> dict:
+        with self._cond:
+            return dict(self._counts)
+
+    def close(self) -> None:
+        """Drop what waits and wait for the push under way, if any, to end."""
+        with self._cond:
+            self._closed = True
+            self._queue.clear()
+            self._cond.notify_all()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                ino, pieces, size = self._queue.popleft()
+            outcomes = [(self._push(ino, data, start), len(data)) for start, data in pieces]
+            with self._cond:
+                self._waiting -= size
+                for outcome, n in outcomes:
+                    self._counts[outcome] += 1
+                    if outcome == "pushed":
+                        self._counts["pushed_bytes"] += n
+
+
 class DirectOperations:
     """The handlers, bound to one read-only view."""
 
@@ -269,6 +368,7 @@ class DirectOperations:
         # sha256 check are kept per inode of a multi-block file; a read at offset 0 starts over.
         self._states: OrderedDict[int, ReadState] = OrderedDict()
         self.requests: collections.Counter[str] = collections.Counter()
+        self.spiller: Spiller | None = None  # set by serve() once there is a session to push through
 
     def tally(self, op: str) -> None:
         with self._lock:
@@ -282,6 +382,8 @@ class DirectOperations:
         doc = {"requests": requests, "cache": self.view.cache.stats()}
         if self.prefetch is not None:
             doc["prefetch"] = self.prefetch.stats()
+        if self.spiller is not None:
+            doc["spill"] = self.spiller.stats()
         return json.dumps(doc).encode()
 
     def _learn(self, pairs: Iterable[tuple[int, int]]) -> None:
@@ -296,17 +398,17 @@ class DirectOperations:
         with self._lock:
             return self._known[ino] > 0
 
-    def push(self, ino: int, data: bytes) -> str:
-        """Put a file's verified bytes into the kernel's page cache: "pushed", "unknown" (the
-        kernel holds no inode for it) or "refused" (the kernel said no)."""
+    def push(self, ino: int, data: bytes | memoryview, start: int = 0) -> str:
+        """Put verified bytes of a file, from offset ``start``, into the kernel's page cache:
+        "pushed", "unknown" (the kernel holds no inode for it) or "refused" (the kernel said no)."""
         if not self.knows(ino) or self.session is None:
             return "unknown"
         view = memoryview(data)
-        for start in range(0, len(data), PUSH_PIECE):
-            piece = bytes(view[start:start + PUSH_PIECE])
+        for pos in range(0, len(view), PUSH_PIECE):
+            piece = bytes(view[pos:pos + PUSH_PIECE])
             vec = _BufVec(1, 0, 0)
             vec.buf[0] = _Buf(len(piece), 0, ctypes.cast(ctypes.c_char_p(piece), c_void_p), -1, 0)
-            if _notify_store(self.session, ino, start, ctypes.byref(vec), 0) != 0:
+            if _notify_store(self.session, ino, start + pos, ctypes.byref(vec), 0) != 0:
                 return "refused"
         return "pushed"
 
@@ -384,8 +486,16 @@ class DirectOperations:
         node = self.view.getattr(ino)
         if self.prefetch is not None:
             self.prefetch.on_read(node, off)
-        data = self.view.read(node, off, size, self._state(node, off))
+        if node.tree is None or self.spiller is None:
+            data = self.view.read(node, off, size, self._state(node, off))
+            _reply_buf(req, data, len(data))
+            return
+        spilled: list[tuple[int, memoryview]] = []
+        data = self.view.read(node, off, size, self._state(node, off), spill=lambda *piece: spilled.append(piece))
         _reply_buf(req, data, len(data))
+        self.spiller.sent(ino, node.size, off, len(data))
+        if spilled:
+            self.spiller.offer(ino, spilled)
 
     def _state(self, node: Node, off: int) -> ReadState | None:
         if node.size <= self.view.cache.block_size:
@@ -500,27 +610,33 @@ def serve(view: VersionView, mountpoint: str, options: list[str], on_ready, *, m
     if not session:
         raise MountError(f"libfuse refused the mount options: {mount_opts!r}")
     handlers.session = session
+    handlers.spiller = Spiller(handlers.push)
+    stoppers = [handlers.spiller.close]  # each stops a thread that pushes through the session
     if prefetch is not None:
         prefetch.push, prefetch.knows = handlers.push, handlers.knows
+        stoppers.append(prefetch.close)
     try:
         if _session_mount(session, os.fsencode(mountpoint)) != 0:
             raise MountError(f"cannot mount at {mountpoint!r} (see the log for libfuse's reason)")
         try:
-            status = _serve_until_stopped(session, max_threads, prefetch)
+            status = _serve_until_stopped(session, max_threads, stoppers)
             if status != 0:
                 raise MountError(f"fuse loop ended with status {status}")
         finally:
             _session_unmount(session)
     finally:
+        for stop in stoppers:
+            stop()  # (done already unless the mount failed)
         _session_destroy(session)
     del ops  # the callbacks must outlive the session
 
 
-def _serve_until_stopped(session: int, max_threads: int, prefetch: PrefetchService | None) -> int:
+def _serve_until_stopped(session: int, max_threads: int, stoppers: list[Callable[[], None]]) -> int:
     """Run libfuse's loop in a thread of its own until the mount goes away or a stop signal
     (TERM, INT, HUP) arrives here, in the main thread.
 
-    On a signal, prefetch stops first while the loop still answers requests: a push into a page
+    On a signal, the threads that push (``stoppers`` stop them: the spiller, prefetch) stop first
+    while the loop still answers requests: a push into a page
     the kernel is reading waits for that read's answer, and a listing through the mount for its
     own, so with the loop gone first such a thread (and the process with it) could never finish.
     Then the session is marked exited and the loop's wait interrupted. Returns the loop's status."""
@@ -532,8 +648,8 @@ def _serve_until_stopped(session: int, max_threads: int, prefetch: PrefetchServi
         try:
             status.append(_loop_mt(session, max_threads))
         finally:
-            if prefetch is not None:
-                prefetch.close()  # no push may outlive the session
+            for stop in stoppers:
+                stop()  # no push may outlive the session
             wake.set()
 
     def on_stop(signum, _frame) -> None:
@@ -548,8 +664,8 @@ def _serve_until_stopped(session: int, max_threads: int, prefetch: PrefetchServi
         wake.wait()
         if stop:
             log.info("signal %d: stopping", stop[0])
-            if prefetch is not None:
-                prefetch.close()
+            for stopper in stoppers:
+                stopper()
             _session_exit(session)
             while thread.is_alive():
                 signal.pthread_kill(thread.ident, _WAKE_SIGNAL)

@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import stat
+from collections.abc import Callable
 
 from ..cache import BlockCache, ReadState
 from ..changeset.manifest import DIR, SYMLINK, VersionManifest
@@ -110,13 +111,15 @@ class VersionView:
             raise InvalidInput(f"not a symlink: {node.path!r}")
         return node.target
 
-    def read(self, node: Node, offset: int, size: int, state: ReadState | None = None) -> bytes:
+    def read(self, node: Node, offset: int, size: int, state: ReadState | None = None,
+             spill: Callable[[int, memoryview], None] | None = None) -> bytes:
+        """``spill``: see BlockCache.read."""
         if node.is_dir:
             raise _IsADirectory(f"is a folder: {node.path!r}")
         if offset >= node.size or size <= 0 or node.chunk is None:
             return b""
         return self.cache.read(self.store, node.to_entry(), offset, min(size, node.size - offset), state,
-                               near=self._near)
+                               near=self._near, spill=spill)
 
     def read_all(self, node: Node) -> bytes:
         """A whole file, checked against its sha256."""
