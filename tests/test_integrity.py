@@ -505,6 +505,38 @@ def test_verify_hash_checks_the_hash_tree(local_cli, tmp_path, data):
     assert code == 5 and stdout.strip() == "hash tree mismatch: big.bin"
 
 
+def test_concurrent_random_reads_with_spills_read_right_and_unmount(local_cli, local_mounts, tmp_path, data):
+    """Eight threads reading one big file at random while the spill pushes around their reads
+    (into pages other reads may hold locked): every byte right, and the mount then unmounts
+    (the spill thread stops; a push waiting on a page would keep it mounted)."""
+    vid = _publish(local_cli, tmp_path, "ds", {"big.bin": data})
+    mnt = tmp_path / "mnt"
+    local_mounts.mount(vid, mnt)
+    fd = os.open(mnt / "big.bin", os.O_RDONLY)
+    bad = []
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(150):
+            length = rng.randint(1, 128 << 10)
+            offset = rng.randrange(0, SIZE - length)
+            if os.pread(fd, length, offset) != data[offset:offset + length]:
+                bad.append((offset, length))
+
+    try:
+        threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        os.close(fd)
+    assert not bad
+    doc = json.loads(os.getxattr(mnt, "user.dsfs.stats"))
+    assert doc["spill"].get("pushed", 0) > 0 and not doc["spill"].get("refused"), doc["spill"]
+    local_mounts.umount(mnt)
+
+
 def test_a_spill_pushes_only_pages_the_kernel_was_not_sent():
     """The spiller's page bookkeeping: pieces are cut to the runs of pages no read answered and
     no earlier spill pushed, and each goes out once, at its offset."""
