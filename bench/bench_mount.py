@@ -450,8 +450,11 @@ class Dsfs(Native):
 
     def after_mount(self) -> None:
         # The daemon's command line names the mountpoint: cheaper than `dsfs status --json`
-        # (one more interpreter start per session), which stays the fallback.
-        self.pid = find_pid("dsfs.mountd.daemon", f"-- {self.setup.version} {self.mnt}")
+        # (one more interpreter start per session), which stays the fallback. `dsfs mount` forks
+        # the daemon off itself, so it has the command's line; one started by the Python API
+        # runs dsfs.mountd.daemon.
+        self.pid = (find_pid(" mount ", f" {self.setup.version} {self.mnt} ")
+                    or find_pid("dsfs.mountd.daemon", f"-- {self.setup.version} {self.mnt}"))
         if self.pid is None:
             status = json.loads(self.setup.dsfs_run("status", "--json").stdout or "[]")
             for record in status:

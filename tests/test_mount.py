@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -308,6 +309,36 @@ def test_mount_errors_are_clear(local_cli, tmp_path, local_mounts):
     assert "no dataset or version matches ref: 'nope'" in local_cli.fails("mount", "nope", str(empty), code=3)
     assert "not a dsfs mount" in local_cli.fails("umount", str(empty), code=3)
     assert not os.path.ismount(full) and not os.path.ismount(empty)
+
+
+def test_the_mount_command_forks_a_daemon_that_keeps_none_of_its_output(local_cli, local_mounts, tmp_path):
+    """`dsfs mount` forks the daemon off itself: the command's captured output ends when the
+    command does (the daemon holds no descriptor of it: stdin is /dev/null, stdout and stderr
+    the mount's log), the mount serves, and a failure still comes back as the command's error."""
+    local_mounts.allow("mount failed: no dataset")
+    write_tree(tmp_path / "src", {"a.txt": "hello"})
+    vid = local_cli("create", "ds").strip()
+    local_cli("add", vid, str(tmp_path / "src"))
+    local_cli("publish", vid)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    base = [sys.executable, "-m", "dsfs", "--store", local_cli.store, "--cache-dir", str(local_cli.cache_dir)]
+    done = subprocess.run([*base, "mount", vid, str(mnt)], capture_output=True, text=True, timeout=120)
+    try:
+        assert done.returncode == 0, done.stderr
+        assert "mounted ds" in done.stderr and (mnt / "a.txt").read_text() == "hello"
+        (record,) = json.loads(subprocess.run([*base, "status", "--json"], capture_output=True, text=True,
+                                              check=True, timeout=60).stdout)
+        fds = {os.readlink(f"/proc/{record['pid']}/fd/{fd}") for fd in os.listdir(f"/proc/{record['pid']}/fd")}
+        assert os.devnull in fds and record["log"] in fds, fds
+        assert not [fd for fd in fds if fd.startswith("pipe:")], fds
+        with open(f"/proc/{record['pid']}/cmdline", "rb") as f:
+            assert b"dsfs.mountd.daemon" not in f.read()  # the command itself, forked
+    finally:
+        subprocess.run([*base, "umount", str(mnt)], capture_output=True, timeout=120)
+    assert not os.path.ismount(mnt)
+    bad = subprocess.run([*base, "mount", "nope", str(mnt)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 3 and "no dataset or version matches ref: 'nope'" in bad.stderr, bad.stderr
 
 
 def test_sequential_reads_reach_the_daemon_in_large_requests(local_cli, local_mounts, tmp_path):

@@ -27,7 +27,7 @@ def cmd_mount(settings, args):
 
         return daemon_main(["--foreground", *daemon_argv(settings, args.ref, args.mountpoint, options,
                                                          args.config)])
-    record = spawn(settings, args.ref, args.mountpoint, options, config=args.config)
+    record = spawn(settings, args.ref, args.mountpoint, options, config=args.config, fork=True)
     if not args.quiet:
         mode = "read-write" if record.writable else "read-only"
         print(f"mounted {record.dataset} {record.version[:12]} ({record.state}, {mode}) at "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -28,18 +29,25 @@ def daemon_argv(settings: Settings, ref: str, mountpoint: str, options: MountOpt
 
 
 def spawn(settings: Settings, ref: str, mountpoint: str, options: MountOptions = MountOptions(), *,
-          config: str | None = None, timeout: float = 600) -> registry.MountRecord:
-    """Start a detached daemon and return once the mount is ready (or raise its error)."""
+          config: str | None = None, timeout: float = 600, fork: bool = False) -> registry.MountRecord:
+    """Start a detached daemon and return once the mount is ready (or raise its error).
+
+    ``fork``: a single-threaded caller that imported little else (the ``dsfs mount`` command)
+    forks the daemon off itself rather than starting a new interpreter, which then imports
+    dsfs's modules all over again: about a third of a mount's time to its first byte. Anything
+    else (the Python API, a caller with threads) starts ``python -m dsfs.mountd.daemon``."""
     read_fd, write_fd = os.pipe()
-    cmd = [sys.executable, "-m", "dsfs.mountd.daemon", "--ready-fd", str(write_fd),
-           *daemon_argv(settings, ref, mountpoint, options, config)]
+    argv = ["--ready-fd", str(write_fd), *daemon_argv(settings, ref, mountpoint, options, config)]
     log_path = log_file(settings, mountpoint)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, pass_fds=(write_fd,), start_new_session=True,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    if fork and threading.active_count() == 1:
+        proc: subprocess.Popen | _Forked = _Forked(argv, read_fd, write_fd, log_path)
+    else:
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "dsfs.mountd.daemon", *argv], pass_fds=(write_fd,),
+                                    start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        # Reap the daemon when it exits, so a long-lived caller (the Python API) keeps no zombie.
+        threading.Thread(target=proc.wait, name="dsfs-reaper", daemon=True).start()
     os.close(write_fd)
-    # Reap the daemon when it exits, so a long-lived caller (the Python API) keeps no zombie.
-    threading.Thread(target=proc.wait, name="dsfs-reaper", daemon=True).start()
     with os.fdopen(read_fd) as pipe:
         line = _read_line(pipe, timeout)
     if line == "ready":
@@ -55,6 +63,85 @@ def spawn(settings: Settings, ref: str, mountpoint: str, options: MountOptions =
     proc.wait(timeout=10)
     raise MountError(f"mount daemon exited ({proc.returncode}) before the mount was ready; "
                      f"see {log_path}")
+
+
+class _Forked:
+    """A mount daemon forked off this (single-threaded) process, as much of a Popen as spawn
+    uses. The child becomes what ``python -m dsfs.mountd.daemon`` would be: a session of its own,
+    stdin from /dev/null, stdout and stderr to the mount's log, no file descriptor of ours but
+    the ready pipe's write end (a caller reading our output to its end must not wait for the
+    daemon's), the default signal handlers; it never returns into the caller's code."""
+
+    def __init__(self, argv: list[str], read_fd: int, write_fd: int, log_path) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # (or the child would write out our pending output too)
+        self.returncode: int | None = None
+        self.pid = os.fork()
+        if self.pid == 0:
+            self._child(argv, read_fd, write_fd, log_path)
+        # Reap the daemon when it exits (as spawn does a Popen's): no zombie in a caller that
+        # lives on, such as a test running the command in-process.
+        threading.Thread(target=self._reap, name="dsfs-reaper", daemon=True).start()
+
+    def _reap(self) -> None:
+        _, status = os.waitpid(self.pid, 0)
+        self.returncode = os.waitstatus_to_exitcode(status)
+
+    @staticmethod
+    def _child(argv: list[str], read_fd: int, write_fd: int, log_path) -> None:
+        code = 1
+        try:
+            # The caller's objects stay as they are: none is ever collected here, so no finalizer
+            # closes a file descriptor number the daemon has since reused.
+            gc.freeze()
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            os.dup2(null, 0)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            os.close(read_fd)
+            os.closerange(3, write_fd)
+            os.closerange(write_fd + 1, os.sysconf("SC_OPEN_MAX"))
+            # Python's streams over the new descriptors (the caller's may be anything: a test
+            # runs the command with its output captured in memory)
+            sys.stdin = open(0, closefd=False)  # noqa: SIM115
+            sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_DFL)
+            from .daemon import main
+
+            code = main(argv)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            try:
+                import logging
+
+                logging.shutdown()
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code if isinstance(code, int) else 1)
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"dsfs mount daemon {self.pid}", timeout)
+            time.sleep(0.01)
+        return self.returncode
 
 
 def _read_line(pipe, timeout: float) -> str:

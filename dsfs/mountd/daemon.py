@@ -1,7 +1,7 @@
 """The mount daemon: resolve a ref, check the mountpoint, mount, serve, clean up.
 
-``dsfs mount`` runs this module as a detached child (``python -m dsfs.mountd.daemon``) and waits
-on a pipe for one line: ``ready``, ``error <ErrorClass>: <message>`` (so the caller raises the
+``dsfs mount`` runs ``main`` in a detached child it forks off itself (the Python API, in one it
+starts with ``python -m dsfs.mountd.daemon``; see control.spawn) and waits on a pipe for one line: ``ready``, ``error <ErrorClass>: <message>`` (so the caller raises the
 same class and exits with its code) or ``error: <message>`` for a bug; ``--foreground`` (and systemd) run it
 in the calling process. Readiness also goes to systemd (READY=1 / STOPPING=1).
 """
