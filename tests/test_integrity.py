@@ -568,3 +568,30 @@ def test_a_spill_pushes_only_pages_the_kernel_was_not_sent():
             time.sleep(0.01)
     finally:
         spiller.close()
+
+
+def test_the_spill_keeps_a_bounded_record_of_pages_sent(monkeypatch):
+    """The record of pages sent takes a byte a page and stays within its bound: the least
+    recently read files' records go first, and a file too big for one is spilled into without."""
+    from dsfs.mountd import direct
+
+    monkeypatch.setattr(direct, "_SENT_BYTES", 64)  # pages
+    pushed = []
+    spiller = direct.Spiller(lambda ino, data, start: pushed.append((ino, start, len(data))) or "pushed")
+    try:
+        page = 4096
+        for ino in (1, 2, 3, 4, 5):  # 16 pages each: the fifth pushes the first out
+            spiller.sent(ino, 16 * page, 0, page)
+        assert list(spiller._sent) == [2, 3, 4, 5] and spiller._sent_bytes == 64
+        spiller.sent(6, 17 * page, 0, page)  # more than a quarter of the bound: no record
+        assert 6 not in spiller._sent
+        blob = memoryview(bytes(2 * page))
+        spiller.offer(6, [(0, blob)])  # all of it goes, page 0 included
+        spiller.offer(2, [(0, blob)])  # page 0 was sent: only page 1
+        deadline = time.monotonic() + 10
+        while len(pushed) < 2:
+            assert time.monotonic() < deadline, pushed
+            time.sleep(0.01)
+        assert pushed == [(6, 0, 2 * page), (2, page, page)]
+    finally:
+        spiller.close()

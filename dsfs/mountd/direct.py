@@ -58,7 +58,7 @@ LONG_TIMEOUT = 86400.0
 XATTR_STATS = "user.dsfs.stats"
 PUSH_PIECE = 1 << 20  # bytes per notify_store message
 _PAGE = 4096  # the kernel's page cache granularity (a spill sends whole pages)
-_SENT_FILES = 64  # files whose sent pages the spiller remembers
+_SENT_BYTES = 16 << 20  # the spiller's record of pages sent, a byte each: 64 GiB of files read at random
 _CAP_READDIRPLUS_AUTO = 1 << 14  # fuse_common.h: plus only for a folder's first page, or after lookups
 _lib = mfusepy._libfuse
 _stat_t = mfusepy.c_stat
@@ -275,15 +275,18 @@ class Spiller:
         self._counts: collections.Counter[str] = collections.Counter()
         # Per file read at random lately, a byte per page: whether the kernel was sent it.
         self._sent: OrderedDict[int, bytearray] = OrderedDict()
+        self._sent_bytes = 0
         self._thread = threading.Thread(target=self._run, name="dsfs-spill", daemon=True)
         self._thread.start()
 
     def sent(self, ino: int, size: int, start: int, length: int) -> None:
         """Note that the kernel got bytes ``[start, start+length)`` of a file of ``size`` bytes
-        (a read's answer): a spill then skips the pages it holds already."""
+        (a random read's answer): a spill then skips the pages it holds already."""
+        first, end = start // _PAGE, -(-(start + length) // _PAGE)
         with self._cond:
             pages = self._pages_of(ino, size)
-            pages[start // _PAGE:-(-(start + length) // _PAGE)] = b"\x01" * (-(-(start + length) // _PAGE) - start // _PAGE)
+            if pages is not None:
+                pages[first:end] = b"\x01" * (end - first)
 
     def offer(self, ino: int, pieces: list[tuple[int, memoryview]]) -> None:
         """Queue the pages of ``(start, bytes)`` pieces of inode ``ino`` that the kernel was not
@@ -311,14 +314,20 @@ class Spiller:
             self._waiting += size
             self._cond.notify()
 
-    def _pages_of(self, ino: int, size: int) -> bytearray:
+    def _pages_of(self, ino: int, size: int) -> bytearray | None:
+        """The record of a file's pages sent, made if need be (the least recently read files'
+        go to keep all within _SENT_BYTES); None for a file too big to keep one for."""
         pages = self._sent.get(ino)
-        if pages is None:
-            pages = self._sent[ino] = bytearray(-(-size // _PAGE))
-            while len(self._sent) > _SENT_FILES:
-                self._sent.popitem(last=False)
-        else:
+        if pages is not None:
             self._sent.move_to_end(ino)
+            return pages
+        count = -(-size // _PAGE)
+        if count > _SENT_BYTES // 4:
+            return None
+        while self._sent and self._sent_bytes + count > _SENT_BYTES:
+            self._sent_bytes -= len(self._sent.popitem(last=False)[1])
+        pages = self._sent[ino] = bytearray(count)
+        self._sent_bytes += count
         return pages
 
     def stats(self) -> dict:
@@ -342,7 +351,13 @@ class Spiller:
                 if self._closed:
                     return
                 ino, pieces, size = self._queue.popleft()
-            outcomes = [(self._push(ino, data, start), len(data)) for start, data in pieces]
+            outcomes = []
+            for start, data in pieces:
+                try:
+                    outcomes.append((self._push(ino, data, start), len(data)))
+                except Exception as exc:  # never lose the thread: later offers would only queue up
+                    log.debug("spill into inode %d at %d failed: %s", ino, start, exc)
+                    outcomes.append(("failed", len(data)))
             with self._cond:
                 self._waiting -= size
                 for outcome, n in outcomes:
@@ -491,9 +506,11 @@ class DirectOperations:
             _reply_buf(req, data, len(data))
             return
         spilled: list[tuple[int, memoryview]] = []
-        data = self.view.read(node, off, size, self._state(node, off), spill=lambda *piece: spilled.append(piece))
+        state = self._state(node, off)
+        data = self.view.read(node, off, size, state, spill=lambda *piece: spilled.append(piece))
         _reply_buf(req, data, len(data))
-        self.spiller.sent(ino, node.size, off, len(data))
+        if state is None or not state.window:  # (a stream's pages are not spilled into)
+            self.spiller.sent(ino, node.size, off, len(data))
         if spilled:
             self.spiller.offer(ino, spilled)
 
