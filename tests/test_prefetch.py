@@ -284,24 +284,47 @@ def test_warm_reads_the_whole_version_and_status_shows_it(cli, mounts, store_url
         assert _stats(mnt)["cache"]["fetched"] == before["cache"]["fetched"]  # all from the cache
 
 
-def test_a_local_store_prepares_nothing_ahead_by_default(local_cli, local_mounts, tmp_path):
-    """Without prefetch_local, a local store's mount counts a hint but prepares nothing, and
-    follows no folder order: every read is a demand read (the reader keeps the CPU). A hint
-    that pushes nothing is dropped even when preparing is on: see the next test."""
+def test_a_local_store_only_advises_the_disk_by_default(local_cli, local_mounts, tmp_path):
+    """Without prefetch_local, a local store's mount reads nothing ahead, pushes nothing and
+    follows no folder order: it names the chunk ranges of the hinted files to the kernel
+    (posix_fadvise WILLNEED), a bounded distance ahead of the reader, and every read is a demand
+    read (the reader keeps the CPU). A hint that pushes nothing is dropped when preparing is on:
+    see the next tests."""
     files = {f"d{i // 50}/f{i:03d}.bin": _rand(1000 + i, i) for i in range(100)}
     vid = _publish(local_cli, tmp_path, files)
     mnt = tmp_path / "mnt"
     local_mounts.mount(vid, mnt)
-    (tmp_path / "order.txt").write_text("".join(p + "\n" for p in reversed(list(files))))
+    order = list(reversed(list(files)))
+    (tmp_path / "order.txt").write_text("".join(p + "\n" for p in order))
     local_cli("prefetch", str(mnt), "--order", str(tmp_path / "order.txt"))
-    _wait_for(lambda: _stats(mnt)["prefetch"]["hints"] == 1, "the hint")
-    for path in sorted(files):
+    _wait_for(lambda: _stats(mnt)["prefetch"]["advised"] > 0, "advice on the hinted files")
+    for path in order:
         assert (mnt / path).read_bytes() == files[path]
     stats = _stats(mnt)
     prefetch = stats["prefetch"]
     assert prefetch["prepares"] is False and prefetch["order"] == 0, prefetch
-    assert prefetch["prepared"] == prefetch["pushed"] == prefetch["advised"] == 0, prefetch
+    assert 0 < prefetch["advised"] <= len(files) and prefetch["prepared"] == prefetch["pushed"] == 0, prefetch
     assert stats["requests"]["read"] == len(files)
+
+
+def test_a_local_stores_advice_keeps_a_bounded_distance_ahead_of_the_reader(local_cli, local_mounts, tmp_path):
+    """The advice along a local store's hint runs AHEAD_FILES files past the furthest hinted
+    file read, no further: with nothing read yet it stops there, and a read further on in the
+    order moves it on."""
+    from dsfs.cache.prefetch import AHEAD_FILES
+
+    files = {f"d{i // 100}/f{i:04d}.bin": _rand(100, i) for i in range(AHEAD_FILES + 200)}
+    vid = _publish(local_cli, tmp_path, files)
+    mnt = tmp_path / "mnt"
+    local_mounts.mount(vid, mnt)
+    order = sorted(files, reverse=True)
+    (tmp_path / "order.txt").write_text("".join(p + "\n" for p in order))
+    local_cli("prefetch", str(mnt), "--order", str(tmp_path / "order.txt"))
+    _wait_for(lambda: _stats(mnt)["prefetch"]["advised"] >= AHEAD_FILES, "the first stretch of advice")
+    time.sleep(0.3)  # (it would go on within milliseconds if it were not bounded)
+    assert _stats(mnt)["prefetch"]["advised"] == AHEAD_FILES
+    assert (mnt / order[250]).read_bytes() == files[order[250]]  # 250 + AHEAD_FILES: past the end
+    _wait_for(lambda: _stats(mnt)["prefetch"]["advised"] == len(files), "the advice to move on to the end")
 
 
 def test_a_loader_that_never_lists_its_folders_still_gets_pushes(local_cli, local_mounts, tmp_path,

@@ -101,6 +101,14 @@ class PrefetchService:
         self._unknown_run = 0  # files in a row a push could not land for (local store)
         self._mountpoint: str | None = None
         self._listed: collections.OrderedDict[int, float] = collections.OrderedDict()  # folder -> when
+        # A local store that prepares nothing still advises the disk along a hint (_advise_along):
+        # the hinted files' chunk ranges, where each inode is in that order, the furthest of them
+        # a demand read reached, and a generation that a new hint bumps.
+        self._along: list[tuple[str, int, int]] = []
+        self._along_at: dict[int, int] = {}
+        self._reader = -1
+        self._along_gen = 0
+        self._along_wake = threading.Event()
 
     # -- life -----------------------------------------------------------------------------------
 
@@ -111,6 +119,8 @@ class PrefetchService:
             self._spawn(self._control, server, name="dsfs-control")
         for i in range(self.workers if self.prepare else 0):
             self._spawn(self._work, name=f"dsfs-prefetch-{i}")
+        if self.local and not self.prepare:
+            self._spawn(self._advise_along, name="dsfs-advise")
         if warm:
             self.warm = {"state": "starting", "done": 0, "total": 0}
             self._spawn(self._warm, name="dsfs-warm")
@@ -129,6 +139,7 @@ class PrefetchService:
         Call it while the FUSE loop still answers, or after the kernel dropped the mount: a
         push, and a listing through the mount, may wait for the loop's answer to a read."""
         self._closing.set()
+        self._along_wake.set()
         self.policy.stop()
         if self._server is not None:  # wake its accept() now, not at its timeout
             with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as knock:
@@ -156,7 +167,12 @@ class PrefetchService:
         """A demand read reached the daemon: tell the policy; a cold small file that is not in
         the current order starts a folder-order follow from it."""
         self._last_demand = time.monotonic()
-        if offset != 0 or node.chunk is None or not self.prepare:
+        if not self.prepare:
+            at = self._along_at.get(node.ino)  # (a dict lookup a read: this path stays lean)
+            if at is not None and at > self._reader:
+                self._reader = at
+            return
+        if offset != 0 or node.chunk is None:
             return
         # neighbour_bytes 0 ("one GET per file") turns the folder-order follow off as well
         if self.policy.saw(node.ino) == "off" and self.cache.neighbour_bytes and self._shows_order(node) \
@@ -189,23 +205,27 @@ class PrefetchService:
 
     def hint(self, paths: list[str]) -> None:
         """Make ``paths`` (relative to the mount; a folder stands for its files) the order."""
-        items: list[Item] = []
+        nodes: list[Node] = []
         unknown = 0
         for node in self.view.by_paths(paths):
             if node is None:
                 unknown += 1
             elif node.is_dir:
-                items += [Item(n.ino, n.size) for n in self.view.index.walk(node.path)
-                          if n.chunk is not None]
+                nodes += [n for n in self.view.index.walk(node.path) if n.chunk is not None]
             elif node.chunk is not None:
-                items.append(Item(node.ino, node.size))
+                nodes.append(node)
+        items = [Item(n.ino, n.size) for n in nodes]
         if unknown:
             log.info("order hint: %d of %d paths are not in this version", unknown, len(paths))
         self._count("hints")
         self._count("hint_unknown", unknown)
         if not self.prepare:
-            log.info("order hint of %d files noted; a local store's mount prepares nothing ahead "
-                     "(prefetch_local: true in the config turns it on)", len(items))
+            if self.local:
+                self._along_at = {n.ino: i for i, n in enumerate(nodes)}
+                self._along = [(n.chunk, n.offset, n.csize) for n in nodes]
+                self._reader = -1
+                self._along_gen += 1
+                self._along_wake.set()
             return
         self.policy.hint(items)
 
@@ -327,6 +347,58 @@ class PrefetchService:
         self._count(outcome)
         if outcome == "pushed":
             self._count("pushed_bytes", len(data))
+
+    def _advise_along(self) -> None:
+        """A local store's hint without preparing: name the hinted files' chunk ranges to the
+        kernel (posix_fadvise WILLNEED) in the hint's order, up to AHEAD_FILES files and
+        ``ahead_bytes`` bytes past the furthest of them a demand read reached, so the disk reads
+        them while the reader works. Nothing is read here and nothing pushed: a system call a
+        file, in a thread that sleeps while it is far enough ahead. A new hint starts over."""
+        fds: collections.OrderedDict[str, int] = collections.OrderedDict()
+        gen = done = 0
+        along: list[tuple[str, int, int]] = []
+        sums = [0]  # sums[i]: the bytes of the hinted files before the i-th
+        try:
+            while not self._closing.is_set():
+                if gen != self._along_gen:
+                    gen, along, done = self._along_gen, self._along, 0
+                    sums = list(itertools.accumulate((csize for _, _, csize in along), initial=0))
+                if done >= len(along):
+                    self._along_wake.wait(1.0)
+                    self._along_wake.clear()
+                    continue
+                reader = self._reader
+                done = max(done, reader + 1)  # (files the reader went past are not advised)
+                advised = 0
+                while (done < len(along) and done - reader <= AHEAD_FILES
+                       and sums[done] - sums[reader + 1] < self.policy.ahead_bytes):
+                    chunk, offset, csize = along[done]
+                    fd = fds.get(chunk)
+                    if fd is None:
+                        path = self.store.local_path(chunk)
+                        fd = fds[chunk] = os.open(path, os.O_RDONLY) if path else -1
+                        while len(fds) > 64:
+                            dropped = fds.popitem(last=False)[1]
+                            if dropped >= 0:
+                                os.close(dropped)
+                    if fd >= 0:
+                        with contextlib.suppress(OSError):
+                            os.posix_fadvise(fd, offset, csize, os.POSIX_FADV_WILLNEED)
+                    done += 1
+                    advised += 1
+                if advised:
+                    self._count("advised", advised)
+                if time.monotonic() - self._last_demand > 1.0:
+                    self._along_wake.wait(0.1)  # no reads lately: look less often
+                    self._along_wake.clear()
+                else:
+                    time.sleep(0.002)  # as far ahead as allowed: let the reader move on
+        except OSError as exc:
+            log.warning("advising the disk along the hint stopped: %s", exc)
+        finally:
+            for fd in fds.values():
+                if fd >= 0:
+                    os.close(fd)
 
     def _advise(self, nodes: list[Node]) -> None:
         """Tell the disk which ranges of a local store's chunks are read next: one advice per
