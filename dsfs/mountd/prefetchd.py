@@ -76,8 +76,9 @@ class PrefetchService:
         self.store = view.store
         self.cache = view.cache
         self.local = bool(view.store.is_local)
-        # False: hints are counted and folder order is not followed; nothing is prepared ahead
-        # (a local store's default, config prefetch_local). --warm works either way.
+        # False (a local store's default, config prefetch_local): nothing is prepared ahead and
+        # folder order is not followed; a hint only advises the disk (_advise_along). --warm
+        # works either way.
         self.prepare = prepare
         if ahead_bytes is None:
             # A remote store prefetches into the disk cache: never more than a small share of it,
