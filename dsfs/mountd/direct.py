@@ -501,14 +501,14 @@ class DirectOperations:
         node = self.view.getattr(ino)
         if self.prefetch is not None:
             self.prefetch.on_read(node, off)
-        if node.tree is None or self.spiller is None:
-            data = self.view.read(node, off, size, self._state(node, off))
-            _reply_buf(req, data, len(data))
-            return
-        spilled: list[tuple[int, memoryview]] = []
         state = self._state(node, off)
-        data = self.view.read(node, off, size, state, spill=lambda *piece: spilled.append(piece))
+        spilled: list[tuple[int, memoryview]] | None = (
+            [] if node.tree is not None and self.spiller is not None else None)  # a big file's random reads
+        data = self.view.read(node, off, size, state, spill=None if spilled is None else
+                              lambda start, piece: spilled.append((start, piece)))
         _reply_buf(req, data, len(data))
+        if spilled is None:
+            return
         if state is None or not state.window:  # (a stream's pages are not spilled into)
             self.spiller.sent(ino, node.size, off, len(data))
         if spilled:

@@ -355,51 +355,31 @@ class PrefetchService:
         ``ahead_bytes`` bytes past the furthest of them a demand read reached, so the disk reads
         them while the reader works. Nothing is read here and nothing pushed: a system call a
         file, in a thread that sleeps while it is far enough ahead. A new hint starts over."""
-        fds: collections.OrderedDict[str, int] = collections.OrderedDict()
         gen = done = 0
         along: list[tuple[str, int, int]] = []
         sums = [0]  # sums[i]: the bytes of the hinted files before the i-th
-        try:
-            while not self._closing.is_set():
-                if gen != self._along_gen:
-                    gen, along, done = self._along_gen, self._along, 0
-                    sums = list(itertools.accumulate((csize for _, _, csize in along), initial=0))
-                if done >= len(along):
-                    self._along_wake.wait(1.0)
-                    self._along_wake.clear()
-                    continue
-                reader = self._reader
-                done = max(done, reader + 1)  # (files the reader went past are not advised)
-                advised = 0
-                while (done < len(along) and done - reader <= AHEAD_FILES
-                       and sums[done] - sums[reader + 1] < self.policy.ahead_bytes):
-                    chunk, offset, csize = along[done]
-                    fd = fds.get(chunk)
-                    if fd is None:
-                        path = self.store.local_path(chunk)
-                        fd = fds[chunk] = os.open(path, os.O_RDONLY) if path else -1
-                        while len(fds) > 64:
-                            dropped = fds.popitem(last=False)[1]
-                            if dropped >= 0:
-                                os.close(dropped)
-                    if fd >= 0:
-                        with contextlib.suppress(OSError):
-                            os.posix_fadvise(fd, offset, csize, os.POSIX_FADV_WILLNEED)
-                    done += 1
-                    advised += 1
-                if advised:
-                    self._count("advised", advised)
-                if time.monotonic() - self._last_demand > 1.0:
-                    self._along_wake.wait(0.1)  # no reads lately: look less often
-                    self._along_wake.clear()
-                else:
-                    time.sleep(0.002)  # as far ahead as allowed: let the reader move on
-        except OSError as exc:
-            log.warning("advising the disk along the hint stopped: %s", exc)
-        finally:
-            for fd in fds.values():
-                if fd >= 0:
-                    os.close(fd)
+        while not self._closing.is_set():
+            if gen != self._along_gen:
+                gen, along, done = self._along_gen, self._along, 0
+                sums = list(itertools.accumulate((csize for _, _, csize in along), initial=0))
+            if done >= len(along):
+                self._along_wake.wait(1.0)
+                self._along_wake.clear()
+                continue
+            reader = self._reader
+            done = start = max(done, reader + 1)  # (files the reader went past are not advised)
+            while (done < len(along) and done - reader <= AHEAD_FILES
+                   and sums[done] - sums[reader + 1] < self.policy.ahead_bytes):
+                chunk, offset, csize = along[done]
+                self.store.will_need(chunk, offset, csize)  # (the store keeps its chunks open)
+                done += 1
+            if done > start:
+                self._count("advised", done - start)
+            if time.monotonic() - self._last_demand > 1.0:
+                self._along_wake.wait(0.1)  # no reads lately: look less often
+                self._along_wake.clear()
+            else:
+                time.sleep(0.002)  # as far ahead as allowed: let the reader move on
 
     def _advise(self, nodes: list[Node]) -> None:
         """Tell the disk which ranges of a local store's chunks are read next: one advice per
